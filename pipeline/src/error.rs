@@ -1,0 +1,45 @@
+//! One error type for the engine; every variant says what went wrong and where.
+
+use std::path::{Path, PathBuf};
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+
+    #[error("schema {path}: {message}")]
+    Schema { path: PathBuf, message: String },
+
+    #[error("SQL file {path}: {message}")]
+    Sql { path: PathBuf, message: String },
+
+    #[error("config: {0}")]
+    Config(String),
+
+    #[error("input: {0}")]
+    Input(String),
+
+    #[error("lake table {table}: {source}")]
+    Delta { table: String, source: deltalake::DeltaTableError },
+
+    #[error(transparent)]
+    DataFusion(#[from] datafusion::error::DataFusionError),
+
+    #[error(transparent)]
+    Arrow(#[from] arrow::error::ArrowError),
+
+    #[error("internal error (a bug in Sluice, please report it): {0}")]
+    Internal(String),
+}
+
+impl Error {
+    pub fn io(path: impl AsRef<Path>, source: std::io::Error) -> Self {
+        Error::Io { path: path.as_ref().to_path_buf(), source }
+    }
+
+    pub fn delta(table: impl Into<String>, source: deltalake::DeltaTableError) -> Self {
+        Error::Delta { table: table.into(), source }
+    }
+}

@@ -1,0 +1,1 @@
+//! Generated platform traffic (being written).
