@@ -1,4 +1,21 @@
 //! Sluice: streaming SQL from the learning platform's topics into a Delta Lake.
+//!
+//! The data flows through the modules in this order: a [`source`] hands out raw
+//! message batches per topic-partition; [`decode`] turns them into Arrow batches
+//! against the topic's [`schema`] (bad messages become dead letters); [`time`] tracks
+//! watermarks; [`plan`] has turned every SQL file into a streaming plan whose
+//! stateless part runs per batch and whose [`window`] operator keeps per-window
+//! aggregate state; the [`runtime`] drives it all and commits results through the
+//! [`sink`] into Delta tables, which the [`catalog`] serves back to SQL.
+pub mod catalog;
+pub mod cli;
+pub mod decode;
 pub mod error;
-pub mod schema;
 pub mod generate;
+pub mod plan;
+pub mod runtime;
+pub mod schema;
+pub mod sink;
+pub mod source;
+pub mod time;
+pub mod window;

@@ -1,1 +1,30 @@
-fn main(){}
+//! The `sluice` binary: parse arguments, run the command, print errors in one line.
+
+use clap::Parser;
+
+/// Warnings, without the Delta kernel's complaints about tables that do not exist yet.
+const DEFAULT_LOG: &str = "warn,buoyant_kernel=off,delta_kernel=off";
+
+fn main() -> std::process::ExitCode {
+    let cli = sluice::cli::Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG)),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(sluice::cli::main(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,120 @@
+//! The `sluice` command line: argument parsing here, one file per command.
+
+mod demo;
+mod generate;
+mod query;
+mod run;
+
+use std::path::{Path, PathBuf};
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::error::{Error, Result};
+
+#[derive(Debug, Parser)]
+#[command(name = "sluice", version, about = "Streaming SQL from the learning platform's topics into a Delta Lake")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Where the project's definitions live (defaults: ./schemas and ./sql, else the
+/// ones next to the sources this binary was built from).
+#[derive(Debug, Clone, clap::Args)]
+pub struct Definitions {
+    /// Directory of topic schemas (one TOML file per topic).
+    #[arg(long, value_name = "DIR")]
+    pub schemas: Option<PathBuf>,
+    /// Directory of SQL files (one per output table, at the table's path).
+    #[arg(long, value_name = "DIR")]
+    pub sql: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Generate a day and a half of traffic, run every SQL file over it, and show what landed.
+    Demo {
+        /// Where the generated input goes.
+        #[arg(long, default_value = "demo-data", value_name = "DIR")]
+        input: PathBuf,
+        /// The lake to write (a directory or URL).
+        #[arg(long, default_value = "lake")]
+        lake: String,
+        #[command(flatten)]
+        traffic: generate::TrafficArgs,
+        #[command(flatten)]
+        definitions: Definitions,
+    },
+    /// Write generated platform traffic as JSON lines: DIR/<topic>/<partition>.jsonl.
+    Generate {
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        #[command(flatten)]
+        traffic: generate::TrafficArgs,
+        #[command(flatten)]
+        definitions: Definitions,
+    },
+    /// Run every SQL file over a directory of JSON-lines input, as a bounded stream.
+    Run(run::RunArgs),
+    /// Answer SQL over the lake's tables (named catalog.schema.table after their path).
+    Query {
+        #[arg(long)]
+        lake: String,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+        /// The query, e.g. "SELECT * FROM monitoring.api_performance.request_response_times LIMIT 5".
+        sql: String,
+    },
+    /// List the lake's tables with their row counts and Delta versions.
+    Tables {
+        #[arg(long)]
+        lake: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Table,
+    Csv,
+    Json,
+}
+
+pub async fn main(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Demo { input, lake, traffic, definitions } => demo::demo(&input, &lake, &traffic, &definitions).await,
+        Command::Generate { out, traffic, definitions } => generate::generate(&out, &traffic, &definitions).map(|_| ()),
+        Command::Run(args) => run::run(&args).await.map(|_| ()),
+        Command::Query { lake, format, sql } => query::query(&lake, &sql, format).await,
+        Command::Tables { lake } => query::tables(&lake).await,
+    }
+}
+
+impl Definitions {
+    pub fn schemas_dir(&self) -> Result<PathBuf> {
+        locate(self.schemas.as_deref(), "schemas")
+    }
+
+    pub fn sql_dir(&self) -> Result<PathBuf> {
+        locate(self.sql.as_deref(), "sql")
+    }
+}
+
+fn locate(given: Option<&Path>, name: &str) -> Result<PathBuf> {
+    if let Some(dir) = given {
+        return if dir.is_dir() {
+            Ok(dir.to_path_buf())
+        } else {
+            Err(Error::Config(format!("--{name} {}: no such directory", dir.display())))
+        };
+    }
+    let here = PathBuf::from(name);
+    if here.is_dir() {
+        return Ok(here);
+    }
+    let built_from = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(name);
+    if built_from.is_dir() {
+        return Ok(built_from);
+    }
+    Err(Error::Config(format!("no ./{name} directory here: run from the project root or pass --{name} DIR")))
+}

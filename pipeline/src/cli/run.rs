@@ -1,0 +1,66 @@
+//! `sluice run`: the pipeline over a directory of JSON-lines files.
+
+use std::path::PathBuf;
+
+use super::Definitions;
+use crate::catalog::Lake;
+use crate::error::{Error, Result};
+use crate::plan::load_sql_dir;
+use crate::runtime::{Pipeline, RunOptions, RunStats};
+use crate::schema::{parse_duration, SchemaRegistry};
+use crate::source::FileSource;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunArgs {
+    /// Input directory: <topic>/<partition>.jsonl (or <topic>.jsonl for partition 0).
+    #[arg(long, value_name = "DIR")]
+    pub input: PathBuf,
+    /// The lake to write (a directory or URL).
+    #[arg(long)]
+    pub lake: String,
+    /// Lines read from one partition file at a time.
+    #[arg(long, default_value_t = 8192, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub batch_size: u64,
+    /// How often buffered rows are committed to the lake (e.g. 500ms, 1s, 1m).
+    #[arg(long, default_value = "1s", value_parser = duration)]
+    pub commit_interval: std::time::Duration,
+    #[command(flatten)]
+    pub definitions: Definitions,
+}
+
+fn duration(text: &str) -> std::result::Result<std::time::Duration, String> {
+    parse_duration(text)
+}
+
+pub async fn run(args: &RunArgs) -> Result<RunStats> {
+    let registry = SchemaRegistry::load(&args.definitions.schemas_dir()?)?;
+    let sql = load_sql_dir(&args.definitions.sql_dir()?)?;
+    let lake = Lake::open(&args.lake, true)?;
+    let options = RunOptions { commit_interval: args.commit_interval, ..RunOptions::default() };
+    let mut pipeline = Pipeline::new(&lake, &registry, &sql, options).await?;
+    if !args.input.is_dir() {
+        return Err(Error::Config(format!("--input {}: no such directory", args.input.display())));
+    }
+    let mut source = FileSource::open(&args.input, args.batch_size as usize, |t| registry.get(t).is_some())?;
+    let stats = pipeline.run(&mut source).await?;
+    print_summary(&stats);
+    Ok(stats)
+}
+
+pub fn print_summary(stats: &RunStats) {
+    let secs = stats.elapsed.as_secs_f64().max(1e-9);
+    eprintln!(
+        "read {} messages ({:.1} MB) in {:.2}s: {:.0} messages/s; {} bad (dead_letters), {} late, {} tombstones; {} commits",
+        stats.messages,
+        stats.bytes as f64 / 1e6,
+        secs,
+        stats.messages as f64 / secs,
+        stats.bad,
+        stats.late,
+        stats.tombstones,
+        stats.commits
+    );
+    for (table, rows) in &stats.rows {
+        eprintln!("  {:>9} rows  {}", rows, table.sql_name());
+    }
+}

@@ -1,0 +1,448 @@
+//! Decoding: raw JSON messages to Arrow batches against a topic's schema.
+//!
+//! One pass per message with a borrowing serde visitor that fills a slot per schema
+//! field (no `serde_json::Value`, no allocation for plain strings), then checks the
+//! slots and appends them to column builders. A message that fails any check becomes
+//! a [`DeadLetter`] whose reason names the field; nothing is appended for it.
+
+mod json;
+pub mod rfc3339;
+
+use std::sync::Arc;
+
+use arrow::array::{
+    ArrayRef, BooleanBuilder, Float64Builder, Int32Array, Int32Builder, Int64Array, Int64Builder,
+    StringArray, StringBuilder, TimestampMicrosecondArray, TimestampMicrosecondBuilder,
+};
+use arrow::record_batch::RecordBatch;
+
+use crate::error::Result;
+use crate::schema::{FieldSpec, FieldType, TopicKind, TopicSchema};
+use crate::source::RawBatch;
+use json::{Envelope, Value};
+
+/// A message that could not be decoded, with the reason.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    pub offset: i64,
+    pub error: String,
+    pub raw: String,
+}
+
+/// The outcome of decoding one [`RawBatch`].
+#[derive(Debug)]
+pub struct Decoded {
+    /// The valid messages, in the topic's Arrow schema (possibly empty).
+    pub batch: RecordBatch,
+    pub dead_letters: Vec<DeadLetter>,
+    /// Null messages (Kafka tombstones): skipped, neither rows nor dead letters.
+    pub tombstones: usize,
+}
+
+/// Decodes the messages of one topic.
+pub struct TopicDecoder {
+    schema: Arc<TopicSchema>,
+}
+
+/// A checked field value, ready to append; strings stay in their slot.
+#[derive(Debug, Clone, Copy)]
+enum Cell {
+    Null,
+    Str,
+    I32(i32),
+    I64(i64),
+    F64(f64),
+    Bool(bool),
+    Ts(i64),
+}
+
+/// The envelope columns of a checked change.
+struct Change {
+    op: &'static str,
+    lsn: i64,
+    ts: i64,
+    /// A delete: the entity's fields come from `before`.
+    from_before: bool,
+}
+
+impl TopicDecoder {
+    pub fn new(schema: Arc<TopicSchema>) -> Self {
+        TopicDecoder { schema }
+    }
+
+    pub fn schema(&self) -> &Arc<TopicSchema> {
+        &self.schema
+    }
+
+    pub fn decode(&self, raw: &RawBatch) -> Result<Decoded> {
+        let fields = &self.schema.fields;
+        let n_messages = raw.messages.len();
+        let mut columns = Columns::new(fields, n_messages);
+        let mut changes = (self.schema.kind == TopicKind::Cdc).then(|| ChangeColumns::new(n_messages));
+        let mut dead_letters = Vec::new();
+        let mut tombstones = 0;
+        let mut offsets = Vec::with_capacity(n_messages);
+        let mut raws = StringBuilder::with_capacity(n_messages, raw.data.len());
+        let mut cells: Vec<Cell> = Vec::with_capacity(fields.len());
+        let mut after: Vec<Value> = Vec::with_capacity(fields.len());
+        let mut before: Vec<Value> = Vec::with_capacity(fields.len());
+
+        for message in &raw.messages {
+            let Some(bytes) = raw.payload(message) else {
+                tombstones += 1;
+                continue;
+            };
+            cells.clear();
+            let checked = match changes {
+                Some(_) => self.check_change(bytes, &mut after, &mut before, &mut cells).map(Some),
+                None => json::parse_object(bytes, fields, &mut after)
+                    .and_then(|()| check_fields(fields, &after, "", true, &mut cells))
+                    .map(|()| None),
+            };
+            match checked {
+                Ok(change) => {
+                    let slots = match &change {
+                        Some(c) if c.from_before => &before,
+                        _ => &after,
+                    };
+                    columns.append(&cells, slots);
+                    if let (Some(columns), Some(change)) = (changes.as_mut(), change) {
+                        columns.append(&change);
+                    }
+                    offsets.push(message.offset);
+                    raws.append_value(String::from_utf8_lossy(bytes));
+                }
+                Err(error) => dead_letters.push(DeadLetter {
+                    offset: message.offset,
+                    error,
+                    raw: String::from_utf8_lossy(bytes).into_owned(),
+                }),
+            }
+        }
+
+        let n = offsets.len();
+        let mut arrays = columns.finish();
+        if let Some(changes) = changes {
+            arrays.extend(changes.finish());
+        }
+        arrays.push(Arc::new(StringArray::from_iter_values(std::iter::repeat_n(&*raw.partition.topic, n))));
+        arrays.push(Arc::new(Int32Array::from_value(raw.partition.partition, n)));
+        arrays.push(Arc::new(Int64Array::from(offsets)));
+        arrays.push(Arc::new(TimestampMicrosecondArray::from_value(raw.ingested_at, n).with_timezone("UTC")));
+        arrays.push(Arc::new(raws.finish()));
+        let batch = RecordBatch::try_new(self.schema.arrow_schema.clone(), arrays)?;
+        Ok(Decoded { batch, dead_letters, tombstones })
+    }
+
+    /// A Debezium envelope: the entity's fields from `after` (from `before` on a delete).
+    fn check_change<'a>(
+        &self,
+        bytes: &'a [u8],
+        after: &mut Vec<Value<'a>>,
+        before: &mut Vec<Value<'a>>,
+        cells: &mut Vec<Cell>,
+    ) -> std::result::Result<Change, String> {
+        let fields = &self.schema.fields;
+        let env: Envelope = json::parse_envelope(bytes, fields, after, before)?;
+        let op = match &env.op {
+            Value::Str(op) => match &**op {
+                "c" => "c",
+                "u" => "u",
+                "d" => "d",
+                "r" => "r",
+                _ => return Err(format!("field `op`: {} is not one of c, u, d, r", env.op.describe())),
+            },
+            Value::Missing | Value::Null => return Err("missing required field `op`".into()),
+            other => return Err(format!("field `op`: expected one of c, u, d, r, found {}", other.describe())),
+        };
+        let ts_ms = required_int(&env.ts_ms, "ts_ms")?;
+        let lsn = required_int(&env.lsn, "source.lsn")?;
+        let from_before = op == "d";
+        if from_before {
+            if !env.before_present {
+                return Err("a delete (`op` d) needs `before` with the primary key".into());
+            }
+            check_fields(fields, before, "before.", false, cells)?;
+            let pk = self.schema.primary_key.as_deref().unwrap_or_default();
+            if let Some(i) = fields.iter().position(|f| f.name == pk) {
+                if matches!(cells[i], Cell::Null) {
+                    return Err(format!("missing required field `before.{pk}` (the primary key of a delete)"));
+                }
+            }
+        } else {
+            if !env.after_present {
+                return Err(format!("missing required field `after` (`op` {op} carries the new row)"));
+            }
+            check_fields(fields, after, "after.", true, cells)?;
+        }
+        let ts = ts_ms.checked_mul(1000).ok_or("field `ts_ms`: out of range")?;
+        Ok(Change { op, lsn, ts, from_before })
+    }
+}
+
+fn required_int(value: &Value, name: &str) -> std::result::Result<i64, String> {
+    match value {
+        Value::Int(i) => Ok(*i),
+        Value::Missing | Value::Null => Err(format!("missing required field `{name}`")),
+        other => Err(format!("field `{name}`: expected an integer, found {}", other.describe())),
+    }
+}
+
+/// Checks every field's slot against the schema and converts it to a [`Cell`].
+fn check_fields(
+    fields: &[FieldSpec],
+    slots: &[Value],
+    prefix: &str,
+    enforce_required: bool,
+    cells: &mut Vec<Cell>,
+) -> std::result::Result<(), String> {
+    for (field, value) in fields.iter().zip(slots) {
+        let cell = match value {
+            Value::Missing | Value::Null => {
+                if enforce_required && !field.nullable {
+                    let what = if matches!(value, Value::Missing) { "missing required field" } else { "null in required field" };
+                    return Err(format!("{what} `{prefix}{}`", field.name));
+                }
+                Cell::Null
+            }
+            value => check_value(&field.ty, value).map_err(|why| format!("field `{prefix}{}`: {why}", field.name))?,
+        };
+        cells.push(cell);
+    }
+    Ok(())
+}
+
+fn check_value(ty: &FieldType, value: &Value) -> std::result::Result<Cell, String> {
+    let wrong = || format!("expected {}, found {}", ty.describe(), value.describe());
+    Ok(match (ty, value) {
+        (FieldType::String, Value::Str(_)) => Cell::Str,
+        (FieldType::Enum(values), Value::Str(s)) => {
+            if !values.iter().any(|v| v == &**s) {
+                return Err(format!("{} is not one of {}", value.describe(), values.join(", ")));
+            }
+            Cell::Str
+        }
+        (FieldType::Int, Value::Int(i)) => Cell::I32(i32::try_from(*i).map_err(|_| wrong())?),
+        (FieldType::Int64, Value::Int(i)) => Cell::I64(*i),
+        (FieldType::Double, Value::Int(i)) => Cell::F64(*i as f64),
+        (FieldType::Double, Value::Float(f)) => Cell::F64(*f),
+        (FieldType::Bool, Value::Bool(b)) => Cell::Bool(*b),
+        (FieldType::Timestamp, Value::Str(s)) => Cell::Ts(
+            rfc3339::parse_micros(s)
+                .ok_or_else(|| format!("{} is not an RFC 3339 timestamp with a zone", value.describe()))?,
+        ),
+        _ => return Err(wrong()),
+    })
+}
+
+/// One builder per schema field.
+enum Builder {
+    Str(StringBuilder),
+    I32(Int32Builder),
+    I64(Int64Builder),
+    F64(Float64Builder),
+    Bool(BooleanBuilder),
+    Ts(TimestampMicrosecondBuilder),
+}
+
+struct Columns {
+    builders: Vec<Builder>,
+}
+
+impl Columns {
+    fn new(fields: &[FieldSpec], capacity: usize) -> Self {
+        let builders = fields
+            .iter()
+            .map(|f| match f.ty {
+                FieldType::String | FieldType::Enum(_) => Builder::Str(StringBuilder::with_capacity(capacity, capacity * 16)),
+                FieldType::Int => Builder::I32(Int32Builder::with_capacity(capacity)),
+                FieldType::Int64 => Builder::I64(Int64Builder::with_capacity(capacity)),
+                FieldType::Double => Builder::F64(Float64Builder::with_capacity(capacity)),
+                FieldType::Bool => Builder::Bool(BooleanBuilder::with_capacity(capacity)),
+                FieldType::Timestamp => {
+                    Builder::Ts(TimestampMicrosecondBuilder::with_capacity(capacity).with_timezone("UTC"))
+                }
+            })
+            .collect();
+        Columns { builders }
+    }
+
+    fn append(&mut self, cells: &[Cell], slots: &[Value]) {
+        for ((builder, cell), slot) in self.builders.iter_mut().zip(cells).zip(slots) {
+            match (builder, *cell) {
+                (Builder::Str(b), Cell::Str) => b.append_value(slot.as_str()),
+                (Builder::I32(b), Cell::I32(v)) => b.append_value(v),
+                (Builder::I64(b), Cell::I64(v)) => b.append_value(v),
+                (Builder::F64(b), Cell::F64(v)) => b.append_value(v),
+                (Builder::Bool(b), Cell::Bool(v)) => b.append_value(v),
+                (Builder::Ts(b), Cell::Ts(v)) => b.append_value(v),
+                (Builder::Str(b), _) => b.append_null(),
+                (Builder::I32(b), _) => b.append_null(),
+                (Builder::I64(b), _) => b.append_null(),
+                (Builder::F64(b), _) => b.append_null(),
+                (Builder::Bool(b), _) => b.append_null(),
+                (Builder::Ts(b), _) => b.append_null(),
+            }
+        }
+    }
+
+    fn finish(self) -> Vec<ArrayRef> {
+        self.builders
+            .into_iter()
+            .map(|b| -> ArrayRef {
+                match b {
+                    Builder::Str(mut b) => Arc::new(b.finish()),
+                    Builder::I32(mut b) => Arc::new(b.finish()),
+                    Builder::I64(mut b) => Arc::new(b.finish()),
+                    Builder::F64(mut b) => Arc::new(b.finish()),
+                    Builder::Bool(mut b) => Arc::new(b.finish()),
+                    Builder::Ts(mut b) => Arc::new(b.finish()),
+                }
+            })
+            .collect()
+    }
+}
+
+/// `_op`, `_lsn`, `ts` of change envelopes.
+struct ChangeColumns {
+    op: StringBuilder,
+    lsn: Int64Builder,
+    ts: TimestampMicrosecondBuilder,
+}
+
+impl ChangeColumns {
+    fn new(capacity: usize) -> Self {
+        ChangeColumns {
+            op: StringBuilder::with_capacity(capacity, capacity),
+            lsn: Int64Builder::with_capacity(capacity),
+            ts: TimestampMicrosecondBuilder::with_capacity(capacity).with_timezone("UTC"),
+        }
+    }
+
+    fn append(&mut self, change: &Change) {
+        self.op.append_value(change.op);
+        self.lsn.append_value(change.lsn);
+        self.ts.append_value(change.ts);
+    }
+
+    fn finish(mut self) -> [ArrayRef; 3] {
+        [Arc::new(self.op.finish()), Arc::new(self.lsn.finish()), Arc::new(self.ts.finish())]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schema::SchemaRegistry;
+    use crate::source::{PartitionId, RawMessage};
+    use arrow::array::{AsArray, Array};
+    use arrow::datatypes::{Float64Type, Int32Type, Int64Type, TimestampMicrosecondType};
+
+    fn registry() -> SchemaRegistry {
+        SchemaRegistry::load(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../schemas")).unwrap()
+    }
+
+    fn raw(topic: &str, lines: &[&str]) -> RawBatch {
+        let mut data = Vec::new();
+        let mut messages = Vec::new();
+        for (i, line) in lines.iter().enumerate() {
+            let start = data.len();
+            data.extend_from_slice(line.as_bytes());
+            let payload = (*line != "null").then_some(start..data.len());
+            messages.push(RawMessage { offset: 10 + i as i64, payload });
+        }
+        RawBatch {
+            partition: PartitionId { topic: topic.into(), partition: 2 },
+            ingested_at: 1_000,
+            data,
+            messages,
+            end_of_partition: false,
+        }
+    }
+
+    fn decode(topic: &str, lines: &[&str]) -> Decoded {
+        let registry = registry();
+        TopicDecoder::new(registry.get(topic).unwrap().clone()).decode(&raw(topic, lines)).unwrap()
+    }
+
+    const GOOD: &str = r#"{"request_id":"r1","correlation_id":"c1","ts":"2026-03-01T09:15:02.125Z","service":"assessment","upstream_instance":"assessment-1","method":"GET","route":"/api/v1/exams/{id}","status":200,"duration_ms":41.5,"user_id":"u-1","org_id":null,"auth_outcome":"ok","rate_limited":false,"bytes_out":5120,"extra":{"ignored":[1,2]}}"#;
+
+    #[test]
+    fn decodes_a_valid_event_with_lineage() {
+        let d = decode("gateway.requests", &[GOOD]);
+        assert!(d.dead_letters.is_empty(), "{:?}", d.dead_letters);
+        let b = &d.batch;
+        assert_eq!(b.num_rows(), 1);
+        let col = |name: &str| b.column_by_name(name).unwrap().clone();
+        assert_eq!(col("service").as_string::<i32>().value(0), "assessment");
+        assert_eq!(col("status").as_primitive::<Int32Type>().value(0), 200);
+        assert_eq!(col("duration_ms").as_primitive::<Float64Type>().value(0), 41.5);
+        assert!(col("org_id").is_null(0));
+        assert_eq!(
+            col("ts").as_primitive::<TimestampMicrosecondType>().value(0),
+            chrono::DateTime::parse_from_rfc3339("2026-03-01T09:15:02.125Z").unwrap().timestamp_micros()
+        );
+        assert_eq!(col("_offset").as_primitive::<Int64Type>().value(0), 10);
+        assert_eq!(col("_partition").as_primitive::<Int32Type>().value(0), 2);
+        assert_eq!(col("_raw").as_string::<i32>().value(0), GOOD);
+    }
+
+    #[test]
+    fn every_kind_of_bad_message_is_a_dead_letter_naming_the_problem() {
+        let with = |from: &str, to: &str| GOOD.replacen(from, to, 1);
+        let cases = [
+            (GOOD[..40].to_string(), "invalid JSON"),
+            ("[1,2]".to_string(), "expected a JSON object"),
+            ("\"hello\"".to_string(), "expected a JSON object"),
+            (with(r#""ts":"2026-03-01T09:15:02.125Z","#, ""), "missing required field `ts`"),
+            (with(r#""status":200"#, r#""status":"200""#), "field `status`: expected a 32-bit integer, found the string \"200\""),
+            (with(r#""status":200"#, r#""status":200.5"#), "field `status`"),
+            (with(r#""duration_ms":41.5"#, r#""duration_ms":"fast""#), "field `duration_ms`"),
+            (with(r#""rate_limited":false"#, r#""rate_limited":"yes""#), "field `rate_limited`"),
+            (with(r#""auth_outcome":"ok""#, r#""auth_outcome":"maybe""#), "field `auth_outcome`: the string \"maybe\" is not one of ok, denied, expired, missing"),
+            (with(r#""service":"assessment""#, r#""service":"billing""#), "field `service`"),
+            (with("2026-03-01T09:15:02.125Z", "yesterday"), "field `ts`: the string \"yesterday\" is not an RFC 3339"),
+            (with("2026-03-01T09:15:02.125Z", "2026-03-01 09:15:02"), "field `ts`"),
+            (with(r#""method":"GET""#, r#""method":null"#), "null in required field `method`"),
+            (format!("{GOOD} trailing"), "invalid JSON"),
+        ];
+        let lines: Vec<&str> = cases.iter().map(|(l, _)| l.as_str()).collect();
+        let d = decode("gateway.requests", &lines);
+        assert_eq!(d.batch.num_rows(), 0);
+        assert_eq!(d.dead_letters.len(), cases.len());
+        for ((line, want), dead) in cases.iter().zip(&d.dead_letters) {
+            assert!(dead.error.contains(want), "{line}\n  error: {}\n  wanted: {want}", dead.error);
+            assert_eq!(&dead.raw, line);
+        }
+    }
+
+    #[test]
+    fn change_envelopes_decode_and_tombstones_are_skipped() {
+        let lines = [
+            r#"{"op":"c","ts_ms":1772356502125,"before":null,"after":{"user_id":"u-17","org_id":"org-3","role":"learner","display_name":"Ana","locale":"pt-BR"},"source":{"service":"directory","entity":"users","lsn":4711}}"#,
+            r#"{"op":"d","ts_ms":1772356503000,"before":{"user_id":"u-17"},"after":null,"source":{"lsn":4712}}"#,
+            "null",
+            r#"{"op":"x","ts_ms":1,"after":null,"source":{"lsn":1}}"#,
+            r#"{"op":"u","ts_ms":1,"after":{"user_id":"u-1","org_id":"o","role":"boss","display_name":"B"},"source":{"lsn":1}}"#,
+            r#"{"op":"d","ts_ms":1,"before":{"org_id":"o"},"source":{"lsn":1}}"#,
+            r#"{"op":"c","ts_ms":1,"after":{"user_id":"u-1","org_id":"o","role":"learner","display_name":"B"}}"#,
+        ];
+        let d = decode("cdc.directory.users", &lines);
+        assert_eq!(d.tombstones, 1);
+        assert_eq!(d.batch.num_rows(), 2);
+        let b = &d.batch;
+        assert_eq!(b.column_by_name("_op").unwrap().as_string::<i32>().value(1), "d");
+        assert_eq!(b.column_by_name("user_id").unwrap().as_string::<i32>().value(1), "u-17");
+        assert!(b.column_by_name("role").unwrap().is_null(1));
+        assert_eq!(b.column_by_name("_lsn").unwrap().as_primitive::<Int64Type>().value(0), 4711);
+        assert_eq!(
+            b.column_by_name("ts").unwrap().as_primitive::<TimestampMicrosecondType>().value(0),
+            1_772_356_502_125_000
+        );
+        let errors: Vec<&str> = d.dead_letters.iter().map(|d| d.error.as_str()).collect();
+        assert!(errors[0].contains("field `op`"), "{errors:?}");
+        assert!(errors[1].contains("field `after.role`"), "{errors:?}");
+        assert!(errors[2].contains("`before.user_id`"), "{errors:?}");
+        assert!(errors[3].contains("`source.lsn`"), "{errors:?}");
+    }
+}

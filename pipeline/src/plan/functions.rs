@@ -1,0 +1,56 @@
+//! Streaming SQL's window functions in the Arroyo dialect: `tumble(interval)` in a
+//! GROUP BY. The planner recognises the call and the window operator evaluates it;
+//! DataFusion never runs it, so invoking it directly is an error.
+
+use std::sync::Arc;
+
+use arrow::datatypes::{DataType, Field, Fields};
+use datafusion::common::{plan_err, Result};
+use datafusion::logical_expr::{ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility};
+
+use crate::schema::timestamp_type;
+
+/// The type of a `window` column: `{start, end}` timestamps.
+pub fn window_type() -> DataType {
+    DataType::Struct(Fields::from(vec![
+        Field::new("start", timestamp_type(), false),
+        Field::new("end", timestamp_type(), false),
+    ]))
+}
+
+/// The window functions, by name.
+pub const WINDOW_FUNCTIONS: [&str; 1] = ["tumble"];
+
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct WindowFunction {
+    name: &'static str,
+    signature: Signature,
+}
+
+impl ScalarUDFImpl for WindowFunction {
+    fn name(&self) -> &str {
+        self.name
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _args: &[DataType]) -> Result<DataType> {
+        Ok(window_type())
+    }
+
+    fn invoke_with_args(&self, _args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        plan_err!("{}() defines a window: use it in the GROUP BY of a streaming query", self.name)
+    }
+}
+
+/// `tumble(interval)`: fixed, non-overlapping windows aligned to the epoch (UTC).
+pub fn tumble() -> ScalarUDF {
+    // Volatile, so the optimizer neither folds nor drops this constant-argument call.
+    ScalarUDF::new_from_impl(WindowFunction { name: "tumble", signature: Signature::variadic_any(Volatility::Volatile) })
+}
+
+pub fn all() -> Vec<Arc<ScalarUDF>> {
+    vec![Arc::new(tumble())]
+}

@@ -1,0 +1,422 @@
+//! SQL files to streaming plans.
+//!
+//! A SQL file `sql/<a>/<b>/<c>.sql` defines the lake table `<a>/<b>/<c>`. Its `FROM`
+//! names input topics as tables (`gateway.requests`, `interactions`, or the
+//! pipeline's own `sluice.metrics`). DataFusion plans and optimises the query as if
+//! the topics were tables; this module then cuts the plan into what runs per batch
+//! and what runs per window:
+//!
+//! - no aggregate: the whole plan is **stateless** and runs on every batch;
+//! - one `GROUP BY tumble(...)` aggregate: the plan below it runs on every batch, the
+//!   [`WindowSpec`] says how the window operator keeps its state, and the plan above
+//!   it runs on the rows of the windows that close;
+//! - anything else (a join, `ORDER BY` or a window function on the stream, an
+//!   aggregate without a window) is refused here, naming the construct and the file.
+
+mod functions;
+mod slot;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::datatypes::{DataType, SchemaRef};
+use datafusion::catalog::{CatalogProvider, MemoryCatalogProvider, MemorySchemaProvider};
+use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
+use datafusion::common::{ScalarValue, TableReference};
+use datafusion::datasource::provider_as_source;
+use datafusion::execution::context::{SQLOptions, SessionState};
+use datafusion::execution::session_state::SessionStateBuilder;
+use datafusion::execution::TaskContext;
+use datafusion::logical_expr::{Aggregate, Expr, LogicalPlan, TableScanBuilder};
+use datafusion::optimizer::Optimizer;
+use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
+use datafusion::physical_plan::{ExecutionPlan, PhysicalExpr};
+use datafusion::physical_planner::{DefaultPhysicalPlanner, PhysicalPlanner};
+use datafusion::prelude::{SessionConfig, SessionContext};
+
+pub use functions::{window_type, WINDOW_FUNCTIONS};
+pub use slot::Slot;
+
+use crate::catalog::TablePath;
+use crate::error::{Error, Result};
+
+/// One `.sql` file of the `sql/` directory.
+#[derive(Debug, Clone)]
+pub struct SqlFile {
+    pub path: PathBuf,
+    pub table: TablePath,
+    pub sql: String,
+}
+
+/// Every `.sql` file under `dir`, each defining the table at its relative path.
+pub fn load_sql_dir(dir: &Path) -> Result<Vec<SqlFile>> {
+    let mut files = Vec::new();
+    walk(dir, dir, &mut files)?;
+    files.sort_by(|a, b| a.table.cmp(&b.table));
+    if files.is_empty() {
+        return Err(Error::Config(format!("{}: no .sql files", dir.display())));
+    }
+    Ok(files)
+}
+
+fn walk(root: &Path, dir: &Path, out: &mut Vec<SqlFile>) -> Result<()> {
+    let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
+    for entry in entries {
+        let path = entry.map_err(|e| Error::io(dir, e))?.path();
+        if path.is_dir() {
+            walk(root, &path, out)?;
+        } else if path.extension().is_some_and(|x| x == "sql") {
+            let relative = path.strip_prefix(root).unwrap_or(&path).with_extension("");
+            let table = TablePath::from_relative(&relative).map_err(|message| Error::Sql { path: path.clone(), message })?;
+            let sql = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+            out.push(SqlFile { path, table, sql });
+        }
+    }
+    Ok(())
+}
+
+/// A topic as SQL sees it: its name and the schema of its decoded batches.
+#[derive(Debug, Clone)]
+pub struct InputTable {
+    pub topic: Arc<str>,
+    pub schema: SchemaRef,
+}
+
+/// A SQL file, planned to run on a stream.
+pub struct StreamingQuery {
+    pub table: TablePath,
+    pub path: PathBuf,
+    /// The topics the query reads, each with the slot its batches go into.
+    pub inputs: Vec<(Arc<str>, Slot)>,
+    pub shape: Shape,
+    /// The schema of the query's result rows.
+    pub output_schema: SchemaRef,
+    pub task_ctx: Arc<TaskContext>,
+}
+
+pub enum Shape {
+    /// Runs on every batch; every result row is output at once.
+    Stateless { plan: Arc<dyn ExecutionPlan> },
+    /// Rows go through `input`, into the window operator, and closed windows' rows
+    /// through `output` (fed by `output_slot`).
+    Windowed {
+        input: Arc<dyn ExecutionPlan>,
+        window: WindowSpec,
+        output: Arc<dyn ExecutionPlan>,
+        output_slot: Slot,
+    },
+}
+
+/// What the window operator needs to know of a windowed aggregate.
+#[derive(Clone)]
+pub struct WindowSpec {
+    /// Window length, µs.
+    pub size: i64,
+    /// The event time of a row of the aggregate's input.
+    pub time: Arc<dyn PhysicalExpr>,
+    /// The GROUP BY keys other than the window.
+    pub keys: Vec<Arc<dyn PhysicalExpr>>,
+    pub key_schema: SchemaRef,
+    pub aggregates: Vec<AggregateSpec>,
+    /// Where the `window` column sits among the aggregate's group columns.
+    pub window_index: usize,
+    /// The aggregate's result rows: group columns (with `window`), then aggregates.
+    pub schema: SchemaRef,
+}
+
+#[derive(Clone)]
+pub struct AggregateSpec {
+    pub function: Arc<AggregateFunctionExpr>,
+    pub filter: Option<Arc<dyn PhysicalExpr>>,
+}
+
+impl StreamingQuery {
+    pub fn topics(&self) -> impl Iterator<Item = &Arc<str>> {
+        self.inputs.iter().map(|(t, _)| t)
+    }
+
+    pub fn window_size(&self) -> Option<i64> {
+        match &self.shape {
+            Shape::Windowed { window, .. } => Some(window.size),
+            Shape::Stateless { .. } => None,
+        }
+    }
+}
+
+/// Plans one SQL file against the input tables.
+pub async fn plan(file: &SqlFile, inputs: &[InputTable]) -> Result<StreamingQuery> {
+    let sql_err = |message: String| Error::Sql { path: file.path.clone(), message };
+    let df_err = |e: datafusion::error::DataFusionError| sql_err(e.strip_backtrace().to_string());
+
+    let state = session_state();
+    let ctx = SessionContext::new_with_state(state.clone());
+    for udf in functions::all() {
+        ctx.register_udf((*udf).clone());
+    }
+    let mut slots = Vec::new();
+    for input in inputs {
+        let slot = Slot::new(input.schema.clone());
+        let reference = TableReference::parse_str(&input.topic);
+        ensure_schema(&ctx, &reference);
+        ctx.register_table(reference.clone(), Arc::new(slot.table().map_err(df_err)?)).map_err(df_err)?;
+        slots.push((reference, input.topic.clone(), slot));
+    }
+
+    let options = SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false);
+    let logical = ctx.sql_with_options(&file.sql, options).await.map_err(df_err)?.into_unoptimized_plan();
+    let logical = bind_windows_to_event_time(logical).map_err(df_err)?;
+    let state = ctx.state();
+    let optimized = state.optimize(&logical).map_err(df_err)?;
+
+    // The topics the query reads, in a stable order.
+    let mut used = Vec::new();
+    optimized
+        .apply(|node| {
+            if let LogicalPlan::TableScan(scan) = node {
+                if let Some((_, topic, slot)) = slots.iter().find(|(r, _, _)| r.resolved_eq(&scan.table_name)) {
+                    if !used.iter().any(|(t, _): &(Arc<str>, Slot)| t == topic) {
+                        used.push((topic.clone(), slot.clone()));
+                    }
+                }
+            }
+            Ok(TreeNodeRecursion::Continue)
+        })
+        .map_err(df_err)?;
+    if used.is_empty() {
+        return Err(sql_err("the query reads no topic: name one in FROM (e.g. `FROM gateway.requests`)".into()));
+    }
+
+    let task_ctx = ctx.task_ctx();
+    let planner = DefaultPhysicalPlanner::default();
+    let aggregates = find_aggregates(&optimized);
+    let shape = match aggregates.as_slice() {
+        [] => {
+            refuse_unbounded(&optimized).map_err(sql_err)?;
+            let plan = planner.create_physical_plan(&optimized, &state).await.map_err(df_err)?;
+            Shape::Stateless { plan }
+        }
+        [aggregate] => {
+            refuse_unbounded(&aggregate.input).map_err(sql_err)?;
+            let input = planner.create_physical_plan(&aggregate.input, &state).await.map_err(df_err)?;
+            let window = window_spec(aggregate, &input.schema(), &state).map_err(sql_err)?;
+            let output_slot = Slot::new(window.schema.clone());
+            let output_plan = replace_aggregate(&optimized, &output_slot).map_err(df_err)?;
+            let output = planner.create_physical_plan(&output_plan, &state).await.map_err(df_err)?;
+            Shape::Windowed { input, window, output, output_slot }
+        }
+        _ => return Err(sql_err("more than one aggregation in one query is not supported: split it into two SQL files".into())),
+    };
+    let output_schema = match &shape {
+        Shape::Stateless { plan } => plan.schema(),
+        Shape::Windowed { output, .. } => output.schema(),
+    };
+    Ok(StreamingQuery { table: file.table.clone(), path: file.path.clone(), inputs: used, shape, output_schema, task_ctx })
+}
+
+/// One partition, no repartitioning: a batch goes through a plan as one stream.
+fn session_state() -> SessionState {
+    let config = SessionConfig::new()
+        .with_target_partitions(1)
+        .with_batch_size(8192)
+        .with_information_schema(false)
+        .set_bool("datafusion.optimizer.repartition_aggregations", false)
+        .set_bool("datafusion.optimizer.repartition_windows", false)
+        .set_bool("datafusion.execution.coalesce_batches", false);
+    // A single COUNT(DISTINCT) would otherwise become two nested aggregates.
+    let rules = Optimizer::new()
+        .rules
+        .into_iter()
+        .filter(|r| r.name() != "single_distinct_aggregation_to_group_by")
+        .collect();
+    SessionStateBuilder::new().with_config(config).with_default_features().with_optimizer_rules(rules).build()
+}
+
+/// Creates the catalog and schema a dotted topic name needs (`cdc.directory.users`).
+fn ensure_schema(ctx: &SessionContext, reference: &TableReference) {
+    let catalog_name = reference.catalog().unwrap_or("datafusion");
+    let catalog = match ctx.catalog(catalog_name) {
+        Some(c) => c,
+        None => {
+            let c: Arc<dyn CatalogProvider> = Arc::new(MemoryCatalogProvider::new());
+            ctx.register_catalog(catalog_name, c.clone());
+            c
+        }
+    };
+    if let Some(schema) = reference.schema() {
+        if catalog.schema(schema).is_none() {
+            let _ = catalog.register_schema(schema, Arc::new(MemorySchemaProvider::new()));
+        }
+    }
+}
+
+fn find_aggregates(plan: &LogicalPlan) -> Vec<Aggregate> {
+    let mut found = Vec::new();
+    let _ = plan.apply(|node| {
+        if let LogicalPlan::Aggregate(a) = node {
+            found.push(a.clone());
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    found
+}
+
+/// Refuses what cannot run on an unbounded stream batch by batch.
+fn refuse_unbounded(plan: &LogicalPlan) -> std::result::Result<(), String> {
+    let mut refusal = None;
+    let _ = plan.apply(|node| {
+        refusal = match node {
+            LogicalPlan::Join(_) => Some("a join of unbounded streams is not supported"),
+            LogicalPlan::Sort(_) => Some("ORDER BY on an unbounded stream never finishes: order the output of a window instead"),
+            LogicalPlan::Limit(_) => Some("LIMIT on an unbounded stream is not supported"),
+            LogicalPlan::Window(_) => Some("a window function (OVER) needs a window: aggregate with GROUP BY tumble(...) first"),
+            LogicalPlan::Distinct(_) => Some("DISTINCT on an unbounded stream needs a window: GROUP BY tumble(...)"),
+            LogicalPlan::RecursiveQuery(_) => Some("recursive queries are not supported"),
+            LogicalPlan::Aggregate(_) => Some("an aggregate needs a window: GROUP BY tumble(interval '...'), ..."),
+            _ => None,
+        };
+        Ok(if refusal.is_some() { TreeNodeRecursion::Stop } else { TreeNodeRecursion::Continue })
+    });
+    match refusal {
+        Some(r) => Err(r.into()),
+        None => Ok(()),
+    }
+}
+
+/// Reads the window, keys and aggregates of a `GROUP BY tumble(...)` aggregate.
+fn window_spec(agg: &Aggregate, input_schema: &SchemaRef, state: &SessionState) -> std::result::Result<WindowSpec, String> {
+    let df = |e: datafusion::error::DataFusionError| e.strip_backtrace().to_string();
+    let input_dfschema = agg.input.schema();
+    let mut window = None;
+    let mut keys = Vec::new();
+    let mut key_fields = Vec::new();
+    for (i, expr) in agg.group_expr.iter().enumerate() {
+        if let Some(size) = window_size(expr)? {
+            if window.is_some() {
+                return Err("GROUP BY has more than one window".into());
+            }
+            window = Some((i, size));
+        } else {
+            keys.push(state.create_physical_expr(expr.clone(), input_dfschema).map_err(df)?);
+            key_fields.push(agg.schema.field(i).clone());
+        }
+    }
+    let Some((window_index, size)) = window else {
+        return Err("an aggregate needs a window: GROUP BY tumble(interval '...'), ...".into());
+    };
+    if matches!(agg.group_expr.first(), Some(Expr::GroupingSet(_))) {
+        return Err("GROUPING SETS, CUBE and ROLLUP are not supported in streaming queries".into());
+    }
+    let time_column = input_dfschema
+        .fields()
+        .iter()
+        .position(|f| f.name() == crate::schema::EVENT_TIME)
+        .ok_or("a windowed query needs the event time column `ts` in its input: keep `ts` in subqueries")?;
+    let time_expr = Expr::Column(input_dfschema.columns()[time_column].clone());
+    let time = state.create_physical_expr(time_expr, input_dfschema).map_err(df)?;
+
+    let mut aggregates = Vec::new();
+    for expr in &agg.aggr_expr {
+        #[allow(deprecated)]
+        let (function, filter, order_by) = datafusion::physical_planner::create_aggregate_expr_and_maybe_filter(
+            expr,
+            input_dfschema,
+            input_schema,
+            state.execution_props(),
+        )
+        .map_err(df)?;
+        if !order_by.is_empty() && !function.fun().supports_within_group_clause() {
+            return Err(format!("ORDER BY inside {} is not supported in streaming queries", function.name()));
+        }
+        aggregates.push(AggregateSpec { function, filter });
+    }
+    let key_schema = Arc::new(arrow::datatypes::Schema::new(key_fields));
+    Ok(WindowSpec {
+        size,
+        time,
+        keys,
+        key_schema,
+        aggregates,
+        window_index,
+        schema: Arc::new(agg.schema.as_arrow().clone()),
+    })
+}
+
+/// The window length of a `tumble(interval)` group expression, µs.
+fn window_size(expr: &Expr) -> std::result::Result<Option<i64>, String> {
+    let expr = match expr {
+        Expr::Alias(alias) => &*alias.expr,
+        e => e,
+    };
+    let Expr::ScalarFunction(call) = expr else { return Ok(None) };
+    if !WINDOW_FUNCTIONS.contains(&call.func.name()) {
+        return Ok(None);
+    }
+    // The second argument is the event time, added by `bind_windows_to_event_time`.
+    let size = match call.args.as_slice() {
+        [Expr::Literal(ScalarValue::IntervalMonthDayNano(Some(i)), _), _] if i.months == 0 => {
+            i64::from(i.days) * 86_400_000_000 + i.nanoseconds / 1000
+        }
+        [Expr::Literal(ScalarValue::IntervalDayTime(Some(i)), _), _] => {
+            i64::from(i.days) * 86_400_000_000 + i64::from(i.milliseconds) * 1000
+        }
+        _ => return Err("tumble() takes one fixed interval, e.g. tumble(interval '1 minute') (months vary in length)".into()),
+    };
+    if size <= 0 {
+        return Err("a window must be longer than zero".into());
+    }
+    Ok(Some(size))
+}
+
+/// Rewrites `GROUP BY tumble(i)` to `tumble(i, ts)` (keeping the column's name), so
+/// the optimizer keeps the event time in the aggregate's input.
+fn bind_windows_to_event_time(plan: LogicalPlan) -> datafusion::error::Result<LogicalPlan> {
+    plan.transform_up(|node| {
+        let LogicalPlan::Aggregate(agg) = node else { return Ok(Transformed::no(node)) };
+        let is_window = |e: &Expr| matches!(e, Expr::ScalarFunction(f) if WINDOW_FUNCTIONS.contains(&f.func.name()));
+        if !agg.group_expr.iter().any(is_window) {
+            return Ok(Transformed::no(LogicalPlan::Aggregate(agg)));
+        }
+        let Some(ts) = agg.input.schema().columns().into_iter().find(|c| c.name == crate::schema::EVENT_TIME) else {
+            return datafusion::common::plan_err!(
+                "a windowed query needs the event time column `ts` in its input: keep `ts` in subqueries"
+            );
+        };
+        let group_expr = agg
+            .group_expr
+            .iter()
+            .map(|e| match e {
+                Expr::ScalarFunction(f) if is_window(e) => {
+                    let mut call = f.clone();
+                    call.args.push(Expr::Column(ts.clone()));
+                    Expr::ScalarFunction(call).alias(e.schema_name().to_string())
+                }
+                other => other.clone(),
+            })
+            .collect();
+        let rebuilt = Aggregate::try_new(agg.input.clone(), group_expr, agg.aggr_expr.clone())?;
+        Ok(Transformed::yes(LogicalPlan::Aggregate(rebuilt)))
+    })
+    .map(|t| t.data)
+}
+
+/// The plan above the aggregate, reading the aggregate's rows from `slot`.
+fn replace_aggregate(plan: &LogicalPlan, slot: &Slot) -> datafusion::error::Result<LogicalPlan> {
+    let source = provider_as_source(Arc::new(slot.table()?));
+    plan.clone()
+        .transform_up(|node| match node {
+            LogicalPlan::Aggregate(agg) => {
+                let mut scan = TableScanBuilder::new("__window", source.clone()).build()?;
+                // Keep the aggregate's field names and qualifiers: the plan above refers to them.
+                scan.projected_schema = agg.schema.clone();
+                Ok(Transformed::yes(LogicalPlan::TableScan(scan)))
+            }
+            other => Ok(Transformed::no(other)),
+        })
+        .map(|t| t.data)
+}
+
+/// The schema DataFusion would give a type: used to check output columns.
+pub fn is_window_column(data_type: &DataType) -> bool {
+    *data_type == window_type()
+}
+

@@ -1,0 +1,329 @@
+//! The run loop: raw batches in, decoded, through every query, windows closed as
+//! watermarks pass, and the lake committed on an interval.
+
+mod metrics;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::array::{AsArray, BooleanArray, RecordBatch};
+use arrow::compute::filter_record_batch;
+use arrow::datatypes::TimestampMicrosecondType;
+use datafusion::physical_plan::collect;
+
+pub use metrics::{metrics_schema, BatchMetrics, METRICS_TOPIC};
+
+use crate::catalog::{Lake, TablePath};
+use crate::decode::TopicDecoder;
+use crate::error::{Error, Result};
+use crate::plan::{InputTable, Shape, SqlFile, StreamingQuery};
+use crate::schema::{SchemaRegistry, EVENT_TIME};
+use crate::sink::{dead_letter_schema, dead_letters_batch, late_event_schema, LateEvents, TableLayout, TableSink, DEAD_LETTERS, LATE_EVENTS};
+use crate::source::{PartitionId, RawBatch, Source};
+use crate::time::{QueryClock, Watermarks};
+use crate::window::TumblingWindows;
+
+/// How a pipeline runs.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Names the pipeline in the lake's `txn` app ids.
+    pub pipeline: String,
+    /// How often buffered rows are committed to the lake.
+    pub commit_interval: Duration,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions { pipeline: "sluice".into(), commit_interval: Duration::from_secs(1) }
+    }
+}
+
+/// Counters for the run summary.
+#[derive(Debug, Default, Clone)]
+pub struct RunStats {
+    pub messages: u64,
+    pub bytes: u64,
+    pub bad: u64,
+    pub late: u64,
+    pub tombstones: u64,
+    pub commits: u64,
+    pub elapsed: Duration,
+    /// Rows written per table.
+    pub rows: BTreeMap<TablePath, u64>,
+}
+
+/// A planned query with its running state.
+struct RunningQuery {
+    query: StreamingQuery,
+    clock: QueryClock,
+    windows: Option<TumblingWindows>,
+}
+
+pub struct Pipeline {
+    options: RunOptions,
+    decoders: HashMap<Arc<str>, TopicDecoder>,
+    queries: Vec<RunningQuery>,
+    watermarks: Watermarks,
+    sinks: BTreeMap<TablePath, TableSink>,
+    dead_letters: TablePath,
+    late_events: TablePath,
+    epoch: i64,
+    stats: RunStats,
+    last_commit: Instant,
+    /// Reused per batch: the watermark each row is judged by.
+    row_watermarks: Vec<i64>,
+}
+
+/// The input tables SQL can read: every topic of the registry, and `sluice.metrics`.
+pub fn input_tables(registry: &SchemaRegistry) -> Vec<InputTable> {
+    let mut inputs: Vec<InputTable> = registry
+        .topics()
+        .map(|t| InputTable { topic: Arc::from(t.topic.as_str()), schema: t.arrow_schema.clone() })
+        .collect();
+    inputs.push(InputTable { topic: Arc::from(METRICS_TOPIC), schema: metrics_schema() });
+    inputs
+}
+
+impl Pipeline {
+    /// Plans every SQL file and opens (or creates) every table.
+    pub async fn new(lake: &Lake, registry: &SchemaRegistry, sql: &[SqlFile], options: RunOptions) -> Result<Self> {
+        let inputs = input_tables(registry);
+        let mut queries = Vec::new();
+        let mut sinks = BTreeMap::new();
+        let mut seen = std::collections::HashSet::new();
+        for file in sql {
+            let query = crate::plan::plan(file, &inputs).await?;
+            let layout = TableLayout::for_result(&query.output_schema);
+            let sink = TableSink::open(lake, query.table.clone(), layout, &options.pipeline).await?;
+            if !seen.insert(query.table.clone()) {
+                return Err(Error::Sql { path: file.path.clone(), message: format!("a second SQL file for table {}", query.table) });
+            }
+            sinks.insert(query.table.clone(), sink);
+            let clock = QueryClock::new(query.topics().cloned().collect());
+            let windows = match &query.shape {
+                Shape::Windowed { window, .. } => Some(TumblingWindows::new(window.clone())),
+                Shape::Stateless { .. } => None,
+            };
+            queries.push(RunningQuery { query, clock, windows });
+        }
+        let dead_letters = TablePath::new(DEAD_LETTERS).map_err(Error::Internal)?;
+        let late_events = TablePath::new(LATE_EVENTS).map_err(Error::Internal)?;
+        for (path, schema) in [(&dead_letters, dead_letter_schema()), (&late_events, late_event_schema())] {
+            let sink = TableSink::open(lake, path.clone(), TableLayout::fixed(schema), &options.pipeline).await?;
+            sinks.insert(path.clone(), sink);
+        }
+        let mut epoch = 0;
+        for sink in sinks.values() {
+            epoch = epoch.max(sink.committed_epoch().await?.unwrap_or(0));
+        }
+        let decoders = registry.topics().map(|t| (Arc::from(t.topic.as_str()), TopicDecoder::new(t.clone()))).collect();
+        Ok(Pipeline {
+            options,
+            decoders,
+            queries,
+            watermarks: Watermarks::default(),
+            sinks,
+            dead_letters,
+            late_events,
+            epoch,
+            stats: RunStats::default(),
+            last_commit: Instant::now(),
+            row_watermarks: Vec::new(),
+        })
+    }
+
+    /// Runs a bounded source to its end: every window is emitted and committed.
+    pub async fn run(&mut self, source: &mut dyn Source) -> Result<RunStats> {
+        let started = Instant::now();
+        self.track_partitions(source);
+        let metrics = PartitionId { topic: Arc::from(METRICS_TOPIC), partition: 0 };
+        self.watermarks.add_partition(metrics, 0);
+        while let Some(raw) = source.next_batch().await? {
+            self.process(raw).await?;
+            if self.last_commit.elapsed() >= self.options.commit_interval {
+                self.commit().await?;
+            }
+        }
+        self.watermarks.finish_all();
+        self.close_windows().await?;
+        self.commit().await?;
+        self.stats.elapsed = started.elapsed();
+        self.stats.rows = self.sinks.iter().map(|(p, s)| (p.clone(), s.rows_written())).collect();
+        Ok(self.stats.clone())
+    }
+
+    fn track_partitions(&mut self, source: &dyn Source) {
+        for id in source.partitions() {
+            let delay = self
+                .decoders
+                .get(&id.topic)
+                .map(|d| d.schema().out_of_orderness.as_micros() as i64)
+                .unwrap_or(0);
+            self.watermarks.add_partition(id, delay);
+        }
+    }
+
+    /// One raw batch through decoding, every query reading its topic, and the metrics stream.
+    async fn process(&mut self, raw: RawBatch) -> Result<()> {
+        let decoder = self
+            .decoders
+            .get(&raw.partition.topic)
+            .ok_or_else(|| Error::Input(format!("no schema for topic `{}`", raw.partition.topic)))?;
+        let decoded = decoder.decode(&raw)?;
+        self.stats.messages += raw.messages.len() as u64;
+        self.stats.bytes += raw.data.len() as u64;
+        self.stats.bad += decoded.dead_letters.len() as u64;
+        self.stats.tombstones += decoded.tombstones as u64;
+        if !decoded.dead_letters.is_empty() {
+            let rows = dead_letters_batch(&raw, &decoded.dead_letters)?;
+            self.sink(&self.dead_letters.clone())?.push_table_rows(rows);
+        }
+
+        let batch = decoded.batch;
+        let ts = batch
+            .column_by_name(EVENT_TIME)
+            .and_then(|c| c.as_primitive_opt::<TimestampMicrosecondType>())
+            .ok_or_else(|| Error::Internal("decoded batch without a µs `ts`".into()))?
+            .clone();
+        let mut late = LateEvents::default();
+        let late_rows = self.feed(&raw.partition, &batch, Some(&mut late)).await?;
+        if !late.is_empty() {
+            let rows = late.to_batch(&batch)?;
+            self.sink(&self.late_events.clone())?.push_table_rows(rows);
+        }
+        self.stats.late += late_rows as u64;
+        let max_ts = arrow::compute::max(&ts);
+        self.watermarks.observe(&raw.partition, max_ts, raw.end_of_partition);
+
+        let metrics = BatchMetrics {
+            ingested_at: raw.ingested_at,
+            topic: raw.partition.topic.clone(),
+            records: raw.messages.len() as i64,
+            bad_records: decoded.dead_letters.len() as i64,
+            late_records: late_rows as i64,
+            max_lag_ms: arrow::compute::min(&ts).map(|min| (raw.ingested_at - min) as f64 / 1000.0),
+        };
+        let metrics_id = PartitionId { topic: Arc::from(METRICS_TOPIC), partition: 0 };
+        self.feed(&metrics_id, &metrics.to_batch()?, None).await?;
+        self.watermarks.observe(&metrics_id, Some(raw.ingested_at), false);
+
+        self.close_windows().await
+    }
+
+    /// Runs every query reading `id`'s topic on `batch`. With `late`, rows whose window
+    /// has closed are left out and recorded there; returns how many rows were late for
+    /// at least one table.
+    async fn feed(&mut self, id: &PartitionId, batch: &RecordBatch, mut late: Option<&mut LateEvents>) -> Result<usize> {
+        let n = batch.num_rows();
+        if n == 0 {
+            return Ok(0);
+        }
+        let mut late_any = vec![false; n];
+        for i in 0..self.queries.len() {
+            let q = &self.queries[i];
+            let Some(slot) = q.query.inputs.iter().find(|(t, _)| *t == id.topic).map(|(_, s)| s.clone()) else {
+                continue;
+            };
+            let task_ctx = q.query.task_ctx.clone();
+            let outputs = match &q.query.shape {
+                Shape::Stateless { plan } => {
+                    slot.fill(vec![batch.clone()]);
+                    collect(plan.clone(), task_ctx).await?
+                }
+                Shape::Windowed { input, .. } => {
+                    let input = input.clone();
+                    let mut rows = batch.clone();
+                    if let (Some(late), Some(size)) = (late.as_deref_mut(), q.windows.as_ref().map(|w| w.size())) {
+                        if let Some(keep) = self.late_filter(i, id, batch, size, late, &mut late_any)? {
+                            rows = filter_record_batch(batch, &keep)?;
+                        }
+                    }
+                    slot.fill(vec![rows]);
+                    let inputs = collect(input, task_ctx).await?;
+                    if let Some(windows) = self.queries[i].windows.as_mut() {
+                        for b in &inputs {
+                            windows.update(b)?;
+                        }
+                    }
+                    Vec::new()
+                }
+            };
+            let table = self.queries[i].query.table.clone();
+            let sink = self.sink(&table)?;
+            for b in &outputs {
+                sink.push(b)?;
+            }
+        }
+        Ok(late_any.iter().filter(|l| **l).count())
+    }
+
+    /// Marks the rows of `batch` whose window query `i` has already closed; returns the
+    /// rows to keep, or `None` when none is late.
+    fn late_filter(
+        &mut self,
+        i: usize,
+        id: &PartitionId,
+        batch: &RecordBatch,
+        size: i64,
+        late: &mut LateEvents,
+        late_any: &mut [bool],
+    ) -> Result<Option<BooleanArray>> {
+        let ts = batch
+            .column_by_name(EVENT_TIME)
+            .and_then(|c| c.as_primitive_opt::<TimestampMicrosecondType>())
+            .ok_or_else(|| Error::Internal("batch without a µs `ts`".into()))?;
+        let q = &self.queries[i];
+        q.clock.row_watermarks(&self.watermarks, id, ts.values().iter().copied(), &mut self.row_watermarks);
+        let mut keep = None::<Vec<bool>>;
+        for (row, (&t, &wm)) in ts.values().iter().zip(&self.row_watermarks).enumerate() {
+            let end = crate::window::window_start(t, size).saturating_add(size);
+            if end <= wm {
+                let keep = keep.get_or_insert_with(|| vec![true; ts.len()]);
+                keep[row] = false;
+                late_any[row] = true;
+                late.push(row, wm, &q.query.table);
+            }
+        }
+        Ok(keep.map(BooleanArray::from))
+    }
+
+    /// Emits every window the watermarks have passed.
+    async fn close_windows(&mut self) -> Result<()> {
+        for i in 0..self.queries.len() {
+            let q = &mut self.queries[i];
+            let Some(windows) = q.windows.as_mut() else { continue };
+            let watermark = q.clock.advance(&self.watermarks);
+            let Some(rows) = windows.close_until(watermark)? else { continue };
+            let Shape::Windowed { output, output_slot, .. } = &q.query.shape else { continue };
+            output_slot.fill(vec![rows]);
+            let outputs = collect(output.clone(), q.query.task_ctx.clone()).await?;
+            let table = q.query.table.clone();
+            let sink = self.sink(&table)?;
+            for b in &outputs {
+                sink.push(b)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Commits every table with buffered rows as the next epoch.
+    pub async fn commit(&mut self) -> Result<()> {
+        self.last_commit = Instant::now();
+        if self.sinks.values().all(|s| s.pending_rows() == 0) {
+            return Ok(());
+        }
+        self.epoch += 1;
+        let epoch = self.epoch;
+        let started = Instant::now();
+        let commits = self.sinks.values_mut().filter(|s| s.pending_rows() > 0).map(|s| s.commit(epoch));
+        let rows: usize = futures::future::try_join_all(commits).await?.into_iter().sum();
+        self.stats.commits += 1;
+        tracing::info!(epoch, rows, ms = started.elapsed().as_millis() as u64, "committed");
+        Ok(())
+    }
+
+    fn sink(&mut self, table: &TablePath) -> Result<&mut TableSink> {
+        self.sinks.get_mut(table).ok_or_else(|| Error::Internal(format!("no sink for {table}")))
+    }
+}

@@ -1,0 +1,150 @@
+//! One Delta table: create it if missing, check its schema, append a commit per epoch.
+
+use arrow::record_batch::RecordBatch;
+use deltalake::kernel::transaction::CommitProperties;
+use deltalake::kernel::Transaction;
+use deltalake::protocol::SaveMode;
+use deltalake::DeltaTable;
+
+use super::TableLayout;
+use crate::catalog::{Lake, TablePath};
+use crate::error::{Error, Result};
+
+pub struct TableSink {
+    path: TablePath,
+    layout: TableLayout,
+    /// `None` only while a commit is in flight.
+    table: Option<DeltaTable>,
+    url: url::Url,
+    app_id: String,
+    pending: Vec<RecordBatch>,
+    pending_rows: usize,
+    rows_written: u64,
+}
+
+impl TableSink {
+    /// Opens the table, creating it (empty, with its schema) if it does not exist.
+    pub async fn open(lake: &Lake, path: TablePath, layout: TableLayout, pipeline: &str) -> Result<Self> {
+        let err = |e| Error::delta(path.as_str(), e);
+        let url = lake.table_url(&path)?;
+        if let Ok(dir) = url.to_file_path() {
+            std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        }
+        let mut table = DeltaTable::try_from_url(url.clone()).await.map_err(err)?;
+        if table.version().is_none() {
+            let empty = RecordBatch::new_empty(layout.schema.clone());
+            table = table
+                .write(vec![empty])
+                .with_save_mode(SaveMode::Append)
+                .with_partition_columns(layout.partition_columns.clone())
+                .await
+                .map_err(err)?;
+        } else {
+            check_schema(&path, &table, &layout)?;
+        }
+        Ok(TableSink {
+            url,
+            app_id: format!("{pipeline}:{path}"),
+            path,
+            layout,
+            table: Some(table),
+            pending: Vec::new(),
+            pending_rows: 0,
+            rows_written: 0,
+        })
+    }
+
+    pub fn path(&self) -> &TablePath {
+        &self.path
+    }
+
+    /// Buffers result rows (in the query's result layout) for the next commit.
+    pub fn push(&mut self, batch: &RecordBatch) -> Result<()> {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        self.pending_rows += batch.num_rows();
+        self.pending.push(self.layout.to_table(batch)?);
+        Ok(())
+    }
+
+    /// Buffers rows already in the table's layout.
+    pub fn push_table_rows(&mut self, batch: RecordBatch) {
+        if batch.num_rows() > 0 {
+            self.pending_rows += batch.num_rows();
+            self.pending.push(batch);
+        }
+    }
+
+    pub fn pending_rows(&self) -> usize {
+        self.pending_rows
+    }
+
+    pub fn rows_written(&self) -> u64 {
+        self.rows_written
+    }
+
+    /// The last epoch this table committed, from its `txn`.
+    pub async fn committed_epoch(&self) -> Result<Option<i64>> {
+        let table = self.table.as_ref().ok_or_else(|| Error::Internal("table used during its commit".into()))?;
+        let state = table.snapshot().map_err(|e| Error::delta(self.path.as_str(), e))?;
+        state
+            .transaction_version(table.log_store().as_ref(), &self.app_id)
+            .await
+            .map_err(|e| Error::delta(self.path.as_str(), e))
+    }
+
+    /// Writes the buffered rows as one commit for `epoch`; nothing buffered, no commit.
+    pub async fn commit(&mut self, epoch: i64) -> Result<usize> {
+        if self.pending.is_empty() {
+            return Ok(0);
+        }
+        let table = self.table.take().ok_or_else(|| Error::Internal("table used during its commit".into()))?;
+        let batches = std::mem::take(&mut self.pending);
+        let rows = std::mem::take(&mut self.pending_rows);
+        let properties = CommitProperties::default().with_application_transaction(Transaction::new(&self.app_id, epoch));
+        let result = table
+            .write(batches)
+            .with_save_mode(SaveMode::Append)
+            .with_partition_columns(self.layout.partition_columns.clone())
+            .with_commit_properties(properties)
+            .await;
+        match result {
+            Ok(table) => {
+                self.table = Some(table);
+                self.rows_written += rows as u64;
+                Ok(rows)
+            }
+            Err(e) => {
+                // Reopen so a later attempt starts from the table as it is.
+                if let Ok(t) = DeltaTable::try_from_url(self.url.clone()).await {
+                    self.table = Some(t);
+                }
+                Err(Error::delta(self.path.as_str(), e))
+            }
+        }
+    }
+}
+
+/// An existing table must have the columns the SQL file now produces.
+fn check_schema(path: &TablePath, table: &DeltaTable, layout: &TableLayout) -> Result<()> {
+    let state = table.snapshot().map_err(|e| Error::delta(path.as_str(), e))?;
+    let existing = state.snapshot().arrow_schema();
+    let describe = |s: &arrow::datatypes::Schema| {
+        s.fields().iter().map(|f| format!("{} {}", f.name(), f.data_type())).collect::<Vec<_>>().join(", ")
+    };
+    let same = existing.fields().len() == layout.schema.fields().len()
+        && existing
+            .fields()
+            .iter()
+            .zip(layout.schema.fields())
+            .all(|(a, b)| a.name() == b.name() && a.data_type() == b.data_type());
+    if !same {
+        return Err(Error::Config(format!(
+            "table {path} exists with columns ({}) but its SQL now produces ({}): write to a new lake or drop the table",
+            describe(&existing),
+            describe(&layout.schema)
+        )));
+    }
+    Ok(())
+}

@@ -1,0 +1,13 @@
+//! Event time: watermarks per topic-partition and per query.
+
+mod watermark;
+
+pub use watermark::{QueryClock, Watermarks};
+
+/// Wall-clock now, µs since the epoch.
+pub fn now_micros() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,160 @@
+//! Watermarks (contract §2). A partition's watermark is the largest event time it has
+//! delivered minus its topic's allowed out-of-orderness; a query's is the minimum over
+//! the partitions of the topics it reads. Watermarks are µs since the epoch, with
+//! `i64::MIN` for "nothing seen yet" and `i64::MAX` for "finished".
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use crate::source::PartitionId;
+
+/// Nothing has been seen: no window may close.
+pub const UNKNOWN: i64 = i64::MIN;
+/// The partition ended: it holds nothing back.
+pub const FINISHED: i64 = i64::MAX;
+
+#[derive(Debug, Clone)]
+struct Partition {
+    max_ts: Option<i64>,
+    delay: i64,
+    finished: bool,
+}
+
+impl Partition {
+    fn watermark(&self) -> i64 {
+        match (self.finished, self.max_ts) {
+            (true, _) => FINISHED,
+            (false, Some(ts)) => ts.saturating_sub(self.delay),
+            (false, None) => UNKNOWN,
+        }
+    }
+}
+
+/// Event-time progress of every partition the pipeline reads.
+#[derive(Debug, Default, Clone)]
+pub struct Watermarks {
+    partitions: BTreeMap<PartitionId, Partition>,
+}
+
+impl Watermarks {
+    /// Starts tracking a partition (a no-op if it is known); `delay` is µs.
+    pub fn add_partition(&mut self, id: PartitionId, delay: i64) {
+        self.partitions.entry(id).or_insert(Partition { max_ts: None, delay, finished: false });
+    }
+
+    /// Records the largest event time of a batch, and whether the partition ended.
+    pub fn observe(&mut self, id: &PartitionId, max_ts: Option<i64>, finished: bool) {
+        if let Some(p) = self.partitions.get_mut(id) {
+            p.max_ts = p.max_ts.max(max_ts);
+            p.finished |= finished;
+        }
+    }
+
+    /// End of input: every partition is finished, every window can close.
+    pub fn finish_all(&mut self) {
+        for p in self.partitions.values_mut() {
+            p.finished = true;
+        }
+    }
+
+    fn partition(&self, id: &PartitionId) -> Option<&Partition> {
+        self.partitions.get(id)
+    }
+
+    /// The minimum watermark over the partitions of `topics`, leaving out `except`.
+    fn min_over(&self, topics: &[Arc<str>], except: Option<&PartitionId>) -> i64 {
+        self.partitions
+            .iter()
+            .filter(|(id, _)| Some(*id) != except && topics.iter().any(|t| *t == id.topic))
+            .map(|(_, p)| p.watermark())
+            .min()
+            .unwrap_or(FINISHED)
+    }
+}
+
+/// The watermark of one query: the minimum over the partitions of its topics, never
+/// moving backwards.
+#[derive(Debug, Clone)]
+pub struct QueryClock {
+    topics: Vec<Arc<str>>,
+    watermark: i64,
+}
+
+impl QueryClock {
+    pub fn new(topics: Vec<Arc<str>>) -> Self {
+        QueryClock { topics, watermark: UNKNOWN }
+    }
+
+    pub fn watermark(&self) -> i64 {
+        self.watermark
+    }
+
+    pub fn reads(&self, topic: &str) -> bool {
+        self.topics.iter().any(|t| &**t == topic)
+    }
+
+    /// The watermark each event of a batch from `id` is judged by: the query's
+    /// watermark just before that event, counting the batch's earlier events. So
+    /// lateness does not depend on where batches happen to be cut.
+    pub fn row_watermarks(&self, marks: &Watermarks, id: &PartitionId, ts: impl Iterator<Item = i64>, out: &mut Vec<i64>) {
+        out.clear();
+        let others = marks.min_over(&self.topics, Some(id));
+        let Some(p) = marks.partition(id) else {
+            out.extend(ts.map(|_| self.watermark));
+            return;
+        };
+        let mut max_ts = p.max_ts;
+        for t in ts {
+            let own = match max_ts {
+                Some(m) => m.saturating_sub(p.delay),
+                None => UNKNOWN,
+            };
+            out.push(self.watermark.max(others.min(own)));
+            max_ts = max_ts.max(Some(t));
+        }
+    }
+
+    /// Moves the watermark to where the partitions are now; returns it.
+    pub fn advance(&mut self, marks: &Watermarks) -> i64 {
+        self.watermark = self.watermark.max(marks.min_over(&self.topics, None));
+        self.watermark
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pid(topic: &str, partition: i32) -> PartitionId {
+        PartitionId { topic: topic.into(), partition }
+    }
+
+    #[test]
+    fn a_query_waits_for_its_slowest_partition_and_ignores_finished_ones() {
+        let mut marks = Watermarks::default();
+        marks.add_partition(pid("a", 0), 5);
+        marks.add_partition(pid("a", 1), 5);
+        marks.add_partition(pid("b", 0), 0);
+        let mut clock = QueryClock::new(vec!["a".into()]);
+        marks.observe(&pid("a", 0), Some(100), false);
+        assert_eq!(clock.advance(&marks), UNKNOWN, "a/1 has not spoken yet");
+        marks.observe(&pid("a", 1), Some(50), false);
+        assert_eq!(clock.advance(&marks), 45);
+        marks.observe(&pid("a", 1), Some(40), true);
+        assert_eq!(clock.advance(&marks), 95, "a finished partition holds nothing back");
+        marks.finish_all();
+        assert_eq!(clock.advance(&marks), FINISHED);
+    }
+
+    #[test]
+    fn rows_see_the_watermark_before_them() {
+        let mut marks = Watermarks::default();
+        marks.add_partition(pid("a", 0), 5);
+        marks.add_partition(pid("a", 1), 5);
+        marks.observe(&pid("a", 1), Some(1000), false);
+        let clock = QueryClock::new(vec!["a".into()]);
+        let mut out = Vec::new();
+        clock.row_watermarks(&marks, &pid("a", 0), [10, 30, 20, 100].into_iter(), &mut out);
+        assert_eq!(out, vec![UNKNOWN, 5, 25, 25]);
+    }
+}

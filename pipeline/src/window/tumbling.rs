@@ -1,0 +1,229 @@
+//! Tumbling windows: fixed, epoch-aligned windows, each with its own groups and
+//! DataFusion accumulators. Rows are folded into the accumulators as they arrive, so
+//! state grows with open windows times keys, not with events; a window's rows are
+//! produced once, when the watermark passes its end.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use arrow::array::{
+    Array, ArrayRef, AsArray, RecordBatch, StructArray, TimestampMicrosecondArray, UInt32Array,
+};
+use arrow::compute::{concat_batches, take};
+use arrow::datatypes::{DataType, TimestampMicrosecondType};
+use datafusion::logical_expr::{EmitTo, GroupsAccumulator};
+use datafusion::physical_expr::GroupsAccumulatorAdapter;
+use datafusion::physical_plan::aggregates::group_values::{new_group_values, GroupValues};
+use datafusion::physical_plan::aggregates::order::GroupOrdering;
+
+use crate::error::{Error, Result};
+use crate::plan::WindowSpec;
+
+/// The open windows of one windowed query.
+pub struct TumblingWindows {
+    spec: WindowSpec,
+    windows: BTreeMap<i64, WindowState>,
+}
+
+/// One window's groups and, per aggregate, its accumulator over those groups.
+struct WindowState {
+    groups: Groups,
+    accumulators: Vec<Box<dyn GroupsAccumulator>>,
+}
+
+/// Group ids for the window's key rows; a query without keys has one group.
+enum Groups {
+    Keyed { values: Box<dyn GroupValues>, ids: Vec<usize> },
+    Single { ids: Vec<usize> },
+}
+
+impl TumblingWindows {
+    pub fn new(spec: WindowSpec) -> Self {
+        TumblingWindows { spec, windows: BTreeMap::new() }
+    }
+
+    pub fn size(&self) -> i64 {
+        self.spec.size
+    }
+
+    /// Number of open windows.
+    pub fn open_windows(&self) -> usize {
+        self.windows.len()
+    }
+
+    /// Bytes of state held by the open windows.
+    pub fn state_bytes(&self) -> usize {
+        self.windows
+            .values()
+            .map(|w| {
+                let groups = match &w.groups {
+                    Groups::Keyed { values, .. } => values.size(),
+                    Groups::Single { .. } => 0,
+                };
+                groups + w.accumulators.iter().map(|a| a.size()).sum::<usize>()
+            })
+            .sum()
+    }
+
+    /// Folds a batch of the aggregate's input rows into their windows.
+    pub fn update(&mut self, batch: &RecordBatch) -> Result<()> {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        let spec = &self.spec;
+        let time = spec.time.evaluate(batch)?.into_array(batch.num_rows())?;
+        let time = time
+            .as_primitive_opt::<TimestampMicrosecondType>()
+            .ok_or_else(|| Error::Internal(format!("event time is {}, not a µs timestamp", time.data_type())))?;
+        let keys = evaluate_all(&spec.keys, batch)?;
+        let mut args = Vec::with_capacity(spec.aggregates.len());
+        let mut filters = Vec::with_capacity(spec.aggregates.len());
+        for aggregate in &spec.aggregates {
+            args.push(evaluate_all(&aggregate.function.expressions(), batch)?);
+            filters.push(match &aggregate.filter {
+                Some(f) => Some(f.evaluate(batch)?.into_array(batch.num_rows())?),
+                None => None,
+            });
+        }
+
+        // Rows by window; most batches touch one or two windows.
+        let mut by_window: BTreeMap<i64, Vec<u32>> = BTreeMap::new();
+        for (row, ts) in time.iter().enumerate() {
+            if let Some(ts) = ts {
+                by_window.entry(window_start(ts, spec.size)).or_default().push(row as u32);
+            }
+        }
+        let whole_batch = by_window.len() == 1 && time.null_count() == 0;
+        for (start, rows) in by_window {
+            let pick = |arrays: &[ArrayRef]| -> Result<Vec<ArrayRef>> {
+                if whole_batch {
+                    return Ok(arrays.to_vec());
+                }
+                let indices = UInt32Array::from(rows.clone());
+                arrays.iter().map(|a| Ok(take(a, &indices, None)?)).collect()
+            };
+            let window = match self.windows.entry(start) {
+                std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::btree_map::Entry::Vacant(e) => e.insert(WindowState::new(spec)?),
+            };
+            let (ids, groups) = window.groups.intern(&pick(&keys)?, rows.len())?;
+            for ((accumulator, args), filter) in window.accumulators.iter_mut().zip(&args).zip(&filters) {
+                let filter = match filter {
+                    Some(f) => Some(pick(std::slice::from_ref(f))?.remove(0)),
+                    None => None,
+                };
+                let filter = filter.as_ref().and_then(|f| f.as_boolean_opt().cloned());
+                accumulator.update_batch(&pick(args)?, ids, filter.as_ref(), groups)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes and returns the rows of every window that ends at or before `watermark`.
+    pub fn close_until(&mut self, watermark: i64) -> Result<Option<RecordBatch>> {
+        let mut batches = Vec::new();
+        while let Some(entry) = self.windows.first_entry() {
+            let start = *entry.key();
+            if start.saturating_add(self.spec.size) > watermark {
+                break;
+            }
+            let window = entry.remove();
+            batches.push(window.finish(&self.spec, start)?);
+        }
+        if batches.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(concat_batches(&self.spec.schema, &batches)?))
+    }
+}
+
+/// The start of the window holding `ts`: windows are aligned to the epoch.
+pub fn window_start(ts: i64, size: i64) -> i64 {
+    ts.div_euclid(size) * size
+}
+
+fn evaluate_all(exprs: &[Arc<dyn datafusion::physical_plan::PhysicalExpr>], batch: &RecordBatch) -> Result<Vec<ArrayRef>> {
+    exprs.iter().map(|e| Ok(e.evaluate(batch)?.into_array(batch.num_rows())?)).collect()
+}
+
+impl WindowState {
+    fn new(spec: &WindowSpec) -> Result<Self> {
+        let groups = if spec.keys.is_empty() {
+            Groups::Single { ids: Vec::new() }
+        } else {
+            Groups::Keyed { values: new_group_values(spec.key_schema.clone(), &GroupOrdering::None)?, ids: Vec::new() }
+        };
+        let accumulators = spec
+            .aggregates
+            .iter()
+            .map(|a| -> Result<Box<dyn GroupsAccumulator>> {
+                let f = &a.function;
+                if f.groups_accumulator_supported() {
+                    Ok(f.create_groups_accumulator()?)
+                } else {
+                    let f = f.clone();
+                    Ok(Box::new(GroupsAccumulatorAdapter::new(move || f.create_accumulator())))
+                }
+            })
+            .collect::<Result<_>>()?;
+        Ok(WindowState { groups, accumulators })
+    }
+
+    /// The window's result rows: group columns (the window as `{start, end}`), then aggregates.
+    fn finish(mut self, spec: &WindowSpec, start: i64) -> Result<RecordBatch> {
+        let (mut keys, n) = match &mut self.groups {
+            Groups::Keyed { values, .. } => {
+                let n = values.len();
+                (values.emit(EmitTo::All)?, n)
+            }
+            Groups::Single { .. } => (Vec::new(), 1),
+        };
+        let window = window_array(spec, start, n)?;
+        keys.insert(spec.window_index, window);
+        for accumulator in &mut self.accumulators {
+            keys.push(accumulator.evaluate(EmitTo::All)?);
+        }
+        // Aggregates may type their results more loosely than the plan (e.g. nullability).
+        let columns = keys
+            .into_iter()
+            .zip(spec.schema.fields())
+            .map(|(array, field)| {
+                if array.data_type() == field.data_type() {
+                    Ok(array)
+                } else {
+                    Ok(arrow::compute::cast(&array, field.data_type())?)
+                }
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let options = arrow::record_batch::RecordBatchOptions::new().with_row_count(Some(n));
+        Ok(RecordBatch::try_new_with_options(spec.schema.clone(), columns, &options)?)
+    }
+}
+
+impl Groups {
+    /// Group ids of `rows` rows with these key columns; also returns the group count.
+    fn intern(&mut self, keys: &[ArrayRef], rows: usize) -> Result<(&[usize], usize)> {
+        match self {
+            Groups::Keyed { values, ids } => {
+                values.intern(keys, ids)?;
+                Ok((ids.as_slice(), values.len()))
+            }
+            Groups::Single { ids } => {
+                ids.clear();
+                ids.resize(rows, 0);
+                Ok((ids.as_slice(), 1))
+            }
+        }
+    }
+}
+
+/// `n` copies of the window `{start, end}` in the `window` column's struct type.
+fn window_array(spec: &WindowSpec, start: i64, n: usize) -> Result<ArrayRef> {
+    let DataType::Struct(fields) = spec.schema.field(spec.window_index).data_type().clone() else {
+        return Err(Error::Internal("the window column is not a struct".into()));
+    };
+    let starts = TimestampMicrosecondArray::from_value(start, n).with_timezone("UTC");
+    let ends = TimestampMicrosecondArray::from_value(start + spec.size, n).with_timezone("UTC");
+    Ok(Arc::new(StructArray::try_new(fields, vec![Arc::new(starts), Arc::new(ends)], None)?))
+}
+
