@@ -1,5 +1,6 @@
 //! The `sluice` command line: argument parsing here, one file per command.
 
+mod bench;
 mod demo;
 mod generate;
 mod query;
@@ -66,6 +67,16 @@ pub enum Command {
         /// The query, e.g. "SELECT * FROM monitoring.api_performance.request_response_times LIMIT 5".
         sql: String,
     },
+    /// Measure end-to-end throughput and peak memory on generated traffic.
+    Bench {
+        #[command(flatten)]
+        traffic: generate::TrafficArgs,
+        /// Lines read from one partition file at a time.
+        #[arg(long, default_value_t = 8192)]
+        batch_size: u64,
+        #[command(flatten)]
+        definitions: Definitions,
+    },
     /// List the lake's tables with their row counts and Delta versions.
     Tables {
         #[arg(long)]
@@ -87,6 +98,7 @@ pub async fn main(cli: Cli) -> Result<()> {
         Command::Run(args) => run::run(&args).await.map(|_| ()),
         Command::Query { lake, format, sql } => query::query(&lake, &sql, format).await,
         Command::Tables { lake } => query::tables(&lake).await,
+        Command::Bench { traffic, batch_size, definitions } => bench::bench(&traffic, batch_size, &definitions).await,
     }
 }
 

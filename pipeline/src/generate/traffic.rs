@@ -15,9 +15,9 @@ use super::out::{Key, Out, Tix};
 use super::world::{Role, World, EXPERIMENTS};
 
 /// Sessions a user (dormant ones included) starts per day on average.
-const SESSIONS_PER_USER_DAY: f64 = 3.3;
+const SESSIONS_PER_USER_DAY: f64 = 3.6;
 /// Gateway requests from anonymous visitors, per user and day (about 5 % of requests).
-const ANONYMOUS_PER_USER_DAY: f64 = 7.0;
+const ANONYMOUS_PER_USER_DAY: f64 = 8.0;
 /// Service calls made by scheduled jobs rather than requests, per user and day.
 const BACKGROUND_PER_USER_DAY: f64 = 4.0;
 /// Degradation episodes per service and day.
@@ -125,7 +125,7 @@ static PROFILES: [Profile; 9] = [
             get("/api/v1/users/{id}/preferences"),
             call("PUT", "/api/v1/users/{id}/preferences", 204),
         ],
-        fanout: 0.25,
+        fanout: 0.17,
         deps: &[AUTH],
         ops: &["GetUser", "GetOrganization", "ListTeachingAssignments", "ResolveRoles"],
         bytes_median: 1_800.0,
@@ -144,7 +144,7 @@ static PROFILES: [Profile; 9] = [
             call("POST", "/api/v1/enrollments", 201),
             call("DELETE", "/api/v1/enrollments/{id}", 204),
         ],
-        fanout: 0.45,
+        fanout: 0.32,
         deps: &[DIRECTORY, CONTENT_STUDIO, SKILLS_ENGINE],
         ops: &["GetCourse", "ListTopics", "GetEnrollment", "RecordProgress"],
         bytes_median: 6_000.0,
@@ -161,7 +161,7 @@ static PROFILES: [Profile; 9] = [
             SUBMIT,
             get("/api/v1/exams"),
         ],
-        fanout: 0.7,
+        fanout: 0.49,
         deps: &[SKILLS_ENGINE, COURSE_BUILDER, DIRECTORY],
         ops: &["GetExam", "ScoreAttempt"],
         bytes_median: 4_000.0,
@@ -177,7 +177,7 @@ static PROFILES: [Profile; 9] = [
             get("/api/v1/organizations/{id}/skill-gaps"),
             call("POST", "/api/v1/skills/assessments", 201),
         ],
-        fanout: 0.3,
+        fanout: 0.21,
         deps: &[DIRECTORY, COURSE_BUILDER],
         ops: &["GetSkillProfile", "UpdateSkillLevel", "ListRequiredSkills"],
         bytes_median: 2_500.0,
@@ -187,7 +187,7 @@ static PROFILES: [Profile; 9] = [
         sigma: 0.9,
         instances: &[0.35, 0.3, 0.2, 0.15],
         routes: &[PATH, call("POST", "/api/v1/recommendations", 200), COACH, AUDIO_EVAL, get("/api/v1/users/{id}/insights")],
-        fanout: 0.9,
+        fanout: 0.63,
         deps: &[SKILLS_ENGINE, COURSE_BUILDER, RAG_ASSISTANT, CONTENT_STUDIO],
         ops: &["GetLearningPath", "Recommend", "ScorePronunciation"],
         bytes_median: 3_000.0,
@@ -204,7 +204,7 @@ static PROFILES: [Profile; 9] = [
             call("POST", "/api/v1/content", 201),
             call("PUT", "/api/v1/content/{id}", 200),
         ],
-        fanout: 0.35,
+        fanout: 0.24,
         deps: &[COURSE_BUILDER, RAG_ASSISTANT],
         ops: &["GetContent", "ListAssets", "GenerateContent"],
         bytes_median: 14_000.0,
@@ -214,7 +214,7 @@ static PROFILES: [Profile; 9] = [
         sigma: 0.95,
         instances: &[0.7, 0.3],
         routes: &[get("/api/v1/labs/{id}"), RUN_STATUS, LAB_RUN, get("/api/v1/labs"), call("DELETE", "/api/v1/sandboxes/{id}", 204)],
-        fanout: 0.6,
+        fanout: 0.42,
         deps: &[DIRECTORY, CONTENT_STUDIO],
         ops: &["StartSandbox", "RunTests"],
         bytes_median: 2_000.0,
@@ -224,7 +224,7 @@ static PROFILES: [Profile; 9] = [
         sigma: 0.85,
         instances: &[0.45, 0.35, 0.2],
         routes: &[CHAT, get("/api/v1/chat/sessions/{id}"), call("POST", "/api/v1/feedback", 204), get("/api/v1/sources/{id}")],
-        fanout: 1.1,
+        fanout: 0.77,
         deps: &[CONTENT_STUDIO, LEARNER_AI],
         ops: &["RetrieveDocuments", "Answer"],
         bytes_median: 5_000.0,
@@ -234,7 +234,7 @@ static PROFILES: [Profile; 9] = [
         sigma: 0.8,
         instances: &[0.5, 0.5],
         routes: &[REFRESH, get("/api/v1/auth/me"), LOGIN, LOGOUT],
-        fanout: 0.15,
+        fanout: 0.1,
         deps: &[DIRECTORY],
         ops: &["ValidateToken", "IntrospectToken", "GetPermissions"],
         bytes_median: 900.0,
@@ -557,7 +557,7 @@ impl Traffic {
 
     fn browse(&mut self, out: &mut Out, world: &World, t: i64, who: Caller, role: Role) -> i64 {
         let mix = usize::from(role != Role::Learner);
-        let pages = 1 + (exponential(&mut self.rng, 1.6) as u32).min(8);
+        let pages = 1 + (exponential(&mut self.rng, 2.2) as u32).min(10);
         let mut t = t;
         for _ in 0..pages {
             let svc = self.browse[mix].sample(&mut self.rng).unwrap_or(COURSE_BUILDER);
@@ -858,7 +858,7 @@ impl Traffic {
         } else {
             let mut cursor = t + 1;
             let mut dependency_failed = false;
-            if who.is_some() && chance(&mut self.rng, 0.1) {
+            if who.is_some() && chance(&mut self.rng, 0.06) {
                 // Token cache miss: the gateway asks auth.
                 let (end, ok) = self.call_chain(out, cursor, "gateway", AUTH, correlation);
                 cursor = end + 1;

@@ -420,3 +420,80 @@ pub fn is_window_column(data_type: &DataType) -> bool {
     *data_type == window_type()
 }
 
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schema::SchemaRegistry;
+
+    fn inputs() -> Vec<InputTable> {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../schemas");
+        crate::runtime::input_tables(&SchemaRegistry::load(&dir).unwrap())
+    }
+
+    async fn plan_sql(sql: &str) -> Result<StreamingQuery> {
+        let file = SqlFile {
+            path: PathBuf::from("sql/a/b/c.sql"),
+            table: TablePath::new("a/b/c").unwrap(),
+            sql: sql.into(),
+        };
+        plan(&file, &inputs()).await
+    }
+
+    async fn refusal(sql: &str) -> String {
+        match plan_sql(sql).await {
+            Ok(_) => panic!("planned, but should be refused: {sql}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_windowed_aggregate_is_cut_around_its_window() {
+        let q = plan_sql(
+            "SELECT tumble(interval '1 minute') AS window, service, count(*) AS n, \
+             count(*) FILTER (WHERE status >= 500) AS errors \
+             FROM gateway.requests WHERE method = 'GET' GROUP BY window, service",
+        )
+        .await
+        .unwrap();
+        let Shape::Windowed { window, .. } = &q.shape else { panic!("not windowed") };
+        assert_eq!(window.size, 60_000_000);
+        assert_eq!(window.keys.len(), 1);
+        assert_eq!(window.aggregates.len(), 2);
+        assert!(window.aggregates[1].filter.is_some());
+        let names: Vec<_> = q.output_schema.fields().iter().map(|f| f.name().as_str()).collect();
+        assert_eq!(names, ["window", "service", "n", "errors"]);
+        assert!(is_window_column(q.output_schema.field(0).data_type()));
+        assert_eq!(q.topics().map(|t| t.to_string()).collect::<Vec<_>>(), ["gateway.requests"]);
+    }
+
+    #[tokio::test]
+    async fn a_query_without_aggregate_is_stateless_and_reads_every_topic_it_unions() {
+        let q = plan_sql("SELECT event_id, ts FROM interactions UNION ALL SELECT event_id, ts FROM learning.progress")
+            .await
+            .unwrap();
+        assert!(matches!(q.shape, Shape::Stateless { .. }));
+        let mut topics: Vec<_> = q.topics().map(|t| t.to_string()).collect();
+        topics.sort();
+        assert_eq!(topics, ["interactions", "learning.progress"]);
+    }
+
+    #[tokio::test]
+    async fn what_cannot_stream_is_refused_naming_the_construct_and_the_file() {
+        let cases = [
+            ("SELECT a.event_id FROM interactions a JOIN learning.progress b ON a.user_id = b.user_id", "join"),
+            ("SELECT event_id FROM interactions ORDER BY ts", "ORDER BY"),
+            ("SELECT user_id, count(*) FROM interactions GROUP BY user_id", "needs a window"),
+            ("SELECT event_id, row_number() OVER (ORDER BY ts) FROM interactions", "window function"),
+            ("SELECT tumble(interval '1 month') AS w, count(*) FROM interactions GROUP BY w", "fixed interval"),
+            ("CREATE TABLE t AS SELECT 1", "not supported"),
+            ("SELECT * FROM no_such_topic", "no_such_topic"),
+            ("SELECT 1", "reads no topic"),
+        ];
+        for (sql, want) in cases {
+            let err = refusal(sql).await;
+            assert!(err.contains("sql/a/b/c.sql"), "{err}");
+            assert!(err.to_lowercase().contains(&want.to_lowercase()), "{sql}\n  error: {err}\n  wanted: {want}");
+        }
+    }
+}
