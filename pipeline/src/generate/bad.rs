@@ -143,8 +143,8 @@ impl Faults {
         let available: Vec<usize> = (0..kinds.len()).filter(|&k| kinds[k]).collect();
         match *pick(rng, &available) {
             0 if rng.random_bool(0.6) => Corruption::Truncate,
-            0 => Corruption::Garbage(*pick(rng, &GARBAGE)),
-            1 => Corruption::NotObject(*pick(rng, &NOT_OBJECT)),
+            0 => Corruption::Garbage(GARBAGE[rng.random_range(0..GARBAGE.len())]),
+            1 => Corruption::NotObject(NOT_OBJECT[rng.random_range(0..NOT_OBJECT.len())]),
             2 => Corruption::Field((*pick(rng, &missing)).clone()),
             3 => Corruption::Field((*pick(rng, &wrong)).clone()),
             4 => Corruption::Field((*pick(rng, &enums)).clone()),

@@ -174,7 +174,7 @@ pub(super) fn write_f64(buf: &mut Vec<u8>, x: f64, decimals: u8) {
     let mut out = [0u8; 40];
     let mut i = out.len();
     let mut frac = scaled % scale;
-    while width > 0 && frac % 10 == 0 {
+    while width > 0 && frac.is_multiple_of(10) {
         frac /= 10;
         width -= 1;
     }
@@ -272,17 +272,25 @@ pub(super) struct Obj<'a> {
     prefix: &'static str,
     ts: Ts,
     applied: bool,
+    /// Where the event time's text starts, so it can be re-spelt in place.
+    ts_at: Option<usize>,
+}
+
+/// What [`Obj::finish`] reports about the written object.
+pub(super) struct Written {
+    pub fault_applied: bool,
+    pub ts_at: Option<usize>,
 }
 
 impl<'a> Obj<'a> {
     pub(super) fn new(buf: &'a mut Vec<u8>, fault: Option<&'a Fault>, ts: Ts) -> Self {
         buf.push(b'{');
-        Obj { buf, first: true, fault, prefix: "", ts, applied: false }
+        Obj { buf, first: true, fault, prefix: "", ts, applied: false, ts_at: None }
     }
 
     /// Closes the object after the `extra` fields (raw `"name":value` text, unknown to
-    /// the schema); returns whether the fault was applied.
-    pub(super) fn finish(self, extra: Option<&str>) -> bool {
+    /// the schema).
+    pub(super) fn finish(self, extra: Option<&str>) -> Written {
         if let Some(extra) = extra {
             if !self.first {
                 self.buf.push(b',');
@@ -290,7 +298,7 @@ impl<'a> Obj<'a> {
             self.buf.extend_from_slice(extra.as_bytes());
         }
         self.buf.push(b'}');
-        self.applied
+        Written { fault_applied: self.applied, ts_at: self.ts_at }
     }
 
     #[inline]
@@ -394,6 +402,7 @@ impl<'a> Obj<'a> {
     pub(super) fn ts(&mut self, name: &str) {
         if self.key(name) {
             self.buf.push(b'"');
+            self.ts_at = Some(self.buf.len());
             self.ts.write(self.buf);
             self.buf.push(b'"');
         }
@@ -424,7 +433,7 @@ impl<'a> Obj<'a> {
             let mut inner = Obj::new(self.buf, self.fault, self.ts);
             inner.prefix = prefix;
             write(&mut inner);
-            self.applied |= inner.finish(None);
+            self.applied |= inner.finish(None).fault_applied;
         }
     }
 }
@@ -485,7 +494,7 @@ mod tests {
             o.str("role", "learner");
             o.none("locale", true);
         });
-        assert!(o.finish(Some("\"client\":\"web\"")));
+        assert!(o.finish(Some("\"client\":\"web\"")).fault_applied);
         assert_eq!(
             String::from_utf8(buf).unwrap(),
             r#"{"role":"learner","after":{"role":7},"client":"web"}"#

@@ -177,8 +177,10 @@ mod tests {
         SchemaRegistry::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../schemas")).unwrap()
     }
 
+    /// A small afternoon: busy enough that every topic gets messages.
     fn small(seed: u64) -> GenerateOptions {
-        GenerateOptions { seed, users: 50, hours: 3, ..GenerateOptions::default() }
+        let start = Utc.with_ymd_and_hms(2026, 3, 2, 12, 0, 0).unwrap();
+        GenerateOptions { seed, users: 50, hours: 3, start }
     }
 
     fn read_dir_bytes(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
@@ -297,6 +299,9 @@ mod tests {
         let mut kinds = BTreeSet::new();
         let mut stream: HashMap<(String, u32), i64> = HashMap::new();
         let mut lines_with_offsets = 0;
+        let mut cdc_lsn: HashMap<(String, String), u64> = HashMap::new();
+        let mut stale = 0;
+        let start_ms = opts.start.timestamp_millis();
         let summary = generate(&registry, &opts, &mut |m| {
             let schema = registry.get(m.topic).unwrap();
             assert!(m.partition < schema.partitions);
@@ -314,8 +319,19 @@ mod tests {
                 kinds.insert(kind);
                 return Ok(());
             }
-            if schema.kind == TopicKind::Event {
-                let value: Value = serde_json::from_slice(payload).unwrap();
+            let value: Value = serde_json::from_slice(payload).unwrap();
+            if schema.kind == TopicKind::Cdc {
+                let row = if value["op"] == "d" { &value["before"] } else { &value["after"] };
+                let key = row[schema.primary_key.as_deref().unwrap()].as_str().unwrap();
+                assert_eq!(m.key, Some(key));
+                if value["op"] == "r" {
+                    assert_eq!(value["ts_ms"], start_ms);
+                }
+                let lsn = value["source"]["lsn"].as_u64().unwrap();
+                let max = cdc_lsn.entry((m.topic.to_owned(), key.to_owned())).or_insert(0);
+                stale += usize::from(lsn < *max);
+                *max = (*max).max(lsn);
+            } else {
                 let text = value["ts"].as_str().unwrap();
                 lines_with_offsets += usize::from(!text.ends_with('Z'));
                 let ts = DateTime::parse_from_rfc3339(text).unwrap().timestamp_millis();
@@ -332,6 +348,7 @@ mod tests {
         .unwrap();
 
         assert_eq!(kinds.len(), 6, "{kinds:?}");
+        assert!(stale > 0, "no stale change");
         assert!(lines_with_offsets > 0);
         let (mut events, mut bad, mut late) = (0, 0, 0);
         for (topic, counts) in &summary.topics {

@@ -20,7 +20,7 @@ pub(super) type Tix = usize;
 
 /// Share of event messages that are bad (contract §1.3).
 const P_BAD_EVENT: f64 = 0.003;
-/// Share of CDC messages that are bad: a few in all.
+/// Share of CDC changes preceded by a bad copy: a few in all.
 const P_BAD_CDC: f64 = 0.002;
 /// Share of event messages that arrive very late.
 const P_LATE: f64 = 0.002;
@@ -32,6 +32,9 @@ const P_JITTER: f64 = 0.10;
 /// Largest such jitter. With a whole-second `ts` (up to 999 ms truncated) and sub-ms
 /// digits the message stays strictly within 3 s of its partition's largest `ts`.
 const MAX_JITTER_MS: i64 = 1_990;
+/// A jittered event goes behind its partition's latest `ts` if that is this recent;
+/// a sparse partition's older maximum would move the event too far back in time.
+const JITTER_REACH_MS: i64 = 60_000;
 /// Share of valid messages that carry a field the schema does not know.
 const P_EXTRA: f64 = 0.01;
 
@@ -47,7 +50,7 @@ const CDC_EXTRA_FIELDS: [&str; 2] = ["\"transaction\":null", "\"schema_version\"
 /// Numeric offsets a producer may write its times in (minutes east of UTC).
 const OFFSETS: [i16; 8] = [60, 120, -300, 330, -180, 540, -480, 0];
 
-/// A message key, formatted only once the message is kept.
+/// A message key, written after the payload into the message's buffer.
 #[derive(Debug, Clone, Copy)]
 pub(super) enum Key<'k> {
     None,
@@ -72,6 +75,9 @@ struct Shape {
     has_row: bool,
     /// Very late: held back until its partition is this much past its `ts`.
     late_by: Option<i64>,
+    /// Written this much before its partition's latest message (or its own time),
+    /// which is known only when it is delivered.
+    jitter: i64,
 }
 
 /// A message waiting for its turn. `buf` holds the payload then the key.
@@ -83,6 +89,8 @@ struct Record {
     partition: u32,
     /// The `ts` as written, for the partition's stream time; `None` when it has none.
     ts: Option<i64>,
+    /// A jittered event's `ts`: its spelling, where it sits in `buf` and the jitter.
+    jittered: Option<(Ts, usize, i64)>,
     kind: Kind,
     payload_len: usize,
     has_key: bool,
@@ -99,8 +107,11 @@ struct Held {
 
 #[derive(Debug)]
 struct Partition {
-    /// Largest `ts` written so far (ms).
+    /// Largest valid `ts` written so far (ms).
     stream: i64,
+    /// Arrival time of the latest message, bad ones included: never below any `ts`
+    /// written so far, so jitter measured from it stays within 3 s of all of them.
+    latest: i64,
     /// Sorted by `release_at`, latest first, so the next one pops off the end.
     held: Vec<Held>,
 }
@@ -134,7 +145,7 @@ impl Out {
             .map(|schema| TopicOut {
                 schema: Arc::clone(schema),
                 faults: Faults::for_topic(schema),
-                partitions: (0..schema.partitions).map(|_| Partition { stream: i64::MIN, held: vec![] }).collect(),
+                partitions: (0..schema.partitions).map(|_| Partition { stream: i64::MIN, latest: i64::MIN, held: vec![] }).collect(),
                 round_robin: 0,
                 counts: TopicCounts::default(),
             })
@@ -171,14 +182,19 @@ impl Out {
             .then(|| noise.random_range(LATE_MIN_MS + 30_000..LATE_MAX_MS - 15 * 60_000))
             .filter(|delay| at + delay + 5 * 60_000 < self.end_ms);
         let jitter = if late_by.is_none() && chance(noise, P_JITTER) { noise.random_range(1..=MAX_JITTER_MS) } else { 0 };
-        let ts = spelling(noise, at - jitter);
-        self.push(topic, at, key, Shape { ts, bad, has_row: true, late_by }, write);
+        let ts = spelling(noise, at);
+        self.push(topic, at, key, Shape { ts, bad, has_row: true, late_by, jitter }, write);
     }
 
-    /// A change envelope at `at`; `has_row` says whether it has an `after` row.
-    pub(super) fn change(&mut self, topic: Tix, at: i64, key: &str, has_row: bool, write: impl FnOnce(&mut Obj<'_>)) {
-        let bad = chance(&mut self.noise, P_BAD_CDC);
-        self.push(topic, at, Key::Text(key), Shape { ts: Ts::utc_ms(at), bad, has_row, late_by: None }, write);
+    /// A change envelope at `at`; `has_row` says whether it has an `after` row. A bad
+    /// CDC message is a garbled copy sent just before the change itself, so the
+    /// mirrors stay complete.
+    pub(super) fn change(&mut self, topic: Tix, at: i64, key: &str, has_row: bool, write: impl Fn(&mut Obj<'_>)) {
+        let ts = Ts::utc_ms(at);
+        if chance(&mut self.noise, P_BAD_CDC) {
+            self.push(topic, at, Key::Text(key), Shape { ts, bad: true, has_row, late_by: None, jitter: 0 }, &write);
+        }
+        self.push(topic, at, Key::Text(key), Shape { ts, bad: false, has_row, late_by: None, jitter: 0 }, write);
     }
 
     /// A tombstone: a key with a null value.
@@ -186,11 +202,22 @@ impl Out {
         let mut buf = self.pool.pop().unwrap_or_default();
         buf.extend_from_slice(key.as_bytes());
         let partition = self.partition(topic, Some(buf.as_slice()));
-        self.enqueue(Record { at, seq: 0, topic, partition, ts: None, kind: Kind::Tombstone, payload_len: 0, has_key: true, buf });
+        self.enqueue(Record {
+            at,
+            seq: 0,
+            topic,
+            partition,
+            ts: None,
+            jittered: None,
+            kind: Kind::Tombstone,
+            payload_len: 0,
+            has_key: true,
+            buf,
+        });
     }
 
     fn push(&mut self, topic: Tix, at: i64, key: Key<'_>, shape: Shape, write: impl FnOnce(&mut Obj<'_>)) {
-        let Shape { ts, bad, has_row, late_by } = shape;
+        let Shape { ts, bad, has_row, late_by, jitter } = shape;
         let mut buf = self.pool.pop().unwrap_or_default();
         let corruption = bad.then(|| self.topics[topic].faults.pick(&mut self.noise, has_row, at));
         let field_fault = match &corruption {
@@ -203,10 +230,10 @@ impl Out {
         });
         let mut obj = Obj::new(&mut buf, field_fault, ts);
         write(&mut obj);
-        let applied = obj.finish(extra);
+        let written = obj.finish(extra);
         match corruption {
             None => {}
-            Some(Corruption::Field(_)) if applied => {}
+            Some(Corruption::Field(_)) if written.fault_applied => {}
             // A fault whose field this message lacks falls back to cutting it short.
             Some(Corruption::Field(_) | Corruption::Truncate) => truncate(&mut self.noise, &mut buf),
             Some(Corruption::Garbage(text)) => {
@@ -233,6 +260,7 @@ impl Out {
             topic,
             partition,
             ts: (!bad).then(|| ts.written_ms()),
+            jittered: written.ts_at.filter(|_| jitter > 0 && !bad).map(|at| (ts, at, jitter)),
             kind: if bad { Kind::Bad } else { Kind::Valid },
             payload_len,
             has_key,
@@ -308,9 +336,20 @@ impl Out {
 
     /// Writes one message to its partition, and the very late events its stream time
     /// releases: after it normally, before it when it jumps past their 3-hour limit.
-    fn deliver(&mut self, rec: Record, sink: &mut Sink<'_>) -> Result<()> {
+    fn deliver(&mut self, mut rec: Record, sink: &mut Sink<'_>) -> Result<()> {
         let (topic, partition) = (rec.topic, rec.partition as usize);
-        let before = self.topics[topic].partitions[partition].stream;
+        let part = &mut self.topics[topic].partitions[partition];
+        let before = part.stream;
+        if let Some((ts, at, jitter)) = rec.jittered {
+            // Behind the partition's latest message, re-spelt in place (same width).
+            let base = if part.latest > ts.ms - JITTER_REACH_MS { part.latest.min(ts.ms) } else { ts.ms };
+            let moved = Ts { ms: base - jitter, ..ts };
+            let mut text = Vec::with_capacity(40);
+            moved.write(&mut text);
+            rec.buf[at..at + text.len()].copy_from_slice(&text);
+            rec.ts = Some(moved.written_ms());
+        }
+        part.latest = part.latest.max(rec.at);
         let stream = rec.ts.map_or(before, |ts| before.max(ts));
         while let Some(h) = self.topics[topic].partitions[partition].held.last() {
             if h.release_at > stream || stream - h.ts <= LATE_MAX_MS {

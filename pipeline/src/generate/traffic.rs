@@ -17,11 +17,11 @@ use super::world::{Role, World, EXPERIMENTS};
 /// Sessions a user (dormant ones included) starts per day on average.
 const SESSIONS_PER_USER_DAY: f64 = 3.6;
 /// Gateway requests from anonymous visitors, per user and day (about 5 % of requests).
-const ANONYMOUS_PER_USER_DAY: f64 = 8.0;
+const ANONYMOUS_PER_USER_DAY: f64 = 9.0;
 /// Service calls made by scheduled jobs rather than requests, per user and day.
 const BACKGROUND_PER_USER_DAY: f64 = 4.0;
 /// Degradation episodes per service and day.
-const EPISODES_PER_DAY: f64 = 2.5;
+const EPISODES_PER_DAY: f64 = 3.5;
 
 /// Relative traffic at a time of day: about 10 % of the peak at 03:00 UTC, peak at 15:00.
 /// Normalised to a daily mean of 1.
@@ -112,7 +112,7 @@ struct Profile {
 
 static PROFILES: [Profile; 9] = [
     Profile {
-        median_ms: 20.0,
+        median_ms: 14.0,
         sigma: 0.9,
         instances: &[0.5, 0.3, 0.2],
         routes: &[
@@ -131,7 +131,7 @@ static PROFILES: [Profile; 9] = [
         bytes_median: 1_800.0,
     },
     Profile {
-        median_ms: 38.0,
+        median_ms: 26.6,
         sigma: 0.95,
         instances: &[0.4, 0.35, 0.25],
         routes: &[
@@ -150,7 +150,7 @@ static PROFILES: [Profile; 9] = [
         bytes_median: 6_000.0,
     },
     Profile {
-        median_ms: 45.0,
+        median_ms: 31.5,
         sigma: 1.0,
         instances: &[0.6, 0.4],
         routes: &[
@@ -167,7 +167,7 @@ static PROFILES: [Profile; 9] = [
         bytes_median: 4_000.0,
     },
     Profile {
-        median_ms: 30.0,
+        median_ms: 21.0,
         sigma: 0.9,
         instances: &[0.55, 0.45],
         routes: &[
@@ -183,7 +183,7 @@ static PROFILES: [Profile; 9] = [
         bytes_median: 2_500.0,
     },
     Profile {
-        median_ms: 65.0,
+        median_ms: 45.5,
         sigma: 0.9,
         instances: &[0.35, 0.3, 0.2, 0.15],
         routes: &[PATH, call("POST", "/api/v1/recommendations", 200), COACH, AUDIO_EVAL, get("/api/v1/users/{id}/insights")],
@@ -193,7 +193,7 @@ static PROFILES: [Profile; 9] = [
         bytes_median: 3_000.0,
     },
     Profile {
-        median_ms: 42.0,
+        median_ms: 29.4,
         sigma: 1.0,
         instances: &[0.5, 0.3, 0.2],
         routes: &[
@@ -210,7 +210,7 @@ static PROFILES: [Profile; 9] = [
         bytes_median: 14_000.0,
     },
     Profile {
-        median_ms: 60.0,
+        median_ms: 42.0,
         sigma: 0.95,
         instances: &[0.7, 0.3],
         routes: &[get("/api/v1/labs/{id}"), RUN_STATUS, LAB_RUN, get("/api/v1/labs"), call("DELETE", "/api/v1/sandboxes/{id}", 204)],
@@ -220,7 +220,7 @@ static PROFILES: [Profile; 9] = [
         bytes_median: 2_000.0,
     },
     Profile {
-        median_ms: 85.0,
+        median_ms: 59.5,
         sigma: 0.85,
         instances: &[0.45, 0.35, 0.2],
         routes: &[CHAT, get("/api/v1/chat/sessions/{id}"), call("POST", "/api/v1/feedback", 204), get("/api/v1/sources/{id}")],
@@ -230,7 +230,7 @@ static PROFILES: [Profile; 9] = [
         bytes_median: 5_000.0,
     },
     Profile {
-        median_ms: 12.0,
+        median_ms: 8.4,
         sigma: 0.8,
         instances: &[0.5, 0.5],
         routes: &[REFRESH, get("/api/v1/auth/me"), LOGIN, LOGOUT],
@@ -385,21 +385,30 @@ struct Caller {
 pub(super) struct Traffic {
     topics: Topics,
     rng: SmallRng,
+    /// Users at the start, which set the rates (sign-ups during the period stay idle).
     users: u32,
+    /// Who starts the next session, by the users' activity.
     activity: Weighted,
+    /// Users in a session now; they do not start another.
     busy: Vec<bool>,
     sessions: Vec<Session>,
+    /// Slots of `sessions` free for reuse.
     free: Vec<usize>,
+    /// When each open session takes its next step.
     queue: BinaryHeap<Reverse<(i64, usize)>>,
     next_session: u64,
     next_connection: u64,
+    /// Instance names per service, and how requests spread over them.
     instances: Vec<Vec<String>>,
     instance_pick: Vec<Weighted>,
+    /// Route popularity per service (Zipf).
     route_pick: Vec<Weighted>,
+    /// Services browsed by learners and by staff.
     browse: [Weighted; 2],
     health: Health,
     /// Per user, per experiment: exposures and conversion bits.
     experiments: Vec<[u8; EXPERIMENTS]>,
+    /// Exam attempts so far per (user, exam).
     attempts: HashMap<(u32, u32), i64>,
 }
 
@@ -891,7 +900,7 @@ impl Traffic {
                     r if r < 0.009 => 404,
                     r if r < 0.011 => 400,
                     r if r < 0.012 && route.method != "GET" => 409,
-                    r if r < 0.014 => 500,
+                    r if r < 0.015 => 500,
                     _ => status,
                 };
             }

@@ -155,7 +155,7 @@ impl World {
             .map(|_| Org {
                 name: org_name(rng),
                 target_completion_rate: target_completion_rate(rng),
-                limit_pressure: lognormal(rng, 0.007, 0.8).min(0.05),
+                limit_pressure: lognormal(rng, 0.009, 0.8).min(0.05),
             })
             .collect();
 
