@@ -36,12 +36,16 @@ pub async fn run(args: &RunArgs) -> Result<RunStats> {
     let registry = SchemaRegistry::load(&args.definitions.schemas_dir()?)?;
     let sql = load_sql_dir(&args.definitions.sql_dir()?)?;
     let lake = Lake::open(&args.lake, true)?;
-    let options = RunOptions { commit_interval: args.commit_interval, ..RunOptions::default() };
-    let mut pipeline = Pipeline::new(&lake, &registry, &sql, options).await?;
     if !args.input.is_dir() {
         return Err(Error::Config(format!("--input {}: no such directory", args.input.display())));
     }
     let mut source = FileSource::open(&args.input, args.batch_size as usize, |t| registry.get(t).is_some())?;
+    let progress = indicatif::ProgressBar::new(source.total_bytes()).with_style(
+        indicatif::ProgressStyle::with_template("{spinner} {bytes}/{total_bytes} {wide_bar} {bytes_per_sec} eta {eta}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let options = RunOptions { commit_interval: args.commit_interval, progress, ..RunOptions::default() };
+    let mut pipeline = Pipeline::new(&lake, &registry, &sql, options).await?;
     let stats = pipeline.run(&mut source).await?;
     print_summary(&stats);
     Ok(stats)

@@ -31,11 +31,17 @@ pub struct RunOptions {
     pub pipeline: String,
     /// How often buffered rows are committed to the lake.
     pub commit_interval: Duration,
+    /// Advanced by the bytes of every batch read (hidden when not on a terminal).
+    pub progress: indicatif::ProgressBar,
 }
 
 impl Default for RunOptions {
     fn default() -> Self {
-        RunOptions { pipeline: "sluice".into(), commit_interval: Duration::from_secs(1) }
+        RunOptions {
+            pipeline: "sluice".into(),
+            commit_interval: Duration::from_secs(1),
+            progress: indicatif::ProgressBar::hidden(),
+        }
     }
 }
 
@@ -140,11 +146,13 @@ impl Pipeline {
         let metrics = PartitionId { topic: Arc::from(METRICS_TOPIC), partition: 0 };
         self.watermarks.add_partition(metrics, 0);
         while let Some(raw) = source.next_batch().await? {
+            self.options.progress.inc(raw.data.len() as u64 + raw.messages.len() as u64);
             self.process(raw).await?;
             if self.last_commit.elapsed() >= self.options.commit_interval {
                 self.commit().await?;
             }
         }
+        self.options.progress.finish_and_clear();
         self.watermarks.finish_all();
         self.close_windows().await?;
         self.commit().await?;

@@ -14,6 +14,7 @@ use crate::error::{Error, Result};
 /// watermarks, and with them which events are late, do not depend on timing.
 pub struct FileSource {
     files: Vec<PartitionFile>,
+    total_bytes: u64,
     next: usize,
     batch_size: usize,
 }
@@ -86,7 +87,13 @@ impl FileSource {
                 dir.display()
             )));
         }
-        Ok(FileSource { files, next: 0, batch_size })
+        let total_bytes = files.iter().filter_map(|f| std::fs::metadata(&f.path).ok()).map(|m| m.len()).sum();
+        Ok(FileSource { files, total_bytes, next: 0, batch_size })
+    }
+
+    /// The size of all input files, for progress.
+    pub fn total_bytes(&self) -> u64 {
+        self.total_bytes
     }
 }
 

@@ -227,3 +227,103 @@ fn window_array(spec: &WindowSpec, start: i64, n: usize) -> Result<ArrayRef> {
     Ok(Arc::new(StructArray::try_new(fields, vec![Arc::new(starts), Arc::new(ends)], None)?))
 }
 
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::path::{Path, PathBuf};
+
+    use arrow::array::{AsArray, StructArray};
+    use arrow::datatypes::{Float64Type, Int64Type, TimestampMicrosecondType};
+    use datafusion::physical_plan::collect;
+    use rand::{Rng, SeedableRng};
+
+    use super::*;
+    use crate::catalog::TablePath;
+    use crate::decode::TopicDecoder;
+    use crate::plan::{plan, Shape, SqlFile};
+    use crate::schema::SchemaRegistry;
+    use crate::source::{PartitionId, RawBatch, RawMessage};
+
+    const SQL: &str = "SELECT tumble(interval '1 minute') AS window, service, count(*) AS n, \
+        sum(duration_ms) AS total, max(duration_ms) AS worst FROM gateway.requests GROUP BY window, service";
+
+    fn request(rng: &mut rand::rngs::SmallRng, i: usize) -> (i64, &'static str, f64, String) {
+        let ts = 1_772_323_200_000_000 + rng.random_range(0..600_000_000i64); // ten minutes
+        let service = ["auth", "devlab", "assessment"][rng.random_range(0..3)];
+        let duration = f64::from(rng.random_range(1..500u32)) / 4.0;
+        let iso = chrono::DateTime::from_timestamp_micros(ts).unwrap().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+        let line = format!(
+            r#"{{"request_id":"r{i}","correlation_id":"c","ts":"{iso}","service":"{service}","upstream_instance":"x","method":"GET","route":"/","status":200,"duration_ms":{duration},"auth_outcome":"ok","rate_limited":false,"bytes_out":1}}"#
+        );
+        (ts, service, duration, line)
+    }
+
+    /// Random rows in random batch sizes, against sums computed row by row here.
+    #[tokio::test]
+    async fn windows_match_a_row_by_row_computation_whatever_the_batching() {
+        let registry = SchemaRegistry::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../schemas")).unwrap();
+        let file = SqlFile { path: PathBuf::from("t.sql"), table: TablePath::new("a/b/c").unwrap(), sql: SQL.into() };
+        let query = plan(&file, &crate::runtime::input_tables(&registry)).await.unwrap();
+        let Shape::Windowed { input, window, .. } = &query.shape else { panic!("not windowed") };
+        let mut windows = TumblingWindows::new(window.clone());
+        let decoder = TopicDecoder::new(registry.get("gateway.requests").unwrap().clone());
+        let slot = &query.inputs[0].1;
+
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(7);
+        let rows: Vec<_> = (0..5000).map(|i| request(&mut rng, i)).collect();
+        let mut expected: BTreeMap<(i64, &str), (i64, f64, f64)> = BTreeMap::new();
+        for (ts, service, duration, _) in &rows {
+            let e = expected.entry((ts - ts.rem_euclid(60_000_000), *service)).or_insert((0, 0.0, f64::MIN));
+            e.0 += 1;
+            e.1 += duration;
+            e.2 = e.2.max(*duration);
+        }
+
+        let mut start = 0;
+        while start < rows.len() {
+            let end = (start + rng.random_range(1..700)).min(rows.len());
+            let mut data = Vec::new();
+            let mut messages = Vec::new();
+            for (i, (_, _, _, line)) in rows[start..end].iter().enumerate() {
+                let from = data.len();
+                data.extend_from_slice(line.as_bytes());
+                messages.push(RawMessage { offset: (start + i) as i64, payload: Some(from..data.len()) });
+            }
+            let raw = RawBatch { partition: PartitionId { topic: "gateway.requests".into(), partition: 0 }, ingested_at: 0, data, messages, end_of_partition: false };
+            let decoded = decoder.decode(&raw).unwrap();
+            assert!(decoded.dead_letters.is_empty(), "{:?}", decoded.dead_letters);
+            slot.fill(vec![decoded.batch]);
+            for b in collect(input.clone(), query.task_ctx.clone()).await.unwrap() {
+                windows.update(&b).unwrap();
+            }
+            start = end;
+        }
+        assert_eq!(windows.open_windows(), 10);
+        let closed = windows.close_until(1_772_323_200_000_000 + 300_000_000).unwrap().unwrap();
+        assert_eq!(windows.open_windows(), 5, "only windows ending by the watermark close");
+        let rest = windows.close_until(i64::MAX).unwrap().unwrap();
+
+        let mut actual = BTreeMap::new();
+        for b in [closed, rest] {
+            let w: &StructArray = b.column(0).as_struct();
+            let starts = w.column(0).as_primitive::<TimestampMicrosecondType>();
+            let ends = w.column(1).as_primitive::<TimestampMicrosecondType>();
+            for r in 0..b.num_rows() {
+                assert_eq!(ends.value(r) - starts.value(r), 60_000_000);
+                let service = b.column(1).as_string::<i32>().value(r).to_string();
+                let n = b.column(2).as_primitive::<Int64Type>().value(r);
+                let total = b.column(3).as_primitive::<Float64Type>().value(r);
+                let worst = b.column(4).as_primitive::<Float64Type>().value(r);
+                assert!(actual.insert((starts.value(r), service), (n, total, worst)).is_none(), "a window emitted twice");
+            }
+        }
+        assert_eq!(actual.len(), expected.len());
+        for ((start, service), (n, total, worst)) in expected {
+            let got = actual[&(start, service.to_string())];
+            assert_eq!(got.0, n, "count {start} {service}");
+            assert!((got.1 - total).abs() <= 1e-9 * total.abs(), "sum {start} {service}: {} vs {total}", got.1);
+            assert_eq!(got.2, worst, "max {start} {service}");
+        }
+    }
+}
