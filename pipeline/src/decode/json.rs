@@ -105,9 +105,18 @@ impl<'de> Visitor<'de> for RowVisitor<'_, 'de> {
     }
 
     fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<(), M::Error> {
+        // Producers mostly write fields in schema order: try the next one first.
+        let mut next = 0;
         while let Some(key) = map.next_key_seed(StrSeed)? {
-            match self.fields.iter().position(|f| f.name == *key) {
-                Some(i) => self.slots[i] = map.next_value_seed(ScalarSeed)?,
+            let position = match self.fields.get(next) {
+                Some(f) if f.name == *key => Some(next),
+                _ => self.fields.iter().position(|f| f.name == *key),
+            };
+            match position {
+                Some(i) => {
+                    self.slots[i] = map.next_value_seed(ScalarSeed)?;
+                    next = i + 1;
+                }
                 None => {
                     map.next_value::<IgnoredAny>()?;
                 }

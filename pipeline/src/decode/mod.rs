@@ -87,6 +87,8 @@ impl TopicDecoder {
         let mut after: Vec<Value> = Vec::with_capacity(fields.len());
         let mut before: Vec<Value> = Vec::with_capacity(fields.len());
 
+        // One UTF-8 check for the whole batch; line boundaries are char boundaries.
+        let text = std::str::from_utf8(&raw.data).ok();
         for message in &raw.messages {
             let Some(bytes) = raw.payload(message) else {
                 tombstones += 1;
@@ -110,7 +112,10 @@ impl TopicDecoder {
                         columns.append(&change);
                     }
                     offsets.push(message.offset);
-                    raws.append_value(String::from_utf8_lossy(bytes));
+                    match (text, &message.payload) {
+                        (Some(text), Some(range)) => raws.append_value(&text[range.clone()]),
+                        _ => raws.append_value(String::from_utf8_lossy(bytes)),
+                    }
                 }
                 Err(error) => dead_letters.push(DeadLetter {
                     offset: message.offset,
@@ -161,6 +166,9 @@ impl TopicDecoder {
         if from_before {
             if !env.before_present {
                 return Err("a delete (`op` d) needs `before` with the primary key".into());
+            }
+            if env.after_present {
+                return Err("field `after`: a delete (`op` d) has `after` null".into());
             }
             check_fields(fields, before, "before.", false, cells)?;
             let pk = self.schema.primary_key.as_deref().unwrap_or_default();
@@ -426,6 +434,7 @@ mod tests {
             r#"{"op":"u","ts_ms":1,"after":{"user_id":"u-1","org_id":"o","role":"boss","display_name":"B"},"source":{"lsn":1}}"#,
             r#"{"op":"d","ts_ms":1,"before":{"org_id":"o"},"source":{"lsn":1}}"#,
             r#"{"op":"c","ts_ms":1,"after":{"user_id":"u-1","org_id":"o","role":"learner","display_name":"B"}}"#,
+            r#"{"op":"d","ts_ms":1,"before":{"user_id":"u-1"},"after":{"user_id":"u-1","org_id":"o","role":"learner","display_name":"B"},"source":{"lsn":2}}"#,
         ];
         let d = decode("cdc.directory.users", &lines);
         assert_eq!(d.tombstones, 1);
@@ -444,5 +453,6 @@ mod tests {
         assert!(errors[1].contains("field `after.role`"), "{errors:?}");
         assert!(errors[2].contains("`before.user_id`"), "{errors:?}");
         assert!(errors[3].contains("`source.lsn`"), "{errors:?}");
+        assert!(errors[4].contains("field `after`"), "{errors:?}");
     }
 }

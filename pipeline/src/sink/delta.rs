@@ -3,6 +3,9 @@
 use arrow::record_batch::RecordBatch;
 use deltalake::kernel::transaction::CommitProperties;
 use deltalake::kernel::Transaction;
+use deltalake::parquet::basic::Compression;
+use deltalake::parquet::file::properties::WriterProperties;
+use deltalake::parquet::schema::types::ColumnPath;
 use deltalake::protocol::SaveMode;
 use deltalake::DeltaTable;
 
@@ -20,12 +23,14 @@ pub struct TableSink {
     pending: Vec<RecordBatch>,
     pending_rows: usize,
     rows_written: u64,
+    writer_properties: WriterProperties,
 }
 
 impl TableSink {
     /// Opens the table, creating it (empty, with its schema) if it does not exist.
     pub async fn open(lake: &Lake, path: TablePath, layout: TableLayout, pipeline: &str) -> Result<Self> {
         let err = |e| Error::delta(path.as_str(), e);
+        let layout_schema = layout.schema.clone();
         let url = lake.table_url(&path)?;
         if let Ok(dir) = url.to_file_path() {
             std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
@@ -51,6 +56,7 @@ impl TableSink {
             pending: Vec::new(),
             pending_rows: 0,
             rows_written: 0,
+            writer_properties: writer_properties(&layout_schema),
         })
     }
 
@@ -108,6 +114,7 @@ impl TableSink {
             .with_save_mode(SaveMode::Append)
             .with_partition_columns(self.layout.partition_columns.clone())
             .with_commit_properties(properties)
+            .with_writer_properties(self.writer_properties.clone())
             .await;
         match result {
             Ok(table) => {
@@ -124,6 +131,18 @@ impl TableSink {
             }
         }
     }
+}
+
+/// Identifiers and raw messages are unique per row: dictionary-encoding them costs
+/// time and saves nothing, so only the other columns get dictionaries.
+fn writer_properties(schema: &arrow::datatypes::Schema) -> WriterProperties {
+    let unique = |name: &str| name.ends_with("_id") || matches!(name, "payload" | "raw" | "_raw" | "_offset");
+    schema
+        .fields()
+        .iter()
+        .filter(|f| unique(f.name()))
+        .fold(WriterProperties::builder().set_compression(Compression::SNAPPY), |b, f| b.set_column_dictionary_enabled(ColumnPath::from(f.name().as_str()), false))
+        .build()
 }
 
 /// An existing table must have the columns the SQL file now produces.
