@@ -64,6 +64,11 @@ pub fn print_summary(stats: &RunStats) {
         stats.tombstones,
         stats.commits
     );
+    eprintln!(
+        "window state at its peak: {} open windows, {:.1} MB",
+        stats.peak_open_windows,
+        stats.peak_state_bytes as f64 / 1e6
+    );
     for (table, rows) in &stats.rows {
         eprintln!("  {:>9} rows  {}", rows, table.sql_name());
     }

@@ -31,6 +31,9 @@ pub struct RunOptions {
     pub pipeline: String,
     /// How often buffered rows are committed to the lake.
     pub commit_interval: Duration,
+    /// Rows buffered across tables that force a commit before the interval is up,
+    /// which bounds memory whatever the input rate.
+    pub max_pending_rows: usize,
     /// Advanced by the bytes of every batch read (hidden when not on a terminal).
     pub progress: indicatif::ProgressBar,
 }
@@ -40,6 +43,7 @@ impl Default for RunOptions {
         RunOptions {
             pipeline: "sluice".into(),
             commit_interval: Duration::from_secs(1),
+            max_pending_rows: 500_000,
             progress: indicatif::ProgressBar::hidden(),
         }
     }
@@ -54,6 +58,9 @@ pub struct RunStats {
     pub late: u64,
     pub tombstones: u64,
     pub commits: u64,
+    /// The most window state held at a commit: open windows, and bytes of their accumulators.
+    pub peak_open_windows: usize,
+    pub peak_state_bytes: usize,
     pub elapsed: Duration,
     /// Rows written per table.
     pub rows: BTreeMap<TablePath, u64>,
@@ -148,7 +155,7 @@ impl Pipeline {
         while let Some(raw) = source.next_batch().await? {
             self.options.progress.inc(raw.data.len() as u64 + raw.messages.len() as u64);
             self.process(raw).await?;
-            if self.last_commit.elapsed() >= self.options.commit_interval {
+            if self.should_commit() {
                 self.commit().await?;
             }
         }
@@ -315,9 +322,19 @@ impl Pipeline {
         Ok(())
     }
 
+    /// Commit when the interval is up, or sooner when enough rows wait.
+    fn should_commit(&self) -> bool {
+        self.last_commit.elapsed() >= self.options.commit_interval
+            || self.sinks.values().map(TableSink::pending_rows).sum::<usize>() >= self.options.max_pending_rows
+    }
+
     /// Commits every table with buffered rows as the next epoch.
     pub async fn commit(&mut self) -> Result<()> {
         self.last_commit = Instant::now();
+        let windows = self.queries.iter().filter_map(|q| q.windows.as_ref());
+        let (open, bytes) = windows.fold((0, 0), |(o, b), w| (o + w.open_windows(), b + w.state_bytes()));
+        self.stats.peak_open_windows = self.stats.peak_open_windows.max(open);
+        self.stats.peak_state_bytes = self.stats.peak_state_bytes.max(bytes);
         if self.sinks.values().all(|s| s.pending_rows() == 0) {
             return Ok(());
         }
