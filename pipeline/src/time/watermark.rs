@@ -65,7 +65,7 @@ impl Watermarks {
     fn min_over(&self, topics: &[Arc<str>], except: Option<&PartitionId>) -> i64 {
         self.partitions
             .iter()
-            .filter(|(id, _)| Some(*id) != except && topics.iter().any(|t| *t == id.topic))
+            .filter(|(id, _)| Some(*id) != except && topics.contains(&id.topic))
             .map(|(_, p)| p.watermark())
             .min()
             .unwrap_or(FINISHED)
