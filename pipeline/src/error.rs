@@ -18,6 +18,9 @@ pub enum Error {
     #[error("config: {0}")]
     Config(String),
 
+    #[error("query: {0}")]
+    Query(String),
+
     #[error("input: {0}")]
     Input(String),
 

@@ -23,7 +23,8 @@ fn main() -> std::process::ExitCode {
     match runtime.block_on(sluice::cli::main(cli)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e}");
+            // One line, whatever the message's origin (DataFusion's may span several).
+            eprintln!("error: {}", e.to_string().replace('\n', " "));
             std::process::ExitCode::FAILURE
         }
     }

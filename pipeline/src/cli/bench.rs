@@ -24,8 +24,8 @@ pub async fn bench(traffic: &TrafficArgs, batch_size: u64, definitions: &Definit
     };
     let stats = super::run::run(&args).await?;
     let secs = stats.elapsed.as_secs_f64().max(1e-9);
-    println!(
-        "bench: users={} hours={} batch_size={batch_size}: {} messages in {:.2}s = {:.0} messages/s ({:.1} MB/s); peak RSS {} MiB (after generation {} MiB)",
+    super::emit(&format!(
+        "bench: users={} hours={} batch_size={batch_size}: {} messages in {:.2}s = {:.0} messages/s ({:.1} MB/s); peak RSS {} MiB (after generation {} MiB)\n",
         traffic.users,
         traffic.hours,
         stats.messages,
@@ -34,8 +34,7 @@ pub async fn bench(traffic: &TrafficArgs, batch_size: u64, definitions: &Definit
         stats.bytes as f64 / 1e6 / secs,
         peak_rss_kib().unwrap_or(0) / 1024,
         rss_before.unwrap_or(0) / 1024,
-    );
-    Ok(())
+    ))
 }
 
 /// Peak resident set size of this process (Linux `VmHWM`), KiB.

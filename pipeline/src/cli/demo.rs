@@ -25,6 +25,5 @@ pub async fn demo(input: &Path, lake: &str, traffic: &TrafficArgs, definitions: 
     super::run::run(&args).await?;
     eprintln!("\nWhich routes breach their latency SLO most often?\n  sluice query --lake {lake} \"{EXAMPLE}\"");
     let batches = super::query::run_query(lake, EXAMPLE).await?;
-    print!("{}", super::query::render(&batches, Format::Table)?);
-    Ok(())
+    super::emit(&super::query::render(&batches, Format::Table)?)
 }

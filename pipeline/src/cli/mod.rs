@@ -112,6 +112,16 @@ impl Definitions {
     }
 }
 
+/// Writes command output to stdout; a reader that went away (`| head`) is not an error.
+pub fn emit(text: &str) -> Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(Error::io("stdout", e)),
+        _ => Ok(()),
+    }
+}
+
 fn locate(given: Option<&Path>, name: &str) -> Result<PathBuf> {
     if let Some(dir) = given {
         return if dir.is_dir() {

@@ -8,15 +8,14 @@ use crate::error::{Error, Result};
 
 pub async fn query(lake: &str, sql: &str, format: Format) -> Result<()> {
     let batches = run_query(lake, sql).await?;
-    print!("{}", render(&batches, format)?);
-    Ok(())
+    super::emit(&render(&batches, format)?)
 }
 
 /// Runs one query over every table of the lake.
 pub async fn run_query(lake: &str, sql: &str) -> Result<Vec<RecordBatch>> {
     let lake = Lake::open(lake, false)?;
     let ctx = lake.session().await?;
-    let df = ctx.sql(sql).await.map_err(|e| Error::Config(format!("query: {}", e.strip_backtrace())))?;
+    let df = ctx.sql(sql).await.map_err(|e| Error::Query(e.strip_backtrace().to_string()))?;
     Ok(df.collect().await?)
 }
 
@@ -52,7 +51,7 @@ pub async fn tables(lake_location: &str) -> Result<()> {
         return Ok(());
     }
     let ctx = lake.session().await?;
-    println!("{:<58} {:>10} {:>8}", "table", "rows", "version");
+    let mut out = format!("{:<58} {:>10} {:>8}\n", "table", "rows", "version");
     for table in tables {
         let name = table.sql_name();
         let rows = ctx.sql(&format!("SELECT count(*) FROM {name}")).await?.collect().await?;
@@ -62,7 +61,7 @@ pub async fn tables(lake_location: &str) -> Result<()> {
             .unwrap_or(0);
         let delta = deltalake::open_table(lake.table_url(&table)?).await.map_err(|e| Error::delta(table.as_str(), e))?;
         let version = delta.version().map(|v| v.to_string()).unwrap_or_default();
-        println!("{name:<58} {count:>10} {version:>8}");
+        out.push_str(&format!("{name:<58} {count:>10} {version:>8}\n"));
     }
-    Ok(())
+    super::emit(&out)
 }
