@@ -1,6 +1,12 @@
 #!/usr/bin/env bash
 # The whole test suite: unit tests, the end-to-end run checked against an
-# independent model of the contract, and Delta conformance.
+# independent model of the contract, Delta conformance, and the Kafka path against
+# a real Kafka-protocol broker (Tansu) started here on loopback.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+port="${SLUICE_TEST_BROKER_PORT:-19092}"
+infra/broker.sh stop
+SLUICE_KAFKA_BROKERS=$(infra/broker.sh start "$port")
+export SLUICE_KAFKA_BROKERS
+trap 'infra/broker.sh stop' EXIT
 cargo nextest run --workspace --no-fail-fast "$@"

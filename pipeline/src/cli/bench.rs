@@ -13,10 +13,13 @@ pub async fn bench(traffic: &TrafficArgs, batch_size: u64, definitions: &Definit
     let dir = tempfile::tempdir().map_err(|e| Error::io(std::env::temp_dir(), e))?;
     let input = dir.path().join("input");
     let lake = dir.path().join("lake");
-    super::generate::generate(&input, traffic, definitions)?;
+    super::generate::generate(super::generate::Destination::Dir(&input), traffic, definitions).await?;
     let rss_before = peak_rss_kib();
     let args = RunArgs {
-        input,
+        input: Some(input),
+        kafka: None,
+        kafka_settings: Vec::new(),
+        stop_when_idle: None,
         lake: lake.display().to_string(),
         batch_size,
         commit_interval: std::time::Duration::from_secs(1),

@@ -14,9 +14,12 @@ FROM monitoring.api_performance.request_response_times \
 GROUP BY service, route ORDER BY slo_breached_minutes DESC, requests DESC LIMIT 5";
 
 pub async fn demo(input: &Path, lake: &str, traffic: &TrafficArgs, definitions: &Definitions) -> Result<()> {
-    super::generate::generate(input, traffic, definitions)?;
+    super::generate::generate(super::generate::Destination::Dir(input), traffic, definitions).await?;
     let args = RunArgs {
-        input: input.to_path_buf(),
+        input: Some(input.to_path_buf()),
+        kafka: None,
+        kafka_settings: Vec::new(),
+        stop_when_idle: None,
         lake: lake.to_string(),
         batch_size: 8192,
         commit_interval: std::time::Duration::from_secs(1),

@@ -20,18 +20,29 @@ pub struct TrafficArgs {
     pub hours: u32,
 }
 
-pub fn generate(out: &Path, traffic: &TrafficArgs, definitions: &Definitions) -> Result<GenerateSummary> {
+/// Where generated traffic goes.
+pub enum Destination<'a> {
+    Dir(&'a Path),
+    Kafka(&'a str),
+}
+
+pub async fn generate(to: Destination<'_>, traffic: &TrafficArgs, definitions: &Definitions) -> Result<GenerateSummary> {
     let registry = SchemaRegistry::load(&definitions.schemas_dir()?)?;
     let options = GenerateOptions { seed: traffic.seed, users: traffic.users, hours: traffic.hours, ..GenerateOptions::default() };
     let started = std::time::Instant::now();
-    let summary = generate_to_dir(&registry, &options, out)?;
+    let (summary, place) = match to {
+        Destination::Dir(out) => (generate_to_dir(&registry, &options, out)?, out.display().to_string()),
+        Destination::Kafka(brokers) => {
+            (crate::source::produce_generated(brokers, &registry, &options).await?, format!("kafka {brokers}"))
+        }
+    };
     let total = summary.total_messages();
     eprintln!(
         "generated {total} messages ({} bad, {} very late) for {} topics into {} in {:.1}s",
         summary.topics.values().map(|c| c.bad).sum::<u64>(),
         summary.topics.values().map(|c| c.late).sum::<u64>(),
         summary.topics.len(),
-        out.display(),
+        place,
         started.elapsed().as_secs_f64()
     );
     Ok(summary)

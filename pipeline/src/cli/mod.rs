@@ -46,10 +46,14 @@ pub enum Command {
         #[command(flatten)]
         definitions: Definitions,
     },
-    /// Write generated platform traffic as JSON lines: DIR/<topic>/<partition>.jsonl.
+    /// Write generated platform traffic as JSON lines (DIR/<topic>/<partition>.jsonl) or into Kafka.
     Generate {
-        #[arg(long, value_name = "DIR")]
-        out: PathBuf,
+        /// Directory to write.
+        #[arg(long, value_name = "DIR", required_unless_present = "kafka", conflicts_with = "kafka")]
+        out: Option<PathBuf>,
+        /// Kafka bootstrap servers to produce to (topics are created as the schemas say).
+        #[arg(long, value_name = "BROKERS")]
+        kafka: Option<String>,
         #[command(flatten)]
         traffic: generate::TrafficArgs,
         #[command(flatten)]
@@ -94,7 +98,14 @@ pub enum Format {
 pub async fn main(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Demo { input, lake, traffic, definitions } => demo::demo(&input, &lake, &traffic, &definitions).await,
-        Command::Generate { out, traffic, definitions } => generate::generate(&out, &traffic, &definitions).map(|_| ()),
+        Command::Generate { out, kafka, traffic, definitions } => {
+            let to = match (&out, &kafka) {
+                (Some(out), _) => generate::Destination::Dir(out),
+                (None, Some(brokers)) => generate::Destination::Kafka(brokers),
+                (None, None) => return Err(Error::Config("generate needs --out DIR or --kafka BROKERS".into())),
+            };
+            generate::generate(to, &traffic, &definitions).await.map(|_| ())
+        }
         Command::Run(args) => run::run(&args).await.map(|_| ()),
         Command::Query { lake, format, sql } => query::query(&lake, &sql, format).await,
         Command::Tables { lake } => query::tables(&lake).await,

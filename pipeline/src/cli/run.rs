@@ -8,13 +8,23 @@ use crate::error::{Error, Result};
 use crate::plan::load_sql_dir;
 use crate::runtime::{Pipeline, RunOptions, RunStats};
 use crate::schema::{parse_duration, SchemaRegistry};
-use crate::source::FileSource;
+use crate::source::{FileSource, KafkaSource, Source};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct RunArgs {
     /// Input directory: <topic>/<partition>.jsonl (or <topic>.jsonl for partition 0).
-    #[arg(long, value_name = "DIR")]
-    pub input: PathBuf,
+    #[arg(long, value_name = "DIR", required_unless_present = "kafka", conflicts_with = "kafka")]
+    pub input: Option<PathBuf>,
+    /// Kafka bootstrap servers: consume every topic of the schemas from its beginning.
+    #[arg(long, value_name = "BROKERS")]
+    pub kafka: Option<String>,
+    /// A librdkafka setting passed through (security and the like), repeatable: -X key=value.
+    #[arg(short = 'X', value_name = "KEY=VALUE", value_parser = setting)]
+    pub kafka_settings: Vec<(String, String)>,
+    /// With --kafka: stop as a bounded run once no message came for this long
+    /// (every window is then emitted); without it the run goes on until stopped.
+    #[arg(long, value_parser = duration, requires = "kafka")]
+    pub stop_when_idle: Option<std::time::Duration>,
     /// The lake to write (a directory or URL).
     #[arg(long)]
     pub lake: String,
@@ -28,6 +38,12 @@ pub struct RunArgs {
     pub definitions: Definitions,
 }
 
+fn setting(text: &str) -> std::result::Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .ok_or_else(|| format!("`{text}` is not KEY=VALUE"))
+}
+
 fn duration(text: &str) -> std::result::Result<std::time::Duration, String> {
     parse_duration(text)
 }
@@ -36,17 +52,29 @@ pub async fn run(args: &RunArgs) -> Result<RunStats> {
     let registry = SchemaRegistry::load(&args.definitions.schemas_dir()?)?;
     let sql = load_sql_dir(&args.definitions.sql_dir()?)?;
     let lake = Lake::open(&args.lake, true)?;
-    if !args.input.is_dir() {
-        return Err(Error::Config(format!("--input {}: no such directory", args.input.display())));
-    }
-    let mut source = FileSource::open(&args.input, args.batch_size as usize, |t| registry.get(t).is_some())?;
-    let progress = indicatif::ProgressBar::new(source.total_bytes()).with_style(
-        indicatif::ProgressStyle::with_template("{spinner} {bytes}/{total_bytes} {wide_bar} {bytes_per_sec} eta {eta}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
+    let batch_size = args.batch_size as usize;
+    let (mut source, progress): (Box<dyn Source>, _) = match (&args.input, &args.kafka) {
+        (Some(input), _) => {
+            if !input.is_dir() {
+                return Err(Error::Config(format!("--input {}: no such directory", input.display())));
+            }
+            let source = FileSource::open(input, batch_size, |t| registry.get(t).is_some())?;
+            let progress = indicatif::ProgressBar::new(source.total_bytes()).with_style(
+                indicatif::ProgressStyle::with_template("{spinner} {bytes}/{total_bytes} {wide_bar} {bytes_per_sec} eta {eta}")
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            (Box::new(source), progress)
+        }
+        (None, Some(brokers)) => {
+            let topics: Vec<String> = registry.topics().map(|t| t.topic.clone()).collect();
+            let source = KafkaSource::open(brokers, &topics, &args.kafka_settings, batch_size, args.stop_when_idle)?;
+            (Box::new(source), indicatif::ProgressBar::hidden())
+        }
+        (None, None) => return Err(Error::Config("run needs --input DIR or --kafka BROKERS".into())),
+    };
     let options = RunOptions { commit_interval: args.commit_interval, progress, ..RunOptions::default() };
     let mut pipeline = Pipeline::new(&lake, &registry, &sql, options).await?;
-    let stats = pipeline.run(&mut source).await?;
+    let stats = pipeline.run(source.as_mut()).await?;
     print_summary(&stats);
     Ok(stats)
 }

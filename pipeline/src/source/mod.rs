@@ -2,11 +2,15 @@
 //! from one topic-partition, in the order the pipeline must process them.
 
 mod files;
+mod kafka;
+mod produce;
 
 use std::ops::Range;
 use std::sync::Arc;
 
 pub use files::FileSource;
+pub use kafka::KafkaSource;
+pub use produce::produce_generated;
 
 use crate::error::Result;
 

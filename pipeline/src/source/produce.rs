@@ -1,0 +1,62 @@
+//! Writing generated traffic into Kafka, keyed and partitioned as the generator says,
+//! so a user can try the Kafka path without a platform.
+
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::ClientConfig;
+
+use crate::error::{Error, Result};
+use crate::generate::{generate, GenerateOptions, GenerateSummary};
+use crate::schema::SchemaRegistry;
+
+/// Creates the topics (with the schemas' partition counts) and produces every
+/// generated message into them, in order per partition.
+pub async fn produce_generated(brokers: &str, registry: &SchemaRegistry, options: &GenerateOptions) -> Result<GenerateSummary> {
+    let kafka = |e: KafkaError| Error::Input(format!("kafka {brokers}: {e}"));
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", brokers);
+    let admin: AdminClient<DefaultClientContext> = config.create().map_err(kafka)?;
+    let topics: Vec<NewTopic> = registry
+        .topics()
+        .map(|t| NewTopic::new(&t.topic, t.partitions as i32, TopicReplication::Fixed(1)))
+        .collect();
+    for result in admin.create_topics(&topics, &AdminOptions::new()).await.map_err(kafka)? {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => return Err(Error::Input(format!("kafka {brokers}: creating `{topic}`: {code}"))),
+        }
+    }
+
+    let producer: BaseProducer = config
+        .clone()
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "20")
+        .set("queue.buffering.max.messages", "500000")
+        .create()
+        .map_err(kafka)?;
+    let summary = generate(registry, options, &mut |m| {
+        let mut record = BaseRecord::<[u8], [u8]>::to(m.topic).partition(m.partition as i32);
+        if let Some(key) = m.key {
+            record = record.key(key.as_bytes());
+        }
+        if let Some(payload) = m.payload {
+            record = record.payload(payload);
+        }
+        loop {
+            match producer.send(record) {
+                Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    record = back;
+                    producer.poll(Duration::from_millis(50));
+                }
+                Err((e, _)) => return Err(kafka(e)),
+            }
+        }
+    })?;
+    producer.flush(Duration::from_secs(60)).map_err(kafka)?;
+    Ok(summary)
+}
