@@ -88,6 +88,27 @@ pub struct Pipeline {
     row_watermarks: Vec<i64>,
 }
 
+/// Resolves on SIGINT or SIGTERM; never if the handlers cannot be installed.
+async fn stop_signal() {
+    let interrupt = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = interrupt => {}
+        () = terminate => {}
+    }
+}
+
 /// The input tables SQL can read: every topic of the registry, and `sluice.metrics`.
 pub fn input_tables(registry: &SchemaRegistry) -> Vec<InputTable> {
     let mut inputs: Vec<InputTable> = registry
@@ -146,22 +167,34 @@ impl Pipeline {
         })
     }
 
-    /// Runs a bounded source to its end: every window is emitted and committed.
+    /// Runs until the source ends (then every window is emitted and committed) or
+    /// SIGINT/SIGTERM arrives (then the batch in flight finishes and is committed).
     pub async fn run(&mut self, source: &mut dyn Source) -> Result<RunStats> {
         let started = Instant::now();
         self.track_partitions(source);
         let metrics = PartitionId { topic: Arc::from(METRICS_TOPIC), partition: 0 };
         self.watermarks.add_partition(metrics, 0);
-        while let Some(raw) = source.next_batch().await? {
+        let mut stop = std::pin::pin!(stop_signal());
+        let ended = loop {
+            let raw = tokio::select! {
+                batch = source.next_batch() => batch?,
+                () = &mut stop => break false,
+            };
+            let Some(raw) = raw else { break true };
             self.options.progress.inc(raw.data.len() as u64 + raw.messages.len() as u64);
             self.process(raw).await?;
             if self.should_commit() {
                 self.commit().await?;
             }
-        }
+        };
         self.options.progress.finish_and_clear();
-        self.watermarks.finish_all();
-        self.close_windows().await?;
+        if ended {
+            // A bounded source is exhausted: every window can close.
+            self.watermarks.finish_all();
+            self.close_windows().await?;
+        } else {
+            tracing::warn!("stopping on a signal: what has been emitted is committed, windows still open are not");
+        }
         self.commit().await?;
         self.stats.elapsed = started.elapsed();
         self.stats.rows = self.sinks.iter().map(|(p, s)| (p.clone(), s.rows_written())).collect();
