@@ -415,7 +415,7 @@ fn replace_aggregate(plan: &LogicalPlan, slot: &Slot) -> datafusion::error::Resu
         .map(|t| t.data)
 }
 
-/// The schema DataFusion would give a type: used to check output columns.
+/// Whether a result column is a `window` ({start, end}), which lands as window_start/window_end.
 pub fn is_window_column(data_type: &DataType) -> bool {
     *data_type == window_type()
 }

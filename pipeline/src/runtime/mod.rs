@@ -125,14 +125,10 @@ impl Pipeline {
         let inputs = input_tables(registry);
         let mut queries = Vec::new();
         let mut sinks = BTreeMap::new();
-        let mut seen = std::collections::HashSet::new();
         for file in sql {
             let query = crate::plan::plan(file, &inputs).await?;
             let layout = TableLayout::for_result(&query.output_schema);
             let sink = TableSink::open(lake, query.table.clone(), layout, &options.pipeline).await?;
-            if !seen.insert(query.table.clone()) {
-                return Err(Error::Sql { path: file.path.clone(), message: format!("a second SQL file for table {}", query.table) });
-            }
             sinks.insert(query.table.clone(), sink);
             let clock = QueryClock::new(query.topics().cloned().collect());
             let windows = match &query.shape {
