@@ -20,6 +20,7 @@ pub async fn bench(traffic: &TrafficArgs, batch_size: u64, definitions: &Definit
         kafka: None,
         kafka_settings: Vec::new(),
         stop_when_idle: None,
+        metrics_addr: None,
         lake: lake.display().to_string(),
         batch_size,
         commit_interval: std::time::Duration::from_secs(1),

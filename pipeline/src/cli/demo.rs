@@ -20,6 +20,7 @@ pub async fn demo(input: &Path, lake: &str, traffic: &TrafficArgs, definitions: 
         kafka: None,
         kafka_settings: Vec::new(),
         stop_when_idle: None,
+        metrics_addr: None,
         lake: lake.to_string(),
         batch_size: 8192,
         commit_interval: std::time::Duration::from_secs(1),

@@ -34,6 +34,9 @@ pub struct RunArgs {
     /// How often buffered rows are committed to the lake (e.g. 500ms, 1s, 1m).
     #[arg(long, default_value = "1s", value_parser = duration)]
     pub commit_interval: std::time::Duration,
+    /// Serve /healthz and Prometheus /metrics on this address (e.g. 127.0.0.1:9898).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
     #[command(flatten)]
     pub definitions: Definitions,
 }
@@ -73,6 +76,10 @@ pub async fn run(args: &RunArgs) -> Result<RunStats> {
         (None, None) => return Err(Error::Config("run needs --input DIR or --kafka BROKERS".into())),
     };
     let options = RunOptions { commit_interval: args.commit_interval, progress, ..RunOptions::default() };
+    if let Some(addr) = args.metrics_addr {
+        let bound = crate::runtime::serve(addr, options.observed.clone()).await?;
+        eprintln!("serving http://{bound}/healthz and /metrics");
+    }
     let mut pipeline = Pipeline::new(&lake, &registry, &sql, options).await?;
     let stats = pipeline.run(source.as_mut()).await?;
     print_summary(&stats);

@@ -2,6 +2,7 @@
 //! watermarks pass, and the lake committed on an interval.
 
 mod metrics;
+mod observe;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -13,6 +14,7 @@ use arrow::datatypes::TimestampMicrosecondType;
 use datafusion::physical_plan::collect;
 
 pub use metrics::{metrics_schema, BatchMetrics, METRICS_TOPIC};
+pub use observe::{serve, Observed};
 
 use crate::catalog::{Lake, TablePath};
 use crate::decode::TopicDecoder;
@@ -36,6 +38,8 @@ pub struct RunOptions {
     pub max_pending_rows: usize,
     /// Advanced by the bytes of every batch read (hidden when not on a terminal).
     pub progress: indicatif::ProgressBar,
+    /// Counters and gauges for `/metrics`.
+    pub observed: Arc<Observed>,
 }
 
 impl Default for RunOptions {
@@ -45,6 +49,7 @@ impl Default for RunOptions {
             commit_interval: Duration::from_secs(1),
             max_pending_rows: 500_000,
             progress: indicatif::ProgressBar::hidden(),
+            observed: Arc::default(),
         }
     }
 }
@@ -248,6 +253,13 @@ impl Pipeline {
             late_records: late_rows as i64,
             max_lag_ms: arrow::compute::min(&ts).map(|min| (raw.ingested_at - min) as f64 / 1000.0),
         };
+        self.options.observed.batch(
+            &raw.partition.topic,
+            raw.messages.len() as u64,
+            raw.data.len() as u64,
+            decoded.dead_letters.len() as u64,
+            late_rows as u64,
+        );
         let metrics_id = PartitionId { topic: Arc::from(METRICS_TOPIC), partition: 0 };
         self.feed(&metrics_id, &metrics.to_batch()?, None).await?;
         self.watermarks.observe(&metrics_id, Some(raw.ingested_at), false);
@@ -338,6 +350,7 @@ impl Pipeline {
             let q = &mut self.queries[i];
             let Some(windows) = q.windows.as_mut() else { continue };
             let watermark = q.clock.advance(&self.watermarks);
+            self.options.observed.watermark(q.query.table.as_str(), watermark);
             let Some(rows) = windows.close_until(watermark)? else { continue };
             let Shape::Windowed { output, output_slot, .. } = &q.query.shape else { continue };
             output_slot.fill(vec![rows]);
@@ -373,6 +386,7 @@ impl Pipeline {
         let commits = self.sinks.values_mut().filter(|s| s.pending_rows() > 0).map(|s| s.commit(epoch));
         let rows: usize = futures::future::try_join_all(commits).await?.into_iter().sum();
         self.stats.commits += 1;
+        self.options.observed.commit(rows as u64, started.elapsed().as_secs_f64(), open, bytes);
         tracing::info!(epoch, rows, ms = started.elapsed().as_millis() as u64, "committed");
         Ok(())
     }
