@@ -91,6 +91,16 @@ pub struct Pipeline {
     last_commit: Instant,
     /// Reused per batch: the watermark each row is judged by.
     row_watermarks: Vec<i64>,
+    /// The one partition of the `sluice.metrics` stream.
+    metrics_partition: PartitionId,
+}
+
+/// The µs event-time column every topic's batch carries.
+fn event_times(batch: &RecordBatch) -> Result<&arrow::array::TimestampMicrosecondArray> {
+    batch
+        .column_by_name(EVENT_TIME)
+        .and_then(|c| c.as_primitive_opt::<TimestampMicrosecondType>())
+        .ok_or_else(|| Error::Internal("a batch without a µs `ts` column".into()))
 }
 
 /// Resolves on SIGINT or SIGTERM; never if the handlers cannot be installed.
@@ -165,6 +175,7 @@ impl Pipeline {
             stats: RunStats::default(),
             last_commit: Instant::now(),
             row_watermarks: Vec::new(),
+            metrics_partition: PartitionId { topic: Arc::from(METRICS_TOPIC), partition: 0 },
         })
     }
 
@@ -173,8 +184,7 @@ impl Pipeline {
     pub async fn run(&mut self, source: &mut dyn Source) -> Result<RunStats> {
         let started = Instant::now();
         self.track_partitions(source);
-        let metrics = PartitionId { topic: Arc::from(METRICS_TOPIC), partition: 0 };
-        self.watermarks.add_partition(metrics, 0);
+        self.watermarks.add_partition(self.metrics_partition.clone(), 0);
         let mut stop = std::pin::pin!(stop_signal());
         let ended = loop {
             let raw = tokio::select! {
@@ -230,11 +240,7 @@ impl Pipeline {
         }
 
         let batch = decoded.batch;
-        let ts = batch
-            .column_by_name(EVENT_TIME)
-            .and_then(|c| c.as_primitive_opt::<TimestampMicrosecondType>())
-            .ok_or_else(|| Error::Internal("decoded batch without a µs `ts`".into()))?
-            .clone();
+        let ts = event_times(&batch)?.clone();
         let mut late = LateEvents::default();
         let late_rows = self.feed(&raw.partition, &batch, Some(&mut late)).await?;
         if !late.is_empty() {
@@ -260,7 +266,7 @@ impl Pipeline {
             decoded.dead_letters.len() as u64,
             late_rows as u64,
         );
-        let metrics_id = PartitionId { topic: Arc::from(METRICS_TOPIC), partition: 0 };
+        let metrics_id = self.metrics_partition.clone();
         self.feed(&metrics_id, &metrics.to_batch()?, None).await?;
         self.watermarks.observe(&metrics_id, Some(raw.ingested_at), false);
 
@@ -325,10 +331,7 @@ impl Pipeline {
         late: &mut LateEvents,
         late_any: &mut [bool],
     ) -> Result<Option<BooleanArray>> {
-        let ts = batch
-            .column_by_name(EVENT_TIME)
-            .and_then(|c| c.as_primitive_opt::<TimestampMicrosecondType>())
-            .ok_or_else(|| Error::Internal("batch without a µs `ts`".into()))?;
+        let ts = event_times(batch)?;
         let q = &self.queries[i];
         q.clock.row_watermarks(&self.watermarks, id, ts.values().iter().copied(), &mut self.row_watermarks);
         let mut keep = None::<Vec<bool>>;
