@@ -27,6 +27,10 @@ pub enum Error {
     #[error("lake table {table}: {source}")]
     Delta { table: String, source: deltalake::DeltaTableError },
 
+    /// Reading or writing the epoch checkpoints under `LAKE/_sluice/`.
+    #[error("checkpoint: {0}")]
+    Checkpoint(String),
+
     #[error(transparent)]
     DataFusion(#[from] datafusion::error::DataFusionError),
 

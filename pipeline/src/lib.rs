@@ -8,6 +8,7 @@
 //! aggregate state; the [`runtime`] drives it all and commits results through the
 //! [`sink`] into Delta tables, which the [`catalog`] serves back to SQL.
 pub mod catalog;
+pub mod checkpoint;
 pub mod cli;
 pub mod decode;
 pub mod error;

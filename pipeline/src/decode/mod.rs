@@ -362,6 +362,7 @@ mod tests {
         RawBatch {
             partition: PartitionId { topic: topic.into(), partition: 2 },
             ingested_at: 1_000,
+            next_offset: 10 + lines.len() as i64,
             data,
             messages,
             end_of_partition: false,

@@ -17,6 +17,7 @@ pub use metrics::{metrics_schema, BatchMetrics, METRICS_TOPIC};
 pub use observe::{serve, Observed};
 
 use crate::catalog::{Lake, TablePath};
+use crate::checkpoint::{Checkpoint, CheckpointStore, Position, QueryCheckpoint};
 use crate::decode::TopicDecoder;
 use crate::error::{Error, Result};
 use crate::plan::{InputTable, Shape, SqlFile, StreamingQuery};
@@ -86,7 +87,13 @@ pub struct Pipeline {
     sinks: BTreeMap<TablePath, TableSink>,
     dead_letters: TablePath,
     late_events: TablePath,
+    checkpoints: CheckpointStore,
+    /// The last epoch checkpointed and committed.
     epoch: i64,
+    /// Per partition, the offset to read next: what the next checkpoint records.
+    positions: BTreeMap<PartitionId, i64>,
+    /// Input was read since the last checkpoint.
+    dirty: bool,
     stats: RunStats,
     last_commit: Instant,
     /// Reused per batch: the watermark each row is judged by.
@@ -158,12 +165,9 @@ impl Pipeline {
             let sink = TableSink::open(lake, path.clone(), TableLayout::fixed(schema), &options.pipeline).await?;
             sinks.insert(path.clone(), sink);
         }
-        let mut epoch = 0;
-        for sink in sinks.values() {
-            epoch = epoch.max(sink.committed_epoch().await?.unwrap_or(0));
-        }
         let decoders = registry.topics().map(|t| (Arc::from(t.topic.as_str()), TopicDecoder::new(t.clone()))).collect();
-        Ok(Pipeline {
+        let checkpoints = CheckpointStore::open(lake, &options.pipeline)?;
+        let mut pipeline = Pipeline {
             options,
             decoders,
             queries,
@@ -171,12 +175,70 @@ impl Pipeline {
             sinks,
             dead_letters,
             late_events,
-            epoch,
+            checkpoints,
+            epoch: 0,
+            positions: BTreeMap::new(),
+            dirty: false,
             stats: RunStats::default(),
             last_commit: Instant::now(),
             row_watermarks: Vec::new(),
             metrics_partition: PartitionId { topic: Arc::from(METRICS_TOPIC), partition: 0 },
-        })
+        };
+        match pipeline.checkpoints.latest().await? {
+            Some(checkpoint) => pipeline.recover(checkpoint).await?,
+            None => pipeline.check_fresh_lake().await?,
+        }
+        Ok(pipeline)
+    }
+
+    /// Carries on from a checkpoint: finishes the commits its epoch did not get to,
+    /// then takes up its positions, watermarks and window state.
+    async fn recover(&mut self, checkpoint: Checkpoint) -> Result<()> {
+        let epoch = checkpoint.epoch;
+        for (table, files) in checkpoint.staged.iter() {
+            let path = TablePath::new(table).map_err(Error::Checkpoint)?;
+            let Some(sink) = self.sinks.get_mut(&path) else {
+                tracing::warn!(%table, epoch, "the checkpoint has rows for a table no SQL file writes any more; left out");
+                continue;
+            };
+            if sink.committed_epoch().await? < Some(epoch) {
+                sink.commit(epoch, files.clone()).await?;
+                tracing::info!(%table, epoch, "finished an interrupted commit");
+            }
+        }
+        let decoders = &self.decoders;
+        let delay = |topic: &str| decoders.get(topic).map_or(0, |d| d.schema().out_of_orderness.as_micros() as i64);
+        self.watermarks.restore(&checkpoint.watermarks, delay);
+        for q in &mut self.queries {
+            let Some(saved) = checkpoint.queries.get(q.query.table.as_str()) else { continue };
+            q.clock.restore(saved.watermark);
+            if let (Some(windows), Some(name)) = (q.windows.as_mut(), &saved.windows) {
+                for rows in self.checkpoints.windows(epoch, name).await? {
+                    windows
+                        .restore(&rows)
+                        .map_err(|e| Error::Checkpoint(format!("window state of {}: {e}", q.query.table)))?;
+                }
+            }
+        }
+        self.positions = checkpoint.positions();
+        self.epoch = epoch;
+        tracing::info!(epoch, partitions = self.positions.len(), "resuming from checkpoint");
+        Ok(())
+    }
+
+    /// Without a checkpoint, the tables must not hold epochs of this pipeline:
+    /// reading from the beginning again would write their rows twice.
+    async fn check_fresh_lake(&self) -> Result<()> {
+        for (path, sink) in &self.sinks {
+            if let Some(epoch) = sink.committed_epoch().await? {
+                return Err(Error::Checkpoint(format!(
+                    "table {path} holds epoch {epoch} of pipeline `{}`, but the lake has no checkpoint for it \
+                     (under _sluice/{}/): restore the checkpoints or write to a new lake",
+                    self.options.pipeline, self.options.pipeline
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Runs until the source ends (then every window is emitted and committed) or
@@ -185,6 +247,7 @@ impl Pipeline {
         let started = Instant::now();
         self.track_partitions(source);
         self.watermarks.add_partition(self.metrics_partition.clone(), 0);
+        source.seek(&self.positions)?;
         let mut stop = std::pin::pin!(stop_signal());
         let ended = loop {
             let raw = tokio::select! {
@@ -195,6 +258,7 @@ impl Pipeline {
             self.options.progress.inc(raw.data.len() as u64 + raw.messages.len() as u64);
             self.process(raw).await?;
             if self.should_commit() {
+                self.track_partitions(source);
                 self.commit().await?;
             }
         };
@@ -230,6 +294,8 @@ impl Pipeline {
             .get(&raw.partition.topic)
             .ok_or_else(|| Error::Input(format!("no schema for topic `{}`", raw.partition.topic)))?;
         let decoded = decoder.decode(&raw)?;
+        self.positions.insert(raw.partition.clone(), raw.next_offset);
+        self.dirty = true;
         self.stats.messages += raw.messages.len() as u64;
         self.stats.bytes += raw.data.len() as u64;
         self.stats.bad += decoded.dead_letters.len() as u64;
@@ -380,14 +446,40 @@ impl Pipeline {
         let (open, bytes) = windows.fold((0, 0), |(o, b), w| (o + w.open_windows(), b + w.state_bytes()));
         self.stats.peak_open_windows = self.stats.peak_open_windows.max(open);
         self.stats.peak_state_bytes = self.stats.peak_state_bytes.max(bytes);
-        if self.sinks.values().all(|s| s.pending_rows() == 0) {
+        if !self.dirty && self.sinks.values().all(|s| s.pending_rows() == 0) {
             return Ok(());
         }
-        self.epoch += 1;
-        let epoch = self.epoch;
+        let epoch = self.epoch + 1;
         let started = Instant::now();
-        let commits = self.sinks.values_mut().filter(|s| s.pending_rows() > 0).map(|s| s.commit(epoch));
+
+        let stages = self.sinks.iter_mut().filter(|(_, s)| s.pending_rows() > 0).map(|(path, s)| async move {
+            Ok::<_, Error>((path.as_str().to_string(), s.stage().await?))
+        });
+        let staged: BTreeMap<String, _> = futures::future::try_join_all(stages).await?.into_iter().collect();
+        let mut queries = BTreeMap::new();
+        for q in &mut self.queries {
+            let windows = match q.windows.as_mut().map(|w| w.snapshot()).transpose()?.flatten() {
+                Some(state) => Some(self.checkpoints.put_windows(epoch, &q.query.table, &state).await?),
+                None => None,
+            };
+            queries.insert(q.query.table.as_str().to_string(), QueryCheckpoint { watermark: q.clock.watermark(), windows });
+        }
+        let positions = self
+            .positions
+            .iter()
+            .map(|(id, &next_offset)| Position { topic: id.topic.to_string(), partition: id.partition, next_offset })
+            .collect();
+        let checkpoint = Checkpoint { epoch, positions, watermarks: self.watermarks.marks(), queries, staged };
+        self.checkpoints.save(&checkpoint).await?;
+        self.epoch = epoch;
+        self.dirty = false;
+
+        let commits = self
+            .sinks
+            .iter_mut()
+            .filter_map(|(path, s)| Some(s.commit(epoch, checkpoint.staged.get(path.as_str())?.clone())));
         let rows: usize = futures::future::try_join_all(commits).await?.into_iter().sum();
+        self.checkpoints.prune_before(epoch).await?;
         self.stats.commits += 1;
         self.options.observed.commit(rows as u64, started.elapsed().as_secs_f64(), open, bytes);
         tracing::info!(epoch, rows, ms = started.elapsed().as_millis() as u64, "committed");

@@ -1,12 +1,13 @@
 //! One Delta table: create it if missing, check its schema, append a commit per epoch.
 
 use arrow::record_batch::RecordBatch;
-use deltalake::kernel::transaction::CommitProperties;
-use deltalake::kernel::Transaction;
+use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
+use deltalake::kernel::{Action, Add, Transaction};
 use deltalake::parquet::basic::Compression;
 use deltalake::parquet::file::properties::WriterProperties;
 use deltalake::parquet::schema::types::ColumnPath;
-use deltalake::protocol::SaveMode;
+use deltalake::protocol::{DeltaOperation, SaveMode};
+use deltalake::writer::{DeltaWriter, RecordBatchWriter};
 use deltalake::DeltaTable;
 
 use super::TableLayout;
@@ -16,12 +17,12 @@ use crate::error::{Error, Result};
 pub struct TableSink {
     path: TablePath,
     layout: TableLayout,
-    /// `None` only while a commit is in flight.
-    table: Option<DeltaTable>,
-    url: url::Url,
+    table: DeltaTable,
     app_id: String,
     pending: Vec<RecordBatch>,
     pending_rows: usize,
+    /// Rows in files staged but not yet committed.
+    staged_rows: usize,
     rows_written: u64,
     writer_properties: WriterProperties,
 }
@@ -35,7 +36,7 @@ impl TableSink {
         if let Ok(dir) = url.to_file_path() {
             std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
         }
-        let mut table = DeltaTable::try_from_url(url.clone()).await.map_err(err)?;
+        let mut table = DeltaTable::try_from_url(url).await.map_err(err)?;
         if table.version().is_none() {
             let empty = RecordBatch::new_empty(layout.schema.clone());
             table = table
@@ -48,13 +49,13 @@ impl TableSink {
             check_schema(&path, &table, &layout)?;
         }
         Ok(TableSink {
-            url,
             app_id: format!("{pipeline}:{path}"),
             path,
             layout,
-            table: Some(table),
+            table,
             pending: Vec::new(),
             pending_rows: 0,
+            staged_rows: 0,
             rows_written: 0,
             writer_properties: writer_properties(&layout_schema),
         })
@@ -92,7 +93,7 @@ impl TableSink {
 
     /// The last epoch this table committed, from its `txn`.
     pub async fn committed_epoch(&self) -> Result<Option<i64>> {
-        let table = self.table.as_ref().ok_or_else(|| Error::Internal("table used during its commit".into()))?;
+        let table = &self.table;
         let state = table.snapshot().map_err(|e| Error::delta(self.path.as_str(), e))?;
         state
             .transaction_version(table.log_store().as_ref(), &self.app_id)
@@ -100,36 +101,46 @@ impl TableSink {
             .map_err(|e| Error::delta(self.path.as_str(), e))
     }
 
-    /// Writes the buffered rows as one commit for `epoch`; nothing buffered, no commit.
-    pub async fn commit(&mut self, epoch: i64) -> Result<usize> {
+    /// Writes the buffered rows as Parquet files in the table's directory without
+    /// adding them to the table: the epoch's snapshot records them first, then
+    /// [`commit`](Self::commit) adds them. Files of an epoch that never reached its
+    /// snapshot are orphans no reader sees.
+    pub async fn stage(&mut self) -> Result<Vec<Add>> {
         if self.pending.is_empty() {
+            return Ok(Vec::new());
+        }
+        let err = |e| Error::delta(self.path.as_str(), e);
+        let mut writer = RecordBatchWriter::for_table(&self.table).map_err(err)?.with_writer_properties(self.writer_properties.clone());
+        for batch in std::mem::take(&mut self.pending) {
+            writer.write(batch).await.map_err(err)?;
+        }
+        self.staged_rows += std::mem::take(&mut self.pending_rows);
+        writer.flush().await.map_err(err)
+    }
+
+    /// Adds staged files to the table as one commit for `epoch`, recorded as the
+    /// table's `txn` version so a restart knows the table holds the epoch.
+    pub async fn commit(&mut self, epoch: i64, files: Vec<Add>) -> Result<usize> {
+        if files.is_empty() {
             return Ok(0);
         }
-        let table = self.table.take().ok_or_else(|| Error::Internal("table used during its commit".into()))?;
-        let batches = std::mem::take(&mut self.pending);
-        let rows = std::mem::take(&mut self.pending_rows);
+        let err = |e| Error::delta(self.path.as_str(), e);
+        let table = &mut self.table;
+        let operation = DeltaOperation::Write {
+            mode: SaveMode::Append,
+            partition_by: Some(self.layout.partition_columns.clone()).filter(|p| !p.is_empty()),
+            predicate: None,
+        };
         let properties = CommitProperties::default().with_application_transaction(Transaction::new(&self.app_id, epoch));
-        let result = table
-            .write(batches)
-            .with_save_mode(SaveMode::Append)
-            .with_partition_columns(self.layout.partition_columns.clone())
-            .with_commit_properties(properties)
-            .with_writer_properties(self.writer_properties.clone())
-            .await;
-        match result {
-            Ok(table) => {
-                self.table = Some(table);
-                self.rows_written += rows as u64;
-                Ok(rows)
-            }
-            Err(e) => {
-                // Reopen so a later attempt starts from the table as it is.
-                if let Ok(t) = DeltaTable::try_from_url(self.url.clone()).await {
-                    self.table = Some(t);
-                }
-                Err(Error::delta(self.path.as_str(), e))
-            }
-        }
+        let finalized = CommitBuilder::from(properties)
+            .with_actions(files.into_iter().map(Action::Add).collect())
+            .build(Some(table.snapshot().map_err(err)?), table.log_store(), operation)
+            .await
+            .map_err(err)?;
+        table.state = Some(finalized.snapshot());
+        let rows = std::mem::take(&mut self.staged_rows);
+        self.rows_written += rows as u64;
+        Ok(rows)
     }
 }
 

@@ -3,6 +3,7 @@
 
 use std::fs::File;
 use std::io::{BufRead, BufReader};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -134,6 +135,7 @@ impl PartitionFile {
             ingested_at: crate::time::now_micros(),
             data,
             messages,
+            next_offset: self.next_offset,
             end_of_partition: self.finished,
         })
     }
@@ -143,6 +145,33 @@ impl PartitionFile {
 impl Source for FileSource {
     fn partitions(&self) -> Vec<PartitionId> {
         self.files.iter().map(|f| f.id.clone()).collect()
+    }
+
+    /// Skips each file's lines before its position, and starts the round where the
+    /// uninterrupted run would be: at the first file with the fewest visits made.
+    fn seek(&mut self, positions: &BTreeMap<PartitionId, i64>) -> Result<()> {
+        let mut line = Vec::new();
+        for file in &mut self.files {
+            let Some(&position) = positions.get(&file.id) else { continue };
+            while file.next_offset < position {
+                line.clear();
+                if file.reader.read_until(b'\n', &mut line).map_err(|e| Error::io(&file.path, e))? == 0 {
+                    return Err(Error::Input(format!(
+                        "{}: the checkpoint is at line {position}, the file has {} lines: was it changed?",
+                        file.path.display(),
+                        file.next_offset
+                    )));
+                }
+                file.next_offset += 1;
+            }
+            file.finished = file.reader.fill_buf().map_err(|e| Error::io(&file.path, e))?.is_empty();
+        }
+        let visits = |f: &PartitionFile| f.next_offset / self.batch_size as i64;
+        self.next = (0..self.files.len())
+            .filter(|&i| !self.files[i].finished)
+            .min_by_key(|&i| (visits(&self.files[i]), i))
+            .unwrap_or(0);
+        Ok(())
     }
 
     async fn next_batch(&mut self) -> Result<Option<RawBatch>> {

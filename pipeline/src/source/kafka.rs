@@ -1,6 +1,7 @@
 //! Kafka as a source, through librdkafka. The pipeline owns its offsets: it assigns
 //! every partition of the topics itself (no consumer-group rebalancing, no slow
-//! join) and starts each at the offset it is given.
+//! join), starts each where the lake's checkpoint says, and looks for new
+//! partitions and topics every few seconds.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -16,10 +17,19 @@ use crate::error::{Error, Result};
 /// How long a partition's messages may wait for more before they go out as a batch.
 const LINGER: Duration = Duration::from_millis(100);
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often the topics' partitions are listed again, to pick up added ones.
+const DISCOVERY_INTERVAL: Duration = Duration::from_secs(5);
 
 pub struct KafkaSource {
     consumer: StreamConsumer,
+    brokers: String,
+    topics: Vec<String>,
     partitions: Vec<PartitionId>,
+    /// Where each partition starts, from [`Source::seek`]; the others start at the beginning.
+    starts: BTreeMap<PartitionId, i64>,
+    /// Partitions handed to librdkafka so far.
+    assigned: Vec<PartitionId>,
+    last_discovery: Instant,
     batch_size: usize,
     /// Stop (as a bounded source) after this long without a message.
     stop_when_idle: Option<Duration>,
@@ -29,8 +39,8 @@ pub struct KafkaSource {
 }
 
 impl KafkaSource {
-    /// Connects and assigns every partition of `topics` from its beginning.
-    /// `settings` go to librdkafka as they are (security, timeouts...).
+    /// Connects and lists the partitions of `topics`; reading starts with the first
+    /// batch. `settings` go to librdkafka as they are (security, timeouts...).
     pub fn open(
         brokers: &str,
         topics: &[String],
@@ -50,35 +60,92 @@ impl KafkaSource {
         }
         let consumer: StreamConsumer =
             config.create().map_err(|e| Error::Config(format!("kafka {brokers}: {e}")))?;
-        let mut assignment = TopicPartitionList::new();
-        let mut partitions = Vec::new();
-        for topic in topics {
-            let metadata = consumer
-                .fetch_metadata(Some(topic), METADATA_TIMEOUT)
-                .map_err(|e| Error::Input(format!("kafka {brokers}: metadata of `{topic}`: {e}")))?;
-            for t in metadata.topics() {
-                if t.error().is_some() {
-                    tracing::warn!(topic, "topic not on the broker; skipped");
-                    continue;
-                }
-                for p in t.partitions() {
-                    assignment
-                        .add_partition_offset(topic, p.id(), Offset::Beginning)
-                        .map_err(|e| Error::Input(format!("kafka: {topic}/{}: {e}", p.id())))?;
-                    partitions.push(PartitionId { topic: Arc::from(topic.as_str()), partition: p.id() });
-                }
-            }
-        }
-        consumer.assign(&assignment).map_err(|e| Error::Input(format!("kafka {brokers}: assign: {e}")))?;
-        Ok(KafkaSource {
+        let mut source = KafkaSource {
             consumer,
-            partitions,
+            brokers: brokers.to_string(),
+            topics: topics.to_vec(),
+            partitions: Vec::new(),
+            starts: BTreeMap::new(),
+            assigned: Vec::new(),
+            last_discovery: Instant::now(),
             batch_size,
             stop_when_idle,
             pending: BTreeMap::new(),
             first_pending: None,
             last_message: Instant::now(),
-        })
+        };
+        source.partitions = source.discover(METADATA_TIMEOUT)?;
+        for topic in topics {
+            if !source.partitions.iter().any(|p| &*p.topic == topic) {
+                tracing::warn!(topic, "topic not on the broker (yet); it is read once it appears");
+            }
+        }
+        Ok(source)
+    }
+
+    /// Every partition of the topics that exist now.
+    fn discover(&self, timeout: Duration) -> Result<Vec<PartitionId>> {
+        let metadata = self
+            .consumer
+            .fetch_metadata(None, timeout)
+            .map_err(|e| Error::Input(format!("kafka {}: listing topics: {e}", self.brokers)))?;
+        let mut found = Vec::new();
+        for t in metadata.topics() {
+            if t.error().is_some() || !self.topics.iter().any(|name| name == t.name()) {
+                continue;
+            }
+            for p in t.partitions() {
+                found.push(PartitionId { topic: Arc::from(t.name()), partition: p.id() });
+            }
+        }
+        found.sort();
+        Ok(found)
+    }
+
+    /// Hands librdkafka the partitions it does not read yet, each from its start.
+    fn assign_new(&mut self) -> Result<()> {
+        let mut list = TopicPartitionList::new();
+        let mut added = Vec::new();
+        for id in &self.partitions {
+            if self.assigned.contains(id) {
+                continue;
+            }
+            let offset = self.starts.get(id).map_or(Offset::Beginning, |&o| Offset::Offset(o));
+            list.add_partition_offset(&id.topic, id.partition, offset)
+                .map_err(|e| Error::Input(format!("kafka: {}/{}: {e}", id.topic, id.partition)))?;
+            added.push(id.clone());
+        }
+        if added.is_empty() {
+            return Ok(());
+        }
+        self.consumer
+            .incremental_assign(&list)
+            .map_err(|e| Error::Input(format!("kafka {}: assign: {e}", self.brokers)))?;
+        if !self.assigned.is_empty() {
+            tracing::info!(partitions = ?added, "reading new partitions");
+        }
+        self.assigned.extend(added);
+        Ok(())
+    }
+
+    /// Every few seconds, picks up partitions added to the topics (and new topics).
+    fn rediscover(&mut self) -> Result<()> {
+        if self.last_discovery.elapsed() < DISCOVERY_INTERVAL {
+            return Ok(());
+        }
+        self.last_discovery = Instant::now();
+        match self.discover(Duration::from_secs(2)) {
+            Ok(found) if found.len() > self.partitions.len() => {
+                self.partitions = found;
+                self.assign_new()
+            }
+            Ok(_) => Ok(()),
+            // A broker that is away: try again later.
+            Err(e) => {
+                tracing::warn!(error = %e, "kafka");
+                Ok(())
+            }
+        }
     }
 
     /// The pending batch that waited longest (the first, in partition order).
@@ -96,8 +163,20 @@ impl Source for KafkaSource {
         self.partitions.clone()
     }
 
+    fn seek(&mut self, positions: &BTreeMap<PartitionId, i64>) -> Result<()> {
+        if !self.assigned.is_empty() {
+            return Err(Error::Internal("kafka source: seek after reading began".into()));
+        }
+        self.starts = positions.clone();
+        Ok(())
+    }
+
     async fn next_batch(&mut self) -> Result<Option<RawBatch>> {
+        if self.assigned.is_empty() {
+            self.assign_new()?;
+        }
         loop {
+            self.rediscover()?;
             if self.first_pending.is_some_and(|t| t.elapsed() >= LINGER) {
                 return Ok(self.take_pending());
             }
@@ -110,6 +189,7 @@ impl Source for KafkaSource {
                         ingested_at: crate::time::now_micros(),
                         data: Vec::new(),
                         messages: Vec::new(),
+                        next_offset: 0,
                         end_of_partition: false,
                     });
                     let payload = message.payload().map(|bytes| {
@@ -118,6 +198,7 @@ impl Source for KafkaSource {
                         start..batch.data.len()
                     });
                     batch.messages.push(RawMessage { offset: message.offset(), payload });
+                    batch.next_offset = message.offset() + 1;
                     self.first_pending.get_or_insert_with(Instant::now);
                     if batch.messages.len() >= self.batch_size {
                         let full = self.pending.remove(&id);

@@ -5,6 +5,7 @@ mod files;
 mod kafka;
 mod produce;
 
+use std::collections::BTreeMap;
 use std::ops::Range;
 use std::sync::Arc;
 
@@ -29,6 +30,8 @@ pub struct RawBatch {
     pub ingested_at: i64,
     pub data: Vec<u8>,
     pub messages: Vec<RawMessage>,
+    /// The partition's offset to read after this batch: where a restart resumes.
+    pub next_offset: i64,
     /// The partition has no more messages (a bounded source's file ended).
     pub end_of_partition: bool,
 }
@@ -56,6 +59,10 @@ pub trait Source: Send {
     /// Every partition the source knows of now, for watermark tracking: a partition
     /// that has not delivered anything holds its topic's watermark back.
     fn partitions(&self) -> Vec<PartitionId>;
+
+    /// Resumes from a checkpoint: each listed partition starts at its offset, the
+    /// others at their beginning. Called before the first batch.
+    fn seek(&mut self, positions: &BTreeMap<PartitionId, i64>) -> Result<()>;
 
     /// The next batch, or `None` once a bounded source is exhausted.
     async fn next_batch(&mut self) -> Result<Option<RawBatch>>;

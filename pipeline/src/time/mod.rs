@@ -2,7 +2,7 @@
 
 mod watermark;
 
-pub use watermark::{QueryClock, Watermarks};
+pub use watermark::{PartitionMark, QueryClock, Watermarks};
 
 /// Wall-clock now, µs since the epoch.
 pub fn now_micros() -> i64 {

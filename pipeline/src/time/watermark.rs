@@ -30,6 +30,15 @@ impl Partition {
     }
 }
 
+/// A partition's event-time progress, as a checkpoint keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PartitionMark {
+    pub topic: String,
+    pub partition: i32,
+    pub max_ts: Option<i64>,
+    pub finished: bool,
+}
+
 /// Event-time progress of every partition the pipeline reads.
 #[derive(Debug, Default, Clone)]
 pub struct Watermarks {
@@ -47,6 +56,25 @@ impl Watermarks {
         if let Some(p) = self.partitions.get_mut(id) {
             p.max_ts = p.max_ts.max(max_ts);
             p.finished |= finished;
+        }
+    }
+
+    /// Every partition's progress, for a checkpoint.
+    pub fn marks(&self) -> Vec<PartitionMark> {
+        self.partitions
+            .iter()
+            .map(|(id, p)| PartitionMark { topic: id.topic.to_string(), partition: id.partition, max_ts: p.max_ts, finished: p.finished })
+            .collect()
+    }
+
+    /// Takes up a checkpoint's progress; `delay` gives each topic's allowed
+    /// out-of-orderness as configured now.
+    pub fn restore(&mut self, marks: &[PartitionMark], delay: impl Fn(&str) -> i64) {
+        for m in marks {
+            let id = PartitionId { topic: Arc::from(m.topic.as_str()), partition: m.partition };
+            let p = self.partitions.entry(id).or_insert(Partition { max_ts: None, delay: delay(&m.topic), finished: false });
+            p.max_ts = p.max_ts.max(m.max_ts);
+            p.finished |= m.finished;
         }
     }
 
@@ -87,6 +115,11 @@ impl QueryClock {
 
     pub fn watermark(&self) -> i64 {
         self.watermark
+    }
+
+    /// Takes up a checkpoint's watermark (it never moves backwards).
+    pub fn restore(&mut self, watermark: i64) {
+        self.watermark = self.watermark.max(watermark);
     }
 
     pub fn reads(&self, topic: &str) -> bool {

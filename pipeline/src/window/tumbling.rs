@@ -135,6 +135,40 @@ impl TumblingWindows {
         }
         Ok(Some(concat_batches(&self.spec.schema, &batches)?))
     }
+    /// The open windows' state as rows, for an epoch snapshot: `window_start`, the
+    /// key columns, then each aggregate's partial state (`GroupsAccumulator::state`).
+    /// Taking a state drains its accumulator, so each window is rebuilt from the rows
+    /// it just gave.
+    pub fn snapshot(&mut self) -> Result<Option<RecordBatch>> {
+        let mut batches = Vec::with_capacity(self.windows.len());
+        for (start, window) in self.windows.iter_mut() {
+            let rows = std::mem::replace(window, WindowState::new(&self.spec)?).into_state(*start)?;
+            window.merge_state(&self.spec, &rows)?;
+            batches.push(rows);
+        }
+        let Some(first) = batches.first() else { return Ok(None) };
+        Ok(Some(concat_batches(&first.schema(), &batches)?))
+    }
+
+    /// Adds windows from [`snapshot`](Self::snapshot) rows (windows in order of start).
+    pub fn restore(&mut self, rows: &RecordBatch) -> Result<()> {
+        let starts = rows
+            .column(0)
+            .as_primitive_opt::<arrow::datatypes::Int64Type>()
+            .ok_or_else(|| Error::Checkpoint("window state without an Int64 window_start".into()))?;
+        let mut from = 0;
+        while from < rows.num_rows() {
+            let start = starts.value(from);
+            let len = starts.values()[from..].iter().take_while(|s| **s == start).count();
+            let window = match self.windows.entry(start) {
+                std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::btree_map::Entry::Vacant(e) => e.insert(WindowState::new(&self.spec)?),
+            };
+            window.merge_state(&self.spec, &rows.slice(from, len))?;
+            from += len;
+        }
+        Ok(())
+    }
 }
 
 /// The start of the window holding `ts`: windows are aligned to the epoch.
@@ -167,6 +201,62 @@ impl WindowState {
             })
             .collect::<Result<_>>()?;
         Ok(WindowState { groups, accumulators })
+    }
+
+    /// Drains the window into state rows: its start, the keys, each aggregate's state.
+    fn into_state(mut self, start: i64) -> Result<RecordBatch> {
+        let (keys, n) = match &mut self.groups {
+            Groups::Keyed { values, .. } => {
+                let n = values.len();
+                (values.emit(EmitTo::All)?, n)
+            }
+            Groups::Single { .. } => (Vec::new(), 1),
+        };
+        let mut columns: Vec<ArrayRef> = vec![Arc::new(arrow::array::Int64Array::from_value(start, n))];
+        columns.extend(keys);
+        for accumulator in &mut self.accumulators {
+            columns.extend(accumulator.state(EmitTo::All)?);
+        }
+        let fields: Vec<arrow::datatypes::Field> = columns
+            .iter()
+            .enumerate()
+            .map(|(i, c)| arrow::datatypes::Field::new(if i == 0 { "window_start".to_string() } else { format!("c{i}") }, c.data_type().clone(), true))
+            .collect();
+        let schema = Arc::new(arrow::datatypes::Schema::new(fields));
+        let options = arrow::record_batch::RecordBatchOptions::new().with_row_count(Some(n));
+        Ok(RecordBatch::try_new_with_options(schema, columns, &options)?)
+    }
+
+    /// Folds state rows of this window (as [`into_state`](Self::into_state) made them)
+    /// into its groups and accumulators.
+    fn merge_state(&mut self, spec: &WindowSpec, rows: &RecordBatch) -> Result<()> {
+        let mut column = 1;
+        let mut take = |count: usize| -> Result<Vec<ArrayRef>> {
+            let end = column + count;
+            if end > rows.num_columns() {
+                return Err(Error::Checkpoint(format!(
+                    "window state has {} columns, the query needs more: was its SQL changed?",
+                    rows.num_columns()
+                )));
+            }
+            let taken = rows.columns()[column..end].to_vec();
+            column = end;
+            Ok(taken)
+        };
+        let keys = take(spec.keys.len())?;
+        let (ids, groups) = self.groups.intern(&keys, rows.num_rows())?;
+        let ids = ids.to_vec();
+        for (accumulator, aggregate) in self.accumulators.iter_mut().zip(&spec.aggregates) {
+            let state = take(aggregate.function.state_fields()?.len())?;
+            accumulator.merge_batch(&state, &ids, groups)?;
+        }
+        if column != rows.num_columns() {
+            return Err(Error::Checkpoint(format!(
+                "window state has {} columns, the query needs {column}: was its SQL changed?",
+                rows.num_columns()
+            )));
+        }
+        Ok(())
     }
 
     /// The window's result rows: group columns (the window as `{start, end}`), then aggregates.
@@ -261,7 +351,7 @@ mod tests {
 
     /// Random rows in random batch sizes, against sums computed row by row here.
     #[tokio::test]
-    async fn windows_match_a_row_by_row_computation_whatever_the_batching() {
+    async fn windows_match_a_row_by_row_computation_whatever_the_batching_and_checkpoints() {
         let registry = SchemaRegistry::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../schemas")).unwrap();
         let file = SqlFile { path: PathBuf::from("t.sql"), table: TablePath::new("a/b/c").unwrap(), sql: SQL.into() };
         let query = plan(&file, &crate::runtime::input_tables(&registry)).await.unwrap();
@@ -290,7 +380,7 @@ mod tests {
                 data.extend_from_slice(line.as_bytes());
                 messages.push(RawMessage { offset: (start + i) as i64, payload: Some(from..data.len()) });
             }
-            let raw = RawBatch { partition: PartitionId { topic: "gateway.requests".into(), partition: 0 }, ingested_at: 0, data, messages, end_of_partition: false };
+            let raw = RawBatch { partition: PartitionId { topic: "gateway.requests".into(), partition: 0 }, ingested_at: 0, data, messages, next_offset: end as i64, end_of_partition: false };
             let decoded = decoder.decode(&raw).unwrap();
             assert!(decoded.dead_letters.is_empty(), "{:?}", decoded.dead_letters);
             slot.fill(vec![decoded.batch]);
@@ -298,6 +388,15 @@ mod tests {
                 windows.update(&b).unwrap();
             }
             start = end;
+            // Checkpoints along the way: some carry on with the windows they drained,
+            // some as a restart would, from the state rows alone.
+            if rng.random_bool(0.3) {
+                let state = windows.snapshot().unwrap().unwrap();
+                if rng.random_bool(0.5) {
+                    windows = TumblingWindows::new(window.clone());
+                    windows.restore(&state).unwrap();
+                }
+            }
         }
         assert_eq!(windows.open_windows(), 10);
         let closed = windows.close_until(1_772_323_200_000_000 + 300_000_000).unwrap().unwrap();

@@ -1,0 +1,177 @@
+//! Epoch checkpoints: what a restart needs to carry on exactly where the lake stopped.
+//!
+//! Every commit of the pipeline is one epoch, in three steps:
+//! 1. each table's new rows are written as Parquet files, not yet part of the table;
+//! 2. one checkpoint is written under `LAKE/_sluice/<pipeline>/epoch-N/`: the input
+//!    positions, the watermarks, every query's window state, and the files of step 1;
+//! 3. each table commits its files with a Delta `txn` whose version is the epoch.
+//!
+//! The checkpoint is the commit point. On start the pipeline loads the newest one,
+//! finishes step 3 for the tables whose `txn` is behind it, restores the state and
+//! reads on from its positions. Whatever was read after it is read again, and since
+//! nothing derived from it reached a table, nothing is counted twice.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use arrow::array::RecordBatch;
+use deltalake::kernel::Add;
+use futures::StreamExt;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use serde::{Deserialize, Serialize};
+
+use crate::catalog::{Lake, TablePath};
+use crate::error::{Error, Result};
+use crate::source::PartitionId;
+use crate::time::PartitionMark;
+
+const MANIFEST: &str = "manifest.json";
+
+/// The state of the pipeline after an epoch.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Checkpoint {
+    pub epoch: i64,
+    /// Per partition, the offset to read next.
+    pub positions: Vec<Position>,
+    pub watermarks: Vec<PartitionMark>,
+    /// Per table (SQL file): its query's watermark and window-state file.
+    pub queries: BTreeMap<String, QueryCheckpoint>,
+    /// Per table, the files this epoch adds to it.
+    pub staged: BTreeMap<String, Vec<Add>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Position {
+    pub topic: String,
+    pub partition: i32,
+    pub next_offset: i64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct QueryCheckpoint {
+    pub watermark: i64,
+    /// The open windows' state (Arrow IPC) in the epoch's directory, if any are open.
+    pub windows: Option<String>,
+}
+
+impl Checkpoint {
+    pub fn positions(&self) -> BTreeMap<PartitionId, i64> {
+        self.positions
+            .iter()
+            .map(|p| (PartitionId { topic: Arc::from(p.topic.as_str()), partition: p.partition }, p.next_offset))
+            .collect()
+    }
+}
+
+/// Checkpoints of one pipeline in the lake's object store.
+pub struct CheckpointStore {
+    store: Arc<dyn ObjectStore>,
+    location: String,
+    /// The directory, for a local lake: pruning removes whole epoch directories.
+    local: Option<std::path::PathBuf>,
+}
+
+fn epoch_dir(epoch: i64) -> String {
+    format!("epoch-{epoch:020}")
+}
+
+impl CheckpointStore {
+    /// The store at `LAKE/_sluice/<pipeline>/`.
+    pub fn open(lake: &Lake, pipeline: &str) -> Result<Self> {
+        let url = lake
+            .root()
+            .join(&format!("_sluice/{pipeline}/"))
+            .map_err(|e| Error::Config(format!("pipeline name `{pipeline}`: {e}")))?;
+        let local = url.to_file_path().ok();
+        if let Some(dir) = &local {
+            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        }
+        let builder = deltalake::DeltaTableBuilder::from_url(url.clone()).map_err(|e| Error::delta(url.as_str(), e))?;
+        let store = builder.build_storage().map_err(|e| Error::delta(url.as_str(), e))?.object_store(None);
+        Ok(CheckpointStore { store, location: url.to_string(), local })
+    }
+
+    fn error(&self, what: &str, e: impl std::fmt::Display) -> Error {
+        Error::Checkpoint(format!("{what} in {}: {e}", self.location))
+    }
+
+    /// Epochs with a complete checkpoint, newest first.
+    async fn epochs(&self) -> Result<Vec<i64>> {
+        let listing = self.store.list_with_delimiter(None).await.map_err(|e| self.error("listing checkpoints", e))?;
+        let mut epochs: Vec<i64> = listing
+            .common_prefixes
+            .iter()
+            .filter_map(|p| p.filename()?.strip_prefix("epoch-")?.parse().ok())
+            .collect();
+        epochs.sort_unstable_by(|a, b| b.cmp(a));
+        Ok(epochs)
+    }
+
+    /// The newest complete checkpoint, if any. A directory without its manifest is
+    /// an epoch that died before its commit point, and is passed over.
+    pub async fn latest(&self) -> Result<Option<Checkpoint>> {
+        for epoch in self.epochs().await? {
+            let path = Path::from(format!("{}/{MANIFEST}", epoch_dir(epoch)));
+            match self.store.get(&path).await {
+                Ok(found) => {
+                    let bytes = found.bytes().await.map_err(|e| self.error("reading a manifest", e))?;
+                    let checkpoint: Checkpoint =
+                        serde_json::from_slice(&bytes).map_err(|e| self.error(&format!("manifest {path}"), e))?;
+                    return Ok(Some(checkpoint));
+                }
+                Err(object_store::Error::NotFound { .. }) => continue,
+                Err(e) => return Err(self.error("reading a manifest", e)),
+            }
+        }
+        Ok(None)
+    }
+
+    /// Writes a query's window state for `epoch`; returns the name to record.
+    pub async fn put_windows(&self, epoch: i64, table: &TablePath, state: &RecordBatch) -> Result<String> {
+        let name = format!("{}.arrow", table.sql_name());
+        let mut bytes = Vec::new();
+        let mut writer = arrow::ipc::writer::FileWriter::try_new(&mut bytes, &state.schema())?;
+        writer.write(state)?;
+        writer.finish()?;
+        drop(writer);
+        let path = Path::from(format!("{}/{name}", epoch_dir(epoch)));
+        self.store.put(&path, PutPayload::from(bytes)).await.map_err(|e| self.error("writing window state", e))?;
+        Ok(name)
+    }
+
+    /// A query's window state as written by [`put_windows`](Self::put_windows).
+    pub async fn windows(&self, epoch: i64, name: &str) -> Result<Vec<RecordBatch>> {
+        let path = Path::from(format!("{}/{name}", epoch_dir(epoch)));
+        let found = self.store.get(&path).await.map_err(|e| self.error("reading window state", e))?;
+        let bytes = found.bytes().await.map_err(|e| self.error("reading window state", e))?;
+        let reader = arrow::ipc::reader::FileReader::try_new(std::io::Cursor::new(bytes), None)?;
+        Ok(reader.collect::<std::result::Result<_, _>>()?)
+    }
+
+    /// Writes the manifest: from here on the epoch counts as done.
+    pub async fn save(&self, checkpoint: &Checkpoint) -> Result<()> {
+        let json = serde_json::to_vec(checkpoint).map_err(|e| self.error("encoding the manifest", e))?;
+        let path = Path::from(format!("{}/{MANIFEST}", epoch_dir(checkpoint.epoch)));
+        self.store.put(&path, PutPayload::from(json)).await.map_err(|e| self.error("writing the manifest", e))?;
+        Ok(())
+    }
+
+    /// Deletes every checkpoint older than `epoch`, and unfinished ones among them.
+    pub async fn prune_before(&self, epoch: i64) -> Result<()> {
+        for old in self.epochs().await?.into_iter().filter(|e| *e < epoch) {
+            if let Some(dir) = &self.local {
+                let dir = dir.join(epoch_dir(old));
+                std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+                continue;
+            }
+            let prefix = Path::from(epoch_dir(old));
+            let files = self.store.list(Some(&prefix)).map(|m| m.map(|m| m.location)).boxed();
+            let mut deleted = self.store.delete_stream(files);
+            while let Some(result) = deleted.next().await {
+                result.map_err(|e| self.error("pruning old checkpoints", e))?;
+            }
+        }
+        Ok(())
+    }
+}
