@@ -8,5 +8,7 @@ port="${SLUICE_TEST_BROKER_PORT:-19092}"
 infra/broker.sh stop
 SLUICE_KAFKA_BROKERS=$(infra/broker.sh start "$port")
 export SLUICE_KAFKA_BROKERS
+# Tests that need a broker of their own start this binary (installed by broker.sh).
+export SLUICE_TANSU="${SLUICE_CACHE:-$HOME/.cache/sluice}/bin/tansu"
 trap 'infra/broker.sh stop' EXIT
 cargo nextest run --workspace --no-fail-fast "$@"
