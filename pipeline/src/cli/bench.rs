@@ -15,17 +15,7 @@ pub async fn bench(traffic: &TrafficArgs, batch_size: u64, definitions: &Definit
     let lake = dir.path().join("lake");
     super::generate::generate(super::generate::Destination::Dir(&input), traffic, definitions).await?;
     let rss_before = peak_rss_kib();
-    let args = RunArgs {
-        input: Some(input),
-        kafka: None,
-        kafka_settings: Vec::new(),
-        stop_when_idle: None,
-        metrics_addr: None,
-        lake: lake.display().to_string(),
-        batch_size,
-        commit_interval: std::time::Duration::from_secs(1),
-        definitions: definitions.clone(),
-    };
+    let args = RunArgs { batch_size, ..RunArgs::files(&input, &lake.display().to_string(), definitions) };
     let stats = super::run::run(&args).await?;
     let secs = stats.elapsed.as_secs_f64().max(1e-9);
     super::emit(&format!(

@@ -15,17 +15,7 @@ GROUP BY service, route ORDER BY slo_breached_minutes DESC, requests DESC LIMIT 
 
 pub async fn demo(input: &Path, lake: &str, traffic: &TrafficArgs, definitions: &Definitions) -> Result<()> {
     super::generate::generate(super::generate::Destination::Dir(input), traffic, definitions).await?;
-    let args = RunArgs {
-        input: Some(input.to_path_buf()),
-        kafka: None,
-        kafka_settings: Vec::new(),
-        stop_when_idle: None,
-        metrics_addr: None,
-        lake: lake.to_string(),
-        batch_size: 8192,
-        commit_interval: std::time::Duration::from_secs(1),
-        definitions: definitions.clone(),
-    };
+    let args = RunArgs::files(input, lake, definitions);
     super::run::run(&args).await?;
     eprintln!("\nWhich routes breach their latency SLO most often?\n  sluice query --lake {lake} \"{EXAMPLE}\"");
     let batches = super::query::run_query(lake, EXAMPLE).await?;

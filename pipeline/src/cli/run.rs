@@ -34,11 +34,33 @@ pub struct RunArgs {
     /// How often buffered rows are committed to the lake (e.g. 500ms, 1s, 1m).
     #[arg(long, default_value = "1s", value_parser = duration)]
     pub commit_interval: std::time::Duration,
+    /// A partition silent for this long no longer holds back the watermark of the
+    /// queries reading it (contract §2).
+    #[arg(long, default_value = "30s", value_parser = duration)]
+    pub idle_timeout: std::time::Duration,
     /// Serve /healthz and Prometheus /metrics on this address (e.g. 127.0.0.1:9898).
     #[arg(long, value_name = "ADDR")]
     pub metrics_addr: Option<std::net::SocketAddr>,
     #[command(flatten)]
     pub definitions: Definitions,
+}
+
+impl RunArgs {
+    /// A run over files with every default, as `demo` and `bench` make.
+    pub fn files(input: &std::path::Path, lake: &str, definitions: &Definitions) -> Self {
+        RunArgs {
+            input: Some(input.to_path_buf()),
+            kafka: None,
+            kafka_settings: Vec::new(),
+            stop_when_idle: None,
+            lake: lake.to_string(),
+            batch_size: 8192,
+            commit_interval: std::time::Duration::from_secs(1),
+            idle_timeout: crate::time::DEFAULT_IDLE_TIMEOUT,
+            metrics_addr: None,
+            definitions: definitions.clone(),
+        }
+    }
 }
 
 fn setting(text: &str) -> std::result::Result<(String, String), String> {
@@ -75,7 +97,12 @@ pub async fn run(args: &RunArgs) -> Result<RunStats> {
         }
         (None, None) => return Err(Error::Config("run needs --input DIR or --kafka BROKERS".into())),
     };
-    let options = RunOptions { commit_interval: args.commit_interval, progress, ..RunOptions::default() };
+    let options = RunOptions {
+        commit_interval: args.commit_interval,
+        idle_timeout: args.idle_timeout,
+        progress,
+        ..RunOptions::default()
+    };
     if let Some(addr) = args.metrics_addr {
         let bound = crate::runtime::serve(addr, options.observed.clone()).await?;
         eprintln!("serving http://{bound}/healthz and /metrics");

@@ -37,6 +37,9 @@ pub struct RunOptions {
     /// Rows buffered across tables that force a commit before the interval is up,
     /// which bounds memory whatever the input rate.
     pub max_pending_rows: usize,
+    /// A partition that delivers nothing for this long stops holding its queries'
+    /// watermarks back (contract §2).
+    pub idle_timeout: Duration,
     /// Advanced by the bytes of every batch read (hidden when not on a terminal).
     pub progress: indicatif::ProgressBar,
     /// Counters and gauges for `/metrics`.
@@ -49,6 +52,7 @@ impl Default for RunOptions {
             pipeline: "sluice".into(),
             commit_interval: Duration::from_secs(1),
             max_pending_rows: 500_000,
+            idle_timeout: crate::time::DEFAULT_IDLE_TIMEOUT,
             progress: indicatif::ProgressBar::hidden(),
             observed: Arc::default(),
         }
@@ -168,10 +172,10 @@ impl Pipeline {
         let decoders = registry.topics().map(|t| (Arc::from(t.topic.as_str()), TopicDecoder::new(t.clone()))).collect();
         let checkpoints = CheckpointStore::open(lake, &options.pipeline)?;
         let mut pipeline = Pipeline {
+            watermarks: Watermarks::new(options.idle_timeout),
             options,
             decoders,
             queries,
-            watermarks: Watermarks::default(),
             sinks,
             dead_letters,
             late_events,
@@ -250,9 +254,17 @@ impl Pipeline {
         source.seek(&self.positions)?;
         let mut stop = std::pin::pin!(stop_signal());
         let ended = loop {
+            let until_commit = self.options.commit_interval.saturating_sub(self.last_commit.elapsed());
             let raw = tokio::select! {
                 batch = source.next_batch() => batch?,
                 () = &mut stop => break false,
+                // A quiet input still gets what it sent committed, and idle
+                // partitions may have let windows close.
+                () = tokio::time::sleep(until_commit) => {
+                    self.close_windows().await?;
+                    self.commit().await?;
+                    continue;
+                }
             };
             let Some(raw) = raw else { break true };
             self.options.progress.inc(raw.data.len() as u64 + raw.messages.len() as u64);

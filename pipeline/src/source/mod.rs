@@ -64,6 +64,7 @@ pub trait Source: Send {
     /// others at their beginning. Called before the first batch.
     fn seek(&mut self, positions: &BTreeMap<PartitionId, i64>) -> Result<()>;
 
-    /// The next batch, or `None` once a bounded source is exhausted.
+    /// The next batch, or `None` once a bounded source is exhausted. Must be
+    /// cancel-safe: the run loop drops a waiting call to commit on time.
     async fn next_batch(&mut self) -> Result<Option<RawBatch>>;
 }

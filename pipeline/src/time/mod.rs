@@ -2,7 +2,7 @@
 
 mod watermark;
 
-pub use watermark::{PartitionMark, QueryClock, Watermarks};
+pub use watermark::{PartitionMark, QueryClock, Watermarks, DEFAULT_IDLE_TIMEOUT};
 
 /// Wall-clock now, µs since the epoch.
 pub fn now_micros() -> i64 {

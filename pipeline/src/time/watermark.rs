@@ -1,10 +1,13 @@
 //! Watermarks (contract §2). A partition's watermark is the largest event time it has
 //! delivered minus its topic's allowed out-of-orderness; a query's is the minimum over
-//! the partitions of the topics it reads. Watermarks are µs since the epoch, with
-//! `i64::MIN` for "nothing seen yet" and `i64::MAX` for "finished".
+//! the partitions of the topics it reads that are not idle (nothing delivered for the
+//! idle timeout, in processing time): a silent partition must not hold the others'
+//! windows forever. Watermarks are µs since the epoch, with `i64::MIN` for "nothing
+//! seen yet" and `i64::MAX` for "finished".
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crate::source::PartitionId;
 
@@ -18,6 +21,8 @@ struct Partition {
     max_ts: Option<i64>,
     delay: i64,
     finished: bool,
+    /// When the partition last delivered a batch (or was first seen).
+    last_active: Instant,
 }
 
 impl Partition {
@@ -40,22 +45,38 @@ pub struct PartitionMark {
 }
 
 /// Event-time progress of every partition the pipeline reads.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Clone)]
 pub struct Watermarks {
     partitions: BTreeMap<PartitionId, Partition>,
+    idle_timeout: Duration,
+}
+
+/// Contract §2's default.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl Default for Watermarks {
+    fn default() -> Self {
+        Watermarks::new(DEFAULT_IDLE_TIMEOUT)
+    }
 }
 
 impl Watermarks {
-    /// Starts tracking a partition (a no-op if it is known); `delay` is µs.
-    pub fn add_partition(&mut self, id: PartitionId, delay: i64) {
-        self.partitions.entry(id).or_insert(Partition { max_ts: None, delay, finished: false });
+    pub fn new(idle_timeout: Duration) -> Self {
+        Watermarks { partitions: BTreeMap::new(), idle_timeout }
     }
 
-    /// Records the largest event time of a batch, and whether the partition ended.
+    /// Starts tracking a partition (a no-op if it is known); `delay` is µs.
+    pub fn add_partition(&mut self, id: PartitionId, delay: i64) {
+        self.partitions.entry(id).or_insert(Partition { max_ts: None, delay, finished: false, last_active: Instant::now() });
+    }
+
+    /// Records a batch from a partition: its largest event time, and whether the
+    /// partition ended.
     pub fn observe(&mut self, id: &PartitionId, max_ts: Option<i64>, finished: bool) {
         if let Some(p) = self.partitions.get_mut(id) {
             p.max_ts = p.max_ts.max(max_ts);
             p.finished |= finished;
+            p.last_active = Instant::now();
         }
     }
 
@@ -72,7 +93,12 @@ impl Watermarks {
     pub fn restore(&mut self, marks: &[PartitionMark], delay: impl Fn(&str) -> i64) {
         for m in marks {
             let id = PartitionId { topic: Arc::from(m.topic.as_str()), partition: m.partition };
-            let p = self.partitions.entry(id).or_insert(Partition { max_ts: None, delay: delay(&m.topic), finished: false });
+            let p = self.partitions.entry(id).or_insert(Partition {
+                max_ts: None,
+                delay: delay(&m.topic),
+                finished: false,
+                last_active: Instant::now(),
+            });
             p.max_ts = p.max_ts.max(m.max_ts);
             p.finished |= m.finished;
         }
@@ -89,14 +115,20 @@ impl Watermarks {
         self.partitions.get(id)
     }
 
-    /// The minimum watermark over the partitions of `topics`, leaving out `except`.
-    fn min_over(&self, topics: &[Arc<str>], except: Option<&PartitionId>) -> i64 {
+    /// The minimum watermark over the partitions of `topics` that are not idle,
+    /// leaving out `except`; `None` if there are none.
+    fn min_over(&self, topics: &[Arc<str>], except: Option<&PartitionId>) -> Option<i64> {
         self.partitions
             .iter()
-            .filter(|(id, _)| Some(*id) != except && topics.contains(&id.topic))
+            .filter(|(id, p)| Some(*id) != except && topics.contains(&id.topic) && !self.idle(p))
             .map(|(_, p)| p.watermark())
             .min()
-            .unwrap_or(FINISHED)
+    }
+
+    /// A partition that has delivered nothing for the idle timeout (a finished one
+    /// is not idle: it holds nothing back anyway).
+    fn idle(&self, p: &Partition) -> bool {
+        !p.finished && p.last_active.elapsed() >= self.idle_timeout
     }
 }
 
@@ -131,7 +163,7 @@ impl QueryClock {
     /// lateness does not depend on where batches happen to be cut.
     pub fn row_watermarks(&self, marks: &Watermarks, id: &PartitionId, ts: impl Iterator<Item = i64>, out: &mut Vec<i64>) {
         out.clear();
-        let others = marks.min_over(&self.topics, Some(id));
+        let others = marks.min_over(&self.topics, Some(id)).unwrap_or(FINISHED);
         let Some(p) = marks.partition(id) else {
             out.extend(ts.map(|_| self.watermark));
             return;
@@ -147,9 +179,12 @@ impl QueryClock {
         }
     }
 
-    /// Moves the watermark to where the partitions are now; returns it.
+    /// Moves the watermark to where the partitions are now; returns it. With every
+    /// partition idle (or none known yet) it stays where it is.
     pub fn advance(&mut self, marks: &Watermarks) -> i64 {
-        self.watermark = self.watermark.max(marks.min_over(&self.topics, None));
+        if let Some(min) = marks.min_over(&self.topics, None) {
+            self.watermark = self.watermark.max(min);
+        }
         self.watermark
     }
 }
@@ -177,6 +212,34 @@ mod tests {
         assert_eq!(clock.advance(&marks), 95, "a finished partition holds nothing back");
         marks.finish_all();
         assert_eq!(clock.advance(&marks), FINISHED);
+    }
+
+    #[test]
+    fn an_idle_partition_holds_nothing_back_and_all_idle_holds_still() {
+        let mut marks = Watermarks::new(Duration::from_millis(50));
+        marks.add_partition(pid("a", 0), 0);
+        marks.add_partition(pid("a", 1), 0);
+        let mut clock = QueryClock::new(vec!["a".into()]);
+        marks.observe(&pid("a", 0), Some(100), false);
+        assert_eq!(clock.advance(&marks), UNKNOWN, "a/1 is silent, not idle yet");
+        std::thread::sleep(Duration::from_millis(60));
+        marks.observe(&pid("a", 0), Some(200), false);
+        assert_eq!(clock.advance(&marks), 200, "a/1 is idle: a/0 alone sets the pace");
+        std::thread::sleep(Duration::from_millis(60));
+        assert_eq!(clock.advance(&marks), 200, "all idle: the watermark stays");
+        marks.observe(&pid("a", 1), Some(150), false);
+        assert_eq!(clock.advance(&marks), 200, "a/1 is back, behind: the watermark never moves back");
+        marks.observe(&pid("a", 0), Some(300), false);
+        assert_eq!(clock.advance(&marks), 200, "a/1 at 150 holds it again");
+        marks.observe(&pid("a", 1), Some(400), false);
+        assert_eq!(clock.advance(&marks), 300);
+    }
+
+    #[test]
+    fn a_query_over_a_topic_without_partitions_waits() {
+        let marks = Watermarks::default();
+        let mut clock = QueryClock::new(vec!["not-yet".into()]);
+        assert_eq!(clock.advance(&marks), UNKNOWN, "a topic that appears later must not find its windows closed");
     }
 
     #[test]
