@@ -1,12 +1,13 @@
 //! `sluice run`: the pipeline over a directory of JSON-lines files.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use super::Definitions;
 use crate::catalog::Lake;
 use crate::error::{Error, Result};
 use crate::plan::load_sql_dir;
-use crate::runtime::{Pipeline, RunOptions, RunStats};
+use crate::runtime::{Observed, Pipeline, RunOptions, RunStats};
 use crate::schema::{parse_duration, SchemaRegistry};
 use crate::source::{FileSource, KafkaSource, Source};
 
@@ -78,6 +79,7 @@ pub async fn run(args: &RunArgs) -> Result<RunStats> {
     let sql = load_sql_dir(&args.definitions.sql_dir()?)?;
     let lake = Lake::open(&args.lake, true)?;
     let batch_size = args.batch_size as usize;
+    let observed = Arc::new(Observed::default());
     let (mut source, progress): (Box<dyn Source>, _) = match (&args.input, &args.kafka) {
         (Some(input), _) => {
             if !input.is_dir() {
@@ -92,7 +94,7 @@ pub async fn run(args: &RunArgs) -> Result<RunStats> {
         }
         (None, Some(brokers)) => {
             let topics: Vec<String> = registry.topics().map(|t| t.topic.clone()).collect();
-            let source = KafkaSource::open(brokers, &topics, &args.kafka_settings, batch_size, args.stop_when_idle)?;
+            let source = KafkaSource::open(brokers, &topics, &args.kafka_settings, batch_size, args.stop_when_idle, observed.clone())?;
             (Box::new(source), indicatif::ProgressBar::hidden())
         }
         (None, None) => return Err(Error::Config("run needs --input DIR or --kafka BROKERS".into())),
@@ -101,6 +103,7 @@ pub async fn run(args: &RunArgs) -> Result<RunStats> {
         commit_interval: args.commit_interval,
         idle_timeout: args.idle_timeout,
         progress,
+        observed,
         ..RunOptions::default()
     };
     if let Some(addr) = args.metrics_addr {

@@ -339,6 +339,8 @@ impl Pipeline {
         };
         self.options.observed.batch(
             &raw.partition.topic,
+            raw.partition.partition,
+            raw.next_offset,
             raw.messages.len() as u64,
             raw.data.len() as u64,
             decoded.dead_letters.len() as u64,
@@ -492,6 +494,9 @@ impl Pipeline {
             .filter_map(|(path, s)| Some(s.commit(epoch, checkpoint.staged.get(path.as_str())?.clone())));
         let rows: usize = futures::future::try_join_all(commits).await?.into_iter().sum();
         self.checkpoints.prune_before(epoch).await?;
+        for (topic, watermark) in self.watermarks.per_topic() {
+            self.options.observed.source_watermark(&topic, watermark);
+        }
         self.stats.commits += 1;
         self.options.observed.commit(rows as u64, started.elapsed().as_secs_f64(), open, bytes);
         tracing::info!(epoch, rows, ms = started.elapsed().as_millis() as u64, "committed");

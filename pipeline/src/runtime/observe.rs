@@ -24,11 +24,18 @@ struct State {
     topics: BTreeMap<String, [u64; 4]>,
     /// Per output table: its query's watermark, µs.
     watermarks: BTreeMap<String, i64>,
+    /// Per source topic: its watermark (over partitions not idle), µs.
+    source_watermarks: BTreeMap<String, i64>,
+    /// Per partition: the next offset the pipeline reads, and the broker's high
+    /// watermark (from librdkafka's statistics); their difference is the lag.
+    positions: BTreeMap<(String, i32), i64>,
+    high_watermarks: BTreeMap<(String, i32), i64>,
     open_windows: usize,
     state_bytes: usize,
     commits: u64,
     rows_committed: u64,
     last_commit_seconds: f64,
+    commit_seconds_sum: f64,
 }
 
 impl Observed {
@@ -36,8 +43,11 @@ impl Observed {
         f(&mut self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner()))
     }
 
-    pub fn batch(&self, topic: &str, messages: u64, bytes: u64, bad: u64, late: u64) {
+    /// A batch from `partition` of `topic`, after which the pipeline reads `next_offset`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn batch(&self, topic: &str, partition: i32, next_offset: i64, messages: u64, bytes: u64, bad: u64, late: u64) {
         self.with(|s| {
+            s.positions.insert((topic.to_string(), partition), next_offset);
             let c = s.topics.entry(topic.to_string()).or_default();
             for (counter, n) in c.iter_mut().zip([messages, bytes, bad, late]) {
                 *counter += n;
@@ -49,11 +59,21 @@ impl Observed {
         self.with(|s| s.watermarks.insert(table.to_string(), watermark));
     }
 
+    pub fn source_watermark(&self, topic: &str, watermark: i64) {
+        self.with(|s| s.source_watermarks.insert(topic.to_string(), watermark));
+    }
+
+    /// A partition's high watermark as the broker reports it.
+    pub fn high_watermark(&self, topic: &str, partition: i32, offset: i64) {
+        self.with(|s| s.high_watermarks.insert((topic.to_string(), partition), offset));
+    }
+
     pub fn commit(&self, rows: u64, seconds: f64, open_windows: usize, state_bytes: usize) {
         self.with(|s| {
             s.commits += 1;
             s.rows_committed += rows;
             s.last_commit_seconds = seconds;
+            s.commit_seconds_sum += seconds;
             s.open_windows = open_windows;
             s.state_bytes = state_bytes;
         });
@@ -81,6 +101,17 @@ impl Observed {
                     let _ = writeln!(out, "sluice_watermark_seconds{{table=\"{table}\"}} {}", *wm as f64 / 1e6);
                 }
             }
+            let _ = writeln!(out, "# HELP sluice_source_watermark_seconds Event-time watermark of each topic.\n# TYPE sluice_source_watermark_seconds gauge");
+            for (topic, wm) in &s.source_watermarks {
+                if *wm != i64::MIN && *wm != i64::MAX {
+                    let _ = writeln!(out, "sluice_source_watermark_seconds{{topic=\"{topic}\"}} {}", *wm as f64 / 1e6);
+                }
+            }
+            let _ = writeln!(out, "# HELP sluice_consumer_lag Messages in the partition not read yet (broker high watermark - next offset).\n# TYPE sluice_consumer_lag gauge");
+            for ((topic, partition), high) in &s.high_watermarks {
+                let next = s.positions.get(&(topic.clone(), *partition)).copied().unwrap_or(0);
+                let _ = writeln!(out, "sluice_consumer_lag{{topic=\"{topic}\",partition=\"{partition}\"}} {}", (high - next).max(0));
+            }
             let gauges = [
                 ("sluice_open_windows", "Windows holding state.", s.open_windows as f64),
                 ("sluice_window_state_bytes", "Bytes of window state.", s.state_bytes as f64),
@@ -90,6 +121,7 @@ impl Observed {
                 let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
             }
             let _ = writeln!(out, "# HELP sluice_commits_total Lake commits (epochs).\n# TYPE sluice_commits_total counter\nsluice_commits_total {}", s.commits);
+            let _ = writeln!(out, "# HELP sluice_commit_seconds_total Time spent committing epochs.\n# TYPE sluice_commit_seconds_total counter\nsluice_commit_seconds_total {}", s.commit_seconds_sum);
             let _ = writeln!(out, "# HELP sluice_rows_committed_total Rows committed to the lake.\n# TYPE sluice_rows_committed_total counter\nsluice_rows_committed_total {}", s.rows_committed);
             out
         })
@@ -130,8 +162,11 @@ mod tests {
     #[tokio::test]
     async fn serves_health_and_what_the_run_recorded() {
         let observed = Arc::new(Observed::default());
-        observed.batch("gateway.requests", 10, 3000, 1, 2);
-        observed.batch("gateway.requests", 5, 1500, 0, 0);
+        observed.batch("gateway.requests", 0, 10, 10, 3000, 1, 2);
+        observed.batch("gateway.requests", 0, 15, 5, 1500, 0, 0);
+        observed.high_watermark("gateway.requests", 0, 40);
+        observed.high_watermark("gateway.requests", 1, 7);
+        observed.source_watermark("gateway.requests", 1_772_323_100_000_000);
         observed.watermark("a/b/c", 1_772_323_200_000_000);
         observed.commit(12, 0.25, 3, 4096);
         let addr = serve("127.0.0.1:0".parse().unwrap(), observed).await.unwrap();
@@ -142,6 +177,10 @@ mod tests {
             "sluice_bad_records_total{topic=\"gateway.requests\"} 1",
             "sluice_late_records_total{topic=\"gateway.requests\"} 2",
             "sluice_watermark_seconds{table=\"a/b/c\"} 1772323200",
+            "sluice_source_watermark_seconds{topic=\"gateway.requests\"} 1772323100",
+            "sluice_consumer_lag{topic=\"gateway.requests\",partition=\"0\"} 25",
+            "sluice_consumer_lag{topic=\"gateway.requests\",partition=\"1\"} 7",
+            "sluice_commit_seconds_total 0.25",
             "sluice_open_windows 3",
             "sluice_commits_total 1",
             "sluice_rows_committed_total 12",

@@ -7,12 +7,34 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::message::Message;
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::{ClientConfig, ClientContext, Offset, Statistics, TopicPartitionList};
 
 use super::{PartitionId, RawBatch, RawMessage, Source};
 use crate::error::{Error, Result};
+use crate::runtime::Observed;
+
+/// Hands the brokers' high watermarks from librdkafka's statistics to the metrics,
+/// where with the pipeline's own positions they give the consumer lag (the
+/// pipeline stores no offsets in Kafka, so librdkafka's own lag figures stay empty).
+struct StatsContext {
+    observed: Arc<Observed>,
+}
+
+impl ClientContext for StatsContext {
+    fn stats(&self, statistics: Statistics) {
+        for (topic, t) in &statistics.topics {
+            for (&partition, p) in &t.partitions {
+                if partition >= 0 && p.hi_offset >= 0 {
+                    self.observed.high_watermark(topic, partition, p.hi_offset);
+                }
+            }
+        }
+    }
+}
+
+impl ConsumerContext for StatsContext {}
 
 /// How long a partition's messages may wait for more before they go out as a batch.
 const LINGER: Duration = Duration::from_millis(100);
@@ -21,7 +43,7 @@ const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 const DISCOVERY_INTERVAL: Duration = Duration::from_secs(5);
 
 pub struct KafkaSource {
-    consumer: StreamConsumer,
+    consumer: StreamConsumer<StatsContext>,
     brokers: String,
     topics: Vec<String>,
     partitions: Vec<PartitionId>,
@@ -47,6 +69,7 @@ impl KafkaSource {
         settings: &[(String, String)],
         batch_size: usize,
         stop_when_idle: Option<Duration>,
+        observed: Arc<Observed>,
     ) -> Result<Self> {
         let mut config = ClientConfig::new();
         config
@@ -54,12 +77,14 @@ impl KafkaSource {
             .set("group.id", "sluice")
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest");
+            .set("auto.offset.reset", "earliest")
+            .set("statistics.interval.ms", "1000");
         for (key, value) in settings {
             config.set(key, value);
         }
-        let consumer: StreamConsumer =
-            config.create().map_err(|e| Error::Config(format!("kafka {brokers}: {e}")))?;
+        let consumer: StreamConsumer<StatsContext> = config
+            .create_with_context(StatsContext { observed })
+            .map_err(|e| Error::Config(format!("kafka {brokers}: {e}")))?;
         let mut source = KafkaSource {
             consumer,
             brokers: brokers.to_string(),
@@ -219,6 +244,56 @@ impl Source for KafkaSource {
                     }
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rdkafka::mocking::MockCluster;
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+
+    use super::*;
+
+    /// librdkafka's mock cluster, unlike Tansu, reports exact high watermarks.
+    #[tokio::test]
+    async fn consumer_lag_is_the_high_watermark_minus_the_pipelines_position() {
+        let cluster = MockCluster::new(1).unwrap();
+        cluster.create_topic("t", 2, 1).unwrap();
+        let producer: BaseProducer =
+            ClientConfig::new().set("bootstrap.servers", cluster.bootstrap_servers()).create().unwrap();
+        for (partition, count) in [(0, 30), (1, 10)] {
+            for i in 0..count {
+                producer.send(BaseRecord::<(), _>::to("t").partition(partition).payload(&format!("{i}"))).unwrap();
+            }
+        }
+        producer.flush(Duration::from_secs(10)).unwrap();
+
+        let observed = Arc::new(Observed::default());
+        let settings = [("statistics.interval.ms".to_string(), "100".to_string())];
+        let mut source = KafkaSource::open(&cluster.bootstrap_servers(), &["t".into()], &settings, 4, None, observed.clone()).unwrap();
+        // The pipeline has processed partition 1 and the first batch of partition 0.
+        let mut positions = BTreeMap::new();
+        let started = Instant::now();
+        while positions.values().sum::<i64>() < 40 && started.elapsed() < Duration::from_secs(20) {
+            let b = source.next_batch().await.unwrap().unwrap();
+            let processed = b.partition.partition == 1 || b.messages.first().is_some_and(|m| m.offset == 0);
+            if processed {
+                observed.batch("t", b.partition.partition, b.next_offset, b.messages.len() as u64, 0, 0, 0);
+            }
+            positions.insert(b.partition.partition, b.next_offset);
+        }
+        assert_eq!(positions, BTreeMap::from([(0, 30), (1, 10)]), "every message read");
+        let expected = ["sluice_consumer_lag{topic=\"t\",partition=\"0\"} 26", "sluice_consumer_lag{topic=\"t\",partition=\"1\"} 0"];
+        let started = Instant::now();
+        loop {
+            let metrics = observed.render();
+            if expected.iter().all(|line| metrics.lines().any(|l| l == *line)) {
+                break;
+            }
+            assert!(started.elapsed() < Duration::from_secs(10), "no lag of 26 and 0 in\n{metrics}");
+            // Statistics arrive while the consumer is polled.
+            let _ = tokio::time::timeout(Duration::from_millis(200), source.next_batch()).await;
         }
     }
 }

@@ -104,6 +104,16 @@ impl Watermarks {
         }
     }
 
+    /// Each topic's watermark now: the minimum over its partitions that are not idle.
+    pub fn per_topic(&self) -> BTreeMap<Arc<str>, i64> {
+        let mut topics = BTreeMap::<Arc<str>, i64>::new();
+        for (id, p) in self.partitions.iter().filter(|(_, p)| !self.idle(p)) {
+            let w = topics.entry(id.topic.clone()).or_insert(FINISHED);
+            *w = (*w).min(p.watermark());
+        }
+        topics
+    }
+
     /// End of input: every partition is finished, every window can close.
     pub fn finish_all(&mut self) {
         for p in self.partitions.values_mut() {
