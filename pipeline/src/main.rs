@@ -4,12 +4,18 @@ use clap::Parser;
 
 /// Warnings, without the Delta kernel's complaints about tables that do not exist yet.
 const DEFAULT_LOG: &str = "warn,buoyant_kernel=off,delta_kernel=off";
+/// A long-running Kafka pipeline also logs one line per commit.
+const SERVICE_LOG: &str = "warn,sluice=info,buoyant_kernel=off,delta_kernel=off";
 
 fn main() -> std::process::ExitCode {
     let cli = sluice::cli::Cli::parse();
+    let default_log = match &cli.command {
+        sluice::cli::Command::Run(args) if args.kafka.is_some() => SERVICE_LOG,
+        _ => DEFAULT_LOG,
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG)),
+            tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_log)),
         )
         .with_writer(std::io::stderr)
         .init();

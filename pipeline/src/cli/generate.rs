@@ -20,6 +20,12 @@ pub struct TrafficArgs {
     pub hours: u32,
 }
 
+impl TrafficArgs {
+    pub fn options(&self) -> GenerateOptions {
+        GenerateOptions { seed: self.seed, users: self.users, hours: self.hours, ..GenerateOptions::default() }
+    }
+}
+
 /// Where generated traffic goes.
 pub enum Destination<'a> {
     Dir(&'a Path),
@@ -28,12 +34,12 @@ pub enum Destination<'a> {
 
 pub async fn generate(to: Destination<'_>, traffic: &TrafficArgs, definitions: &Definitions) -> Result<GenerateSummary> {
     let registry = SchemaRegistry::load(&definitions.schemas_dir()?)?;
-    let options = GenerateOptions { seed: traffic.seed, users: traffic.users, hours: traffic.hours, ..GenerateOptions::default() };
+    let options = traffic.options();
     let started = std::time::Instant::now();
     let (summary, place) = match to {
         Destination::Dir(out) => (generate_to_dir(&registry, &options, out)?, out.display().to_string()),
         Destination::Kafka(brokers) => {
-            (crate::source::produce_generated(brokers, &registry, &options).await?, format!("kafka {brokers}"))
+            (crate::source::produce_generated(brokers, &registry, &options, None).await?, format!("kafka {brokers}"))
         }
     };
     let total = summary.total_messages();

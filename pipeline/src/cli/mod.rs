@@ -71,10 +71,18 @@ pub enum Command {
         /// The query, e.g. "SELECT * FROM monitoring.api_performance.request_response_times LIMIT 5".
         sql: String,
     },
-    /// Measure end-to-end throughput and peak memory on generated traffic.
+    /// Measure end-to-end throughput and peak memory on generated traffic, from
+    /// files or (with --kafka) through a broker.
     Bench {
         #[command(flatten)]
         traffic: generate::TrafficArgs,
+        /// Through Kafka: preload the traffic into these brokers, then time the run.
+        #[arg(long, value_name = "BROKERS")]
+        kafka: Option<String>,
+        /// With --kafka: produce this many messages a second while the pipeline runs,
+        /// and report freshness.
+        #[arg(long, requires = "kafka")]
+        rate: Option<u32>,
         /// Lines read from one partition file at a time.
         #[arg(long, default_value_t = 8192)]
         batch_size: u64,
@@ -109,7 +117,10 @@ pub async fn main(cli: Cli) -> Result<()> {
         Command::Run(args) => run::run(&args).await.map(|_| ()),
         Command::Query { lake, format, sql } => query::query(&lake, &sql, format).await,
         Command::Tables { lake } => query::tables(&lake).await,
-        Command::Bench { traffic, batch_size, definitions } => bench::bench(&traffic, batch_size, &definitions).await,
+        Command::Bench { traffic, kafka: None, batch_size, definitions, .. } => bench::bench(&traffic, batch_size, &definitions).await,
+        Command::Bench { traffic, kafka: Some(brokers), rate, batch_size, definitions } => {
+            bench::bench_kafka(&brokers, rate, &traffic, batch_size, &definitions).await
+        }
     }
 }
 

@@ -357,7 +357,7 @@ mod tests {
             let start = data.len();
             data.extend_from_slice(line.as_bytes());
             let payload = (*line != "null").then_some(start..data.len());
-            messages.push(RawMessage { offset: 10 + i as i64, payload });
+            messages.push(RawMessage { offset: 10 + i as i64, payload, timestamp: None });
         }
         RawBatch {
             partition: PartitionId { topic: topic.into(), partition: 2 },

@@ -14,7 +14,7 @@ use arrow::datatypes::TimestampMicrosecondType;
 use datafusion::physical_plan::collect;
 
 pub use metrics::{metrics_schema, BatchMetrics, METRICS_TOPIC};
-pub use observe::{serve, Observed};
+pub use observe::{serve, Latencies, Observed};
 
 use crate::catalog::{Lake, TablePath};
 use crate::checkpoint::{Checkpoint, CheckpointStore, Position, QueryCheckpoint};
@@ -72,6 +72,12 @@ pub struct RunStats {
     pub peak_open_windows: usize,
     pub peak_state_bytes: usize,
     pub elapsed: Duration,
+    /// From the start to the commit that followed the last batch read: the time
+    /// the run took to make all its input visible (a bounded Kafka run then still
+    /// waits for `--stop-when-idle`).
+    pub caught_up: Duration,
+    /// From a message's Kafka timestamp to the commit that made its rows visible.
+    pub freshness: Latencies,
     /// Rows written per table.
     pub rows: BTreeMap<TablePath, u64>,
 }
@@ -98,6 +104,9 @@ pub struct Pipeline {
     positions: BTreeMap<PartitionId, i64>,
     /// Input was read since the last checkpoint.
     dirty: bool,
+    /// Kafka timestamps (ms) of the messages read since the last commit.
+    produced_at: Vec<i64>,
+    started: Instant,
     stats: RunStats,
     last_commit: Instant,
     /// Reused per batch: the watermark each row is judged by.
@@ -183,6 +192,8 @@ impl Pipeline {
             epoch: 0,
             positions: BTreeMap::new(),
             dirty: false,
+            produced_at: Vec::new(),
+            started: Instant::now(),
             stats: RunStats::default(),
             last_commit: Instant::now(),
             row_watermarks: Vec::new(),
@@ -249,6 +260,7 @@ impl Pipeline {
     /// SIGINT/SIGTERM arrives (then the batch in flight finishes and is committed).
     pub async fn run(&mut self, source: &mut dyn Source) -> Result<RunStats> {
         let started = Instant::now();
+        self.started = started;
         self.track_partitions(source);
         self.watermarks.add_partition(self.metrics_partition.clone(), 0);
         source.seek(&self.positions)?;
@@ -280,11 +292,12 @@ impl Pipeline {
             self.watermarks.finish_all();
             self.close_windows().await?;
         } else {
-            tracing::warn!("stopping on a signal: what has been emitted is committed, windows still open are not");
+            tracing::info!("stopping on a signal: committing; open windows go into the checkpoint");
         }
         self.commit().await?;
         self.stats.elapsed = started.elapsed();
         self.stats.rows = self.sinks.iter().map(|(p, s)| (p.clone(), s.rows_written())).collect();
+        self.stats.freshness = self.options.observed.freshness();
         Ok(self.stats.clone())
     }
 
@@ -308,6 +321,7 @@ impl Pipeline {
         let decoded = decoder.decode(&raw)?;
         self.positions.insert(raw.partition.clone(), raw.next_offset);
         self.dirty = true;
+        self.produced_at.extend(raw.messages.iter().filter_map(|m| m.timestamp));
         self.stats.messages += raw.messages.len() as u64;
         self.stats.bytes += raw.data.len() as u64;
         self.stats.bad += decoded.dead_letters.len() as u64;
@@ -470,6 +484,7 @@ impl Pipeline {
             Ok::<_, Error>((path.as_str().to_string(), s.stage().await?))
         });
         let staged: BTreeMap<String, _> = futures::future::try_join_all(stages).await?.into_iter().collect();
+        let write_ms = started.elapsed().as_millis() as u64;
         let mut queries = BTreeMap::new();
         for q in &mut self.queries {
             let windows = match q.windows.as_mut().map(|w| w.snapshot()).transpose()?.flatten() {
@@ -484,22 +499,28 @@ impl Pipeline {
             .map(|(id, &next_offset)| Position { topic: id.topic.to_string(), partition: id.partition, next_offset })
             .collect();
         let checkpoint = Checkpoint { epoch, positions, watermarks: self.watermarks.marks(), queries, staged };
+        let state_ms = started.elapsed().as_millis() as u64 - write_ms;
         self.checkpoints.save(&checkpoint).await?;
         self.epoch = epoch;
-        self.dirty = false;
+        let input_read = std::mem::take(&mut self.dirty);
 
         let commits = self
             .sinks
             .iter_mut()
             .filter_map(|(path, s)| Some(s.commit(epoch, checkpoint.staged.get(path.as_str())?.clone())));
         let rows: usize = futures::future::try_join_all(commits).await?.into_iter().sum();
+        self.options.observed.visible(&self.produced_at, crate::time::now_micros() / 1000);
+        self.produced_at.clear();
+        if input_read {
+            self.stats.caught_up = self.started.elapsed();
+        }
         self.checkpoints.prune_before(epoch).await?;
         for (topic, watermark) in self.watermarks.per_topic() {
             self.options.observed.source_watermark(&topic, watermark);
         }
         self.stats.commits += 1;
         self.options.observed.commit(rows as u64, started.elapsed().as_secs_f64(), open, bytes);
-        tracing::info!(epoch, rows, ms = started.elapsed().as_millis() as u64, "committed");
+        tracing::info!(epoch, rows, ms = started.elapsed().as_millis() as u64, write_ms, state_ms, "committed");
         Ok(())
     }
 

@@ -13,6 +13,56 @@ use axum::Router;
 
 use crate::error::{Error, Result};
 
+/// A latency distribution in 10 ms buckets up to two minutes (beyond lands in the
+/// last): fine enough for percentiles, fixed in size whatever the traffic.
+#[derive(Debug, Clone)]
+pub struct Latencies {
+    buckets: Vec<u64>,
+    count: u64,
+    sum_ms: f64,
+}
+
+const BUCKET_MS: i64 = 10;
+const BUCKETS: usize = 12_000;
+
+impl Default for Latencies {
+    fn default() -> Self {
+        Latencies { buckets: vec![0; BUCKETS], count: 0, sum_ms: 0.0 }
+    }
+}
+
+impl Latencies {
+    pub fn record(&mut self, ms: i64) {
+        let ms = ms.max(0);
+        self.buckets[((ms / BUCKET_MS) as usize).min(BUCKETS - 1)] += 1;
+        self.count += 1;
+        self.sum_ms += ms as f64;
+    }
+
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    /// The `q` quantile, seconds (the upper edge of its bucket); `None` when empty.
+    pub fn quantile(&self, q: f64) -> Option<f64> {
+        let rank = ((q * self.count as f64).ceil() as u64).max(1);
+        let mut seen = 0;
+        for (i, n) in self.buckets.iter().enumerate() {
+            seen += n;
+            if seen >= rank {
+                return Some(((i as i64 + 1) * BUCKET_MS) as f64 / 1e3);
+            }
+        }
+        None
+    }
+
+    /// Observations at or under `seconds`.
+    fn at_most(&self, seconds: f64) -> u64 {
+        let last = ((seconds * 1e3) as i64 / BUCKET_MS) as usize;
+        self.buckets.iter().take(last.min(BUCKETS)).sum()
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct Observed {
     state: Mutex<State>,
@@ -36,6 +86,8 @@ struct State {
     rows_committed: u64,
     last_commit_seconds: f64,
     commit_seconds_sum: f64,
+    /// Kafka timestamp to the commit that made the message's rows visible.
+    freshness: Latencies,
 }
 
 impl Observed {
@@ -66,6 +118,15 @@ impl Observed {
     /// A partition's high watermark as the broker reports it.
     pub fn high_watermark(&self, topic: &str, partition: i32, offset: i64) {
         self.with(|s| s.high_watermarks.insert((topic.to_string(), partition), offset));
+    }
+
+    /// Messages whose rows a commit just made visible, by their Kafka timestamps (ms).
+    pub fn visible(&self, timestamps: &[i64], now_ms: i64) {
+        self.with(|s| timestamps.iter().for_each(|t| s.freshness.record(now_ms - t)));
+    }
+
+    pub fn freshness(&self) -> Latencies {
+        self.with(|s| s.freshness.clone())
     }
 
     pub fn commit(&self, rows: u64, seconds: f64, open_windows: usize, state_bytes: usize) {
@@ -120,6 +181,12 @@ impl Observed {
             for (name, help, value) in gauges {
                 let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
             }
+            let name = "sluice_freshness_seconds";
+            let _ = writeln!(out, "# HELP {name} From a message's Kafka timestamp to the commit that made its rows visible.\n# TYPE {name} histogram");
+            for le in [0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 5.0, 10.0, 30.0, 60.0] {
+                let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {}", s.freshness.at_most(le));
+            }
+            let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {0}\n{name}_count {0}\n{name}_sum {1}", s.freshness.count, s.freshness.sum_ms / 1e3);
             let _ = writeln!(out, "# HELP sluice_commits_total Lake commits (epochs).\n# TYPE sluice_commits_total counter\nsluice_commits_total {}", s.commits);
             let _ = writeln!(out, "# HELP sluice_commit_seconds_total Time spent committing epochs.\n# TYPE sluice_commit_seconds_total counter\nsluice_commit_seconds_total {}", s.commit_seconds_sum);
             let _ = writeln!(out, "# HELP sluice_rows_committed_total Rows committed to the lake.\n# TYPE sluice_rows_committed_total counter\nsluice_rows_committed_total {}", s.rows_committed);
@@ -149,6 +216,21 @@ pub async fn serve(addr: SocketAddr, observed: Arc<Observed>) -> Result<SocketAd
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn latency_quantiles_come_from_10ms_buckets() {
+        let mut l = Latencies::default();
+        for ms in 1..=1000 {
+            l.record(ms);
+        }
+        // The 500th value, 500 ms, is in the bucket [500, 510): its upper edge is reported.
+        assert_eq!(l.quantile(0.5), Some(0.51));
+        assert_eq!(l.quantile(0.99), Some(1.0), "990 ms is in [990, 1000)");
+        assert_eq!(l.quantile(1.0), Some(1.01), "1000 ms is in the bucket [1000, 1010)");
+        l.record(1_000_000);
+        assert_eq!(l.quantile(1.0), Some(120.0), "beyond two minutes lands in the last bucket");
+        assert_eq!(Latencies::default().quantile(0.5), None);
+    }
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     async fn get(addr: SocketAddr, path: &str) -> String {
@@ -169,6 +251,7 @@ mod tests {
         observed.source_watermark("gateway.requests", 1_772_323_100_000_000);
         observed.watermark("a/b/c", 1_772_323_200_000_000);
         observed.commit(12, 0.25, 3, 4096);
+        observed.visible(&[10_000, 9_700, 8_500], 10_000);
         let addr = serve("127.0.0.1:0".parse().unwrap(), observed).await.unwrap();
         assert!(get(addr, "/healthz").await.starts_with("HTTP/1.1 200"));
         let metrics = get(addr, "/metrics").await;
@@ -181,6 +264,10 @@ mod tests {
             "sluice_consumer_lag{topic=\"gateway.requests\",partition=\"0\"} 25",
             "sluice_consumer_lag{topic=\"gateway.requests\",partition=\"1\"} 7",
             "sluice_commit_seconds_total 0.25",
+            "sluice_freshness_seconds_bucket{le=\"0.5\"} 2",
+            "sluice_freshness_seconds_bucket{le=\"1\"} 2",
+            "sluice_freshness_seconds_bucket{le=\"2\"} 3",
+            "sluice_freshness_seconds_count 3",
             "sluice_open_windows 3",
             "sluice_commits_total 1",
             "sluice_rows_committed_total 12",

@@ -105,17 +105,25 @@ impl TableSink {
     /// adding them to the table: the epoch's snapshot records them first, then
     /// [`commit`](Self::commit) adds them. Files of an epoch that never reached its
     /// snapshot are orphans no reader sees.
+    ///
+    /// The encoding runs as a task of its own, so the tables of an epoch are
+    /// written in parallel.
     pub async fn stage(&mut self) -> Result<Vec<Add>> {
         if self.pending.is_empty() {
             return Ok(Vec::new());
         }
-        let err = |e| Error::delta(self.path.as_str(), e);
-        let mut writer = RecordBatchWriter::for_table(&self.table).map_err(err)?.with_writer_properties(self.writer_properties.clone());
-        for batch in std::mem::take(&mut self.pending) {
-            writer.write(batch).await.map_err(err)?;
-        }
+        let table = self.path.to_string();
+        let err = move |e| Error::delta(table.clone(), e);
+        let mut writer = RecordBatchWriter::for_table(&self.table).map_err(&err)?.with_writer_properties(self.writer_properties.clone());
+        let batches = std::mem::take(&mut self.pending);
         self.staged_rows += std::mem::take(&mut self.pending_rows);
-        writer.flush().await.map_err(err)
+        let task = tokio::spawn(async move {
+            for batch in batches {
+                writer.write(batch).await.map_err(&err)?;
+            }
+            writer.flush().await.map_err(&err)
+        });
+        task.await.map_err(|e| Error::Internal(format!("writing {}: {e}", self.path)))?
     }
 
     /// Adds staged files to the table as one commit for `epoch`, recorded as the

@@ -126,7 +126,7 @@ impl PartitionFile {
                 continue; // blank lines are no messages, but keep their line numbers
             }
             let payload = (line != b"null").then_some(start..end);
-            messages.push(RawMessage { offset, payload });
+            messages.push(RawMessage { offset, payload, timestamp: None });
         }
         // Finished as soon as the last line is read, not one visit later.
         self.finished = self.reader.fill_buf().map_err(|e| Error::io(&self.path, e))?.is_empty();

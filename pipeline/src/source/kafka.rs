@@ -52,12 +52,19 @@ pub struct KafkaSource {
     /// Partitions handed to librdkafka so far.
     assigned: Vec<PartitionId>,
     last_discovery: Instant,
-    batch_size: usize,
-    /// Stop (as a bounded source) after this long without a message.
+    batches: Batches,
+    /// Stop (as a bounded source) after this long without a message while the
+    /// brokers answer.
     stop_when_idle: Option<Duration>,
-    pending: BTreeMap<PartitionId, RawBatch>,
-    first_pending: Option<Instant>,
     last_message: Instant,
+}
+
+/// Batches being filled, one per partition, each with when it was started.
+struct Batches {
+    pending: Vec<(Instant, RawBatch)>,
+    /// Where the last message went: messages come in runs per partition.
+    last: usize,
+    batch_size: usize,
 }
 
 impl KafkaSource {
@@ -78,7 +85,9 @@ impl KafkaSource {
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
-            .set("statistics.interval.ms", "1000");
+            .set("statistics.interval.ms", "1000")
+            // Back within seconds of a broker's return (librdkafka's default waits up to 10 s).
+            .set("reconnect.backoff.max.ms", "2000");
         for (key, value) in settings {
             config.set(key, value);
         }
@@ -93,10 +102,8 @@ impl KafkaSource {
             starts: BTreeMap::new(),
             assigned: Vec::new(),
             last_discovery: Instant::now(),
-            batch_size,
+            batches: Batches { pending: Vec::new(), last: 0, batch_size },
             stop_when_idle,
-            pending: BTreeMap::new(),
-            first_pending: None,
             last_message: Instant::now(),
         };
         source.partitions = source.discover(METADATA_TIMEOUT)?;
@@ -165,20 +172,63 @@ impl KafkaSource {
                 self.assign_new()
             }
             Ok(_) => Ok(()),
-            // A broker that is away: try again later.
+            // A broker that is away: try again later; meanwhile nothing is idle.
             Err(e) => {
                 tracing::warn!(error = %e, "kafka");
+                self.last_message = Instant::now();
                 Ok(())
             }
         }
     }
 
-    /// The pending batch that waited longest (the first, in partition order).
-    fn take_pending(&mut self) -> Option<RawBatch> {
-        let id = self.pending.keys().next()?.clone();
-        let batch = self.pending.remove(&id);
-        self.first_pending = if self.pending.is_empty() { None } else { Some(Instant::now()) };
-        batch
+}
+
+impl Batches {
+    /// Adds a message to its partition's batch; returns the batch once it is full.
+    fn add(&mut self, message: &rdkafka::message::BorrowedMessage<'_>) -> Option<RawBatch> {
+        let same = |b: &RawBatch| b.partition.partition == message.partition() && &*b.partition.topic == message.topic();
+        let i = match self.pending.get(self.last) {
+            Some((_, b)) if same(b) => self.last,
+            _ => match self.pending.iter().position(|(_, b)| same(b)) {
+                Some(i) => i,
+                None => {
+                    let partition = PartitionId { topic: Arc::from(message.topic()), partition: message.partition() };
+                    let batch = RawBatch {
+                        partition,
+                        ingested_at: crate::time::now_micros(),
+                        data: Vec::new(),
+                        messages: Vec::new(),
+                        next_offset: 0,
+                        end_of_partition: false,
+                    };
+                    self.pending.push((Instant::now(), batch));
+                    self.pending.len() - 1
+                }
+            },
+        };
+        self.last = i;
+        let batch = &mut self.pending[i].1;
+        let payload = message.payload().map(|bytes| {
+            let start = batch.data.len();
+            batch.data.extend_from_slice(bytes);
+            start..batch.data.len()
+        });
+        batch.messages.push(RawMessage { offset: message.offset(), payload, timestamp: message.timestamp().to_millis() });
+        batch.next_offset = message.offset() + 1;
+        (batch.messages.len() >= self.batch_size).then(|| self.pending.swap_remove(i).1)
+    }
+
+    /// The batch that has waited longest, if it has waited `at_least`.
+    fn take_oldest(&mut self, at_least: Duration) -> Option<RawBatch> {
+        let (i, (since, _)) = self.pending.iter().enumerate().min_by_key(|(_, (since, _))| *since)?;
+        (since.elapsed() >= at_least).then(|| self.pending.swap_remove(i).1)
+    }
+
+    /// When to stop waiting for messages: when the oldest batch has lingered enough,
+    /// or, with none, after a while to check for new partitions and idleness.
+    fn wake_at(&self) -> tokio::time::Instant {
+        let oldest = self.pending.iter().map(|(since, _)| *since + LINGER).min();
+        tokio::time::Instant::from_std(oldest.unwrap_or_else(|| Instant::now() + LINGER / 2))
     }
 }
 
@@ -202,52 +252,45 @@ impl Source for KafkaSource {
         }
         loop {
             self.rediscover()?;
-            if self.first_pending.is_some_and(|t| t.elapsed() >= LINGER) {
-                return Ok(self.take_pending());
+            if let Some(batch) = self.batches.take_oldest(LINGER) {
+                return Ok(Some(batch));
             }
-            match tokio::time::timeout(LINGER / 2, self.consumer.recv()).await {
-                Ok(Ok(message)) => {
-                    self.last_message = Instant::now();
-                    let id = PartitionId { topic: Arc::from(message.topic()), partition: message.partition() };
-                    let batch = self.pending.entry(id.clone()).or_insert_with(|| RawBatch {
-                        partition: id.clone(),
-                        ingested_at: crate::time::now_micros(),
-                        data: Vec::new(),
-                        messages: Vec::new(),
-                        next_offset: 0,
-                        end_of_partition: false,
-                    });
-                    let payload = message.payload().map(|bytes| {
-                        let start = batch.data.len();
-                        batch.data.extend_from_slice(bytes);
-                        start..batch.data.len()
-                    });
-                    batch.messages.push(RawMessage { offset: message.offset(), payload });
-                    batch.next_offset = message.offset() + 1;
-                    self.first_pending.get_or_insert_with(Instant::now);
-                    if batch.messages.len() >= self.batch_size {
-                        let full = self.pending.remove(&id);
-                        if self.pending.is_empty() {
-                            self.first_pending = None;
+            let wake = tokio::time::sleep_until(self.batches.wake_at());
+            tokio::pin!(wake);
+            loop {
+                tokio::select! {
+                    biased;
+                    received = self.consumer.recv() => match received {
+                        Ok(message) => {
+                            self.last_message = Instant::now();
+                            if let Some(full) = self.batches.add(&message) {
+                                return Ok(Some(full));
+                            }
                         }
-                        return Ok(full);
-                    }
+                        // A broker that is away: librdkafka reconnects; keep polling. Time
+                        // without a broker does not count towards --stop-when-idle.
+                        Err(e) => {
+                            tracing::warn!(error = %e, "kafka");
+                            self.last_message = Instant::now();
+                        }
+                    },
+                    () = &mut wake => break,
                 }
-                // A broker that is away: librdkafka reconnects; keep polling.
-                Ok(Err(e)) => tracing::warn!(error = %e, "kafka"),
-                Err(_elapsed) => {
-                    if !self.pending.is_empty() {
-                        return Ok(self.take_pending());
-                    }
-                    if self.stop_when_idle.is_some_and(|idle| self.last_message.elapsed() >= idle) {
-                        return Ok(None);
-                    }
+            }
+            if let Some(batch) = self.batches.take_oldest(LINGER) {
+                return Ok(Some(batch));
+            }
+            if self.batches.pending.is_empty() && self.stop_when_idle.is_some_and(|idle| self.last_message.elapsed() >= idle) {
+                // Quiet only counts if a broker answers: an outage is no end of input.
+                if self.discover(Duration::from_secs(2)).is_ok() {
+                    return Ok(None);
                 }
+                tracing::warn!(brokers = %self.brokers, "no broker answers; waiting for one");
+                self.last_message = Instant::now();
             }
         }
     }
 }
-
 #[cfg(test)]
 mod tests {
     use rdkafka::mocking::MockCluster;

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 pub use files::FileSource;
 pub use kafka::KafkaSource;
-pub use produce::produce_generated;
+pub use produce::{create_topics, produce_generated};
 
 use crate::error::Result;
 
@@ -41,6 +41,9 @@ pub struct RawMessage {
     pub offset: i64,
     /// The message's bytes in [`RawBatch::data`]; `None` for a tombstone (null value).
     pub payload: Option<Range<usize>>,
+    /// When the message entered the broker (Kafka's timestamp), ms since the epoch:
+    /// the start of its end-to-end freshness.
+    pub timestamp: Option<i64>,
 }
 
 impl RawBatch {

@@ -13,13 +13,11 @@ use crate::error::{Error, Result};
 use crate::generate::{generate, GenerateOptions, GenerateSummary};
 use crate::schema::SchemaRegistry;
 
-/// Creates the topics (with the schemas' partition counts) and produces every
-/// generated message into them, in order per partition.
-pub async fn produce_generated(brokers: &str, registry: &SchemaRegistry, options: &GenerateOptions) -> Result<GenerateSummary> {
+/// Creates every topic of the registry with its partition count, unless it exists.
+pub async fn create_topics(brokers: &str, registry: &SchemaRegistry) -> Result<()> {
     let kafka = |e: KafkaError| Error::Input(format!("kafka {brokers}: {e}"));
-    let mut config = ClientConfig::new();
-    config.set("bootstrap.servers", brokers);
-    let admin: AdminClient<DefaultClientContext> = config.create().map_err(kafka)?;
+    let admin: AdminClient<DefaultClientContext> =
+        ClientConfig::new().set("bootstrap.servers", brokers).create().map_err(kafka)?;
     let topics: Vec<NewTopic> = registry
         .topics()
         .map(|t| NewTopic::new(&t.topic, t.partitions as i32, TopicReplication::Fixed(1)))
@@ -30,6 +28,23 @@ pub async fn produce_generated(brokers: &str, registry: &SchemaRegistry, options
             Err((topic, code)) => return Err(Error::Input(format!("kafka {brokers}: creating `{topic}`: {code}"))),
         }
     }
+    Ok(())
+}
+
+/// Creates the topics (with the schemas' partition counts) and produces every
+/// generated message into them, in order per partition; with `rate`, at that many
+/// messages per second (the generation blocks this thread meanwhile).
+pub async fn produce_generated(
+    brokers: &str,
+    registry: &SchemaRegistry,
+    options: &GenerateOptions,
+    rate: Option<u32>,
+) -> Result<GenerateSummary> {
+    let kafka = |e: KafkaError| Error::Input(format!("kafka {brokers}: {e}"));
+    create_topics(brokers, registry).await?;
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", brokers);
+
 
     let producer: BaseProducer = config
         .clone()
@@ -38,7 +53,16 @@ pub async fn produce_generated(brokers: &str, registry: &SchemaRegistry, options
         .set("queue.buffering.max.messages", "500000")
         .create()
         .map_err(kafka)?;
+    let started = std::time::Instant::now();
+    let mut sent = 0u64;
     let summary = generate(registry, options, &mut |m| {
+        sent += 1;
+        if let Some(rate) = rate.filter(|_| sent % 1000 == 0) {
+            let due = Duration::from_secs_f64(sent as f64 / f64::from(rate.max(1)));
+            if let Some(ahead) = due.checked_sub(started.elapsed()) {
+                std::thread::sleep(ahead);
+            }
+        }
         let mut record = BaseRecord::<[u8], [u8]>::to(m.topic).partition(m.partition as i32);
         if let Some(key) = m.key {
             record = record.key(key.as_bytes());

@@ -378,7 +378,7 @@ mod tests {
             for (i, (_, _, _, line)) in rows[start..end].iter().enumerate() {
                 let from = data.len();
                 data.extend_from_slice(line.as_bytes());
-                messages.push(RawMessage { offset: (start + i) as i64, payload: Some(from..data.len()) });
+                messages.push(RawMessage { offset: (start + i) as i64, payload: Some(from..data.len()), timestamp: None });
             }
             let raw = RawBatch { partition: PartitionId { topic: "gateway.requests".into(), partition: 0 }, ingested_at: 0, data, messages, next_offset: end as i64, end_of_partition: false };
             let decoded = decoder.decode(&raw).unwrap();
