@@ -57,7 +57,7 @@ pub async fn produce_generated(
     let mut sent = 0u64;
     let summary = generate(registry, options, &mut |m| {
         sent += 1;
-        if let Some(rate) = rate.filter(|_| sent % 1000 == 0) {
+        if let Some(rate) = rate.filter(|_| sent.is_multiple_of(1000)) {
             let due = Duration::from_secs_f64(sent as f64 / f64::from(rate.max(1)));
             if let Some(ahead) = due.checked_sub(started.elapsed()) {
                 std::thread::sleep(ahead);
