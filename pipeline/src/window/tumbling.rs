@@ -244,11 +244,19 @@ impl WindowState {
             Ok(taken)
         };
         let keys = take(spec.keys.len())?;
+        same_types(&keys, spec.key_schema.fields().iter().map(|f| f.data_type()))?;
+        let mut states = Vec::with_capacity(spec.aggregates.len());
+        for aggregate in &spec.aggregates {
+            let fields = aggregate.function.state_fields()?;
+            let state = take(fields.len())?;
+            // Accumulators downcast their state and would panic on another type.
+            same_types(&state, fields.iter().map(|f| f.data_type()))?;
+            states.push(state);
+        }
         let (ids, groups) = self.groups.intern(&keys, rows.num_rows())?;
         let ids = ids.to_vec();
-        for (accumulator, aggregate) in self.accumulators.iter_mut().zip(&spec.aggregates) {
-            let state = take(aggregate.function.state_fields()?.len())?;
-            accumulator.merge_batch(&state, &ids, groups)?;
+        for (accumulator, state) in self.accumulators.iter_mut().zip(&states) {
+            accumulator.merge_batch(state, &ids, groups)?;
         }
         if column != rows.num_columns() {
             return Err(Error::Checkpoint(format!(
@@ -305,6 +313,19 @@ impl Groups {
             }
         }
     }
+}
+
+/// Checkpointed columns must have the types the query's state has now.
+fn same_types<'a>(columns: &[ArrayRef], types: impl Iterator<Item = &'a DataType>) -> Result<()> {
+    for (column, expected) in columns.iter().zip(types) {
+        if column.data_type() != expected {
+            return Err(Error::Checkpoint(format!(
+                "window state holds {} where the query now keeps {expected}: was its SQL changed?",
+                column.data_type()
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// `n` copies of the window `{start, end}` in the `window` column's struct type.
