@@ -231,7 +231,10 @@ impl Pipeline {
                 for rows in self.checkpoints.windows(epoch, name).await? {
                     windows
                         .restore(&rows)
-                        .map_err(|e| Error::Checkpoint(format!("window state of {}: {e}", q.query.table)))?;
+                        .map_err(|e| {
+                            let e = if let Error::Checkpoint(message) = e { message } else { e.to_string() };
+                            Error::Checkpoint(format!("window state of {}: {e}", q.query.table))
+                        })?;
                 }
             }
         }
