@@ -5,6 +5,7 @@ mod demo;
 mod generate;
 mod query;
 mod run;
+mod validate;
 
 use std::path::{Path, PathBuf};
 
@@ -89,6 +90,19 @@ pub enum Command {
         #[command(flatten)]
         definitions: Definitions,
     },
+    /// Check every schema and SQL file without running anything.
+    Validate {
+        #[command(flatten)]
+        definitions: Definitions,
+    },
+    /// Print the streaming plan of one SQL file: sources, window, state, emit mode, columns.
+    Explain {
+        /// The SQL file, or its table (`monitoring/api_performance/request_response_times`
+        /// or `monitoring.api_performance.request_response_times`).
+        file: String,
+        #[command(flatten)]
+        definitions: Definitions,
+    },
     /// List the lake's tables with their row counts and Delta versions.
     Tables {
         #[arg(long)]
@@ -117,6 +131,8 @@ pub async fn main(cli: Cli) -> Result<()> {
         Command::Run(args) => run::run(&args).await.map(|_| ()),
         Command::Query { lake, format, sql } => query::query(&lake, &sql, format).await,
         Command::Tables { lake } => query::tables(&lake).await,
+        Command::Validate { definitions } => validate::validate(&definitions).await,
+        Command::Explain { file, definitions } => validate::explain(&file, &definitions).await,
         Command::Bench { traffic, kafka: None, batch_size, definitions, .. } => bench::bench(&traffic, batch_size, &definitions).await,
         Command::Bench { traffic, kafka: Some(brokers), rate, batch_size, definitions } => {
             bench::bench_kafka(&brokers, rate, &traffic, batch_size, &definitions).await

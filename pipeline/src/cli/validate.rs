@@ -1,0 +1,121 @@
+//! `sluice validate` and `sluice explain`: what the SQL files will do, without running.
+
+use std::path::Path;
+
+use super::Definitions;
+use crate::error::{Error, Result};
+use crate::plan::{load_sql_dir, plan, Shape, SqlFile, StreamingQuery};
+use crate::runtime::input_tables;
+use crate::schema::SchemaRegistry;
+use crate::sink::TableLayout;
+
+/// Loads every schema and plans every SQL file; reports every problem, not just the first.
+pub async fn validate(definitions: &Definitions) -> Result<()> {
+    let registry = SchemaRegistry::load(&definitions.schemas_dir()?)?;
+    let files = load_sql_dir(&definitions.sql_dir()?)?;
+    let inputs = input_tables(&registry);
+    let mut failed = 0;
+    for file in &files {
+        if let Err(e) = plan(file, &inputs).await {
+            eprintln!("error: {}", e.to_string().replace('\n', " "));
+            failed += 1;
+        }
+    }
+    if failed > 0 {
+        return Err(Error::Config(format!("{failed} of {} SQL files cannot run", files.len())));
+    }
+    super::emit(&format!("{} topic schemas and {} SQL files: all valid\n", registry.topics().count(), files.len()))
+}
+
+/// Prints the streaming plan of one SQL file, named by its path or its table.
+pub async fn explain(which: &str, definitions: &Definitions) -> Result<()> {
+    let registry = SchemaRegistry::load(&definitions.schemas_dir()?)?;
+    let files = load_sql_dir(&definitions.sql_dir()?)?;
+    let file = find(&files, which)?;
+    let query = plan(file, &input_tables(&registry)).await?;
+    super::emit(&describe(&query, &registry))
+}
+
+/// A SQL file by its path (as given or canonical) or by its table (`a/b/c` or `a.b.c`).
+fn find<'a>(files: &'a [SqlFile], which: &str) -> Result<&'a SqlFile> {
+    let canonical = Path::new(which).canonicalize().ok();
+    files
+        .iter()
+        .find(|f| {
+            f.table.as_str() == which
+                || f.table.sql_name() == which
+                || canonical.is_some() && f.path.canonicalize().ok() == canonical
+        })
+        .ok_or_else(|| Error::Config(format!("`{which}` is neither a SQL file of the sql directory nor one of its tables")))
+}
+
+fn describe(query: &StreamingQuery, registry: &SchemaRegistry) -> String {
+    let mut out = format!("table    {} (in SQL: {})\nfile     {}\n", query.table, query.table.sql_name(), query.path.display());
+    for topic in query.topics() {
+        let detail = match registry.get(topic) {
+            Some(t) => format!("{} partitions, out-of-orderness {:?}", t.partitions, t.out_of_orderness),
+            None => "the pipeline's own batch metrics, by processing time".to_string(),
+        };
+        out.push_str(&format!("source   {topic} ({detail})\n"));
+    }
+    match &query.shape {
+        Shape::Stateless { .. } => {
+            out.push_str("window   none: stateless\nstate    none\nemit     every result row as its batch is read (append)\n");
+        }
+        Shape::Windowed { window, .. } => {
+            let keys: Vec<String> = window.key_schema.fields().iter().map(|f| f.name().clone()).collect();
+            let aggregates: Vec<&str> = window.aggregates.iter().map(|a| a.function.name()).collect();
+            out.push_str(&format!("window   tumble {} on the event time `ts`\n", humanize(window.size)));
+            let groups = if keys.is_empty() { "one group".to_string() } else { format!("a group per ({})", keys.join(", ")) };
+            out.push_str(&format!("state    per open window, {groups}, the accumulators of:\n"));
+            for aggregate in aggregates {
+                out.push_str(&format!("           {aggregate}\n"));
+            }
+            out.push_str(
+                "emit     a window's rows once the watermark passes its end (append); \
+                 events for an emitted window go to late_events\n",
+            );
+        }
+    }
+    let layout = TableLayout::for_result(&query.output_schema);
+    out.push_str("columns\n");
+    for f in layout.schema.fields() {
+        let partition = if layout.partition_columns.contains(f.name()) { "  (partition column)" } else { "" };
+        out.push_str(&format!("  {:<28} {}{partition}\n", f.name(), f.data_type()));
+    }
+    out
+}
+
+/// A window length in µs as people write it.
+fn humanize(micros: i64) -> String {
+    let seconds = micros / 1_000_000;
+    match seconds {
+        s if s % 86_400 == 0 => format!("{} day(s)", s / 86_400),
+        s if s % 3_600 == 0 => format!("{} hour(s)", s / 3_600),
+        s if s % 60 == 0 => format!("{} minute(s)", s / 60),
+        s => format!("{s} second(s)"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn validate_names_every_file_that_cannot_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let sql = dir.path().join("a/b");
+        std::fs::create_dir_all(&sql).unwrap();
+        std::fs::write(sql.join("good.sql"), "SELECT request_id FROM gateway.requests").unwrap();
+        std::fs::write(sql.join("join.sql"), "SELECT * FROM gateway.requests r JOIN interactions i ON r.ts = i.ts").unwrap();
+        std::fs::write(sql.join("typo.sql"), "SELEC 1").unwrap();
+        let definitions = Definitions {
+            schemas: Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("../schemas")),
+            sql: Some(dir.path().to_path_buf()),
+        };
+        let err = validate(&definitions).await.unwrap_err().to_string();
+        assert!(err.contains("2 of 3 SQL files cannot run"), "{err}");
+        let err = explain("a.b.nope", &definitions).await.unwrap_err().to_string();
+        assert!(err.contains("`a.b.nope` is neither"), "{err}");
+    }
+}
