@@ -22,9 +22,7 @@ use crate::decode::TopicDecoder;
 use crate::error::{Error, Result};
 use crate::plan::{InputTable, Shape, SqlFile, StreamingQuery};
 use crate::schema::{SchemaRegistry, EVENT_TIME};
-use crate::sink::{
-    dead_letter_schema, dead_letters_batch, late_event_schema, EpochWrite, LateEvents, TableLayout, TableSink, DEAD_LETTERS, LATE_EVENTS,
-};
+use crate::sink::{dead_letter_schema, dead_letters_batch, late_event_schema, LateEvents, TableLayout, TableSink, DEAD_LETTERS, LATE_EVENTS};
 use crate::source::{PartitionId, RawBatch, Source};
 use crate::time::{QueryClock, Watermarks};
 use crate::window::TumblingWindows;
@@ -84,57 +82,6 @@ pub struct RunStats {
     pub rows: BTreeMap<TablePath, u64>,
 }
 
-/// An epoch being written in the background, and what its end reports.
-struct InFlight {
-    task: tokio::task::JoinHandle<Result<Vec<(TablePath, deltalake::DeltaTable, usize)>>>,
-    epoch: i64,
-    started: Instant,
-    /// Time the run loop spent handing the epoch over (mostly window state).
-    state_ms: u64,
-    /// Kafka timestamps (ms) of the messages whose rows the epoch makes visible.
-    produced_at: Vec<i64>,
-    input_read: bool,
-    open_windows: usize,
-    state_bytes: usize,
-}
-
-/// Writes one epoch: the tables' files (in parallel), the window state, the
-/// checkpoint manifest (the commit point), then every table's commit.
-async fn write_epoch(
-    store: Arc<CheckpointStore>,
-    mut checkpoint: Checkpoint,
-    writes: Vec<EpochWrite>,
-    states: Vec<(TablePath, RecordBatch)>,
-) -> Result<Vec<(TablePath, deltalake::DeltaTable, usize)>> {
-    let epoch = checkpoint.epoch;
-    let staging = writes.into_iter().map(|mut w| {
-        tokio::spawn(async move {
-            let files = w.stage().await?;
-            Ok::<_, Error>((w, files))
-        })
-    });
-    let mut staged = Vec::new();
-    for task in futures::future::join_all(staging).await {
-        staged.push(task.map_err(|e| Error::Internal(format!("writing epoch {epoch}: {e}")))??);
-    }
-    for (table, state) in &states {
-        let name = store.put_windows(epoch, table, state).await?;
-        if let Some(q) = checkpoint.queries.get_mut(table.as_str()) {
-            q.windows = Some(name);
-        }
-    }
-    checkpoint.staged = staged.iter().map(|(w, files)| (w.path.as_str().to_string(), files.clone())).collect();
-    store.save(&checkpoint).await?;
-    let commits = staged.into_iter().map(|(w, files)| async move {
-        let path = w.path.clone();
-        let (table, rows) = w.finish(epoch, files).await?;
-        Ok::<_, Error>((path, table, rows))
-    });
-    let committed = futures::future::try_join_all(commits).await?;
-    store.prune_before(epoch).await?;
-    Ok(committed)
-}
-
 /// A planned query with its running state.
 struct RunningQuery {
     query: StreamingQuery,
@@ -150,8 +97,7 @@ pub struct Pipeline {
     sinks: BTreeMap<TablePath, TableSink>,
     dead_letters: TablePath,
     late_events: TablePath,
-    checkpoints: Arc<CheckpointStore>,
-    in_flight: Option<InFlight>,
+    checkpoints: CheckpointStore,
     /// The last epoch checkpointed and committed.
     epoch: i64,
     /// Per partition, the offset to read next: what the next checkpoint records.
@@ -242,8 +188,7 @@ impl Pipeline {
             sinks,
             dead_letters,
             late_events,
-            checkpoints: Arc::new(checkpoints),
-            in_flight: None,
+            checkpoints,
             epoch: 0,
             positions: BTreeMap::new(),
             dirty: false,
@@ -353,7 +298,6 @@ impl Pipeline {
             tracing::info!("stopping on a signal: committing; open windows go into the checkpoint");
         }
         self.commit().await?;
-        self.finish_epoch().await?;
         self.stats.elapsed = started.elapsed();
         self.stats.rows = self.sinks.iter().map(|(p, s)| (p.clone(), s.rows_written())).collect();
         self.stats.freshness = self.options.observed.freshness();
@@ -526,76 +470,60 @@ impl Pipeline {
             || self.sinks.values().map(TableSink::pending_rows).sum::<usize>() >= self.options.max_pending_rows
     }
 
-    /// Starts the next epoch: hands every table's buffered rows, the window state
-    /// and the positions to a background task that writes the files, the checkpoint
-    /// and the commits, while the run reads on. One epoch is in flight at a time:
-    /// this first waits for the previous one.
+    /// Commits every table with buffered rows as the next epoch.
     pub async fn commit(&mut self) -> Result<()> {
-        self.finish_epoch().await?;
         self.last_commit = Instant::now();
-        if !self.dirty && self.sinks.values().all(|s| s.pending_rows() == 0) {
-            return Ok(());
-        }
-        let started = Instant::now();
-        let epoch = self.epoch + 1;
         let windows = self.queries.iter().filter_map(|q| q.windows.as_ref());
         let (open, bytes) = windows.fold((0, 0), |(o, b), w| (o + w.open_windows(), b + w.state_bytes()));
         self.stats.peak_open_windows = self.stats.peak_open_windows.max(open);
         self.stats.peak_state_bytes = self.stats.peak_state_bytes.max(bytes);
+        if !self.dirty && self.sinks.values().all(|s| s.pending_rows() == 0) {
+            return Ok(());
+        }
+        let epoch = self.epoch + 1;
+        let started = Instant::now();
 
-        let writes = self.sinks.values_mut().filter(|s| s.pending_rows() > 0).map(TableSink::take_epoch).collect::<Result<Vec<_>>>()?;
-        let mut states = Vec::new();
+        let stages = self.sinks.iter_mut().filter(|(_, s)| s.pending_rows() > 0).map(|(path, s)| async move {
+            Ok::<_, Error>((path.as_str().to_string(), s.stage().await?))
+        });
+        let staged: BTreeMap<String, _> = futures::future::try_join_all(stages).await?.into_iter().collect();
+        let write_ms = started.elapsed().as_millis() as u64;
         let mut queries = BTreeMap::new();
         for q in &mut self.queries {
-            let table = q.query.table.clone();
-            if let Some(state) = q.windows.as_mut().map(|w| w.snapshot()).transpose()?.flatten() {
-                states.push((table.clone(), state));
-            }
-            queries.insert(table.as_str().to_string(), QueryCheckpoint { watermark: q.clock.watermark(), windows: None });
+            let windows = match q.windows.as_mut().map(|w| w.snapshot()).transpose()?.flatten() {
+                Some(state) => Some(self.checkpoints.put_windows(epoch, &q.query.table, &state).await?),
+                None => None,
+            };
+            queries.insert(q.query.table.as_str().to_string(), QueryCheckpoint { watermark: q.clock.watermark(), windows });
         }
         let positions = self
             .positions
             .iter()
             .map(|(id, &next_offset)| Position { topic: id.topic.to_string(), partition: id.partition, next_offset })
             .collect();
-        let checkpoint = Checkpoint { epoch, positions, watermarks: self.watermarks.marks(), queries, staged: BTreeMap::new() };
-        let state_ms = started.elapsed().as_millis() as u64;
-        let store = self.checkpoints.clone();
-        let task = tokio::spawn(write_epoch(store, checkpoint, writes, states));
+        let checkpoint = Checkpoint { epoch, positions, watermarks: self.watermarks.marks(), queries, staged };
+        let state_ms = started.elapsed().as_millis() as u64 - write_ms;
+        self.checkpoints.save(&checkpoint).await?;
         self.epoch = epoch;
-        self.in_flight = Some(InFlight {
-            task,
-            epoch,
-            started,
-            state_ms,
-            produced_at: std::mem::take(&mut self.produced_at),
-            input_read: std::mem::take(&mut self.dirty),
-            open_windows: open,
-            state_bytes: bytes,
-        });
+        let input_read = std::mem::take(&mut self.dirty);
+
+        let commits = self
+            .sinks
+            .iter_mut()
+            .filter_map(|(path, s)| Some(s.commit(epoch, checkpoint.staged.get(path.as_str())?.clone())));
+        let rows: usize = futures::future::try_join_all(commits).await?.into_iter().sum();
+        self.options.observed.visible(&self.produced_at, crate::time::now_micros() / 1000);
+        self.produced_at.clear();
+        if input_read {
+            self.stats.caught_up = self.started.elapsed();
+        }
+        self.checkpoints.prune_before(epoch).await?;
         for (topic, watermark) in self.watermarks.per_topic() {
             self.options.observed.source_watermark(&topic, watermark);
         }
-        Ok(())
-    }
-
-    /// Waits for the epoch in flight, if any, and takes its tables back.
-    async fn finish_epoch(&mut self) -> Result<()> {
-        let Some(e) = self.in_flight.take() else { return Ok(()) };
-        let written = e.task.await.map_err(|err| Error::Internal(format!("epoch {}: {err}", e.epoch)))??;
-        let mut rows = 0;
-        for (path, table, n) in written {
-            self.sink(&path)?.committed(table, n);
-            rows += n;
-        }
-        self.options.observed.visible(&e.produced_at, crate::time::now_micros() / 1000);
-        if e.input_read {
-            self.stats.caught_up = self.started.elapsed();
-        }
         self.stats.commits += 1;
-        let ms = e.started.elapsed().as_millis() as u64;
-        self.options.observed.commit(rows as u64, e.started.elapsed().as_secs_f64(), e.open_windows, e.state_bytes);
-        tracing::info!(epoch = e.epoch, rows, ms, state_ms = e.state_ms, "committed");
+        self.options.observed.commit(rows as u64, started.elapsed().as_secs_f64(), open, bytes);
+        tracing::info!(epoch, rows, ms = started.elapsed().as_millis() as u64, write_ms, state_ms, "committed");
         Ok(())
     }
 

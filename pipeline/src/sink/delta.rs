@@ -21,6 +21,8 @@ pub struct TableSink {
     app_id: String,
     pending: Vec<RecordBatch>,
     pending_rows: usize,
+    /// Rows in files staged but not yet committed.
+    staged_rows: usize,
     rows_written: u64,
     writer_properties: WriterProperties,
 }
@@ -53,6 +55,7 @@ impl TableSink {
             table,
             pending: Vec::new(),
             pending_rows: 0,
+            staged_rows: 0,
             rows_written: 0,
             writer_properties: writer_properties(&layout_schema),
         })
@@ -98,94 +101,55 @@ impl TableSink {
             .map_err(|e| Error::delta(self.path.as_str(), e))
     }
 
-    /// Hands the buffered rows over to be written as one epoch, in the background
-    /// while new rows buffer here; [`EpochWrite::finish`]'s result comes back
-    /// through [`committed`](Self::committed).
-    pub fn take_epoch(&mut self) -> Result<EpochWrite> {
-        let writer = RecordBatchWriter::for_table(&self.table)
-            .map_err(|e| Error::delta(self.path.as_str(), e))?
-            .with_writer_properties(self.writer_properties.clone());
-        Ok(EpochWrite {
-            path: self.path.clone(),
-            table: self.table.clone(),
-            app_id: self.app_id.clone(),
-            partition_columns: self.layout.partition_columns.clone(),
-            writer,
-            batches: std::mem::take(&mut self.pending),
-            rows: std::mem::take(&mut self.pending_rows),
-        })
-    }
-
-    /// Takes back the table as an [`EpochWrite`] left it.
-    pub fn committed(&mut self, table: DeltaTable, rows: usize) {
-        self.table = table;
-        self.rows_written += rows as u64;
-    }
-
-    /// Adds files a checkpoint staged to the table as the commit for `epoch` (a
-    /// restart finishing an interrupted epoch).
-    pub async fn commit(&mut self, epoch: i64, files: Vec<Add>) -> Result<()> {
-        commit_files(&self.path, &mut self.table, &self.app_id, &self.layout.partition_columns, epoch, files).await
-    }
-}
-
-/// One table's part of an epoch: its rows, to be staged as files, then committed.
-pub struct EpochWrite {
-    pub path: TablePath,
-    table: DeltaTable,
-    app_id: String,
-    partition_columns: Vec<String>,
-    writer: RecordBatchWriter,
-    batches: Vec<RecordBatch>,
-    rows: usize,
-}
-
-impl EpochWrite {
-    /// Writes the rows as Parquet files in the table's directory without adding
-    /// them to the table: the epoch's checkpoint records them first. Files of an
-    /// epoch that never reached its checkpoint are orphans no reader sees.
+    /// Writes the buffered rows as Parquet files in the table's directory without
+    /// adding them to the table: the epoch's snapshot records them first, then
+    /// [`commit`](Self::commit) adds them. Files of an epoch that never reached its
+    /// snapshot are orphans no reader sees.
+    ///
+    /// The encoding runs as a task of its own, so the tables of an epoch are
+    /// written in parallel.
     pub async fn stage(&mut self) -> Result<Vec<Add>> {
-        let err = |e| Error::delta(self.path.as_str(), e);
-        for batch in std::mem::take(&mut self.batches) {
-            self.writer.write(batch).await.map_err(err)?;
+        if self.pending.is_empty() {
+            return Ok(Vec::new());
         }
-        self.writer.flush().await.map_err(err)
+        let table = self.path.to_string();
+        let err = move |e| Error::delta(table.clone(), e);
+        let mut writer = RecordBatchWriter::for_table(&self.table).map_err(&err)?.with_writer_properties(self.writer_properties.clone());
+        let batches = std::mem::take(&mut self.pending);
+        self.staged_rows += std::mem::take(&mut self.pending_rows);
+        let task = tokio::spawn(async move {
+            for batch in batches {
+                writer.write(batch).await.map_err(&err)?;
+            }
+            writer.flush().await.map_err(&err)
+        });
+        task.await.map_err(|e| Error::Internal(format!("writing {}: {e}", self.path)))?
     }
 
-    /// Commits the staged files as `epoch`; returns the table and the rows added.
-    pub async fn finish(mut self, epoch: i64, files: Vec<Add>) -> Result<(DeltaTable, usize)> {
-        commit_files(&self.path, &mut self.table, &self.app_id, &self.partition_columns, epoch, files).await?;
-        Ok((self.table, self.rows))
+    /// Adds staged files to the table as one commit for `epoch`, recorded as the
+    /// table's `txn` version so a restart knows the table holds the epoch.
+    pub async fn commit(&mut self, epoch: i64, files: Vec<Add>) -> Result<usize> {
+        if files.is_empty() {
+            return Ok(0);
+        }
+        let err = |e| Error::delta(self.path.as_str(), e);
+        let table = &mut self.table;
+        let operation = DeltaOperation::Write {
+            mode: SaveMode::Append,
+            partition_by: Some(self.layout.partition_columns.clone()).filter(|p| !p.is_empty()),
+            predicate: None,
+        };
+        let properties = CommitProperties::default().with_application_transaction(Transaction::new(&self.app_id, epoch));
+        let finalized = CommitBuilder::from(properties)
+            .with_actions(files.into_iter().map(Action::Add).collect())
+            .build(Some(table.snapshot().map_err(err)?), table.log_store(), operation)
+            .await
+            .map_err(err)?;
+        table.state = Some(finalized.snapshot());
+        let rows = std::mem::take(&mut self.staged_rows);
+        self.rows_written += rows as u64;
+        Ok(rows)
     }
-}
-
-/// Adds `files` to the table in one commit recorded as the table's `txn` version
-/// `epoch`, so a restart knows the table holds the epoch.
-async fn commit_files(
-    path: &TablePath,
-    table: &mut DeltaTable,
-    app_id: &str,
-    partition_columns: &[String],
-    epoch: i64,
-    files: Vec<Add>,
-) -> Result<()> {
-    if files.is_empty() {
-        return Ok(());
-    }
-    let err = |e| Error::delta(path.as_str(), e);
-    let operation = DeltaOperation::Write {
-        mode: SaveMode::Append,
-        partition_by: Some(partition_columns.to_vec()).filter(|p| !p.is_empty()),
-        predicate: None,
-    };
-    let properties = CommitProperties::default().with_application_transaction(Transaction::new(app_id, epoch));
-    let finalized = CommitBuilder::from(properties)
-        .with_actions(files.into_iter().map(Action::Add).collect())
-        .build(Some(table.snapshot().map_err(err)?), table.log_store(), operation)
-        .await
-        .map_err(err)?;
-    table.state = Some(finalized.snapshot());
-    Ok(())
 }
 
 /// Identifiers and raw messages are unique per row: dictionary-encoding them costs

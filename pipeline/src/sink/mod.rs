@@ -7,7 +7,7 @@
 mod delta;
 mod operational;
 
-pub use delta::{EpochWrite, TableSink};
+pub use delta::TableSink;
 pub use operational::{dead_letter_schema, dead_letters_batch, late_event_schema, LateEvents, DEAD_LETTERS, LATE_EVENTS};
 
 use std::sync::Arc;
