@@ -184,7 +184,6 @@ impl KafkaSource {
             }
         }
     }
-
 }
 
 impl Batches {
