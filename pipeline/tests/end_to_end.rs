@@ -328,10 +328,12 @@ const LATE_EVENTS: &str = "monitoring/integration_health/late_events";
 const THROUGHPUT: &str = "monitoring/integration_health/pipeline_throughput";
 
 /// A windowed analytics table and the topics whose watermark decides lateness.
+/// Windows are `size` long and start every `slide` (`slide == size`: tumbling).
 struct WinTable {
     path: &'static str,
     topics: &'static [&'static str],
     size: i64,
+    slide: i64,
 }
 
 const RRT: usize = 0;
@@ -345,62 +347,80 @@ const ENG: usize = 7;
 const VEL: usize = 8;
 const MAS: usize = 9;
 const RES: usize = 10;
+const LSL: usize = 11;
 
 const WIN_TABLES: &[WinTable] = &[
     WinTable {
         path: "monitoring/api_performance/request_response_times",
         topics: &[T_GATEWAY],
         size: MINUTE_US,
+        slide: MINUTE_US,
     },
     WinTable {
         path: "monitoring/api_performance/load_balancing_metrics",
         topics: &[T_GATEWAY],
         size: MINUTE_US,
+        slide: MINUTE_US,
     },
     WinTable {
         path: "integration/api_gateway/rate_limiting_data",
         topics: &[T_GATEWAY],
         size: MINUTE_US,
+        slide: MINUTE_US,
     },
     WinTable {
         path: "monitoring/api_performance/service_health_data",
         topics: &[T_CALLS],
         size: MINUTE_US,
+        slide: MINUTE_US,
     },
     WinTable {
         path: "monitoring/api_performance/circuit_breaker_logs",
         topics: &[T_CALLS],
         size: MINUTE_US,
+        slide: MINUTE_US,
     },
     WinTable {
         path: "integration/event_bus/event_processing_logs",
         topics: DOMAIN_TOPICS,
         size: MINUTE_US,
+        slide: MINUTE_US,
     },
     WinTable {
         path: "real_time/connection_management/websocket_performance",
         topics: &[T_CONN],
         size: MINUTE_US,
+        slide: MINUTE_US,
     },
     WinTable {
         path: "analytics/learner/engagement_daily",
         topics: &[T_INTER],
         size: DAY_US,
+        slide: DAY_US,
     },
     WinTable {
         path: "analytics/learner/velocity_daily",
         topics: &[T_PROGRESS],
         size: DAY_US,
+        slide: DAY_US,
     },
     WinTable {
         path: "analytics/learner/mastery_daily",
         topics: &[T_ASSESS],
         size: DAY_US,
+        slide: DAY_US,
     },
     WinTable {
         path: "analytics/experiments/results_daily",
         topics: &[T_EXPO],
         size: DAY_US,
+        slide: DAY_US,
+    },
+    WinTable {
+        path: "monitoring/api_performance/latency_5m_sliding",
+        topics: &[T_GATEWAY],
+        size: 5 * MINUTE_US,
+        slide: MINUTE_US,
     },
 ];
 
@@ -828,9 +848,11 @@ fn simulate(input: &mut Input, batch: usize) {
                         .map(|&g| wm_of(g, &max_ts, &finished))
                         .min()
                         .unwrap();
-                    let size = WIN_TABLES[t].size;
-                    let wend = window_start(ev.ts, size) + size;
-                    if wend <= wm {
+                    // Late once the first window holding the event was emitted
+                    // (hopping tables: the event then counts in none of its windows).
+                    let slide = WIN_TABLES[t].slide;
+                    let first_end = window_start(ev.ts, slide) + slide;
+                    if first_end <= wm {
                         ev.late.push((t, wm));
                     }
                 }
@@ -2209,6 +2231,35 @@ fn check_gateway_analytics(report: &mut Report, tables: &HashMap<&str, TableData
         ],
         &expected,
     );
+
+    // latency_5m_sliding: every on-time request in each of the five windows it falls in
+    let mut acc: BTreeMap<(i64, Vec<K>), Vec<f64>> = BTreeMap::new();
+    for e in on_time(input, LSL) {
+        let last = window_start(e.e.ts, MINUTE_US);
+        for k in 0..5 {
+            acc.entry((last - k * MINUTE_US, ks(&[e.s("service")])))
+                .or_default()
+                .push(e.f("duration_ms").unwrap());
+        }
+    }
+    let expected: Expected = acc
+        .into_iter()
+        .map(|(k, d)| {
+            let cells = vec![
+                ("requests", Exp::Int(d.len() as i64)),
+                ("p95_duration_ms", Exp::Approx(p95(&d))),
+            ];
+            (k, cells)
+        })
+        .collect();
+    check_windowed(
+        report,
+        tables,
+        LSL,
+        &["service"],
+        &[("requests", I64), ("p95_duration_ms", F64)],
+        &expected,
+    );
 }
 
 fn check_service_call_analytics(
@@ -2959,7 +3010,7 @@ fn model_self_check() {
             })
         })
         .collect();
-    let gw = |wm: i64| vec![(RRT, wm), (LBM, wm), (RLD, wm)];
+    let gw = |wm: i64| vec![(RRT, wm), (LBM, wm), (RLD, wm), (LSL, wm)];
     assert_eq!(
         late,
         vec![

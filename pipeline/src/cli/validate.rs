@@ -65,9 +65,19 @@ fn describe(query: &StreamingQuery, registry: &SchemaRegistry) -> String {
         Shape::Windowed { window, .. } => {
             let keys: Vec<String> = window.key_schema.fields().iter().map(|f| f.name().clone()).collect();
             let aggregates: Vec<&str> = window.aggregates.iter().map(|a| a.function.name()).collect();
-            out.push_str(&format!("window   tumble {} on the event time `ts`\n", humanize(window.size)));
+            if window.slide == window.size {
+                out.push_str(&format!("window   tumble {} on the event time `ts`\n", humanize(window.size)));
+            } else {
+                out.push_str(&format!(
+                    "window   hop: {} long, one every {}, on the event time `ts`; state kept per {} pane\n",
+                    humanize(window.size),
+                    humanize(window.slide),
+                    humanize(window.slide)
+                ));
+            }
             let groups = if keys.is_empty() { "one group".to_string() } else { format!("a group per ({})", keys.join(", ")) };
-            out.push_str(&format!("state    per open window, {groups}, the accumulators of:\n"));
+            let unit = if window.slide == window.size { "window" } else { "pane" };
+            out.push_str(&format!("state    per open {unit}, {groups}, the accumulators of:\n"));
             for aggregate in aggregates {
                 out.push_str(&format!("           {aggregate}\n"));
             }

@@ -1,5 +1,5 @@
-//! Streaming SQL's window functions in the Arroyo dialect: `tumble(interval)` in a
-//! GROUP BY. The planner recognises the call and the window operator evaluates it;
+//! Streaming SQL's window functions in the Arroyo dialect: `tumble(width)` and
+//! `hop(slide, width)` in a GROUP BY. The planner recognises the call and the window operator evaluates it;
 //! DataFusion never runs it, so invoking it directly is an error.
 
 use std::sync::Arc;
@@ -19,7 +19,7 @@ pub fn window_type() -> DataType {
 }
 
 /// The window functions, by name.
-pub const WINDOW_FUNCTIONS: [&str; 1] = ["tumble"];
+pub const WINDOW_FUNCTIONS: [&str; 2] = ["tumble", "hop"];
 
 #[derive(Debug, PartialEq, Eq, Hash)]
 struct WindowFunction {
@@ -51,6 +51,12 @@ pub fn tumble() -> ScalarUDF {
     ScalarUDF::new_from_impl(WindowFunction { name: "tumble", signature: Signature::variadic_any(Volatility::Volatile) })
 }
 
+/// `hop(slide, width)`: windows `width` long, one starting every `slide`, aligned to
+/// the epoch (UTC); an event is in `width / slide` of them.
+pub fn hop() -> ScalarUDF {
+    ScalarUDF::new_from_impl(WindowFunction { name: "hop", signature: Signature::variadic_any(Volatility::Volatile) })
+}
+
 pub fn all() -> Vec<Arc<ScalarUDF>> {
-    vec![Arc::new(tumble())]
+    vec![Arc::new(tumble()), Arc::new(hop())]
 }

@@ -110,8 +110,12 @@ pub enum Shape {
 /// What the window operator needs to know of a windowed aggregate.
 #[derive(Clone)]
 pub struct WindowSpec {
-    /// Window length, µs.
+    /// Window length (width), µs.
     pub size: i64,
+    /// How far apart windows start, µs: `size` for tumbling windows, less for hopping
+    /// ones, whose state is kept per slide-long pane and shared by the windows
+    /// overlapping it.
+    pub slide: i64,
     /// The event time of a row of the aggregate's input.
     pub time: Arc<dyn PhysicalExpr>,
     /// The GROUP BY keys other than the window.
@@ -290,17 +294,17 @@ fn window_spec(agg: &Aggregate, input_schema: &SchemaRef, state: &SessionState) 
     let mut keys = Vec::new();
     let mut key_fields = Vec::new();
     for (i, expr) in agg.group_expr.iter().enumerate() {
-        if let Some(size) = window_size(expr)? {
+        if let Some(shape) = window_shape(expr)? {
             if window.is_some() {
                 return Err("GROUP BY has more than one window".into());
             }
-            window = Some((i, size));
+            window = Some((i, shape));
         } else {
             keys.push(state.create_physical_expr(expr.clone(), input_dfschema).map_err(df)?);
             key_fields.push(agg.schema.field(i).clone());
         }
     }
-    let Some((window_index, size)) = window else {
+    let Some((window_index, (slide, size))) = window else {
         return Err("an aggregate needs a window: GROUP BY tumble(interval '...'), ...".into());
     };
     if matches!(agg.group_expr.first(), Some(Expr::GroupingSet(_))) {
@@ -332,6 +336,7 @@ fn window_spec(agg: &Aggregate, input_schema: &SchemaRef, state: &SessionState) 
     let key_schema = Arc::new(arrow::datatypes::Schema::new(key_fields));
     Ok(WindowSpec {
         size,
+        slide,
         time,
         keys,
         key_schema,
@@ -341,8 +346,9 @@ fn window_spec(agg: &Aggregate, input_schema: &SchemaRef, state: &SessionState) 
     })
 }
 
-/// The window length of a `tumble(interval)` group expression, µs.
-fn window_size(expr: &Expr) -> std::result::Result<Option<i64>, String> {
+/// The slide and width (µs) of a `tumble(width)` or `hop(slide, width)` group
+/// expression; a tumbling window slides by its width.
+fn window_shape(expr: &Expr) -> std::result::Result<Option<(i64, i64)>, String> {
     let expr = match expr {
         Expr::Alias(alias) => &*alias.expr,
         e => e,
@@ -351,20 +357,26 @@ fn window_size(expr: &Expr) -> std::result::Result<Option<i64>, String> {
     if !WINDOW_FUNCTIONS.contains(&call.func.name()) {
         return Ok(None);
     }
-    // The second argument is the event time, added by `bind_windows_to_event_time`.
-    let size = match call.args.as_slice() {
-        [Expr::Literal(ScalarValue::IntervalMonthDayNano(Some(i)), _), _] if i.months == 0 => {
-            i64::from(i.days) * 86_400_000_000 + i.nanoseconds / 1000
-        }
-        [Expr::Literal(ScalarValue::IntervalDayTime(Some(i)), _), _] => {
-            i64::from(i.days) * 86_400_000_000 + i64::from(i.milliseconds) * 1000
-        }
-        _ => return Err("tumble() takes one fixed interval, e.g. tumble(interval '1 minute') (months vary in length)".into()),
-    };
-    if size <= 0 {
-        return Err("a window must be longer than zero".into());
+    // The last argument is the event time, added by `bind_windows_to_event_time`.
+    let intervals: Option<Vec<i64>> = call.args.split_last().map(|(_, i)| i.iter().map(fixed_interval).collect()).flatten();
+    match (call.func.name(), intervals.as_deref()) {
+        ("tumble", Some(&[width])) if width > 0 => Ok(Some((width, width))),
+        ("hop", Some(&[slide, width])) if slide > 0 && width >= slide && width % slide == 0 => Ok(Some((slide, width))),
+        ("hop", Some(&[_, _])) => Err("hop(slide, width) needs 0 < slide <= width, with width a multiple of slide".into()),
+        ("hop", _) => Err("hop() takes two fixed intervals, e.g. hop(interval '1 minute', interval '5 minutes')".into()),
+        _ => Err("tumble() takes one fixed interval longer than zero, e.g. tumble(interval '1 minute') (months vary in length)".into()),
     }
-    Ok(Some(size))
+}
+
+/// A literal interval of fixed length, µs (months vary in length: not fixed).
+fn fixed_interval(expr: &Expr) -> Option<i64> {
+    match expr {
+        Expr::Literal(ScalarValue::IntervalMonthDayNano(Some(i)), _) if i.months == 0 => {
+            Some(i64::from(i.days) * 86_400_000_000 + i.nanoseconds / 1000)
+        }
+        Expr::Literal(ScalarValue::IntervalDayTime(Some(i)), _) => Some(i64::from(i.days) * 86_400_000_000 + i64::from(i.milliseconds) * 1000),
+        _ => None,
+    }
 }
 
 /// Rewrites `GROUP BY tumble(i)` to `tumble(i, ts)` (keeping the column's name), so

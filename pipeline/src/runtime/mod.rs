@@ -25,7 +25,7 @@ use crate::schema::{SchemaRegistry, EVENT_TIME};
 use crate::sink::{dead_letter_schema, dead_letters_batch, late_event_schema, LateEvents, TableLayout, TableSink, DEAD_LETTERS, LATE_EVENTS};
 use crate::source::{PartitionId, RawBatch, Source};
 use crate::time::{QueryClock, Watermarks};
-use crate::window::TumblingWindows;
+use crate::window::Windows;
 
 /// How a pipeline runs.
 #[derive(Debug, Clone)]
@@ -86,7 +86,7 @@ pub struct RunStats {
 struct RunningQuery {
     query: StreamingQuery,
     clock: QueryClock,
-    windows: Option<TumblingWindows>,
+    windows: Option<Windows>,
 }
 
 pub struct Pipeline {
@@ -167,7 +167,7 @@ impl Pipeline {
             sinks.insert(query.table.clone(), sink);
             let clock = QueryClock::new(query.topics().cloned().collect());
             let windows = match &query.shape {
-                Shape::Windowed { window, .. } => Some(TumblingWindows::new(window.clone())),
+                Shape::Windowed { window, .. } => Some(Windows::new(window.clone())),
                 Shape::Stateless { .. } => None,
             };
             queries.push(RunningQuery { query, clock, windows });
@@ -227,6 +227,9 @@ impl Pipeline {
         for q in &mut self.queries {
             let Some(saved) = checkpoint.queries.get(q.query.table.as_str()) else { continue };
             q.clock.restore(saved.watermark);
+            if let Some(windows) = q.windows.as_mut() {
+                windows.resume_after(saved.watermark);
+            }
             if let (Some(windows), Some(name)) = (q.windows.as_mut(), &saved.windows) {
                 for rows in self.checkpoints.windows(epoch, name).await? {
                     windows
@@ -393,8 +396,8 @@ impl Pipeline {
                 Shape::Windowed { input, .. } => {
                     let input = input.clone();
                     let mut rows = batch.clone();
-                    if let (Some(late), Some(size)) = (late.as_deref_mut(), q.windows.as_ref().map(|w| w.size())) {
-                        if let Some(keep) = self.late_filter(i, id, batch, size, late, &mut late_any)? {
+                    if let Some(late) = late.as_deref_mut() {
+                        if let Some(keep) = self.late_filter(i, id, batch, late, &mut late_any)? {
                             rows = filter_record_batch(batch, &keep)?;
                         }
                     }
@@ -424,17 +427,16 @@ impl Pipeline {
         i: usize,
         id: &PartitionId,
         batch: &RecordBatch,
-        size: i64,
         late: &mut LateEvents,
         late_any: &mut [bool],
     ) -> Result<Option<BooleanArray>> {
         let ts = event_times(batch)?;
         let q = &self.queries[i];
+        let Some(windows) = q.windows.as_ref() else { return Ok(None) };
         q.clock.row_watermarks(&self.watermarks, id, ts.values().iter().copied(), &mut self.row_watermarks);
         let mut keep = None::<Vec<bool>>;
         for (row, (&t, &wm)) in ts.values().iter().zip(&self.row_watermarks).enumerate() {
-            let end = crate::window::window_start(t, size).saturating_add(size);
-            if end <= wm {
+            if windows.first_end(t) <= wm {
                 let keep = keep.get_or_insert_with(|| vec![true; ts.len()]);
                 keep[row] = false;
                 late_any[row] = true;

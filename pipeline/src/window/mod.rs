@@ -1,5 +1,5 @@
 //! Window operators: incremental aggregate state per open window.
 
-mod tumbling;
+mod panes;
 
-pub use tumbling::{window_start, TumblingWindows};
+pub use panes::{window_start, Windows};

@@ -1,7 +1,10 @@
-//! Tumbling windows: fixed, epoch-aligned windows, each with its own groups and
-//! DataFusion accumulators. Rows are folded into the accumulators as they arrive, so
-//! state grows with open windows times keys, not with events; a window's rows are
-//! produced once, when the watermark passes its end.
+//! Tumbling and hopping windows, epoch-aligned, kept as panes: slide-long stretches
+//! of event time, each with its own groups and DataFusion accumulators. Rows are
+//! folded into their pane's accumulators as they arrive, so state grows with open
+//! panes times keys, not with events, and an event is folded once however many
+//! hopping windows it falls in. A window's rows are produced once, when the
+//! watermark passes its end: a tumbling window is its one pane; a hopping window
+//! merges the partial states of its `width / slide` panes.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -19,10 +22,14 @@ use datafusion::physical_plan::aggregates::order::GroupOrdering;
 use crate::error::{Error, Result};
 use crate::plan::WindowSpec;
 
-/// The open windows of one windowed query.
-pub struct TumblingWindows {
+/// The open panes of one windowed query.
+pub struct Windows {
     spec: WindowSpec,
+    /// By start; a tumbling query's panes are its windows.
     windows: BTreeMap<i64, WindowState>,
+    /// Every window ending at or before this has been emitted (hopping windows: a
+    /// pane outlives the first windows it is part of).
+    emitted_until: i64,
 }
 
 /// One window's groups and, per aggregate, its accumulator over those groups.
@@ -37,16 +44,25 @@ enum Groups {
     Single { ids: Vec<usize> },
 }
 
-impl TumblingWindows {
+impl Windows {
     pub fn new(spec: WindowSpec) -> Self {
-        TumblingWindows { spec, windows: BTreeMap::new() }
+        Windows { spec, windows: BTreeMap::new(), emitted_until: i64::MIN }
     }
 
-    pub fn size(&self) -> i64 {
-        self.spec.size
+    /// The end of the first window holding event time `ts`. Once the watermark
+    /// passes it, an event at `ts` is late: it then counts in none of its windows,
+    /// so every emitted window either saw it or never will (for tumbling windows,
+    /// the first window is the only one).
+    pub fn first_end(&self, ts: i64) -> i64 {
+        window_start(ts, self.spec.slide).saturating_add(self.spec.slide)
     }
 
-    /// Number of open windows.
+    /// After a restart: the windows ending by `watermark` were emitted before.
+    pub fn resume_after(&mut self, watermark: i64) {
+        self.emitted_until = self.emitted_until.max(watermark);
+    }
+
+    /// Number of open panes (windows, for tumbling ones).
     pub fn open_windows(&self) -> usize {
         self.windows.len()
     }
@@ -90,7 +106,7 @@ impl TumblingWindows {
         let mut by_window: BTreeMap<i64, Vec<u32>> = BTreeMap::new();
         for (row, ts) in time.iter().enumerate() {
             if let Some(ts) = ts {
-                by_window.entry(window_start(ts, spec.size)).or_default().push(row as u32);
+                by_window.entry(window_start(ts, spec.slide)).or_default().push(row as u32);
             }
         }
         let whole_batch = by_window.len() == 1 && time.null_count() == 0;
@@ -119,8 +135,12 @@ impl TumblingWindows {
         Ok(())
     }
 
-    /// Removes and returns the rows of every window that ends at or before `watermark`.
+    /// Returns the rows of every window that ends at or before `watermark`, and drops
+    /// the panes no open window needs.
     pub fn close_until(&mut self, watermark: i64) -> Result<Option<RecordBatch>> {
+        if self.spec.slide != self.spec.size {
+            return self.close_hopping_until(watermark);
+        }
         let mut batches = Vec::new();
         while let Some(entry) = self.windows.first_entry() {
             let start = *entry.key();
@@ -135,6 +155,39 @@ impl TumblingWindows {
         }
         Ok(Some(concat_batches(&self.spec.schema, &batches)?))
     }
+    fn close_hopping_until(&mut self, watermark: i64) -> Result<Option<RecordBatch>> {
+        let (slide, width) = (self.spec.slide, self.spec.size);
+        let (Some(first), Some(last)) = (self.windows.keys().next().copied(), self.windows.keys().next_back().copied()) else {
+            self.emitted_until = self.emitted_until.max(watermark);
+            return Ok(None);
+        };
+        // The first window not emitted yet that holds the first pane.
+        let mut start = first.saturating_sub(width - slide);
+        if self.emitted_until != i64::MIN {
+            start = start.max(window_start(self.emitted_until.saturating_sub(width), slide).saturating_add(slide));
+        }
+        let mut batches = Vec::new();
+        while start <= last && start.saturating_add(width) <= watermark {
+            let mut window = WindowState::new(&self.spec)?;
+            let mut any = false;
+            for (_, pane) in self.windows.range_mut(start..start + width) {
+                window.merge_state(&self.spec, &pane.state_rows(&self.spec, start)?)?;
+                any = true;
+            }
+            if any {
+                batches.push(window.finish(&self.spec, start)?);
+            }
+            start += slide;
+        }
+        self.emitted_until = self.emitted_until.max(watermark);
+        // A pane's last window starts with it.
+        self.windows.retain(|&pane, _| pane.saturating_add(width) > watermark);
+        if batches.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(concat_batches(&self.spec.schema, &batches)?))
+    }
+
     /// The open windows' state as rows, for an epoch snapshot: `window_start`, the
     /// key columns, then each aggregate's partial state (`GroupsAccumulator::state`).
     /// Taking a state drains its accumulator, so each window is rebuilt from the rows
@@ -142,9 +195,7 @@ impl TumblingWindows {
     pub fn snapshot(&mut self) -> Result<Option<RecordBatch>> {
         let mut batches = Vec::with_capacity(self.windows.len());
         for (start, window) in self.windows.iter_mut() {
-            let rows = std::mem::replace(window, WindowState::new(&self.spec)?).into_state(*start)?;
-            window.merge_state(&self.spec, &rows)?;
-            batches.push(rows);
+            batches.push(window.state_rows(&self.spec, *start)?);
         }
         let Some(first) = batches.first() else { return Ok(None) };
         Ok(Some(concat_batches(&first.schema(), &batches)?))
@@ -201,6 +252,14 @@ impl WindowState {
             })
             .collect::<Result<_>>()?;
         Ok(WindowState { groups, accumulators })
+    }
+
+    /// The window's state as rows, leaving the window as it was (taking a state
+    /// drains an accumulator, so the window is rebuilt from the rows it gave).
+    fn state_rows(&mut self, spec: &WindowSpec, start: i64) -> Result<RecordBatch> {
+        let rows = std::mem::replace(self, WindowState::new(spec)?).into_state(start)?;
+        self.merge_state(spec, &rows)?;
+        Ok(rows)
     }
 
     /// Drains the window into state rows: its start, the keys, each aggregate's state.
@@ -377,7 +436,7 @@ mod tests {
         let file = SqlFile { path: PathBuf::from("t.sql"), table: TablePath::new("a/b/c").unwrap(), sql: SQL.into() };
         let query = plan(&file, &crate::runtime::input_tables(&registry)).await.unwrap();
         let Shape::Windowed { input, window, .. } = &query.shape else { panic!("not windowed") };
-        let mut windows = TumblingWindows::new(window.clone());
+        let mut windows = Windows::new(window.clone());
         let decoder = TopicDecoder::new(registry.get("gateway.requests").unwrap().clone());
         let slot = &query.inputs[0].1;
 
@@ -414,7 +473,7 @@ mod tests {
             if rng.random_bool(0.3) {
                 let state = windows.snapshot().unwrap().unwrap();
                 if rng.random_bool(0.5) {
-                    windows = TumblingWindows::new(window.clone());
+                    windows = Windows::new(window.clone());
                     windows.restore(&state).unwrap();
                 }
             }
@@ -439,6 +498,143 @@ mod tests {
             }
         }
         assert_eq!(actual.len(), expected.len());
+        for ((start, service), (n, total, worst)) in expected {
+            let got = actual[&(start, service.to_string())];
+            assert_eq!(got.0, n, "count {start} {service}");
+            assert!((got.1 - total).abs() <= 1e-9 * total.abs(), "sum {start} {service}: {} vs {total}", got.1);
+            assert_eq!(got.2, worst, "max {start} {service}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod hop_tests {
+    use std::collections::BTreeMap;
+    use std::path::{Path, PathBuf};
+
+    use arrow::array::{AsArray, StructArray};
+    use arrow::datatypes::{Float64Type, Int64Type, TimestampMicrosecondType};
+    use datafusion::physical_plan::collect;
+    use rand::{Rng, SeedableRng};
+
+    use super::*;
+    use crate::catalog::TablePath;
+    use crate::decode::TopicDecoder;
+    use crate::plan::{plan, Shape, SqlFile, StreamingQuery};
+    use crate::schema::SchemaRegistry;
+    use crate::source::{PartitionId, RawBatch, RawMessage};
+
+    const MINUTE: i64 = 60_000_000;
+    const T0: i64 = 1_772_323_200_000_000;
+    const SQL: &str = "SELECT hop(interval '1 minute', interval '5 minutes') AS window, service, count(*) AS n, \
+        sum(duration_ms) AS total, max(duration_ms) AS worst FROM gateway.requests GROUP BY window, service";
+
+    /// A request at `ts` (µs) from one of three services, as a JSON line.
+    fn request(rng: &mut rand::rngs::SmallRng, i: usize, ts: i64) -> (i64, &'static str, f64, String) {
+        let service = ["auth", "devlab", "assessment"][rng.random_range(0..3)];
+        let duration = f64::from(rng.random_range(1..500u32)) / 4.0;
+        let iso = chrono::DateTime::from_timestamp_micros(ts).unwrap().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+        let line = format!(
+            r#"{{"request_id":"r{i}","correlation_id":"c","ts":"{iso}","service":"{service}","upstream_instance":"x","method":"GET","route":"/","status":200,"duration_ms":{duration},"auth_outcome":"ok","rate_limited":false,"bytes_out":1}}"#
+        );
+        (ts, service, duration, line)
+    }
+
+    async fn feed(query: &StreamingQuery, windows: &mut Windows, rows: &[(i64, &str, f64, String)], rng: &mut rand::rngs::SmallRng) {
+        let Shape::Windowed { input, .. } = &query.shape else { panic!("not windowed") };
+        let registry = SchemaRegistry::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../schemas")).unwrap();
+        let decoder = TopicDecoder::new(registry.get("gateway.requests").unwrap().clone());
+        let mut start = 0;
+        while start < rows.len() {
+            let end = (start + rng.random_range(1..300)).min(rows.len());
+            let mut data = Vec::new();
+            let mut messages = Vec::new();
+            for (i, (_, _, _, line)) in rows[start..end].iter().enumerate() {
+                let from = data.len();
+                data.extend_from_slice(line.as_bytes());
+                messages.push(RawMessage { offset: (start + i) as i64, payload: Some(from..data.len()), timestamp: None });
+            }
+            let partition = PartitionId { topic: "gateway.requests".into(), partition: 0 };
+            let raw = RawBatch { partition, ingested_at: 0, data, messages, next_offset: end as i64, end_of_partition: false };
+            query.inputs[0].1.fill(vec![decoder.decode(&raw).unwrap().batch]);
+            for b in collect(input.clone(), query.task_ctx.clone()).await.unwrap() {
+                windows.update(&b).unwrap();
+            }
+            if rng.random_bool(0.2) {
+                let state = windows.snapshot().unwrap().unwrap();
+                let emitted = windows.emitted_until;
+                *windows = Windows::new(windows.spec.clone());
+                windows.restore(&state).unwrap();
+                windows.resume_after(emitted);
+            }
+            start = end;
+        }
+    }
+
+    /// Hopping windows against sums over every window each event falls in, with
+    /// events arriving after some of their windows were emitted.
+    #[tokio::test]
+    async fn hopping_windows_match_a_row_by_row_computation() {
+        let registry = SchemaRegistry::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../schemas")).unwrap();
+        let file = SqlFile { path: PathBuf::from("t.sql"), table: TablePath::new("a/b/c").unwrap(), sql: SQL.into() };
+        let query = plan(&file, &crate::runtime::input_tables(&registry)).await.unwrap();
+        let Shape::Windowed { window, .. } = &query.shape else { panic!("not windowed") };
+        assert_eq!((window.slide, window.size), (MINUTE, 5 * MINUTE));
+        let mut windows = Windows::new(window.clone());
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(11);
+
+        // Phase one: ten minutes of events; then windows ending by minute 5 close.
+        let first: Vec<_> = (0..3000)
+            .map(|i| {
+                let ts = T0 + rng.random_range(0..10 * MINUTE);
+                request(&mut rng, i, ts)
+            })
+            .collect();
+        // Phase two: events from minute 5 on, in panes shared with windows still open
+        // (an event whose first window was emitted is late, left out before this).
+        let second: Vec<_> = (0..2000)
+            .map(|i| {
+                let ts = T0 + rng.random_range(5 * MINUTE..12 * MINUTE);
+                request(&mut rng, 5000 + i, ts)
+            })
+            .collect();
+        let closed_at = T0 + 5 * MINUTE;
+
+        let mut expected: BTreeMap<(i64, &str), (i64, f64, f64)> = BTreeMap::new();
+        for rows in [&first, &second] {
+            for (ts, service, duration, _) in rows.iter() {
+                let pane = ts - (ts - T0).rem_euclid(MINUTE);
+                for k in 0..5 {
+                    let start = pane - k * MINUTE;
+                    let e = expected.entry((start, *service)).or_insert((0, 0.0, f64::MIN));
+                    e.0 += 1;
+                    e.1 += duration;
+                    e.2 = e.2.max(*duration);
+                }
+            }
+        }
+
+        feed(&query, &mut windows, &first, &mut rng).await;
+        let early = windows.close_until(closed_at).unwrap().unwrap();
+        feed(&query, &mut windows, &second, &mut rng).await;
+        let rest = windows.close_until(i64::MAX).unwrap().unwrap();
+        assert_eq!(windows.open_windows(), 0, "every pane dropped at the end");
+
+        let mut actual = BTreeMap::new();
+        for b in [early, rest] {
+            let w: &StructArray = b.column(0).as_struct();
+            let starts = w.column(0).as_primitive::<TimestampMicrosecondType>();
+            let ends = w.column(1).as_primitive::<TimestampMicrosecondType>();
+            for r in 0..b.num_rows() {
+                assert_eq!(ends.value(r) - starts.value(r), 5 * MINUTE);
+                let service = b.column(1).as_string::<i32>().value(r).to_string();
+                let n = b.column(2).as_primitive::<Int64Type>().value(r);
+                let total = b.column(3).as_primitive::<Float64Type>().value(r);
+                let worst = b.column(4).as_primitive::<Float64Type>().value(r);
+                assert!(actual.insert((starts.value(r), service), (n, total, worst)).is_none(), "a window emitted twice");
+            }
+        }
+        assert_eq!(actual.len(), expected.len(), "windows: {:?} vs {:?}", actual.keys().take(3).collect::<Vec<_>>(), expected.keys().take(3).collect::<Vec<_>>());
         for ((start, service), (n, total, worst)) in expected {
             let got = actual[&(start, service.to_string())];
             assert_eq!(got.0, n, "count {start} {service}");
