@@ -117,6 +117,9 @@ pub async fn run(args: &RunArgs) -> Result<RunStats> {
 }
 
 pub fn print_summary(stats: &RunStats) {
+    if let Some(epoch) = stats.resumed_after {
+        eprintln!("carried on from the lake's checkpoint (epoch {epoch}): input earlier runs read was not read again");
+    }
     let secs = stats.elapsed.as_secs_f64().max(1e-9);
     eprintln!(
         "read {} messages ({:.1} MB) in {:.2}s: {:.0} messages/s; {} bad (dead_letters), {} late, {} tombstones; {} commits",
@@ -135,6 +138,6 @@ pub fn print_summary(stats: &RunStats) {
         stats.peak_state_bytes as f64 / 1e6
     );
     for (table, rows) in &stats.rows {
-        eprintln!("  {:>9} rows  {}", rows, table.sql_name());
+        eprintln!("  {:>9} rows written  {}", rows, table.sql_name());
     }
 }

@@ -80,6 +80,8 @@ pub struct RunStats {
     pub freshness: Latencies,
     /// Rows written per table.
     pub rows: BTreeMap<TablePath, u64>,
+    /// The checkpoint's epoch this run carried on from, if the lake had one.
+    pub resumed_after: Option<i64>,
 }
 
 /// A planned query with its running state.
@@ -243,6 +245,7 @@ impl Pipeline {
         }
         self.positions = checkpoint.positions();
         self.epoch = epoch;
+        self.stats.resumed_after = Some(epoch);
         tracing::info!(epoch, partitions = self.positions.len(), "resuming from checkpoint");
         Ok(())
     }
