@@ -13,6 +13,7 @@
 //! `SLUICE_KILLS` sets the number of kills (default 20; more for a soak).
 
 mod broker;
+mod support;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -22,17 +23,7 @@ use std::time::{Duration, Instant};
 use deltalake::arrow::array::RecordBatch;
 use deltalake::arrow::util::display::array_value_to_string;
 use rand::{Rng, SeedableRng};
-
-const SLUICE: &str = env!("CARGO_BIN_EXE_sluice");
-
-fn repo(dir: &str) -> String {
-    format!("{}/../{dir}", env!("CARGO_MANIFEST_DIR"))
-}
-
-fn sluice(args: &[&str]) {
-    let out = Command::new(SLUICE).args(args).output().expect("sluice runs");
-    assert!(out.status.success(), "sluice {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
-}
+use support::{repo, sluice, SLUICE};
 
 /// The project's schemas with one partition per topic.
 fn single_partition_schemas(dir: &Path) {

@@ -7,6 +7,7 @@
 //! (`_ingested_at` aside).
 
 mod broker;
+mod support;
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -14,11 +15,7 @@ use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use deltalake::arrow::array::{AsArray, RecordBatch};
-use deltalake::arrow::compute::cast;
-use deltalake::arrow::datatypes::{DataType, Int32Type, Int64Type};
-
-const SLUICE: &str = env!("CARGO_BIN_EXE_sluice");
+use support::{assert_same_rows, repo, rows, sluice, Lineage, Row, SLUICE};
 
 /// The landing tables: one row per valid message, with its lineage.
 const LANDING: [&str; 5] = [
@@ -30,15 +27,6 @@ const LANDING: [&str; 5] = [
 ];
 const REQUEST_LOGS: &str = "integration/api_gateway/request_logs";
 const REQUESTS: &str = "gateway.requests";
-
-fn repo(dir: &str) -> String {
-    format!("{}/../{dir}", env!("CARGO_MANIFEST_DIR"))
-}
-
-fn sluice(args: &[&str]) {
-    let out = Command::new(SLUICE).args(args).output().expect("sluice runs");
-    assert!(out.status.success(), "sluice {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
-}
 
 fn now_micros() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros() as i64
@@ -99,65 +87,6 @@ fn has_parquet(dir: &Path) -> bool {
             path.extension().is_some_and(|x| x == "parquet") || (path.is_dir() && has_parquet(&path))
         })
     })
-}
-
-type Lineage = (String, i32, i64);
-
-/// One landed row: its columns as text, lineage and `_ingested_at` left out.
-#[derive(Debug, Clone)]
-struct Row {
-    text: String,
-    ingested_at: i64,
-}
-
-/// Every row of a table by lineage; more than one row under a lineage is a duplicate.
-async fn rows(lake: &Path, table: &str) -> BTreeMap<Lineage, Vec<Row>> {
-    let url = url::Url::from_directory_path(lake.join(table)).expect("absolute path");
-    let table = deltalake::open_table(url).await.expect("table opens");
-    let (_, stream) = table.scan_table().await.expect("scan");
-    let batches: Vec<RecordBatch> = deltalake::operations::collect_sendable_stream(stream).await.expect("read");
-    let mut out: BTreeMap<Lineage, Vec<Row>> = BTreeMap::new();
-    for b in batches {
-        let topic = cast(b.column_by_name("_topic").expect("_topic"), &DataType::Utf8).expect("utf8");
-        let partition = b.column_by_name("_partition").expect("_partition").as_primitive::<Int32Type>().clone();
-        let offset = b.column_by_name("_offset").expect("_offset").as_primitive::<Int64Type>().clone();
-        let ingested = cast(b.column_by_name("_ingested_at").expect("_ingested_at"), &DataType::Int64).expect("micros");
-        let ingested = ingested.as_primitive::<Int64Type>();
-        let skip = ["_topic", "_partition", "_offset", "_ingested_at"];
-        for r in 0..b.num_rows() {
-            let mut text = String::new();
-            for (i, f) in b.schema().fields().iter().enumerate() {
-                if !skip.contains(&f.name().as_str()) {
-                    let v = deltalake::arrow::util::display::array_value_to_string(b.column(i), r).expect("display");
-                    text.push_str(&format!("{}={v};", f.name()));
-                }
-            }
-            let key = (topic.as_string::<i32>().value(r).to_string(), partition.value(r), offset.value(r));
-            out.entry(key).or_default().push(Row { text, ingested_at: ingested.value(r) });
-        }
-    }
-    out
-}
-
-/// Fails unless `actual` holds every row of `expected` once, and nothing else.
-fn assert_same_rows(table: &str, actual: &BTreeMap<Lineage, Vec<Row>>, expected: &BTreeMap<Lineage, Vec<Row>>) {
-    let duplicated: Vec<_> = actual.iter().filter(|(_, rows)| rows.len() > 1).map(|(k, rows)| (k, rows.len())).collect();
-    let missing: Vec<_> = expected.keys().filter(|k| !actual.contains_key(*k)).collect();
-    let extra: Vec<_> = actual.keys().filter(|k| !expected.contains_key(*k)).collect();
-    assert!(
-        duplicated.is_empty() && missing.is_empty() && extra.is_empty(),
-        "{table}: {} lineages landed, {} expected; {} duplicated (e.g. {:?}), {} missing (e.g. {:?}), {} unexpected (e.g. {:?})",
-        actual.len(),
-        expected.len(),
-        duplicated.len(),
-        &duplicated[..duplicated.len().min(3)],
-        missing.len(),
-        &missing[..missing.len().min(3)],
-        extra.len(),
-        &extra[..extra.len().min(3)],
-    );
-    let differing: Vec<_> = expected.iter().filter(|(k, want)| actual[*k][0].text != want[0].text).map(|(k, _)| k).take(3).collect();
-    assert!(differing.is_empty(), "{table}: rows differ from the file run, e.g. at {differing:?}");
 }
 
 /// Generates traffic: `to` is `--out DIR` or `--kafka BROKERS`.

@@ -108,6 +108,7 @@ pub struct Pipeline {
     dirty: bool,
     /// Kafka timestamps (ms) of the messages read since the last commit.
     produced_at: Vec<i64>,
+    /// When `run` began.
     started: Instant,
     stats: RunStats,
     last_commit: Instant,
@@ -268,8 +269,7 @@ impl Pipeline {
     /// Runs until the source ends (then every window is emitted and committed) or
     /// SIGINT/SIGTERM arrives (then the batch in flight finishes and is committed).
     pub async fn run(&mut self, source: &mut dyn Source) -> Result<RunStats> {
-        let started = Instant::now();
-        self.started = started;
+        self.started = Instant::now();
         self.track_partitions(source);
         self.watermarks.add_partition(self.metrics_partition.clone(), 0);
         source.seek(&self.positions)?;
@@ -304,7 +304,7 @@ impl Pipeline {
             tracing::info!("stopping on a signal: committing; open windows go into the checkpoint");
         }
         self.commit().await?;
-        self.stats.elapsed = started.elapsed();
+        self.stats.elapsed = self.started.elapsed();
         self.stats.rows = self.sinks.iter().map(|(p, s)| (p.clone(), s.rows_written())).collect();
         self.stats.freshness = self.options.observed.freshness();
         Ok(self.stats.clone())

@@ -107,7 +107,8 @@ impl Watermarks {
     /// Each topic's watermark now: the minimum over its partitions that are not idle.
     pub fn per_topic(&self) -> BTreeMap<Arc<str>, i64> {
         let mut topics = BTreeMap::<Arc<str>, i64>::new();
-        for (id, p) in self.partitions.iter().filter(|(_, p)| !self.idle(p)) {
+        let now = Instant::now();
+        for (id, p) in self.partitions.iter().filter(|(_, p)| !self.idle(p, now)) {
             let w = topics.entry(id.topic.clone()).or_insert(FINISHED);
             *w = (*w).min(p.watermark());
         }
@@ -128,17 +129,18 @@ impl Watermarks {
     /// The minimum watermark over the partitions of `topics` that are not idle,
     /// leaving out `except`; `None` if there are none.
     fn min_over(&self, topics: &[Arc<str>], except: Option<&PartitionId>) -> Option<i64> {
+        let now = Instant::now();
         self.partitions
             .iter()
-            .filter(|(id, p)| Some(*id) != except && topics.contains(&id.topic) && !self.idle(p))
+            .filter(|(id, p)| Some(*id) != except && topics.contains(&id.topic) && !self.idle(p, now))
             .map(|(_, p)| p.watermark())
             .min()
     }
 
     /// A partition that has delivered nothing for the idle timeout (a finished one
     /// is not idle: it holds nothing back anyway).
-    fn idle(&self, p: &Partition) -> bool {
-        !p.finished && p.last_active.elapsed() >= self.idle_timeout
+    fn idle(&self, p: &Partition, now: Instant) -> bool {
+        !p.finished && now.saturating_duration_since(p.last_active) >= self.idle_timeout
     }
 }
 

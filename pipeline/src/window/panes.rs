@@ -406,115 +406,7 @@ mod tests {
     use arrow::array::{AsArray, StructArray};
     use arrow::datatypes::{Float64Type, Int64Type, TimestampMicrosecondType};
     use datafusion::physical_plan::collect;
-    use rand::{Rng, SeedableRng};
-
-    use super::*;
-    use crate::catalog::TablePath;
-    use crate::decode::TopicDecoder;
-    use crate::plan::{plan, Shape, SqlFile};
-    use crate::schema::SchemaRegistry;
-    use crate::source::{PartitionId, RawBatch, RawMessage};
-
-    const SQL: &str = "SELECT tumble(interval '1 minute') AS window, service, count(*) AS n, \
-        sum(duration_ms) AS total, max(duration_ms) AS worst FROM gateway.requests GROUP BY window, service";
-
-    fn request(rng: &mut rand::rngs::SmallRng, i: usize) -> (i64, &'static str, f64, String) {
-        let ts = 1_772_323_200_000_000 + rng.random_range(0..600_000_000i64); // ten minutes
-        let service = ["auth", "devlab", "assessment"][rng.random_range(0..3)];
-        let duration = f64::from(rng.random_range(1..500u32)) / 4.0;
-        let iso = chrono::DateTime::from_timestamp_micros(ts).unwrap().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
-        let line = format!(
-            r#"{{"request_id":"r{i}","correlation_id":"c","ts":"{iso}","service":"{service}","upstream_instance":"x","method":"GET","route":"/","status":200,"duration_ms":{duration},"auth_outcome":"ok","rate_limited":false,"bytes_out":1}}"#
-        );
-        (ts, service, duration, line)
-    }
-
-    /// Random rows in random batch sizes, against sums computed row by row here.
-    #[tokio::test]
-    async fn windows_match_a_row_by_row_computation_whatever_the_batching_and_checkpoints() {
-        let registry = SchemaRegistry::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../schemas")).unwrap();
-        let file = SqlFile { path: PathBuf::from("t.sql"), table: TablePath::new("a/b/c").unwrap(), sql: SQL.into() };
-        let query = plan(&file, &crate::runtime::input_tables(&registry)).await.unwrap();
-        let Shape::Windowed { input, window, .. } = &query.shape else { panic!("not windowed") };
-        let mut windows = Windows::new(window.clone());
-        let decoder = TopicDecoder::new(registry.get("gateway.requests").unwrap().clone());
-        let slot = &query.inputs[0].1;
-
-        let mut rng = rand::rngs::SmallRng::seed_from_u64(7);
-        let rows: Vec<_> = (0..5000).map(|i| request(&mut rng, i)).collect();
-        let mut expected: BTreeMap<(i64, &str), (i64, f64, f64)> = BTreeMap::new();
-        for (ts, service, duration, _) in &rows {
-            let e = expected.entry((ts - ts.rem_euclid(60_000_000), *service)).or_insert((0, 0.0, f64::MIN));
-            e.0 += 1;
-            e.1 += duration;
-            e.2 = e.2.max(*duration);
-        }
-
-        let mut start = 0;
-        while start < rows.len() {
-            let end = (start + rng.random_range(1..700)).min(rows.len());
-            let mut data = Vec::new();
-            let mut messages = Vec::new();
-            for (i, (_, _, _, line)) in rows[start..end].iter().enumerate() {
-                let from = data.len();
-                data.extend_from_slice(line.as_bytes());
-                messages.push(RawMessage { offset: (start + i) as i64, payload: Some(from..data.len()), timestamp: None });
-            }
-            let raw = RawBatch { partition: PartitionId { topic: "gateway.requests".into(), partition: 0 }, ingested_at: 0, data, messages, next_offset: end as i64, end_of_partition: false };
-            let decoded = decoder.decode(&raw).unwrap();
-            assert!(decoded.dead_letters.is_empty(), "{:?}", decoded.dead_letters);
-            slot.fill(vec![decoded.batch]);
-            for b in collect(input.clone(), query.task_ctx.clone()).await.unwrap() {
-                windows.update(&b).unwrap();
-            }
-            start = end;
-            // Checkpoints along the way: some carry on with the windows they drained,
-            // some as a restart would, from the state rows alone.
-            if rng.random_bool(0.3) {
-                let state = windows.snapshot().unwrap().unwrap();
-                if rng.random_bool(0.5) {
-                    windows = Windows::new(window.clone());
-                    windows.restore(&state).unwrap();
-                }
-            }
-        }
-        assert_eq!(windows.open_windows(), 10);
-        let closed = windows.close_until(1_772_323_200_000_000 + 300_000_000).unwrap().unwrap();
-        assert_eq!(windows.open_windows(), 5, "only windows ending by the watermark close");
-        let rest = windows.close_until(i64::MAX).unwrap().unwrap();
-
-        let mut actual = BTreeMap::new();
-        for b in [closed, rest] {
-            let w: &StructArray = b.column(0).as_struct();
-            let starts = w.column(0).as_primitive::<TimestampMicrosecondType>();
-            let ends = w.column(1).as_primitive::<TimestampMicrosecondType>();
-            for r in 0..b.num_rows() {
-                assert_eq!(ends.value(r) - starts.value(r), 60_000_000);
-                let service = b.column(1).as_string::<i32>().value(r).to_string();
-                let n = b.column(2).as_primitive::<Int64Type>().value(r);
-                let total = b.column(3).as_primitive::<Float64Type>().value(r);
-                let worst = b.column(4).as_primitive::<Float64Type>().value(r);
-                assert!(actual.insert((starts.value(r), service), (n, total, worst)).is_none(), "a window emitted twice");
-            }
-        }
-        assert_eq!(actual.len(), expected.len());
-        for ((start, service), (n, total, worst)) in expected {
-            let got = actual[&(start, service.to_string())];
-            assert_eq!(got.0, n, "count {start} {service}");
-            assert!((got.1 - total).abs() <= 1e-9 * total.abs(), "sum {start} {service}: {} vs {total}", got.1);
-            assert_eq!(got.2, worst, "max {start} {service}");
-        }
-    }
-}
-
-#[cfg(test)]
-mod hop_tests {
-    use std::collections::BTreeMap;
-    use std::path::{Path, PathBuf};
-
-    use arrow::array::{AsArray, StructArray};
-    use arrow::datatypes::{Float64Type, Int64Type, TimestampMicrosecondType};
-    use datafusion::physical_plan::collect;
+    use rand::rngs::SmallRng;
     use rand::{Rng, SeedableRng};
 
     use super::*;
@@ -526,27 +418,53 @@ mod hop_tests {
 
     const MINUTE: i64 = 60_000_000;
     const T0: i64 = 1_772_323_200_000_000;
-    const SQL: &str = "SELECT hop(interval '1 minute', interval '5 minutes') AS window, service, count(*) AS n, \
-        sum(duration_ms) AS total, max(duration_ms) AS worst FROM gateway.requests GROUP BY window, service";
+    /// Per window and service: count, sum and max of `duration_ms`.
+    type Sums = BTreeMap<(i64, String), (i64, f64, f64)>;
+
+    fn registry() -> SchemaRegistry {
+        SchemaRegistry::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../schemas")).unwrap()
+    }
+
+    /// `SELECT <window> AS window, service, count, sum and max of duration_ms`.
+    async fn planned(window: &str) -> StreamingQuery {
+        let sql = format!(
+            "SELECT {window} AS window, service, count(*) AS n, sum(duration_ms) AS total, max(duration_ms) AS worst \
+             FROM gateway.requests GROUP BY window, service"
+        );
+        let file = SqlFile { path: PathBuf::from("t.sql"), table: TablePath::new("a/b/c").unwrap(), sql };
+        plan(&file, &crate::runtime::input_tables(&registry())).await.unwrap()
+    }
 
     /// A request at `ts` (µs) from one of three services, as a JSON line.
-    fn request(rng: &mut rand::rngs::SmallRng, i: usize, ts: i64) -> (i64, &'static str, f64, String) {
+    fn request(rng: &mut SmallRng, i: usize, ts: i64) -> (i64, String, f64, String) {
         let service = ["auth", "devlab", "assessment"][rng.random_range(0..3)];
         let duration = f64::from(rng.random_range(1..500u32)) / 4.0;
         let iso = chrono::DateTime::from_timestamp_micros(ts).unwrap().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
         let line = format!(
             r#"{{"request_id":"r{i}","correlation_id":"c","ts":"{iso}","service":"{service}","upstream_instance":"x","method":"GET","route":"/","status":200,"duration_ms":{duration},"auth_outcome":"ok","rate_limited":false,"bytes_out":1}}"#
         );
-        (ts, service, duration, line)
+        (ts, service.to_string(), duration, line)
     }
 
-    async fn feed(query: &StreamingQuery, windows: &mut Windows, rows: &[(i64, &str, f64, String)], rng: &mut rand::rngs::SmallRng) {
+    /// `n` requests at random times in `[from, to)` µs after T0.
+    fn requests(rng: &mut SmallRng, first_id: usize, n: usize, from: i64, to: i64) -> Vec<(i64, String, f64, String)> {
+        (first_id..first_id + n)
+            .map(|i| {
+                let ts = T0 + rng.random_range(from..to);
+                request(rng, i, ts)
+            })
+            .collect()
+    }
+
+    /// Feeds rows in random batch sizes through the query's input plan into
+    /// `windows`, with checkpoints along the way: some carry on with the windows
+    /// they drained, some as a restart would, from the state rows alone.
+    async fn feed(query: &StreamingQuery, windows: &mut Windows, rows: &[(i64, String, f64, String)], rng: &mut SmallRng) {
         let Shape::Windowed { input, .. } = &query.shape else { panic!("not windowed") };
-        let registry = SchemaRegistry::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../schemas")).unwrap();
-        let decoder = TopicDecoder::new(registry.get("gateway.requests").unwrap().clone());
+        let decoder = TopicDecoder::new(registry().get("gateway.requests").unwrap().clone());
         let mut start = 0;
         while start < rows.len() {
-            let end = (start + rng.random_range(1..300)).min(rows.len());
+            let end = (start + rng.random_range(1..700)).min(rows.len());
             let mut data = Vec::new();
             let mut messages = Vec::new();
             for (i, (_, _, _, line)) in rows[start..end].iter().enumerate() {
@@ -556,77 +474,34 @@ mod hop_tests {
             }
             let partition = PartitionId { topic: "gateway.requests".into(), partition: 0 };
             let raw = RawBatch { partition, ingested_at: 0, data, messages, next_offset: end as i64, end_of_partition: false };
-            query.inputs[0].1.fill(vec![decoder.decode(&raw).unwrap().batch]);
+            let decoded = decoder.decode(&raw).unwrap();
+            assert!(decoded.dead_letters.is_empty(), "{:?}", decoded.dead_letters);
+            query.inputs[0].1.fill(vec![decoded.batch]);
             for b in collect(input.clone(), query.task_ctx.clone()).await.unwrap() {
                 windows.update(&b).unwrap();
             }
-            if rng.random_bool(0.2) {
+            if rng.random_bool(0.3) {
                 let state = windows.snapshot().unwrap().unwrap();
-                let emitted = windows.emitted_until;
-                *windows = Windows::new(windows.spec.clone());
-                windows.restore(&state).unwrap();
-                windows.resume_after(emitted);
+                if rng.random_bool(0.5) {
+                    let emitted = windows.emitted_until;
+                    *windows = Windows::new(windows.spec.clone());
+                    windows.restore(&state).unwrap();
+                    windows.resume_after(emitted);
+                }
             }
             start = end;
         }
     }
 
-    /// Hopping windows against sums over every window each event falls in, with
-    /// events arriving after some of their windows were emitted.
-    #[tokio::test]
-    async fn hopping_windows_match_a_row_by_row_computation() {
-        let registry = SchemaRegistry::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../schemas")).unwrap();
-        let file = SqlFile { path: PathBuf::from("t.sql"), table: TablePath::new("a/b/c").unwrap(), sql: SQL.into() };
-        let query = plan(&file, &crate::runtime::input_tables(&registry)).await.unwrap();
-        let Shape::Windowed { window, .. } = &query.shape else { panic!("not windowed") };
-        assert_eq!((window.slide, window.size), (MINUTE, 5 * MINUTE));
-        let mut windows = Windows::new(window.clone());
-        let mut rng = rand::rngs::SmallRng::seed_from_u64(11);
-
-        // Phase one: ten minutes of events; then windows ending by minute 5 close.
-        let first: Vec<_> = (0..3000)
-            .map(|i| {
-                let ts = T0 + rng.random_range(0..10 * MINUTE);
-                request(&mut rng, i, ts)
-            })
-            .collect();
-        // Phase two: events from minute 5 on, in panes shared with windows still open
-        // (an event whose first window was emitted is late, left out before this).
-        let second: Vec<_> = (0..2000)
-            .map(|i| {
-                let ts = T0 + rng.random_range(5 * MINUTE..12 * MINUTE);
-                request(&mut rng, 5000 + i, ts)
-            })
-            .collect();
-        let closed_at = T0 + 5 * MINUTE;
-
-        let mut expected: BTreeMap<(i64, &str), (i64, f64, f64)> = BTreeMap::new();
-        for rows in [&first, &second] {
-            for (ts, service, duration, _) in rows.iter() {
-                let pane = ts - (ts - T0).rem_euclid(MINUTE);
-                for k in 0..5 {
-                    let start = pane - k * MINUTE;
-                    let e = expected.entry((start, *service)).or_insert((0, 0.0, f64::MIN));
-                    e.0 += 1;
-                    e.1 += duration;
-                    e.2 = e.2.max(*duration);
-                }
-            }
-        }
-
-        feed(&query, &mut windows, &first, &mut rng).await;
-        let early = windows.close_until(closed_at).unwrap().unwrap();
-        feed(&query, &mut windows, &second, &mut rng).await;
-        let rest = windows.close_until(i64::MAX).unwrap().unwrap();
-        assert_eq!(windows.open_windows(), 0, "every pane dropped at the end");
-
-        let mut actual = BTreeMap::new();
-        for b in [early, rest] {
+    /// The rows of emitted windows `width` long, each window and service once.
+    fn emitted(batches: &[RecordBatch], width: i64) -> Sums {
+        let mut actual = Sums::new();
+        for b in batches {
             let w: &StructArray = b.column(0).as_struct();
             let starts = w.column(0).as_primitive::<TimestampMicrosecondType>();
             let ends = w.column(1).as_primitive::<TimestampMicrosecondType>();
             for r in 0..b.num_rows() {
-                assert_eq!(ends.value(r) - starts.value(r), 5 * MINUTE);
+                assert_eq!(ends.value(r) - starts.value(r), width);
                 let service = b.column(1).as_string::<i32>().value(r).to_string();
                 let n = b.column(2).as_primitive::<Int64Type>().value(r);
                 let total = b.column(3).as_primitive::<Float64Type>().value(r);
@@ -634,12 +509,76 @@ mod hop_tests {
                 assert!(actual.insert((starts.value(r), service), (n, total, worst)).is_none(), "a window emitted twice");
             }
         }
+        actual
+    }
+
+    /// Adds a request to the sums of the window starting at `start`.
+    fn add(expected: &mut Sums, start: i64, service: &str, duration: f64) {
+        let e = expected.entry((start, service.to_string())).or_insert((0, 0.0, f64::MIN));
+        e.0 += 1;
+        e.1 += duration;
+        e.2 = e.2.max(duration);
+    }
+
+    fn assert_same(actual: &Sums, expected: &Sums) {
         assert_eq!(actual.len(), expected.len(), "windows: {:?} vs {:?}", actual.keys().take(3).collect::<Vec<_>>(), expected.keys().take(3).collect::<Vec<_>>());
-        for ((start, service), (n, total, worst)) in expected {
-            let got = actual[&(start, service.to_string())];
-            assert_eq!(got.0, n, "count {start} {service}");
-            assert!((got.1 - total).abs() <= 1e-9 * total.abs(), "sum {start} {service}: {} vs {total}", got.1);
-            assert_eq!(got.2, worst, "max {start} {service}");
+        for (key, (n, total, worst)) in expected {
+            let got = actual[key];
+            assert_eq!(got.0, *n, "count {key:?}");
+            assert!((got.1 - total).abs() <= 1e-9 * total.abs(), "sum {key:?}: {} vs {total}", got.1);
+            assert_eq!(got.2, *worst, "max {key:?}");
         }
+    }
+
+    /// Random rows in random batch sizes, against sums computed row by row here.
+    #[tokio::test]
+    async fn windows_match_a_row_by_row_computation_whatever_the_batching_and_checkpoints() {
+        let query = planned("tumble(interval '1 minute')").await;
+        let Shape::Windowed { window, .. } = &query.shape else { panic!("not windowed") };
+        let mut windows = Windows::new(window.clone());
+        let mut rng = SmallRng::seed_from_u64(7);
+        let rows = requests(&mut rng, 0, 5000, 0, 10 * MINUTE);
+        let mut expected = Sums::new();
+        for (ts, service, duration, _) in &rows {
+            add(&mut expected, ts - ts.rem_euclid(MINUTE), service, *duration);
+        }
+
+        feed(&query, &mut windows, &rows, &mut rng).await;
+        assert_eq!(windows.open_windows(), 10);
+        let closed = windows.close_until(T0 + 5 * MINUTE).unwrap().unwrap();
+        assert_eq!(windows.open_windows(), 5, "only windows ending by the watermark close");
+        let rest = windows.close_until(i64::MAX).unwrap().unwrap();
+        assert_same(&emitted(&[closed, rest], MINUTE), &expected);
+    }
+
+    /// Hopping windows against sums over every window each event falls in, with
+    /// events that share panes with windows emitted before they came.
+    #[tokio::test]
+    async fn hopping_windows_match_a_row_by_row_computation() {
+        let query = planned("hop(interval '1 minute', interval '5 minutes')").await;
+        let Shape::Windowed { window, .. } = &query.shape else { panic!("not windowed") };
+        assert_eq!((window.slide, window.size), (MINUTE, 5 * MINUTE));
+        let mut windows = Windows::new(window.clone());
+        let mut rng = SmallRng::seed_from_u64(11);
+
+        // Phase one: ten minutes of events; then windows ending by minute 5 close.
+        let first = requests(&mut rng, 0, 3000, 0, 10 * MINUTE);
+        // Phase two: events from minute 5 on, in panes shared with windows still open
+        // (an event whose first window was emitted is late, left out before this).
+        let second = requests(&mut rng, 5000, 2000, 5 * MINUTE, 12 * MINUTE);
+        let mut expected = Sums::new();
+        for (ts, service, duration, _) in first.iter().chain(&second) {
+            let pane = ts - (ts - T0).rem_euclid(MINUTE);
+            for k in 0..5 {
+                add(&mut expected, pane - k * MINUTE, service, *duration);
+            }
+        }
+
+        feed(&query, &mut windows, &first, &mut rng).await;
+        let early = windows.close_until(T0 + 5 * MINUTE).unwrap().unwrap();
+        feed(&query, &mut windows, &second, &mut rng).await;
+        let rest = windows.close_until(i64::MAX).unwrap().unwrap();
+        assert_eq!(windows.open_windows(), 0, "every pane dropped at the end");
+        assert_same(&emitted(&[early, rest], 5 * MINUTE), &expected);
     }
 }

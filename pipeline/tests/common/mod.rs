@@ -574,7 +574,6 @@ pub fn normalize_type(t: &DataType) -> DataType {
 }
 
 fn column_values(arr: &ArrayRef) -> Result<Vec<V>, String> {
-    let n = arr.len();
     let dt = arr.data_type().clone();
     let out = match &dt {
         DataType::Dictionary(_, value) => {
@@ -584,15 +583,7 @@ fn column_values(arr: &ArrayRef) -> Result<Vec<V>, String> {
         DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => {
             let c = cast(arr, &DataType::Utf8).map_err(|e| e.to_string())?;
             let s = c.as_string::<i32>();
-            (0..n)
-                .map(|i| {
-                    if s.is_null(i) {
-                        V::Null
-                    } else {
-                        V::S(s.value(i).to_string())
-                    }
-                })
-                .collect()
+            s.iter().map(|v| v.map_or(V::Null, |v| V::S(v.to_string()))).collect()
         }
         DataType::Int8
         | DataType::Int16
@@ -604,40 +595,16 @@ fn column_values(arr: &ArrayRef) -> Result<Vec<V>, String> {
         | DataType::UInt64 => {
             let c = cast(arr, &DataType::Int64).map_err(|e| e.to_string())?;
             let p = c.as_primitive::<Int64Type>();
-            (0..n)
-                .map(|i| {
-                    if p.is_null(i) {
-                        V::Null
-                    } else {
-                        V::I(p.value(i))
-                    }
-                })
-                .collect()
+            p.iter().map(|v| v.map_or(V::Null, V::I)).collect()
         }
         DataType::Float16 | DataType::Float32 | DataType::Float64 => {
             let c = cast(arr, &DataType::Float64).map_err(|e| e.to_string())?;
             let p = c.as_primitive::<Float64Type>();
-            (0..n)
-                .map(|i| {
-                    if p.is_null(i) {
-                        V::Null
-                    } else {
-                        V::F(p.value(i))
-                    }
-                })
-                .collect()
+            p.iter().map(|v| v.map_or(V::Null, V::F)).collect()
         }
         DataType::Boolean => {
             let b = arr.as_boolean();
-            (0..n)
-                .map(|i| {
-                    if b.is_null(i) {
-                        V::Null
-                    } else {
-                        V::B(b.value(i))
-                    }
-                })
-                .collect()
+            b.iter().map(|v| v.map_or(V::Null, V::B)).collect()
         }
         DataType::Timestamp(unit, _) => {
             let c = cast(arr, &DataType::Int64).map_err(|e| e.to_string())?;
@@ -648,42 +615,18 @@ fn column_values(arr: &ArrayRef) -> Result<Vec<V>, String> {
                 TimeUnit::Microsecond => x,
                 TimeUnit::Nanosecond => x.div_euclid(1_000),
             };
-            (0..n)
-                .map(|i| {
-                    if p.is_null(i) {
-                        V::Null
-                    } else {
-                        V::Ts(to_us(p.value(i)))
-                    }
-                })
-                .collect()
+            p.iter().map(|v| v.map_or(V::Null, |v| V::Ts(to_us(v)))).collect()
         }
         DataType::Date32 => {
             let c = cast(arr, &DataType::Int32).map_err(|e| e.to_string())?;
             let c = cast(&c, &DataType::Int64).map_err(|e| e.to_string())?;
             let p = c.as_primitive::<Int64Type>();
-            (0..n)
-                .map(|i| {
-                    if p.is_null(i) {
-                        V::Null
-                    } else {
-                        V::D(p.value(i) as i32)
-                    }
-                })
-                .collect()
+            p.iter().map(|v| v.map_or(V::Null, |v| V::D(v as i32))).collect()
         }
         DataType::Date64 => {
             let c = cast(arr, &DataType::Int64).map_err(|e| e.to_string())?;
             let p = c.as_primitive::<Int64Type>();
-            (0..n)
-                .map(|i| {
-                    if p.is_null(i) {
-                        V::Null
-                    } else {
-                        V::D(p.value(i).div_euclid(86_400_000) as i32)
-                    }
-                })
-                .collect()
+            p.iter().map(|v| v.map_or(V::Null, |v| V::D(v.div_euclid(86_400_000) as i32))).collect()
         }
         other => return Err(format!("unsupported Arrow type {other}")),
     };
