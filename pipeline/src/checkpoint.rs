@@ -3,7 +3,8 @@
 //! Every commit of the pipeline is one epoch, in three steps:
 //! 1. each table's new rows are written as Parquet files, not yet part of the table;
 //! 2. one checkpoint is written under `LAKE/_sluice/<pipeline>/epoch-N/`: the input
-//!    positions, the watermarks, every query's window state, and the files of step 1;
+//!    positions, the watermarks, every query's window state, every mirror's retained
+//!    changes, and the files of step 1;
 //! 3. each table commits its files with a Delta `txn` whose version is the epoch.
 //!
 //! The checkpoint is the commit point. On start the pipeline loads the newest one,
@@ -37,6 +38,9 @@ pub struct Checkpoint {
     pub watermarks: Vec<PartitionMark>,
     /// Per table (SQL file): its query's watermark and window-state file.
     pub queries: BTreeMap<String, QueryCheckpoint>,
+    /// Per mirror table, the file with its retained changes.
+    #[serde(default)]
+    pub mirrors: BTreeMap<String, String>,
     /// Per table, the files this epoch adds to it.
     pub staged: BTreeMap<String, Vec<Add>>,
 }
@@ -127,8 +131,9 @@ impl CheckpointStore {
         Ok(None)
     }
 
-    /// Writes a query's window state for `epoch`; returns the name to record.
-    pub async fn put_windows(&self, epoch: i64, table: &TablePath, state: &RecordBatch) -> Result<String> {
+    /// Writes a query's window state or a mirror's changes for `epoch`; returns the
+    /// name to record.
+    pub async fn put_state(&self, epoch: i64, table: &TablePath, state: &RecordBatch) -> Result<String> {
         let name = format!("{}.arrow", table.sql_name());
         let mut bytes = Vec::new();
         let mut writer = arrow::ipc::writer::FileWriter::try_new(&mut bytes, &state.schema())?;
@@ -140,8 +145,8 @@ impl CheckpointStore {
         Ok(name)
     }
 
-    /// A query's window state as written by [`put_windows`](Self::put_windows).
-    pub async fn windows(&self, epoch: i64, name: &str) -> Result<Vec<RecordBatch>> {
+    /// State as written by [`put_state`](Self::put_state).
+    pub async fn state(&self, epoch: i64, name: &str) -> Result<Vec<RecordBatch>> {
         let path = Path::from(format!("{}/{name}", epoch_dir(epoch)));
         let found = self.store.get(&path).await.map_err(|e| self.error("reading window state", e))?;
         let bytes = found.bytes().await.map_err(|e| self.error("reading window state", e))?;

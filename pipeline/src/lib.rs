@@ -12,6 +12,7 @@ pub mod checkpoint;
 pub mod cli;
 pub mod decode;
 pub mod error;
+pub mod mirror;
 pub mod generate;
 pub mod plan;
 pub mod runtime;

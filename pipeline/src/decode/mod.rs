@@ -338,19 +338,19 @@ impl ChangeColumns {
     }
 }
 
+/// Decoding JSON lines in unit tests.
 #[cfg(test)]
-mod tests {
+pub(crate) mod testing {
     use super::*;
     use crate::schema::SchemaRegistry;
     use crate::source::{PartitionId, RawMessage};
-    use arrow::array::{AsArray, Array};
-    use arrow::datatypes::{Float64Type, Int32Type, Int64Type, TimestampMicrosecondType};
 
-    fn registry() -> SchemaRegistry {
+    pub fn registry() -> SchemaRegistry {
         SchemaRegistry::load(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../schemas")).unwrap()
     }
 
-    fn raw(topic: &str, lines: &[&str]) -> RawBatch {
+    /// One batch of `lines` (the line `null` is a tombstone) from partition 2, offsets from 10.
+    pub fn raw(topic: &str, lines: &[&str]) -> RawBatch {
         let mut data = Vec::new();
         let mut messages = Vec::new();
         for (i, line) in lines.iter().enumerate() {
@@ -369,10 +369,17 @@ mod tests {
         }
     }
 
-    fn decode(topic: &str, lines: &[&str]) -> Decoded {
+    pub fn decode(topic: &str, lines: &[&str]) -> Decoded {
         let registry = registry();
         TopicDecoder::new(registry.get(topic).unwrap().clone()).decode(&raw(topic, lines)).unwrap()
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::decode;
+    use arrow::array::{AsArray, Array};
+    use arrow::datatypes::{Float64Type, Int32Type, Int64Type, TimestampMicrosecondType};
 
     const GOOD: &str = r#"{"request_id":"r1","correlation_id":"c1","ts":"2026-03-01T09:15:02.125Z","service":"assessment","upstream_instance":"assessment-1","method":"GET","route":"/api/v1/exams/{id}","status":200,"duration_ms":41.5,"user_id":"u-1","org_id":null,"auth_outcome":"ok","rate_limited":false,"bytes_out":5120,"extra":{"ignored":[1,2]}}"#;
 

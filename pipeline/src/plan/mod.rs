@@ -7,9 +7,11 @@
 //! and what runs per window:
 //!
 //! - no aggregate: the whole plan is **stateless** and runs on every batch;
-//! - one `GROUP BY tumble(...)` aggregate: the plan below it runs on every batch, the
-//!   [`WindowSpec`] says how the window operator keeps its state, and the plan above
-//!   it runs on the rows of the windows that close;
+//! - one `GROUP BY tumble(...)` (or `hop(...)`) aggregate: the plan below it runs on
+//!   every batch, the [`WindowSpec`] says how the window operator keeps its state,
+//!   and the plan above it runs on the rows of the windows that close. Only the plan
+//!   above may read service mirrors (`services.directory.users`): a temporal join,
+//!   which sees each mirror as of the window's end;
 //! - anything else (a join, `ORDER BY` or a window function on the stream, an
 //!   aggregate without a window) is refused here, naming the construct and the file.
 
@@ -75,11 +77,32 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<SqlFile>) -> Result<()> {
     Ok(())
 }
 
-/// A topic as SQL sees it: its name and the schema of its decoded batches.
+/// A table SQL can read: a topic's stream, or the mirror a CDC topic maintains.
 #[derive(Debug, Clone)]
 pub struct InputTable {
+    /// The topic whose messages feed the table (and whose watermark it follows).
     pub topic: Arc<str>,
     pub schema: SchemaRef,
+    /// For a mirror, its lake table (`services/directory/users`, in SQL
+    /// `services.directory.users`); for a stream, none.
+    pub mirror: Option<TablePath>,
+}
+
+impl InputTable {
+    fn reference(&self) -> TableReference {
+        match &self.mirror {
+            Some(table) => TableReference::parse_str(&table.sql_name()),
+            None => TableReference::parse_str(&self.topic),
+        }
+    }
+}
+
+/// A mirror a query joins, with the slot its state as of a window's end goes into.
+#[derive(Debug, Clone)]
+pub struct MirrorInput {
+    pub table: TablePath,
+    pub topic: Arc<str>,
+    pub slot: Slot,
 }
 
 /// A SQL file, planned to run on a stream.
@@ -88,6 +111,8 @@ pub struct StreamingQuery {
     pub path: PathBuf,
     /// The topics the query reads, each with the slot its batches go into.
     pub inputs: Vec<(Arc<str>, Slot)>,
+    /// The mirrors the plan above the window joins.
+    pub mirrors: Vec<MirrorInput>,
     pub shape: Shape,
     /// The schema of the query's result rows.
     pub output_schema: SchemaRef,
@@ -104,6 +129,9 @@ pub enum Shape {
         window: WindowSpec,
         output: Arc<dyn ExecutionPlan>,
         output_slot: Slot,
+        /// `output` runs once per window end, on that end's rows alone: it joins
+        /// mirrors as of the end, or aggregates the window's rows again.
+        per_window: bool,
     },
 }
 
@@ -139,6 +167,15 @@ impl StreamingQuery {
         self.inputs.iter().map(|(t, _)| t)
     }
 
+    /// The topics whose watermarks the query's windows wait for: its streams, and
+    /// the CDC topics of the mirrors it joins.
+    pub fn clock_topics(&self) -> Vec<Arc<str>> {
+        let mut topics: Vec<Arc<str>> = self.topics().cloned().collect();
+        topics.extend(self.mirrors.iter().map(|m| m.topic.clone()));
+        topics.dedup();
+        topics
+    }
+
     pub fn window_size(&self) -> Option<i64> {
         match &self.shape {
             Shape::Windowed { window, .. } => Some(window.size),
@@ -160,10 +197,10 @@ pub async fn plan(file: &SqlFile, inputs: &[InputTable]) -> Result<StreamingQuer
     let mut slots = Vec::new();
     for input in inputs {
         let slot = Slot::new(input.schema.clone());
-        let reference = TableReference::parse_str(&input.topic);
+        let reference = input.reference();
         ensure_schema(&ctx, &reference);
         ctx.register_table(reference.clone(), Arc::new(slot.table().map_err(df_err)?)).map_err(df_err)?;
-        slots.push((reference, input.topic.clone(), slot));
+        slots.push((reference, input, slot));
     }
 
     let options = SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false);
@@ -172,49 +209,87 @@ pub async fn plan(file: &SqlFile, inputs: &[InputTable]) -> Result<StreamingQuer
     let state = ctx.state();
     let optimized = state.optimize(&logical).map_err(df_err)?;
 
-    // The topics the query reads, in a stable order.
-    let mut used = Vec::new();
-    optimized
-        .apply(|node| {
+    // The tables a plan reads, in a stable order.
+    let scanned = |plan: &LogicalPlan| {
+        let mut found: Vec<(&InputTable, Slot)> = Vec::new();
+        let _ = plan.apply(|node| {
             if let LogicalPlan::TableScan(scan) = node {
-                if let Some((_, topic, slot)) = slots.iter().find(|(r, _, _)| r.resolved_eq(&scan.table_name)) {
-                    if !used.iter().any(|(t, _): &(Arc<str>, Slot)| t == topic) {
-                        used.push((topic.clone(), slot.clone()));
+                if let Some((_, input, slot)) = slots.iter().find(|(r, _, _)| r.resolved_eq(&scan.table_name)) {
+                    if !found.iter().any(|(i, _)| std::ptr::eq(*i, *input)) {
+                        found.push((input, slot.clone()));
                     }
                 }
             }
             Ok(TreeNodeRecursion::Continue)
-        })
-        .map_err(df_err)?;
+        });
+        found
+    };
+    let all = scanned(&optimized);
+    let used: Vec<(Arc<str>, Slot)> = all.iter().filter(|(i, _)| i.mirror.is_none()).map(|(i, s)| (i.topic.clone(), s.clone())).collect();
+    let mirrors: Vec<MirrorInput> = all
+        .iter()
+        .filter_map(|(i, slot)| Some(MirrorInput { table: i.mirror.clone()?, topic: i.topic.clone(), slot: slot.clone() }))
+        .collect();
     if used.is_empty() {
-        return Err(sql_err("the query reads no topic: name one in FROM (e.g. `FROM gateway.requests`)".into()));
+        return Err(sql_err(
+            "the query reads no topic: name one in FROM (e.g. `FROM gateway.requests`); \
+             a mirror (services.*) is read by joining it with a windowed aggregate of a topic"
+                .into(),
+        ));
     }
+    let mirror_below = |plan: &LogicalPlan| scanned(plan).into_iter().find_map(|(i, _)| i.mirror.clone());
 
     let task_ctx = ctx.task_ctx();
     let planner = DefaultPhysicalPlanner::default();
-    let aggregates = find_aggregates(&optimized);
-    let shape = match aggregates.as_slice() {
+    let windowed = find_windowed_aggregates(&optimized);
+    let shape = match windowed.as_slice() {
         [] => {
             refuse_unbounded(&optimized).map_err(sql_err)?;
+            if let Some(mirror) = mirror_below(&optimized) {
+                return Err(sql_err(format!(
+                    "mirror {} is joined with a stream without a window: a temporal join reads the mirror as of a \
+                     window's end, so aggregate the stream with GROUP BY tumble(...) and join the mirror with its result",
+                    mirror.sql_name()
+                )));
+            }
             let plan = planner.create_physical_plan(&optimized, &state).await.map_err(df_err)?;
             Shape::Stateless { plan }
         }
         [aggregate] => {
             refuse_unbounded(&aggregate.input).map_err(sql_err)?;
+            if let Some(mirror) = mirror_below(&aggregate.input) {
+                return Err(sql_err(format!(
+                    "mirror {} is joined below the window: join it with the windowed aggregate's result \
+                     (in an outer query), where it is read as of each window's end",
+                    mirror.sql_name()
+                )));
+            }
             let input = planner.create_physical_plan(&aggregate.input, &state).await.map_err(df_err)?;
             let window = window_spec(aggregate, &input.schema(), &state).map_err(sql_err)?;
             let output_slot = Slot::new(window.schema.clone());
-            let output_plan = replace_aggregate(&optimized, &output_slot).map_err(df_err)?;
+            let output_plan = replace_aggregate(&optimized, aggregate, &output_slot).map_err(df_err)?;
+            if let Some((topic, _)) = scanned(&output_plan).into_iter().find(|(i, _)| i.mirror.is_none()) {
+                return Err(sql_err(format!(
+                    "topic {} is read outside the windowed aggregate: a stream can only be read below the one \
+                     GROUP BY tumble(...) (combine topics with UNION ALL inside it)",
+                    topic.topic
+                )));
+            }
+            let per_window = !mirrors.is_empty() || regroups(&output_plan);
             let output = planner.create_physical_plan(&output_plan, &state).await.map_err(df_err)?;
-            Shape::Windowed { input, window, output, output_slot }
+            Shape::Windowed { input, window, output, output_slot, per_window }
         }
-        _ => return Err(sql_err("more than one aggregation in one query is not supported: split it into two SQL files".into())),
+        _ => {
+            return Err(sql_err(
+                "more than one windowed aggregation in one query is not supported: split it into two SQL files".into(),
+            ))
+        }
     };
     let output_schema = match &shape {
         Shape::Stateless { plan } => plan.schema(),
         Shape::Windowed { output, .. } => output.schema(),
     };
-    Ok(StreamingQuery { table: file.table.clone(), path: file.path.clone(), inputs: used, shape, output_schema, task_ctx })
+    Ok(StreamingQuery { table: file.table.clone(), path: file.path.clone(), inputs: used, mirrors, shape, output_schema, task_ctx })
 }
 
 /// One partition, no repartitioning: a batch goes through a plan as one stream.
@@ -225,7 +300,9 @@ fn session_state() -> SessionState {
         .with_information_schema(false)
         .set_bool("datafusion.optimizer.repartition_aggregations", false)
         .set_bool("datafusion.optimizer.repartition_windows", false)
-        .set_bool("datafusion.execution.coalesce_batches", false);
+        .set_bool("datafusion.execution.coalesce_batches", false)
+        // Plans run again for every batch or window: no filter may carry over.
+        .set_bool("datafusion.optimizer.enable_dynamic_filter_pushdown", false);
     // A single COUNT(DISTINCT) would otherwise become two nested aggregates.
     let rules = Optimizer::new()
         .rules
@@ -253,13 +330,27 @@ fn ensure_schema(ctx: &SessionContext, reference: &TableReference) {
     }
 }
 
-fn find_aggregates(plan: &LogicalPlan) -> Vec<Aggregate> {
+/// The aggregates grouping by a window function.
+fn find_windowed_aggregates(plan: &LogicalPlan) -> Vec<Aggregate> {
     let mut found = Vec::new();
     let _ = plan.apply(|node| {
         if let LogicalPlan::Aggregate(a) = node {
-            found.push(a.clone());
+            if a.group_expr.iter().any(|e| matches!(window_shape(e), Ok(Some(_)) | Err(_))) {
+                found.push(a.clone());
+            }
         }
         Ok(TreeNodeRecursion::Continue)
+    });
+    found
+}
+
+/// Whether the plan above the window combines rows again (an aggregate, join or
+/// DISTINCT), so it must see one window's rows at a time.
+fn regroups(plan: &LogicalPlan) -> bool {
+    let mut found = false;
+    let _ = plan.apply(|node| {
+        found = matches!(node, LogicalPlan::Aggregate(_) | LogicalPlan::Join(_) | LogicalPlan::Distinct(_) | LogicalPlan::Window(_));
+        Ok(if found { TreeNodeRecursion::Stop } else { TreeNodeRecursion::Continue })
     });
     found
 }
@@ -411,12 +502,12 @@ fn bind_windows_to_event_time(plan: LogicalPlan) -> datafusion::error::Result<Lo
     .map(|t| t.data)
 }
 
-/// The plan above the aggregate, reading the aggregate's rows from `slot`.
-fn replace_aggregate(plan: &LogicalPlan, slot: &Slot) -> datafusion::error::Result<LogicalPlan> {
+/// The plan above the windowed aggregate, reading the aggregate's rows from `slot`.
+fn replace_aggregate(plan: &LogicalPlan, windowed: &Aggregate, slot: &Slot) -> datafusion::error::Result<LogicalPlan> {
     let source = provider_as_source(Arc::new(slot.table()?));
     plan.clone()
         .transform_up(|node| match node {
-            LogicalPlan::Aggregate(agg) => {
+            LogicalPlan::Aggregate(agg) if agg == *windowed => {
                 let mut scan = TableScanBuilder::new("__window", source.clone()).build()?;
                 // Keep the aggregate's field names and qualifiers: the plan above refers to them.
                 scan.projected_schema = agg.schema.clone();

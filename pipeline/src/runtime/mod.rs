@@ -12,6 +12,7 @@ use arrow::array::{AsArray, BooleanArray, RecordBatch};
 use arrow::compute::filter_record_batch;
 use arrow::datatypes::TimestampMicrosecondType;
 use datafusion::physical_plan::collect;
+use datafusion::physical_plan::execution_plan::reset_plan_states;
 
 pub use metrics::{metrics_schema, BatchMetrics, METRICS_TOPIC};
 pub use observe::{serve, Latencies, Observed};
@@ -25,6 +26,7 @@ use crate::schema::{SchemaRegistry, EVENT_TIME};
 use crate::sink::{dead_letter_schema, dead_letters_batch, late_event_schema, LateEvents, TableLayout, TableSink, DEAD_LETTERS, LATE_EVENTS};
 use crate::source::{PartitionId, RawBatch, Source};
 use crate::time::{QueryClock, Watermarks};
+use crate::mirror::Mirror;
 use crate::window::Windows;
 
 /// How a pipeline runs.
@@ -95,6 +97,8 @@ pub struct Pipeline {
     options: RunOptions,
     decoders: HashMap<Arc<str>, TopicDecoder>,
     queries: Vec<RunningQuery>,
+    /// Per CDC topic, its entities: written to `services/...` and joined by queries.
+    mirrors: BTreeMap<Arc<str>, Mirror>,
     watermarks: Watermarks,
     sinks: BTreeMap<TablePath, TableSink>,
     dead_letters: TablePath,
@@ -147,13 +151,18 @@ async fn stop_signal() {
     }
 }
 
-/// The input tables SQL can read: every topic of the registry, and `sluice.metrics`.
+/// The input tables SQL can read: every topic of the registry, the mirror of every
+/// CDC topic, and `sluice.metrics`.
 pub fn input_tables(registry: &SchemaRegistry) -> Vec<InputTable> {
-    let mut inputs: Vec<InputTable> = registry
-        .topics()
-        .map(|t| InputTable { topic: Arc::from(t.topic.as_str()), schema: t.arrow_schema.clone() })
-        .collect();
-    inputs.push(InputTable { topic: Arc::from(METRICS_TOPIC), schema: metrics_schema() });
+    let mut inputs = Vec::new();
+    for t in registry.topics() {
+        let topic: Arc<str> = Arc::from(t.topic.as_str());
+        inputs.push(InputTable { topic: topic.clone(), schema: t.arrow_schema.clone(), mirror: None });
+        if let Some(table) = crate::mirror::table_of(t) {
+            inputs.push(InputTable { topic, schema: crate::mirror::table_schema(t), mirror: Some(table) });
+        }
+    }
+    inputs.push(InputTable { topic: Arc::from(METRICS_TOPIC), schema: metrics_schema(), mirror: None });
     inputs
 }
 
@@ -168,7 +177,7 @@ impl Pipeline {
             let layout = TableLayout::for_result(&query.output_schema);
             let sink = TableSink::open(lake, query.table.clone(), layout, &options.pipeline).await?;
             sinks.insert(query.table.clone(), sink);
-            let clock = QueryClock::new(query.topics().cloned().collect());
+            let clock = QueryClock::new(query.clock_topics());
             let windows = match &query.shape {
                 Shape::Windowed { window, .. } => Some(Windows::new(window.clone())),
                 Shape::Stateless { .. } => None,
@@ -181,6 +190,14 @@ impl Pipeline {
             let sink = TableSink::open(lake, path.clone(), TableLayout::fixed(schema), &options.pipeline).await?;
             sinks.insert(path.clone(), sink);
         }
+        let mut mirrors = BTreeMap::new();
+        for topic in registry.topics().filter(|t| crate::mirror::table_of(t).is_some()) {
+            let mirror = Mirror::new(topic)?;
+            let layout = TableLayout::fixed(mirror.schema().clone());
+            let sink = TableSink::open(lake, mirror.table().clone(), layout, &options.pipeline).await?.overwriting();
+            sinks.insert(mirror.table().clone(), sink);
+            mirrors.insert(mirror.topic().clone(), mirror);
+        }
         let decoders = registry.topics().map(|t| (Arc::from(t.topic.as_str()), TopicDecoder::new(t.clone()))).collect();
         let checkpoints = CheckpointStore::open(lake, &options.pipeline)?;
         let mut pipeline = Pipeline {
@@ -188,6 +205,7 @@ impl Pipeline {
             options,
             decoders,
             queries,
+            mirrors,
             sinks,
             dead_letters,
             late_events,
@@ -234,7 +252,7 @@ impl Pipeline {
                 windows.resume_after(saved.watermark);
             }
             if let (Some(windows), Some(name)) = (q.windows.as_mut(), &saved.windows) {
-                for rows in self.checkpoints.windows(epoch, name).await? {
+                for rows in self.checkpoints.state(epoch, name).await? {
                     windows
                         .restore(&rows)
                         .map_err(|e| {
@@ -242,6 +260,12 @@ impl Pipeline {
                             Error::Checkpoint(format!("window state of {}: {e}", q.query.table))
                         })?;
                 }
+            }
+        }
+        for mirror in self.mirrors.values_mut() {
+            let Some(name) = checkpoint.mirrors.get(mirror.table().as_str()) else { continue };
+            for rows in self.checkpoints.state(epoch, name).await? {
+                mirror.restore(rows)?;
             }
         }
         self.positions = checkpoint.positions();
@@ -341,6 +365,9 @@ impl Pipeline {
         }
 
         let batch = decoded.batch;
+        if let Some(mirror) = self.mirrors.get_mut(&raw.partition.topic) {
+            mirror.apply(&batch)?;
+        }
         let ts = event_times(&batch)?.clone();
         let mut late = LateEvents::default();
         let late_rows = self.feed(&raw.partition, &batch, Some(&mut late)).await?;
@@ -451,19 +478,28 @@ impl Pipeline {
 
     /// Emits every window the watermarks have passed.
     async fn close_windows(&mut self) -> Result<()> {
-        for i in 0..self.queries.len() {
-            let q = &mut self.queries[i];
+        for q in &mut self.queries {
             let Some(windows) = q.windows.as_mut() else { continue };
             let watermark = q.clock.advance(&self.watermarks);
             self.options.observed.watermark(q.query.table.as_str(), watermark);
             let Some(rows) = windows.close_until(watermark)? else { continue };
-            let Shape::Windowed { output, output_slot, .. } = &q.query.shape else { continue };
-            output_slot.fill(vec![rows]);
-            let outputs = collect(output.clone(), q.query.task_ctx.clone()).await?;
-            let table = q.query.table.clone();
-            let sink = self.sink(&table)?;
-            for b in &outputs {
-                sink.push(b)?;
+            let Shape::Windowed { output, output_slot, per_window, window, .. } = &q.query.shape else { continue };
+            let groups = match per_window {
+                true => split_by_window_end(&rows, window.window_index)?,
+                false => vec![(i64::MAX, rows)],
+            };
+            let sink = self.sinks.get_mut(&q.query.table).ok_or_else(|| Error::Internal(format!("no sink for {}", q.query.table)))?;
+            for (end, rows) in groups {
+                for joined in &q.query.mirrors {
+                    let mirror = self.mirrors.get(&joined.topic).ok_or_else(|| Error::Internal(format!("no mirror of {}", joined.topic)))?;
+                    joined.slot.fill(vec![mirror.as_of(end)?]);
+                }
+                output_slot.fill(vec![rows]);
+                // A join keeps its build side in the plan: start each window afresh.
+                let plan = if *per_window { reset_plan_states(output.clone())? } else { output.clone() };
+                for b in &collect(plan, q.query.task_ctx.clone()).await? {
+                    sink.push(b)?;
+                }
             }
         }
         Ok(())
@@ -482,13 +518,19 @@ impl Pipeline {
         let (open, bytes) = windows.fold((0, 0), |(o, b), w| (o + w.open_windows(), b + w.state_bytes()));
         self.stats.peak_open_windows = self.stats.peak_open_windows.max(open);
         self.stats.peak_state_bytes = self.stats.peak_state_bytes.max(bytes);
-        if !self.dirty && self.sinks.values().all(|s| s.pending_rows() == 0) {
+        if !self.dirty && self.sinks.values().all(|s| !s.has_pending()) {
             return Ok(());
         }
         let epoch = self.epoch + 1;
         let started = Instant::now();
+        for mirror in self.mirrors.values_mut() {
+            if mirror.take_changed() {
+                let sink = self.sinks.get_mut(mirror.table()).ok_or_else(|| Error::Internal(format!("no sink for {}", mirror.table())))?;
+                sink.replace_with(mirror.current()?);
+            }
+        }
 
-        let stages = self.sinks.iter_mut().filter(|(_, s)| s.pending_rows() > 0).map(|(path, s)| async move {
+        let stages = self.sinks.iter_mut().filter(|(_, s)| s.has_pending()).map(|(path, s)| async move {
             Ok::<_, Error>((path.as_str().to_string(), s.stage().await?))
         });
         let staged: BTreeMap<String, _> = futures::future::try_join_all(stages).await?.into_iter().collect();
@@ -496,17 +538,27 @@ impl Pipeline {
         let mut queries = BTreeMap::new();
         for q in &mut self.queries {
             let windows = match q.windows.as_mut().map(|w| w.snapshot()).transpose()?.flatten() {
-                Some(state) => Some(self.checkpoints.put_windows(epoch, &q.query.table, &state).await?),
+                Some(state) => Some(self.checkpoints.put_state(epoch, &q.query.table, &state).await?),
                 None => None,
             };
             queries.insert(q.query.table.as_str().to_string(), QueryCheckpoint { watermark: q.clock.watermark(), windows });
+        }
+        let mut mirrors = BTreeMap::new();
+        for mirror in self.mirrors.values_mut() {
+            // Windows still open end after their query's watermark: older history is not needed.
+            let joining = self.queries.iter().filter(|q| q.query.mirrors.iter().any(|m| m.topic == *mirror.topic()));
+            mirror.prune(joining.map(|q| q.clock.watermark()).min().unwrap_or(i64::MAX))?;
+            if mirror.keys() > 0 {
+                let name = self.checkpoints.put_state(epoch, mirror.table(), &mirror.snapshot()?).await?;
+                mirrors.insert(mirror.table().as_str().to_string(), name);
+            }
         }
         let positions = self
             .positions
             .iter()
             .map(|(id, &next_offset)| Position { topic: id.topic.to_string(), partition: id.partition, next_offset })
             .collect();
-        let checkpoint = Checkpoint { epoch, positions, watermarks: self.watermarks.marks(), queries, staged };
+        let checkpoint = Checkpoint { epoch, positions, watermarks: self.watermarks.marks(), queries, mirrors, staged };
         let state_ms = started.elapsed().as_millis() as u64 - write_ms;
         self.checkpoints.save(&checkpoint).await?;
         self.epoch = epoch;
@@ -535,4 +587,29 @@ impl Pipeline {
     fn sink(&mut self, table: &TablePath) -> Result<&mut TableSink> {
         self.sinks.get_mut(table).ok_or_else(|| Error::Internal(format!("no sink for {table}")))
     }
+}
+
+/// Splits the rows of closed windows by window end, earliest first.
+fn split_by_window_end(rows: &RecordBatch, window_index: usize) -> Result<Vec<(i64, RecordBatch)>> {
+    let ends = rows
+        .column(window_index)
+        .as_struct()
+        .column(1)
+        .as_primitive_opt::<TimestampMicrosecondType>()
+        .ok_or_else(|| Error::Internal("a window column without a µs end".into()))?
+        .clone();
+    let mut distinct: Vec<i64> = ends.values().to_vec();
+    distinct.sort_unstable();
+    distinct.dedup();
+    if let [end] = distinct[..] {
+        return Ok(vec![(end, rows.clone())]);
+    }
+    distinct
+        .into_iter()
+        .map(|end| {
+            let end_scalar = arrow::array::TimestampMicrosecondArray::from(vec![end]).with_timezone_opt(ends.timezone());
+            let keep = arrow::compute::kernels::cmp::eq(&ends, &arrow::array::Scalar::new(end_scalar))?;
+            Ok((end, filter_record_batch(rows, &keep)?))
+        })
+        .collect()
 }

@@ -25,6 +25,10 @@ pub struct TableSink {
     staged_rows: usize,
     rows_written: u64,
     writer_properties: WriterProperties,
+    /// Each commit replaces the table's rows (mirrors) instead of appending.
+    overwrite: bool,
+    /// A replacement is buffered, possibly of no rows.
+    replacing: bool,
 }
 
 impl TableSink {
@@ -58,7 +62,23 @@ impl TableSink {
             staged_rows: 0,
             rows_written: 0,
             writer_properties: writer_properties(&layout_schema),
+            overwrite: false,
+            replacing: false,
         })
+    }
+
+    /// Makes every commit replace the table's rows: for mirrors, rewritten whole
+    /// when they change, so the table is always one row per live key.
+    pub fn overwriting(mut self) -> Self {
+        self.overwrite = true;
+        self
+    }
+
+    /// Buffers the table's next full contents (an overwriting sink only).
+    pub fn replace_with(&mut self, batch: RecordBatch) {
+        self.pending_rows = batch.num_rows();
+        self.pending = vec![batch];
+        self.replacing = true;
     }
 
     pub fn path(&self) -> &TablePath {
@@ -87,6 +107,11 @@ impl TableSink {
         self.pending_rows
     }
 
+    /// Whether the next epoch has anything to commit to this table.
+    pub fn has_pending(&self) -> bool {
+        self.pending_rows > 0 || self.replacing
+    }
+
     pub fn rows_written(&self) -> u64 {
         self.rows_written
     }
@@ -109,6 +134,8 @@ impl TableSink {
     /// The encoding runs as a task of its own, so the tables of an epoch are
     /// written in parallel.
     pub async fn stage(&mut self) -> Result<Vec<Add>> {
+        self.replacing = false;
+        self.pending.retain(|b| b.num_rows() > 0);
         if self.pending.is_empty() {
             return Ok(Vec::new());
         }
@@ -128,20 +155,30 @@ impl TableSink {
 
     /// Adds staged files to the table as one commit for `epoch`, recorded as the
     /// table's `txn` version so a restart knows the table holds the epoch.
+    ///
+    /// An overwriting sink's commit also removes every file the table had, and is
+    /// made even without files: the table then has no rows.
     pub async fn commit(&mut self, epoch: i64, files: Vec<Add>) -> Result<usize> {
-        if files.is_empty() {
+        if files.is_empty() && !self.overwrite {
             return Ok(0);
         }
         let err = |e| Error::delta(self.path.as_str(), e);
         let table = &mut self.table;
+        let mode = if self.overwrite { SaveMode::Overwrite } else { SaveMode::Append };
         let operation = DeltaOperation::Write {
-            mode: SaveMode::Append,
+            mode,
             partition_by: Some(self.layout.partition_columns.clone()).filter(|p| !p.is_empty()),
             predicate: None,
         };
+        let mut actions: Vec<Action> = Vec::new();
+        if self.overwrite {
+            let snapshot = table.snapshot().map_err(err)?;
+            actions.extend(snapshot.log_data().iter().map(|f| Action::Remove(f.remove_action(true))));
+        }
+        actions.extend(files.into_iter().map(Action::Add));
         let properties = CommitProperties::default().with_application_transaction(Transaction::new(&self.app_id, epoch));
         let finalized = CommitBuilder::from(properties)
-            .with_actions(files.into_iter().map(Action::Add).collect())
+            .with_actions(actions)
             .build(Some(table.snapshot().map_err(err)?), table.log_store(), operation)
             .await
             .map_err(err)?;
