@@ -65,7 +65,9 @@ fn describe(query: &StreamingQuery, registry: &SchemaRegistry) -> String {
         Shape::Windowed { window, .. } => {
             let keys: Vec<String> = window.key_schema.fields().iter().map(|f| f.name().clone()).collect();
             let aggregates: Vec<&str> = window.aggregates.iter().map(|a| a.function.name()).collect();
-            if window.slide == window.size {
+            if let Some(gap) = window.session_gap {
+                out.push_str(&format!("window   session: per key, events less than {} apart, on the event time `ts`\n", humanize(gap)));
+            } else if window.slide == window.size {
                 out.push_str(&format!("window   tumble {} on the event time `ts`\n", humanize(window.size)));
             } else {
                 out.push_str(&format!(
@@ -76,10 +78,21 @@ fn describe(query: &StreamingQuery, registry: &SchemaRegistry) -> String {
                 ));
             }
             let groups = if keys.is_empty() { "one group".to_string() } else { format!("a group per ({})", keys.join(", ")) };
-            let unit = if window.slide == window.size { "window" } else { "pane" };
-            out.push_str(&format!("state    per open {unit}, {groups}, the accumulators of:\n"));
+            if window.session_gap.is_some() {
+                out.push_str(&format!("state    per key ({}), the input rows of its open sessions; at the end, the aggregates:\n", keys.join(", ")));
+            } else {
+                let unit = if window.slide == window.size { "window" } else { "pane" };
+                out.push_str(&format!("state    per open {unit}, {groups}, the accumulators of:\n"));
+            }
             for aggregate in aggregates {
                 out.push_str(&format!("           {aggregate}\n"));
+            }
+            for joined in &query.mirrors {
+                out.push_str(&format!(
+                    "join     {} as of each window's end (temporal); windows also wait for {}'s watermark\n",
+                    joined.table.sql_name(),
+                    joined.topic
+                ));
             }
             out.push_str(
                 "emit     a window's rows once the watermark passes its end (append); \

@@ -1,5 +1,5 @@
-//! Streaming SQL's window functions in the Arroyo dialect: `tumble(width)` and
-//! `hop(slide, width)` in a GROUP BY. The planner recognises the call and the window operator evaluates it;
+//! Streaming SQL's window functions in the Arroyo dialect: `tumble(width)`,
+//! `hop(slide, width)` and `session(gap)` in a GROUP BY. The planner recognises the call and the window operator evaluates it;
 //! DataFusion never runs it, so invoking it directly is an error.
 
 use std::sync::Arc;
@@ -19,7 +19,7 @@ pub fn window_type() -> DataType {
 }
 
 /// The window functions, by name.
-pub const WINDOW_FUNCTIONS: [&str; 2] = ["tumble", "hop"];
+pub const WINDOW_FUNCTIONS: [&str; 3] = ["tumble", "hop", "session"];
 
 #[derive(Debug, PartialEq, Eq, Hash)]
 struct WindowFunction {
@@ -57,6 +57,11 @@ pub fn hop() -> ScalarUDF {
     ScalarUDF::new_from_impl(WindowFunction { name: "hop", signature: Signature::variadic_any(Volatility::Volatile) })
 }
 
+/// `session(gap)`: per GROUP BY key, runs of events less than `gap` apart.
+pub fn session() -> ScalarUDF {
+    ScalarUDF::new_from_impl(WindowFunction { name: "session", signature: Signature::variadic_any(Volatility::Volatile) })
+}
+
 pub fn all() -> Vec<Arc<ScalarUDF>> {
-    vec![Arc::new(tumble()), Arc::new(hop())]
+    vec![Arc::new(tumble()), Arc::new(hop()), Arc::new(session())]
 }

@@ -146,6 +146,12 @@ pub struct WindowSpec {
     pub slide: i64,
     /// The event time of a row of the aggregate's input.
     pub time: Arc<dyn PhysicalExpr>,
+    /// For a session window, the gap (µs) that ends a session; `size` and `slide`
+    /// are then the gap too.
+    pub session_gap: Option<i64>,
+    /// For a session window, the input rows' `_offset`: a late event is found among
+    /// the aggregate's input rows and recorded from its message.
+    pub offset: Option<Arc<dyn PhysicalExpr>>,
     /// The GROUP BY keys other than the window.
     pub keys: Vec<Arc<dyn PhysicalExpr>>,
     pub key_schema: SchemaRef,
@@ -395,8 +401,23 @@ fn window_spec(agg: &Aggregate, input_schema: &SchemaRef, state: &SessionState) 
             key_fields.push(agg.schema.field(i).clone());
         }
     }
-    let Some((window_index, (slide, size))) = window else {
+    let Some((window_index, kind)) = window else {
         return Err("an aggregate needs a window: GROUP BY tumble(interval '...'), ...".into());
+    };
+    let (slide, size, session_gap) = match kind {
+        WindowKind::Sliding { slide, width } => (slide, width, None),
+        WindowKind::Session { gap } => (gap, gap, Some(gap)),
+    };
+    let column = |name: &str| input_dfschema.fields().iter().position(|f| f.name() == name).map(|i| Expr::Column(input_dfschema.columns()[i].clone()));
+    let offset = match session_gap {
+        Some(_) => {
+            let offset = column(crate::schema::LINEAGE[2]).ok_or("a session window needs the `_offset` column in its input: keep it in subqueries")?;
+            if let Some(key) = agg.group_expr.iter().enumerate().find(|(i, e)| *i != window_index && !matches!(e, Expr::Column(_))) {
+                return Err(format!("session windows group by columns of the topic; `{}` is an expression: compute it in a subquery", key.1.schema_name()));
+            }
+            Some(state.create_physical_expr(offset, input_dfschema).map_err(df)?)
+        }
+        None => None,
     };
     if matches!(agg.group_expr.first(), Some(Expr::GroupingSet(_))) {
         return Err("GROUPING SETS, CUBE and ROLLUP are not supported in streaming queries".into());
@@ -428,6 +449,8 @@ fn window_spec(agg: &Aggregate, input_schema: &SchemaRef, state: &SessionState) 
     Ok(WindowSpec {
         size,
         slide,
+        session_gap,
+        offset,
         time,
         keys,
         key_schema,
@@ -437,24 +460,37 @@ fn window_spec(agg: &Aggregate, input_schema: &SchemaRef, state: &SessionState) 
     })
 }
 
-/// The slide and width (µs) of a `tumble(width)` or `hop(slide, width)` group
-/// expression; a tumbling window slides by its width.
-fn window_shape(expr: &Expr) -> std::result::Result<Option<(i64, i64)>, String> {
+/// A window's shape, from its GROUP BY call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WindowKind {
+    /// `tumble(width)` (slides by its width) or `hop(slide, width)`, µs.
+    Sliding { slide: i64, width: i64 },
+    /// `session(gap)`, µs.
+    Session { gap: i64 },
+}
+
+/// The window a `tumble`, `hop` or `session` group expression defines.
+fn window_shape(expr: &Expr) -> std::result::Result<Option<WindowKind>, String> {
     let expr = match expr {
         Expr::Alias(alias) => &*alias.expr,
         e => e,
     };
     let Expr::ScalarFunction(call) = expr else { return Ok(None) };
-    if !WINDOW_FUNCTIONS.contains(&call.func.name()) {
+    let name = call.func.name();
+    if !WINDOW_FUNCTIONS.contains(&name) {
         return Ok(None);
     }
-    // The last argument is the event time, added by `bind_windows_to_event_time`.
-    let intervals: Option<Vec<i64>> = call.args.split_last().map(|(_, i)| i.iter().map(fixed_interval).collect()).flatten();
-    match (call.func.name(), intervals.as_deref()) {
-        ("tumble", Some(&[width])) if width > 0 => Ok(Some((width, width))),
-        ("hop", Some(&[slide, width])) if slide > 0 && width >= slide && width % slide == 0 => Ok(Some((slide, width))),
+    // The event time (and a session's `_offset`) were appended by `bind_windows_to_event_time`.
+    let bound = if name == "session" { 2 } else { 1 };
+    let given = &call.args[..call.args.len().saturating_sub(bound)];
+    let intervals: Option<Vec<i64>> = given.iter().map(fixed_interval).collect();
+    match (name, intervals.as_deref()) {
+        ("tumble", Some(&[width])) if width > 0 => Ok(Some(WindowKind::Sliding { slide: width, width })),
+        ("hop", Some(&[slide, width])) if slide > 0 && width >= slide && width % slide == 0 => Ok(Some(WindowKind::Sliding { slide, width })),
         ("hop", Some(&[_, _])) => Err("hop(slide, width) needs 0 < slide <= width, with width a multiple of slide".into()),
         ("hop", _) => Err("hop() takes two fixed intervals, e.g. hop(interval '1 minute', interval '5 minutes')".into()),
+        ("session", Some(&[gap])) if gap > 0 => Ok(Some(WindowKind::Session { gap })),
+        ("session", _) => Err("session() takes one fixed interval longer than zero, e.g. session(interval '30 minutes')".into()),
         _ => Err("tumble() takes one fixed interval longer than zero, e.g. tumble(interval '1 minute') (months vary in length)".into()),
     }
 }
@@ -479,11 +515,13 @@ fn bind_windows_to_event_time(plan: LogicalPlan) -> datafusion::error::Result<Lo
         if !agg.group_expr.iter().any(is_window) {
             return Ok(Transformed::no(LogicalPlan::Aggregate(agg)));
         }
-        let Some(ts) = agg.input.schema().columns().into_iter().find(|c| c.name == crate::schema::EVENT_TIME) else {
+        let columns = agg.input.schema().columns();
+        let Some(ts) = columns.iter().find(|c| c.name == crate::schema::EVENT_TIME) else {
             return datafusion::common::plan_err!(
                 "a windowed query needs the event time column `ts` in its input: keep `ts` in subqueries"
             );
         };
+        let offset = columns.iter().find(|c| c.name == crate::schema::LINEAGE[2]);
         let group_expr = agg
             .group_expr
             .iter()
@@ -491,11 +529,20 @@ fn bind_windows_to_event_time(plan: LogicalPlan) -> datafusion::error::Result<Lo
                 Expr::ScalarFunction(f) if is_window(e) => {
                     let mut call = f.clone();
                     call.args.push(Expr::Column(ts.clone()));
-                    Expr::ScalarFunction(call).alias(e.schema_name().to_string())
+                    // A session finds its late events among the input rows, by offset.
+                    if f.func.name() == "session" {
+                        let Some(offset) = offset else {
+                            return datafusion::common::plan_err!(
+                                "a session window needs the `_offset` column in its input: keep it in subqueries"
+                            );
+                        };
+                        call.args.push(Expr::Column(offset.clone()));
+                    }
+                    Ok(Expr::ScalarFunction(call).alias(e.schema_name().to_string()))
                 }
-                other => other.clone(),
+                other => Ok(other.clone()),
             })
-            .collect();
+            .collect::<datafusion::error::Result<Vec<_>>>()?;
         let rebuilt = Aggregate::try_new(agg.input.clone(), group_expr, agg.aggr_expr.clone())?;
         Ok(Transformed::yes(LogicalPlan::Aggregate(rebuilt)))
     })

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use arrow::array::{AsArray, BooleanArray, RecordBatch};
 use arrow::compute::filter_record_batch;
-use arrow::datatypes::TimestampMicrosecondType;
+use arrow::datatypes::{Int64Type, TimestampMicrosecondType};
 use datafusion::physical_plan::collect;
 use datafusion::physical_plan::execution_plan::reset_plan_states;
 
@@ -27,7 +27,7 @@ use crate::sink::{dead_letter_schema, dead_letters_batch, late_event_schema, Lat
 use crate::source::{PartitionId, RawBatch, Source};
 use crate::time::{QueryClock, Watermarks};
 use crate::mirror::Mirror;
-use crate::window::Windows;
+use crate::window::WindowOperator;
 
 /// How a pipeline runs.
 #[derive(Debug, Clone)]
@@ -90,7 +90,7 @@ pub struct RunStats {
 struct RunningQuery {
     query: StreamingQuery,
     clock: QueryClock,
-    windows: Option<Windows>,
+    windows: Option<WindowOperator>,
 }
 
 pub struct Pipeline {
@@ -179,7 +179,7 @@ impl Pipeline {
             sinks.insert(query.table.clone(), sink);
             let clock = QueryClock::new(query.clock_topics());
             let windows = match &query.shape {
-                Shape::Windowed { window, .. } => Some(Windows::new(window.clone())),
+                Shape::Windowed { window, .. } => Some(WindowOperator::new(window.clone())?),
                 Shape::Stateless { .. } => None,
             };
             queries.push(RunningQuery { query, clock, windows });
@@ -423,19 +423,40 @@ impl Pipeline {
                     slot.fill(vec![batch.clone()]);
                     collect(plan.clone(), task_ctx).await?
                 }
-                Shape::Windowed { input, .. } => {
+                Shape::Windowed { input, window, .. } => {
                     let input = input.clone();
+                    let sessions = window.session_gap.is_some();
                     let mut rows = batch.clone();
-                    if let Some(late) = late.as_deref_mut() {
+                    if let (Some(late), false) = (late.as_deref_mut(), sessions) {
                         if let Some(keep) = self.late_filter(i, id, batch, late, &mut late_any)? {
                             rows = filter_record_batch(batch, &keep)?;
                         }
                     }
                     slot.fill(vec![rows]);
                     let inputs = collect(input, task_ctx).await?;
-                    if let Some(windows) = self.queries[i].windows.as_mut() {
+                    // Sessions judge lateness per input row, at the watermark just before
+                    // the message the row came from (found by its offset).
+                    let offsets = batch.column_by_name(crate::schema::LINEAGE[2]).and_then(|c| c.as_primitive_opt::<Int64Type>()).cloned();
+                    if sessions && late.is_some() {
+                        let ts = event_times(batch)?;
+                        self.queries[i].clock.row_watermarks(&self.watermarks, id, ts.values().iter().copied(), &mut self.row_watermarks);
+                    }
+                    let judged = sessions && late.is_some();
+                    let row_of = |offset: i64| offsets.as_ref().and_then(|o| o.values().binary_search(&offset).ok());
+                    let row_watermarks = &self.row_watermarks;
+                    let watermark = |offset: i64| match (judged, row_of(offset)) {
+                        (true, Some(row)) => row_watermarks[row],
+                        _ => i64::MIN,
+                    };
+                    let q = &mut self.queries[i];
+                    if let Some(windows) = q.windows.as_mut() {
                         for b in &inputs {
-                            windows.update(b)?;
+                            for (offset, wm) in windows.update(b, watermark)? {
+                                if let (Some(late), Some(row)) = (late.as_deref_mut(), row_of(offset)) {
+                                    late_any[row] = true;
+                                    late.push(row, wm, &q.query.table);
+                                }
+                            }
                         }
                     }
                     Vec::new()
@@ -462,18 +483,18 @@ impl Pipeline {
     ) -> Result<Option<BooleanArray>> {
         let ts = event_times(batch)?;
         let q = &self.queries[i];
-        let Some(windows) = q.windows.as_ref() else { return Ok(None) };
+        let Some(WindowOperator::Panes(windows)) = q.windows.as_ref() else { return Ok(None) };
         q.clock.row_watermarks(&self.watermarks, id, ts.values().iter().copied(), &mut self.row_watermarks);
-        let mut keep = None::<Vec<bool>>;
-        for (row, (&t, &wm)) in ts.values().iter().zip(&self.row_watermarks).enumerate() {
-            if windows.first_end(t) <= wm {
-                let keep = keep.get_or_insert_with(|| vec![true; ts.len()]);
-                keep[row] = false;
-                late_any[row] = true;
-                late.push(row, wm, &q.query.table);
-            }
+        let is_late: Vec<bool> = ts.values().iter().zip(&self.row_watermarks).map(|(&t, &wm)| windows.first_end(t) <= wm).collect();
+        if !is_late.contains(&true) {
+            return Ok(None);
         }
-        Ok(keep.map(BooleanArray::from))
+        for (row, _) in is_late.iter().enumerate().filter(|(_, l)| **l) {
+            late_any[row] = true;
+            late.push(row, self.row_watermarks[row], &q.query.table);
+        }
+        let keep = is_late.into_iter().map(|l| !l).collect::<Vec<bool>>();
+        Ok(Some(BooleanArray::from(keep)))
     }
 
     /// Emits every window the watermarks have passed.
