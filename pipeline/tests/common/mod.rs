@@ -710,12 +710,13 @@ pub fn check_schema(
 pub type Expected = BTreeMap<(i64, Vec<K>), Vec<(&'static str, Exp)>>;
 
 /// Compares a windowed table with its expected rows: same (window_start, keys) set,
-/// every listed cell as expected, `window_end` = start + size, `date` = UTC date of
-/// the start, no duplicate key.
+/// every listed cell as expected, `window_end` = start + size (`None`: session
+/// windows, whose ends the expected cells give), `date` = UTC date of the start, no
+/// duplicate key.
 pub fn compare_windowed(
     report: &mut Report,
     t: &TableData,
-    size_us: i64,
+    size_us: Option<i64>,
     key_cols: &[&str],
     expected: &Expected,
 ) {
@@ -753,7 +754,7 @@ pub fn compare_windowed(
         };
         let key_s = fmt_key(ws, key_cols, &keys);
         let we = t.get(row, "window_end").unwrap();
-        if *we != V::Ts(ws + size_us) {
+        if let Some(size_us) = size_us.filter(|s| *we != V::Ts(ws + s)) {
             report.diff(
                 table,
                 format!(
@@ -805,6 +806,68 @@ pub fn compare_windowed(
                 format!(
                     "{}: unexpected row ({})",
                     fmt_key(*ws, key_cols, keys),
+                    t.describe_row(row)
+                ),
+            );
+        }
+    }
+}
+
+/// Compares a table of one row per key (a service mirror) with its expected rows:
+/// the same key set, no duplicate key, every listed cell exactly as expected.
+pub fn compare_keyed(
+    report: &mut Report,
+    t: &TableData,
+    key_col: &str,
+    expected: &BTreeMap<String, Vec<(&str, V)>>,
+) {
+    let table = t.path.as_str();
+    let Some(k) = t.col(key_col) else {
+        report.diff(
+            table,
+            format!("cannot compare rows: column `{key_col}` missing"),
+        );
+        return;
+    };
+    let mut actual: BTreeMap<&str, &Vec<V>> = BTreeMap::new();
+    for row in &t.rows {
+        match row[k].as_str() {
+            None => report.diff(
+                table,
+                format!("row without a string key: {}", t.describe_row(row)),
+            ),
+            Some(key) if actual.insert(key, row).is_some() => {
+                report.diff(table, format!("{key_col}={key:?}: more than one row"))
+            }
+            Some(_) => {}
+        }
+    }
+    for (key, cells) in expected {
+        let Some(row) = actual.get(key.as_str()) else {
+            let cells_s: Vec<String> = cells.iter().map(|(c, v)| format!("{c}={v}")).collect();
+            report.diff(
+                table,
+                format!(
+                    "{key_col}={key:?}: row missing (expected {})",
+                    cells_s.join(", ")
+                ),
+            );
+            continue;
+        };
+        for (c, v) in cells {
+            if let Some(a) = t.get(row, c) {
+                if let Err(why) = check_cell(&Exp::Is(v.clone()), a) {
+                    report.diff(table, format!("{key_col}={key:?}: column `{c}`: {why}"));
+                }
+            }
+        }
+    }
+    for (key, row) in &actual {
+        if !expected.contains_key(*key) {
+            report.diff(
+                table,
+                format!(
+                    "{key_col}={key:?}: unexpected row ({})",
                     t.describe_row(row)
                 ),
             );
