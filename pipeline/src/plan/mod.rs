@@ -250,7 +250,6 @@ pub async fn plan(file: &SqlFile, inputs: &[InputTable]) -> Result<StreamingQuer
     let windowed = find_windowed_aggregates(&optimized);
     let shape = match windowed.as_slice() {
         [] => {
-            refuse_unbounded(&optimized).map_err(sql_err)?;
             if let Some(mirror) = mirror_below(&optimized) {
                 return Err(sql_err(format!(
                     "mirror {} is joined with a stream without a window: a temporal join reads the mirror as of a \
@@ -258,11 +257,11 @@ pub async fn plan(file: &SqlFile, inputs: &[InputTable]) -> Result<StreamingQuer
                     mirror.sql_name()
                 )));
             }
+            refuse_unbounded(&optimized).map_err(sql_err)?;
             let plan = planner.create_physical_plan(&optimized, &state).await.map_err(df_err)?;
             Shape::Stateless { plan }
         }
         [aggregate] => {
-            refuse_unbounded(&aggregate.input).map_err(sql_err)?;
             if let Some(mirror) = mirror_below(&aggregate.input) {
                 return Err(sql_err(format!(
                     "mirror {} is joined below the window: join it with the windowed aggregate's result \
@@ -270,6 +269,7 @@ pub async fn plan(file: &SqlFile, inputs: &[InputTable]) -> Result<StreamingQuer
                     mirror.sql_name()
                 )));
             }
+            refuse_unbounded(&aggregate.input).map_err(sql_err)?;
             let input = planner.create_physical_plan(&aggregate.input, &state).await.map_err(df_err)?;
             let window = window_spec(aggregate, &input.schema(), &state).map_err(sql_err)?;
             let output_slot = Slot::new(window.schema.clone());
@@ -639,6 +639,18 @@ mod tests {
             ("CREATE TABLE t AS SELECT 1", "not supported"),
             ("SELECT * FROM no_such_topic", "no_such_topic"),
             ("SELECT 1", "reads no topic"),
+            ("SELECT i.event_id, u.role FROM interactions i JOIN services.directory.users u ON u.user_id = i.user_id", "join"),
+            (
+                "SELECT tumble(interval '1 day') AS w, u.org_id, count(*) FROM interactions i \
+                 JOIN services.directory.users u ON u.user_id = i.user_id GROUP BY w, u.org_id",
+                "joined below the window",
+            ),
+            ("SELECT org_id, count(*) FROM services.directory.users GROUP BY org_id", "reads no topic"),
+            ("SELECT session(interval '0 minutes') AS w, user_id, count(*) FROM interactions GROUP BY w, user_id", "session()"),
+            (
+                "SELECT session(interval '30 minutes') AS w, lower(user_id), count(*) FROM interactions GROUP BY w, lower(user_id)",
+                "compute it in a subquery",
+            ),
         ];
         for (sql, want) in cases {
             let err = refusal(sql).await;
