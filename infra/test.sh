@@ -4,6 +4,8 @@
 # a real Kafka-protocol broker (Tansu) started here on loopback.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Builds go outside the clone, shared with .ci/run, so runs after the first are incremental.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${SLUICE_CACHE:-$HOME/.cache/sluice}/target}"
 port="${SLUICE_TEST_BROKER_PORT:-19092}"
 infra/broker.sh stop
 SLUICE_KAFKA_BROKERS=$(infra/broker.sh start "$port")
