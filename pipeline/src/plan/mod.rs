@@ -177,16 +177,12 @@ impl StreamingQuery {
     /// the CDC topics of the mirrors it joins.
     pub fn clock_topics(&self) -> Vec<Arc<str>> {
         let mut topics: Vec<Arc<str>> = self.topics().cloned().collect();
-        topics.extend(self.mirrors.iter().map(|m| m.topic.clone()));
-        topics.dedup();
-        topics
-    }
-
-    pub fn window_size(&self) -> Option<i64> {
-        match &self.shape {
-            Shape::Windowed { window, .. } => Some(window.size),
-            Shape::Stateless { .. } => None,
+        for mirror in &self.mirrors {
+            if !topics.contains(&mirror.topic) {
+                topics.push(mirror.topic.clone());
+            }
         }
+        topics
     }
 }
 

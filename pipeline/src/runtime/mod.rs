@@ -264,9 +264,9 @@ impl Pipeline {
         }
         for mirror in self.mirrors.values_mut() {
             let Some(name) = checkpoint.mirrors.get(mirror.table().as_str()) else { continue };
-            for rows in self.checkpoints.state(epoch, name).await? {
-                mirror.restore(rows)?;
-            }
+            let saved = self.checkpoints.state(epoch, name).await?;
+            let schema = saved.first().map(|b| b.schema()).ok_or_else(|| Error::Checkpoint(format!("{name}: no rows")))?;
+            mirror.restore(arrow::compute::concat_batches(&schema, &saved)?)?;
         }
         self.positions = checkpoint.positions();
         self.epoch = epoch;
@@ -427,27 +427,26 @@ impl Pipeline {
                     let input = input.clone();
                     let sessions = window.session_gap.is_some();
                     let mut rows = batch.clone();
-                    if let (Some(late), false) = (late.as_deref_mut(), sessions) {
-                        if let Some(keep) = self.late_filter(i, id, batch, late, &mut late_any)? {
-                            rows = filter_record_batch(batch, &keep)?;
+                    match late.as_deref_mut() {
+                        Some(late) if !sessions => {
+                            if let Some(keep) = self.late_filter(i, id, batch, late, &mut late_any)? {
+                                rows = filter_record_batch(batch, &keep)?;
+                            }
                         }
+                        // Sessions judge lateness per input row, at the watermark just
+                        // before the message the row came from (found by its offset).
+                        Some(_) => {
+                            let ts = event_times(batch)?.values().iter().copied();
+                            self.queries[i].clock.row_watermarks(&self.watermarks, id, ts, &mut self.row_watermarks);
+                        }
+                        None => self.row_watermarks.clear(),
                     }
                     slot.fill(vec![rows]);
                     let inputs = collect(input, task_ctx).await?;
-                    // Sessions judge lateness per input row, at the watermark just before
-                    // the message the row came from (found by its offset).
-                    let offsets = batch.column_by_name(crate::schema::LINEAGE[2]).and_then(|c| c.as_primitive_opt::<Int64Type>()).cloned();
-                    if sessions && late.is_some() {
-                        let ts = event_times(batch)?;
-                        self.queries[i].clock.row_watermarks(&self.watermarks, id, ts.values().iter().copied(), &mut self.row_watermarks);
-                    }
-                    let judged = sessions && late.is_some();
-                    let row_of = |offset: i64| offsets.as_ref().and_then(|o| o.values().binary_search(&offset).ok());
+                    let offsets = batch.column_by_name(crate::schema::LINEAGE[2]).and_then(|c| c.as_primitive_opt::<Int64Type>());
+                    let row_of = |offset: i64| offsets.and_then(|o| o.values().binary_search(&offset).ok());
                     let row_watermarks = &self.row_watermarks;
-                    let watermark = |offset: i64| match (judged, row_of(offset)) {
-                        (true, Some(row)) => row_watermarks[row],
-                        _ => i64::MIN,
-                    };
+                    let watermark = |offset: i64| row_of(offset).and_then(|row| row_watermarks.get(row).copied()).unwrap_or(i64::MIN);
                     let q = &mut self.queries[i];
                     if let Some(windows) = q.windows.as_mut() {
                         for b in &inputs {
