@@ -16,7 +16,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use arrow::array::RecordBatch;
-use deltalake::kernel::Add;
 use futures::StreamExt;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
@@ -24,6 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::catalog::{Lake, TablePath};
 use crate::error::{Error, Result};
+use crate::sink::Staged;
 use crate::source::PartitionId;
 use crate::time::PartitionMark;
 
@@ -41,8 +41,8 @@ pub struct Checkpoint {
     /// Per mirror table, the file with its retained changes.
     #[serde(default)]
     pub mirrors: BTreeMap<String, String>,
-    /// Per table, the files this epoch adds to it.
-    pub staged: BTreeMap<String, Vec<Add>>,
+    /// Per table, the files this epoch adds to it (and removes from it).
+    pub staged: BTreeMap<String, Staged>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -337,6 +337,8 @@ struct WinTable {
     joins: &'static [&'static str],
     size: i64,
     slide: i64,
+    /// How long after a window's end late events still correct it (0: they are late).
+    corrections: i64,
 }
 
 const RRT: usize = 0;
@@ -355,6 +357,9 @@ const SKG: usize = 12;
 const SPD: usize = 13;
 const KPI: usize = 14;
 const ACT: usize = 15;
+const EHR: usize = 16;
+const MEMBERS: &str = "analytics/organization/members";
+const HOUR_US: i64 = 60 * MINUTE_US;
 
 const C_USERS: &str = "cdc.directory.users";
 const C_TEACH: &str = "cdc.directory.teaching_assignments";
@@ -369,6 +374,7 @@ const WIN_TABLES: &[WinTable] = &[
         joins: &[],
         size: MINUTE_US,
         slide: MINUTE_US,
+        corrections: 0,
     },
     WinTable {
         path: "monitoring/api_performance/load_balancing_metrics",
@@ -376,6 +382,7 @@ const WIN_TABLES: &[WinTable] = &[
         joins: &[],
         size: MINUTE_US,
         slide: MINUTE_US,
+        corrections: 0,
     },
     WinTable {
         path: "integration/api_gateway/rate_limiting_data",
@@ -383,6 +390,7 @@ const WIN_TABLES: &[WinTable] = &[
         joins: &[],
         size: MINUTE_US,
         slide: MINUTE_US,
+        corrections: 0,
     },
     WinTable {
         path: "monitoring/api_performance/service_health_data",
@@ -390,6 +398,7 @@ const WIN_TABLES: &[WinTable] = &[
         joins: &[],
         size: MINUTE_US,
         slide: MINUTE_US,
+        corrections: 0,
     },
     WinTable {
         path: "monitoring/api_performance/circuit_breaker_logs",
@@ -397,6 +406,7 @@ const WIN_TABLES: &[WinTable] = &[
         joins: &[],
         size: MINUTE_US,
         slide: MINUTE_US,
+        corrections: 0,
     },
     WinTable {
         path: "integration/event_bus/event_processing_logs",
@@ -404,6 +414,7 @@ const WIN_TABLES: &[WinTable] = &[
         joins: &[],
         size: MINUTE_US,
         slide: MINUTE_US,
+        corrections: 0,
     },
     WinTable {
         path: "real_time/connection_management/websocket_performance",
@@ -411,6 +422,7 @@ const WIN_TABLES: &[WinTable] = &[
         joins: &[],
         size: MINUTE_US,
         slide: MINUTE_US,
+        corrections: 0,
     },
     WinTable {
         path: "analytics/learner/engagement_daily",
@@ -418,6 +430,7 @@ const WIN_TABLES: &[WinTable] = &[
         joins: &[],
         size: DAY_US,
         slide: DAY_US,
+        corrections: 0,
     },
     WinTable {
         path: "analytics/learner/velocity_daily",
@@ -425,6 +438,7 @@ const WIN_TABLES: &[WinTable] = &[
         joins: &[],
         size: DAY_US,
         slide: DAY_US,
+        corrections: 0,
     },
     WinTable {
         path: "analytics/learner/mastery_daily",
@@ -432,6 +446,7 @@ const WIN_TABLES: &[WinTable] = &[
         joins: &[],
         size: DAY_US,
         slide: DAY_US,
+        corrections: 0,
     },
     WinTable {
         path: "analytics/experiments/results_daily",
@@ -439,6 +454,7 @@ const WIN_TABLES: &[WinTable] = &[
         joins: &[],
         size: DAY_US,
         slide: DAY_US,
+        corrections: 0,
     },
     WinTable {
         path: "monitoring/api_performance/latency_5m_sliding",
@@ -446,6 +462,7 @@ const WIN_TABLES: &[WinTable] = &[
         joins: &[],
         size: 5 * MINUTE_US,
         slide: MINUTE_US,
+        corrections: 0,
     },
     WinTable {
         path: "analytics/learner/skill_gaps_daily",
@@ -453,6 +470,7 @@ const WIN_TABLES: &[WinTable] = &[
         joins: &[C_USERS, C_REQ],
         size: DAY_US,
         slide: DAY_US,
+        corrections: 0,
     },
     WinTable {
         path: "analytics/trainer/student_progress_daily",
@@ -460,6 +478,7 @@ const WIN_TABLES: &[WinTable] = &[
         joins: &[C_TEACH],
         size: DAY_US,
         slide: DAY_US,
+        corrections: 0,
     },
     WinTable {
         path: "analytics/organization/kpis_daily",
@@ -467,6 +486,7 @@ const WIN_TABLES: &[WinTable] = &[
         joins: &[C_ENROLL, C_USERS],
         size: DAY_US,
         slide: DAY_US,
+        corrections: 0,
     },
     WinTable {
         path: "analytics/learner/activity_sessions",
@@ -474,6 +494,15 @@ const WIN_TABLES: &[WinTable] = &[
         joins: &[],
         size: SESSION_GAP,
         slide: 0,
+        corrections: 0,
+    },
+    WinTable {
+        path: "monitoring/api_performance/errors_hourly",
+        topics: &[T_GATEWAY],
+        joins: &[],
+        size: HOUR_US,
+        slide: HOUR_US,
+        corrections: HOUR_US,
     },
 ];
 
@@ -516,6 +545,9 @@ struct Event {
     /// The tables (indices into WIN_TABLES) this event was late for, with the
     /// table's watermark just before it.
     late: Vec<(usize, i64)>,
+    /// The tables whose emitted window this event corrected (it came after the
+    /// window's end, within the table's corrections).
+    corrected: Vec<usize>,
 }
 
 /// A valid change of a CDC topic.
@@ -664,6 +696,7 @@ fn classify_event(obj: &Map<String, Value>, fields: &'static [Fd]) -> Kind {
         ts,
         vals,
         late: Vec::new(),
+        corrected: Vec::new(),
     })
 }
 
@@ -972,7 +1005,11 @@ fn simulate(input: &mut Input, batch: usize) -> Sessions {
                     } else {
                         // Late once the first window holding the event was emitted
                         // (hopping tables: the event then counts in none of its windows).
-                        window_start(ev.ts, w.slide) + w.slide <= wm
+                        let first_end = window_start(ev.ts, w.slide) + w.slide;
+                        if first_end <= wm && wm < first_end + w.corrections {
+                            ev.corrected.push(t);
+                        }
+                        first_end + w.corrections <= wm
                     };
                     if late {
                         ev.late.push((t, wm));
@@ -1962,6 +1999,7 @@ fn end_to_end() {
         DEAD_LETTERS,
         LATE_EVENTS,
         THROUGHPUT,
+        MEMBERS,
     ];
     paths.extend(WIN_TABLES.iter().map(|t| t.path));
     paths.extend(mirror_paths.iter().map(String::as_str));
@@ -2004,6 +2042,7 @@ fn assert_expectation_not_vacuous(input: &Input) {
     let mut bad_kinds: BTreeSet<BadKind> = BTreeSet::new();
     let (mut blanks, mut tombstones, mut valid, mut cdc) = (0, 0, 0, 0);
     let mut late_per_table = vec![0usize; WIN_TABLES.len()];
+    let mut corrected = 0;
     let mut topics: BTreeSet<&str> = BTreeSet::new();
     for f in &input.files {
         topics.insert(&f.topic);
@@ -2017,6 +2056,7 @@ fn assert_expectation_not_vacuous(input: &Input) {
                     for (t, _) in &e.late {
                         late_per_table[*t] += 1;
                     }
+                    corrected += e.corrected.len();
                 }
                 Kind::Cdc(_) => cdc += 1,
             }
@@ -2057,6 +2097,8 @@ fn assert_expectation_not_vacuous(input: &Input) {
     for (t, n) in WIN_TABLES.iter().zip(&late_per_table) {
         assert!(*n > 0, "no late event expected for {}", t.path);
     }
+    eprintln!("end_to_end: expected corrections of emitted windows: {corrected}");
+    assert!(corrected > 0, "no late event corrects an emitted window");
     let days: BTreeSet<i64> = events(input, DOMAIN_TOPICS)
         .map(|e| e.e.ts.div_euclid(DAY_US))
         .collect();
@@ -2663,6 +2705,36 @@ fn check_gateway_analytics(report: &mut Report, tables: &HashMap<&str, TableData
         &[("requests", I64), ("p95_duration_ms", F64)],
         &expected,
     );
+
+    // errors_hourly: every request not late for it, corrections included (one row
+    // per window and service however often the window was emitted)
+    let mut acc: BTreeMap<(i64, Vec<K>), (i64, i64)> = BTreeMap::new();
+    for e in on_time(input, EHR) {
+        let a = acc
+            .entry((window_start(e.e.ts, HOUR_US), ks(&[e.s("service")])))
+            .or_default();
+        a.0 += 1;
+        a.1 += (e.i("status") >= 500) as i64;
+    }
+    let expected: Expected = acc
+        .into_iter()
+        .map(|(k, (n, e5))| {
+            let cells = vec![
+                ("requests", Exp::Int(n)),
+                ("errors_5xx", Exp::Int(e5)),
+                ("error_rate", Exp::Approx(Some(e5 as f64 / n as f64))),
+            ];
+            (k, cells)
+        })
+        .collect();
+    check_windowed(
+        report,
+        tables,
+        EHR,
+        &["service"],
+        &[("requests", I64), ("errors_5xx", I64), ("error_rate", F64)],
+        &expected,
+    );
 }
 
 fn check_service_call_analytics(
@@ -3142,6 +3214,35 @@ fn check_mirrors(report: &mut Report, tables: &HashMap<&str, TableData>, input: 
         "end_to_end: services/*: {rows} expected rows in {} mirrors",
         CDC_TOPICS.len()
     );
+
+    // analytics/organization/members: the users mirror grouped by organisation
+    let mut members: BTreeMap<String, [i64; 4]> = BTreeMap::new();
+    for c in users.values() {
+        let m = members.entry(c.s("org_id").to_string()).or_default();
+        m[0] += 1;
+        match c.s("role") {
+            "learner" => m[1] += 1,
+            "trainer" => m[2] += 1,
+            _ => m[3] += 1,
+        }
+    }
+    let expected: BTreeMap<String, Vec<(&str, V)>> = members
+        .into_iter()
+        .map(|(org, [all, learners, trainers, admins])| {
+            let cells = vec![
+                ("members", V::I(all)),
+                ("learners", V::I(learners)),
+                ("trainers", V::I(trainers)),
+                ("org_admins", V::I(admins)),
+            ];
+            (org, cells)
+        })
+        .collect();
+    if let Some(t) = table(report, tables, MEMBERS) {
+        let cols = [("org_id", DataType::Utf8), ("members", I64), ("learners", I64), ("trainers", I64), ("org_admins", I64)];
+        check_schema(report, t, &cols, false, false);
+        compare_keyed(report, t, "org_id", &expected);
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -3736,6 +3837,7 @@ fn model_self_check() {
             ts,
             vals: vec![],
             late: vec![],
+            corrected: vec![],
         }),
     };
     let file = |partition: i32, msgs: Vec<Msg>| InFile {

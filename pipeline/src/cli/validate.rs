@@ -62,6 +62,15 @@ fn describe(query: &StreamingQuery, registry: &SchemaRegistry) -> String {
         Shape::Stateless { .. } => {
             out.push_str("window   none: stateless\nstate    none\nemit     every result row as its batch is read (append)\n");
         }
+        Shape::OverMirrors { .. } => {
+            for read in &query.mirrors {
+                out.push_str(&format!("source   {} (the current rows of {}'s mirror)\n", read.table.sql_name(), read.topic));
+            }
+            out.push_str(
+                "window   none: a continuously updated table\nstate    none besides the mirrors\n\
+                 emit     at each commit after a change to a mirror it reads, the whole result, replacing the table's rows\n",
+            );
+        }
         Shape::Windowed { window, .. } => {
             let keys: Vec<String> = window.key_schema.fields().iter().map(|f| f.name().clone()).collect();
             let aggregates: Vec<&str> = window.aggregates.iter().map(|a| a.function.name()).collect();
@@ -94,10 +103,18 @@ fn describe(query: &StreamingQuery, registry: &SchemaRegistry) -> String {
                     joined.topic
                 ));
             }
-            out.push_str(
-                "emit     a window's rows once the watermark passes its end (append); \
-                 events for an emitted window go to late_events\n",
-            );
+            match window.corrections {
+                None => out.push_str(
+                    "emit     a window's rows once the watermark passes its end (append); \
+                     events for an emitted window go to late_events\n",
+                ),
+                Some(kept_for) => out.push_str(&format!(
+                    "emit     a window's rows once the watermark passes its end; a late event up to {} after the end \
+                     updates the window, whose rows are then replaced in place (state kept that long); \
+                     later ones go to late_events\n",
+                    humanize(kept_for)
+                )),
+            }
         }
     }
     let layout = TableLayout::for_result(&query.output_schema);

@@ -12,9 +12,16 @@
 //!   and the plan above it runs on the rows of the windows that close. Only the plan
 //!   above may read service mirrors (`services.directory.users`): a temporal join,
 //!   which sees each mirror as of the window's end;
+//! - a query over mirrors alone (a `GROUP BY org_id` of `services.directory.users`)
+//!   is a continuously updated table: it runs again on the mirrors' current rows
+//!   whenever one of them changed, and its result replaces the table's rows;
 //! - anything else (a join, `ORDER BY` or a window function on the stream, an
 //!   aggregate without a window) is refused here, naming the construct and the file.
+//!
+//! A file can also ask, in a `-- sluice:` comment ([`directives`]), that late events
+//! correct the windows they belong to.
 
+pub mod directives;
 mod functions;
 mod slot;
 
@@ -133,6 +140,9 @@ pub enum Shape {
         /// mirrors as of the end, or aggregates the window's rows again.
         per_window: bool,
     },
+    /// Reads mirrors only: runs on their current rows whenever one of them changed,
+    /// and the result replaces the table's rows.
+    OverMirrors { plan: Arc<dyn ExecutionPlan> },
 }
 
 /// What the window operator needs to know of a windowed aggregate.
@@ -160,6 +170,9 @@ pub struct WindowSpec {
     pub window_index: usize,
     /// The aggregate's result rows: group columns (with `window`), then aggregates.
     pub schema: SchemaRef,
+    /// With corrections, how long after a window is emitted late events still
+    /// update it (µs): its state is kept that long.
+    pub corrections: Option<i64>,
 }
 
 #[derive(Clone)]
@@ -171,6 +184,14 @@ pub struct AggregateSpec {
 impl StreamingQuery {
     pub fn topics(&self) -> impl Iterator<Item = &Arc<str>> {
         self.inputs.iter().map(|(t, _)| t)
+    }
+
+    /// How long after their end late events still correct the query's windows, µs.
+    pub fn corrections(&self) -> Option<i64> {
+        match &self.shape {
+            Shape::Windowed { window, .. } => window.corrections,
+            _ => None,
+        }
     }
 
     /// The topics whose watermarks the query's windows wait for: its streams, and
@@ -190,6 +211,7 @@ impl StreamingQuery {
 pub async fn plan(file: &SqlFile, inputs: &[InputTable]) -> Result<StreamingQuery> {
     let sql_err = |message: String| Error::Sql { path: file.path.clone(), message };
     let df_err = |e: datafusion::error::DataFusionError| sql_err(e.strip_backtrace().to_string());
+    let directives = directives::parse(&file.sql).map_err(sql_err)?;
 
     let state = session_state();
     let ctx = SessionContext::new_with_state(state.clone());
@@ -232,12 +254,8 @@ pub async fn plan(file: &SqlFile, inputs: &[InputTable]) -> Result<StreamingQuer
         .iter()
         .filter_map(|(i, slot)| Some(MirrorInput { table: i.mirror.clone()?, topic: i.topic.clone(), slot: slot.clone() }))
         .collect();
-    if used.is_empty() {
-        return Err(sql_err(
-            "the query reads no topic: name one in FROM (e.g. `FROM gateway.requests`); \
-             a mirror (services.*) is read by joining it with a windowed aggregate of a topic"
-                .into(),
-        ));
+    if used.is_empty() && mirrors.is_empty() {
+        return Err(sql_err("the query reads no topic: name one in FROM (e.g. `FROM gateway.requests`)".into()));
     }
     let mirror_below = |plan: &LogicalPlan| scanned(plan).into_iter().find_map(|(i, _)| i.mirror.clone());
 
@@ -245,6 +263,17 @@ pub async fn plan(file: &SqlFile, inputs: &[InputTable]) -> Result<StreamingQuer
     let planner = DefaultPhysicalPlanner::default();
     let windowed = find_windowed_aggregates(&optimized);
     let shape = match windowed.as_slice() {
+        _ if used.is_empty() => {
+            if !windowed.is_empty() {
+                return Err(sql_err(
+                    "a mirror has no event time to window: aggregate it with a plain GROUP BY, or window a topic \
+                     and join the mirror with the result"
+                        .into(),
+                ));
+            }
+            let plan = planner.create_physical_plan(&optimized, &state).await.map_err(df_err)?;
+            Shape::OverMirrors { plan }
+        }
         [] => {
             if let Some(mirror) = mirror_below(&optimized) {
                 return Err(sql_err(format!(
@@ -267,7 +296,8 @@ pub async fn plan(file: &SqlFile, inputs: &[InputTable]) -> Result<StreamingQuer
             }
             refuse_unbounded(&aggregate.input).map_err(sql_err)?;
             let input = planner.create_physical_plan(&aggregate.input, &state).await.map_err(df_err)?;
-            let window = window_spec(aggregate, &input.schema(), &state).map_err(sql_err)?;
+            let mut window = window_spec(aggregate, &input.schema(), &state).map_err(sql_err)?;
+            window.corrections = directives.corrections;
             let output_slot = Slot::new(window.schema.clone());
             let output_plan = replace_aggregate(&optimized, aggregate, &output_slot).map_err(df_err)?;
             if let Some((topic, _)) = scanned(&output_plan).into_iter().find(|(i, _)| i.mirror.is_none()) {
@@ -279,6 +309,18 @@ pub async fn plan(file: &SqlFile, inputs: &[InputTable]) -> Result<StreamingQuer
             }
             let per_window = !mirrors.is_empty() || regroups(&output_plan);
             let output = planner.create_physical_plan(&output_plan, &state).await.map_err(df_err)?;
+            if window.corrections.is_some() {
+                if window.session_gap.is_some() || window.slide != window.size {
+                    return Err(sql_err(
+                        "late events can update tumble() windows only: this query uses hop() or session()".into(),
+                    ));
+                }
+                if !output.schema().fields().iter().any(|f| is_window_column(f.data_type())) {
+                    return Err(sql_err(
+                        "late events update a window's rows, found by the window: select the window column".into(),
+                    ));
+                }
+            }
             Shape::Windowed { input, window, output, output_slot, per_window }
         }
         _ => {
@@ -287,8 +329,11 @@ pub async fn plan(file: &SqlFile, inputs: &[InputTable]) -> Result<StreamingQuer
             ))
         }
     };
+    if directives.corrections.is_some() && !matches!(shape, Shape::Windowed { .. }) {
+        return Err(sql_err("late events update windows, and this query has none: drop the `-- sluice:` line".into()));
+    }
     let output_schema = match &shape {
-        Shape::Stateless { plan } => plan.schema(),
+        Shape::Stateless { plan } | Shape::OverMirrors { plan } => plan.schema(),
         Shape::Windowed { output, .. } => output.schema(),
     };
     Ok(StreamingQuery { table: file.table.clone(), path: file.path.clone(), inputs: used, mirrors, shape, output_schema, task_ctx })
@@ -453,6 +498,7 @@ fn window_spec(agg: &Aggregate, input_schema: &SchemaRef, state: &SessionState) 
         aggregates,
         window_index,
         schema: Arc::new(agg.schema.as_arrow().clone()),
+        corrections: None,
     })
 }
 
@@ -625,6 +671,26 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_query_over_mirrors_alone_is_a_continuously_updated_table() {
+        let q = plan_sql("SELECT org_id, count(*) AS members FROM services.directory.users GROUP BY org_id").await.unwrap();
+        assert!(matches!(q.shape, Shape::OverMirrors { .. }));
+        assert!(q.inputs.is_empty());
+        assert_eq!(q.mirrors.iter().map(|m| m.table.as_str()).collect::<Vec<_>>(), ["services/directory/users"]);
+    }
+
+    #[tokio::test]
+    async fn a_corrections_directive_keeps_tumbling_windows_for_its_duration() {
+        let q = plan_sql(
+            "-- sluice: late events update windows for 2 hours\n\
+             SELECT tumble(interval '1 hour') AS window, count(*) AS n FROM interactions GROUP BY window",
+        )
+        .await
+        .unwrap();
+        let Shape::Windowed { window, .. } = &q.shape else { panic!("not windowed") };
+        assert_eq!(window.corrections, Some(2 * 3_600_000_000));
+    }
+
+    #[tokio::test]
     async fn what_cannot_stream_is_refused_naming_the_construct_and_the_file() {
         let cases = [
             ("SELECT a.event_id FROM interactions a JOIN learning.progress b ON a.user_id = b.user_id", "join"),
@@ -641,7 +707,14 @@ mod tests {
                  JOIN services.directory.users u ON u.user_id = i.user_id GROUP BY w, u.org_id",
                 "joined below the window",
             ),
-            ("SELECT org_id, count(*) FROM services.directory.users GROUP BY org_id", "reads no topic"),
+            ("SELECT tumble(interval '1 day') AS w, count(*) FROM services.directory.users GROUP BY w", "event time"),
+            (
+                "-- sluice: late events update windows for 1 day\n\
+                 SELECT hop(interval '1 minute', interval '5 minutes') AS w, count(*) FROM interactions GROUP BY w",
+                "tumble() windows only",
+            ),
+            ("-- sluice: late events update windows for 1 day\nSELECT event_id FROM interactions", "has none"),
+            ("-- sluice: keep everything\nSELECT event_id FROM interactions", "unknown directive"),
             ("SELECT session(interval '0 minutes') AS w, user_id, count(*) FROM interactions GROUP BY w, user_id", "session()"),
             (
                 "SELECT session(interval '30 minutes') AS w, lower(user_id), count(*) FROM interactions GROUP BY w, lower(user_id)",

@@ -175,12 +175,15 @@ impl Pipeline {
         for file in sql {
             let query = crate::plan::plan(file, &inputs).await?;
             let layout = TableLayout::for_result(&query.output_schema);
-            let sink = TableSink::open(lake, query.table.clone(), layout, &options.pipeline).await?;
+            let mut sink = TableSink::open(lake, query.table.clone(), layout, &options.pipeline).await?;
+            if matches!(query.shape, Shape::OverMirrors { .. }) {
+                sink = sink.overwriting();
+            }
             sinks.insert(query.table.clone(), sink);
             let clock = QueryClock::new(query.clock_topics());
             let windows = match &query.shape {
                 Shape::Windowed { window, .. } => Some(WindowOperator::new(window.clone())?),
-                Shape::Stateless { .. } => None,
+                Shape::Stateless { .. } | Shape::OverMirrors { .. } => None,
             };
             queries.push(RunningQuery { query, clock, windows });
         }
@@ -460,6 +463,8 @@ impl Pipeline {
                     }
                     Vec::new()
                 }
+                // Reads no topic: runs at commits, when its mirrors changed.
+                Shape::OverMirrors { .. } => Vec::new(),
             };
             let table = self.queries[i].query.table.clone();
             let sink = self.sink(&table)?;
@@ -484,7 +489,7 @@ impl Pipeline {
         let q = &self.queries[i];
         let Some(WindowOperator::Panes(windows)) = q.windows.as_ref() else { return Ok(None) };
         q.clock.row_watermarks(&self.watermarks, id, ts.values().iter().copied(), &mut self.row_watermarks);
-        let is_late: Vec<bool> = ts.values().iter().zip(&self.row_watermarks).map(|(&t, &wm)| windows.first_end(t) <= wm).collect();
+        let is_late: Vec<bool> = ts.values().iter().zip(&self.row_watermarks).map(|(&t, &wm)| windows.late_from(t) <= wm).collect();
         if !is_late.contains(&true) {
             return Ok(None);
         }
@@ -509,6 +514,7 @@ impl Pipeline {
                 false => vec![(i64::MAX, rows)],
             };
             let sink = self.sinks.get_mut(&q.query.table).ok_or_else(|| Error::Internal(format!("no sink for {}", q.query.table)))?;
+            sink.replace_windows(&windows.take_corrected())?;
             for (end, rows) in groups {
                 for joined in &q.query.mirrors {
                     let mirror = self.mirrors.get(&joined.topic).ok_or_else(|| Error::Internal(format!("no mirror of {}", joined.topic)))?;
@@ -520,6 +526,28 @@ impl Pipeline {
                 for b in &collect(plan, q.query.task_ctx.clone()).await? {
                     sink.push(b)?;
                 }
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs the queries over mirrors alone that read one of the `changed` mirrors, on
+    /// the mirrors' current rows: their results replace their tables' rows.
+    async fn rerun_over_mirrors(&mut self, changed: &[Arc<str>]) -> Result<()> {
+        for q in &self.queries {
+            let Shape::OverMirrors { plan } = &q.query.shape else { continue };
+            if !q.query.mirrors.iter().any(|m| changed.contains(&m.topic)) {
+                continue;
+            }
+            for read in &q.query.mirrors {
+                let mirror = self.mirrors.get(&read.topic).ok_or_else(|| Error::Internal(format!("no mirror of {}", read.topic)))?;
+                read.slot.fill(vec![mirror.current()?]);
+            }
+            let rows = collect(reset_plan_states(plan.clone())?, q.query.task_ctx.clone()).await?;
+            let sink = self.sinks.get_mut(&q.query.table).ok_or_else(|| Error::Internal(format!("no sink for {}", q.query.table)))?;
+            sink.begin_replacement();
+            for b in &rows {
+                sink.push(b)?;
             }
         }
         Ok(())
@@ -543,12 +571,16 @@ impl Pipeline {
         }
         let epoch = self.epoch + 1;
         let started = Instant::now();
+        let mut changed = Vec::new();
         for mirror in self.mirrors.values_mut() {
             if mirror.take_changed() {
                 let sink = self.sinks.get_mut(mirror.table()).ok_or_else(|| Error::Internal(format!("no sink for {}", mirror.table())))?;
-                sink.replace_with(mirror.current()?);
+                sink.begin_replacement();
+                sink.push_table_rows(mirror.current()?);
+                changed.push(mirror.topic().clone());
             }
         }
+        self.rerun_over_mirrors(&changed).await?;
 
         let stages = self.sinks.iter_mut().filter(|(_, s)| s.has_pending()).map(|(path, s)| async move {
             Ok::<_, Error>((path.as_str().to_string(), s.stage().await?))
@@ -566,8 +598,10 @@ impl Pipeline {
         let mut mirrors = BTreeMap::new();
         for mirror in self.mirrors.values_mut() {
             // Windows still open end after their query's watermark: older history is not needed.
-            let joining = self.queries.iter().filter(|q| q.query.mirrors.iter().any(|m| m.topic == *mirror.topic()));
-            mirror.prune(joining.map(|q| q.clock.watermark()).min().unwrap_or(i64::MAX))?;
+            // Corrected windows are kept past the watermark, and may be joined again.
+            let joining = self.queries.iter().filter(|q| q.windows.is_some() && q.query.mirrors.iter().any(|m| m.topic == *mirror.topic()));
+            let horizon = |q: &RunningQuery| q.clock.watermark().saturating_sub(q.query.corrections().unwrap_or(0));
+            mirror.prune(joining.map(horizon).min().unwrap_or(i64::MAX))?;
             if mirror.keys() > 0 {
                 let name = self.checkpoints.put_state(epoch, mirror.table(), &mirror.snapshot()?).await?;
                 mirrors.insert(mirror.table().as_str().to_string(), name);

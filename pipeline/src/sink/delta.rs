@@ -1,16 +1,28 @@
 //! One Delta table: create it if missing, check its schema, append a commit per epoch.
+//!
+//! Two kinds of commit also remove rows: a mirror's (or a query over mirrors) replaces
+//! the whole table; a corrected window's replaces that window's rows, by rewriting
+//! the files of the window's `date` without them.
 
+use std::collections::BTreeSet;
+
+use arrow::array::{AsArray, BooleanArray};
+use arrow::compute::filter_record_batch;
+use arrow::datatypes::TimestampMicrosecondType;
 use arrow::record_batch::RecordBatch;
 use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
-use deltalake::kernel::{Action, Add, Transaction};
+use deltalake::kernel::{Action, Add, Remove, Transaction};
+use deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use deltalake::parquet::basic::Compression;
 use deltalake::parquet::file::properties::WriterProperties;
 use deltalake::parquet::schema::types::ColumnPath;
 use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
-use deltalake::DeltaTable;
+use deltalake::{DeltaTable, DeltaTableError};
+use object_store::ObjectStoreExt;
+use serde::{Deserialize, Serialize};
 
-use super::TableLayout;
+use super::{TableLayout, DATE};
 use crate::catalog::{Lake, TablePath};
 use crate::error::{Error, Result};
 
@@ -29,6 +41,17 @@ pub struct TableSink {
     overwrite: bool,
     /// A replacement is buffered, possibly of no rows.
     replacing: bool,
+    /// Windows (by start, µs) whose committed rows the next commit replaces.
+    replaced_windows: BTreeSet<i64>,
+}
+
+/// What one epoch writes to a table before committing it: new files, and the files
+/// it takes out (those holding rows of corrected windows).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Staged {
+    pub adds: Vec<Add>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub removes: Vec<Remove>,
 }
 
 impl TableSink {
@@ -64,6 +87,7 @@ impl TableSink {
             writer_properties: writer_properties(&layout_schema),
             overwrite: false,
             replacing: false,
+            replaced_windows: BTreeSet::new(),
         })
     }
 
@@ -74,11 +98,33 @@ impl TableSink {
         self
     }
 
-    /// Buffers the table's next full contents (an overwriting sink only).
-    pub fn replace_with(&mut self, batch: RecordBatch) {
-        self.pending_rows = batch.num_rows();
-        self.pending = vec![batch];
+    /// Starts buffering the table's next full contents (an overwriting sink only):
+    /// the rows pushed from now on, possibly none.
+    pub fn begin_replacement(&mut self) {
+        self.pending.clear();
+        self.pending_rows = 0;
         self.replacing = true;
+    }
+
+    /// Makes the windows starting at `starts` (µs) be emitted again: their rows
+    /// buffered so far are dropped, and the next commit takes their committed rows
+    /// out of the table. Push their new rows after this.
+    pub fn replace_windows(&mut self, starts: &[i64]) -> Result<()> {
+        if starts.is_empty() {
+            return Ok(());
+        }
+        let starts: BTreeSet<i64> = starts.iter().copied().collect();
+        let mut kept = Vec::with_capacity(self.pending.len());
+        for batch in std::mem::take(&mut self.pending) {
+            let batch = without_windows(&batch, &starts)?;
+            if batch.num_rows() > 0 {
+                kept.push(batch);
+            }
+        }
+        self.pending_rows = kept.iter().map(RecordBatch::num_rows).sum();
+        self.pending = kept;
+        self.replaced_windows.extend(starts);
+        Ok(())
     }
 
     pub fn path(&self) -> &TablePath {
@@ -109,7 +155,7 @@ impl TableSink {
 
     /// Whether the next epoch has anything to commit to this table.
     pub fn has_pending(&self) -> bool {
-        self.pending_rows > 0 || self.replacing
+        self.pending_rows > 0 || self.replacing || !self.replaced_windows.is_empty()
     }
 
     pub fn rows_written(&self) -> u64 {
@@ -133,11 +179,12 @@ impl TableSink {
     ///
     /// The encoding runs as a task of its own, so the tables of an epoch are
     /// written in parallel.
-    pub async fn stage(&mut self) -> Result<Vec<Add>> {
+    pub async fn stage(&mut self) -> Result<Staged> {
         self.replacing = false;
+        let removes = self.take_out_replaced_windows().await?;
         self.pending.retain(|b| b.num_rows() > 0);
         if self.pending.is_empty() {
-            return Ok(Vec::new());
+            return Ok(Staged { adds: Vec::new(), removes });
         }
         let table = self.path.to_string();
         let err = move |e| Error::delta(table.clone(), e);
@@ -150,7 +197,41 @@ impl TableSink {
             }
             writer.flush().await.map_err(&err)
         });
-        task.await.map_err(|e| Error::Internal(format!("writing {}: {e}", self.path)))?
+        let adds = task.await.map_err(|e| Error::Internal(format!("writing {}: {e}", self.path)))??;
+        Ok(Staged { adds, removes })
+    }
+
+    /// Takes the committed rows of the replaced windows out: every file of their
+    /// dates is read, its other rows go back into the buffer to be written again, and
+    /// the file is returned to be removed.
+    async fn take_out_replaced_windows(&mut self) -> Result<Vec<Remove>> {
+        if self.replaced_windows.is_empty() {
+            return Ok(Vec::new());
+        }
+        let replaced = std::mem::take(&mut self.replaced_windows);
+        let dates: BTreeSet<String> = replaced.iter().map(|&start| date_of(start)).collect();
+        let table = self.path.to_string();
+        let err = |e: DeltaTableError| Error::delta(table.clone(), e);
+        let files: Vec<_> = self
+            .table
+            .snapshot()
+            .map_err(err)?
+            .log_data()
+            .iter()
+            .filter(|f| f.partition_values_map().get(DATE).and_then(|d| d.as_deref()).is_some_and(|d| dates.contains(d)))
+            .collect();
+        let store = self.table.object_store();
+        let mut removes = Vec::with_capacity(files.len());
+        for file in files {
+            let bytes = async { store.get(&file.object_store_path()).await?.bytes().await }.await.map_err(|e| err(e.into()))?;
+            let reader = ParquetRecordBatchReaderBuilder::try_new(bytes).and_then(|b| b.build()).map_err(|e| err(e.into()))?;
+            for batch in reader {
+                let kept = without_windows(&self.layout.with_partition_column(&batch?)?, &replaced)?;
+                self.push_table_rows(kept);
+            }
+            removes.push(file.remove_action(true));
+        }
+        Ok(removes)
     }
 
     /// Adds staged files to the table as one commit for `epoch`, recorded as the
@@ -158,13 +239,13 @@ impl TableSink {
     ///
     /// An overwriting sink's commit also removes every file the table had, and is
     /// made even without files: the table then has no rows.
-    pub async fn commit(&mut self, epoch: i64, files: Vec<Add>) -> Result<usize> {
-        if files.is_empty() && !self.overwrite {
+    pub async fn commit(&mut self, epoch: i64, staged: Staged) -> Result<usize> {
+        if staged.adds.is_empty() && staged.removes.is_empty() && !self.overwrite {
             return Ok(0);
         }
         let err = |e| Error::delta(self.path.as_str(), e);
         let table = &mut self.table;
-        let mode = if self.overwrite { SaveMode::Overwrite } else { SaveMode::Append };
+        let mode = if self.overwrite || !staged.removes.is_empty() { SaveMode::Overwrite } else { SaveMode::Append };
         let operation = DeltaOperation::Write {
             mode,
             partition_by: Some(self.layout.partition_columns.clone()).filter(|p| !p.is_empty()),
@@ -175,7 +256,8 @@ impl TableSink {
             let snapshot = table.snapshot().map_err(err)?;
             actions.extend(snapshot.log_data().iter().map(|f| Action::Remove(f.remove_action(true))));
         }
-        actions.extend(files.into_iter().map(Action::Add));
+        actions.extend(staged.removes.into_iter().map(Action::Remove));
+        actions.extend(staged.adds.into_iter().map(Action::Add));
         let properties = CommitProperties::default().with_application_transaction(Transaction::new(&self.app_id, epoch));
         let finalized = CommitBuilder::from(properties)
             .with_actions(actions)
@@ -187,6 +269,21 @@ impl TableSink {
         self.rows_written += rows as u64;
         Ok(rows)
     }
+}
+
+/// The rows of `batch` (in a windowed table's layout) outside the windows starting at `starts`.
+fn without_windows(batch: &RecordBatch, starts: &BTreeSet<i64>) -> Result<RecordBatch> {
+    let window_start = batch
+        .column_by_name("window_start")
+        .and_then(|c| c.as_primitive_opt::<TimestampMicrosecondType>())
+        .ok_or_else(|| Error::Internal("corrected rows without a µs window_start".into()))?;
+    let keep: BooleanArray = window_start.iter().map(|s| Some(!s.is_some_and(|s| starts.contains(&s)))).collect();
+    Ok(filter_record_batch(batch, &keep)?)
+}
+
+/// The `date` partition value (`YYYY-MM-DD`) of a window starting at `start` µs.
+fn date_of(start: i64) -> String {
+    chrono::DateTime::from_timestamp_micros(start).map(|t| t.format("%Y-%m-%d").to_string()).unwrap_or_default()
 }
 
 /// Identifiers and raw messages are unique per row: dictionary-encoding them costs

@@ -7,7 +7,7 @@
 mod delta;
 mod operational;
 
-pub use delta::TableSink;
+pub use delta::{Staged, TableSink};
 pub use operational::{dead_letter_schema, dead_letters_batch, late_event_schema, LateEvents, DEAD_LETTERS, LATE_EVENTS};
 
 use std::sync::Arc;
@@ -85,6 +85,30 @@ impl TableLayout {
             .collect::<Result<Vec<_>>>()?;
         let options = arrow::record_batch::RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
         Ok(RecordBatch::try_new_with_options(self.schema.clone(), columns, &options)?)
+    }
+}
+
+impl TableLayout {
+    /// Rows read back from one of the table's Parquet files, which leave the
+    /// partition column out, in the table's layout again.
+    pub fn with_partition_column(&self, stored: &RecordBatch) -> Result<RecordBatch> {
+        let columns = self
+            .schema
+            .fields()
+            .iter()
+            .map(|f| match stored.column_by_name(f.name()) {
+                Some(c) if c.data_type() == f.data_type() => Ok(c.clone()),
+                Some(c) => Ok(arrow::compute::cast(c, f.data_type())?),
+                None if f.name() == DATE => {
+                    let start = stored.column_by_name("window_start").ok_or_else(|| {
+                        arrow::error::ArrowError::SchemaError("a windowed table's file without window_start".into())
+                    })?;
+                    Ok(Arc::new(dates(start)) as ArrayRef)
+                }
+                None => Err(arrow::error::ArrowError::SchemaError(format!("a file of the table lacks column `{}`", f.name())).into()),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(RecordBatch::try_new(self.schema.clone(), columns)?)
     }
 }
 

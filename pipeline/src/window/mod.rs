@@ -30,7 +30,7 @@ impl WindowOperator {
 
     /// Folds a batch of the aggregate's input rows in. Sessions judge lateness
     /// themselves, per input row, at `watermark(offset)`, and return the late
-    /// rows' offsets and watermarks; panes are filtered before ([`Windows::first_end`]).
+    /// rows' offsets and watermarks; panes are filtered before ([`Windows::late_from`]).
     pub fn update(&mut self, batch: &RecordBatch, watermark: impl Fn(i64) -> i64) -> Result<Vec<(i64, i64)>> {
         match self {
             WindowOperator::Panes(w) => w.update(batch).map(|()| Vec::new()),
@@ -42,6 +42,14 @@ impl WindowOperator {
         match self {
             WindowOperator::Panes(w) => w.close_until(watermark),
             WindowOperator::Sessions(s) => s.close_until(watermark),
+        }
+    }
+
+    /// The starts of the windows emitted again, corrected, by the last closes.
+    pub fn take_corrected(&mut self) -> Vec<i64> {
+        match self {
+            WindowOperator::Panes(w) => w.take_corrected(),
+            WindowOperator::Sessions(_) => Vec::new(),
         }
     }
 

@@ -5,6 +5,10 @@
 //! hopping windows it falls in. A window's rows are produced once, when the
 //! watermark passes its end: a tumbling window is its one pane; a hopping window
 //! merges the partial states of its `width / slide` panes.
+//!
+//! With corrections (tumbling windows only), an emitted window keeps its state for
+//! the declared time: a late event folds into it, and the window is emitted again,
+//! whole, at the next close, to replace its rows in the table.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -30,12 +34,18 @@ pub struct Windows {
     /// Every window ending at or before this has been emitted (hopping windows: a
     /// pane outlives the first windows it is part of).
     emitted_until: i64,
+    /// Starts of the windows emitted again since [`take_corrected`](Self::take_corrected).
+    corrected: Vec<i64>,
 }
 
 /// One window's groups and, per aggregate, its accumulator over those groups.
 struct WindowState {
     groups: Groups,
     accumulators: Vec<Box<dyn GroupsAccumulator>>,
+    /// Emitted and kept for corrections.
+    emitted: bool,
+    /// Emitted, and rows came in since: to be emitted again.
+    corrected: bool,
 }
 
 /// Group ids for the window's key rows; a query without keys has one group.
@@ -46,15 +56,21 @@ enum Groups {
 
 impl Windows {
     pub fn new(spec: WindowSpec) -> Self {
-        Windows { spec, windows: BTreeMap::new(), emitted_until: i64::MIN }
+        Windows { spec, windows: BTreeMap::new(), emitted_until: i64::MIN, corrected: Vec::new() }
     }
 
-    /// The end of the first window holding event time `ts`. Once the watermark
-    /// passes it, an event at `ts` is late: it then counts in none of its windows,
-    /// so every emitted window either saw it or never will (for tumbling windows,
-    /// the first window is the only one).
-    pub fn first_end(&self, ts: i64) -> i64 {
-        window_start(ts, self.spec.slide).saturating_add(self.spec.slide)
+    /// The watermark from which an event at `ts` is late: the end of the first window
+    /// holding it, plus the time corrections are taken. A late event counts in none
+    /// of its windows, so every emitted window either saw it or never will (for
+    /// tumbling windows, the first window is the only one).
+    pub fn late_from(&self, ts: i64) -> i64 {
+        let first_end = window_start(ts, self.spec.slide).saturating_add(self.spec.slide);
+        first_end.saturating_add(self.spec.corrections.unwrap_or(0))
+    }
+
+    /// The starts of the windows emitted again, corrected, since the last call.
+    pub fn take_corrected(&mut self) -> Vec<i64> {
+        std::mem::take(&mut self.corrected)
     }
 
     /// After a restart: the windows ending by `watermark` were emitted before.
@@ -122,6 +138,7 @@ impl Windows {
                 std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
                 std::collections::btree_map::Entry::Vacant(e) => e.insert(WindowState::new(spec)?),
             };
+            window.corrected |= window.emitted;
             let (ids, groups) = window.groups.intern(&pick(&keys)?, rows.len())?;
             for ((accumulator, args), filter) in window.accumulators.iter_mut().zip(&args).zip(&filters) {
                 let filter = match filter {
@@ -141,6 +158,9 @@ impl Windows {
         if self.spec.slide != self.spec.size {
             return self.close_hopping_until(watermark);
         }
+        if let Some(kept_for) = self.spec.corrections {
+            return self.close_correctable_until(watermark, kept_for);
+        }
         let mut batches = Vec::new();
         while let Some(entry) = self.windows.first_entry() {
             let start = *entry.key();
@@ -155,6 +175,40 @@ impl Windows {
         }
         Ok(Some(concat_batches(&self.spec.schema, &batches)?))
     }
+    /// Tumbling windows kept `kept_for` after they end: emits the windows that ended
+    /// and those corrected since, and drops the windows whose corrections are over.
+    fn close_correctable_until(&mut self, watermark: i64, kept_for: i64) -> Result<Option<RecordBatch>> {
+        let size = self.spec.size;
+        let mut batches = Vec::new();
+        for (&start, window) in self.windows.iter_mut() {
+            if start.saturating_add(size) > watermark {
+                break;
+            }
+            if window.emitted && !window.corrected {
+                continue;
+            }
+            if window.emitted {
+                self.corrected.push(start);
+            }
+            let rows = window.state_rows(&self.spec, start)?;
+            let mut copy = WindowState::new(&self.spec)?;
+            copy.merge_state(&self.spec, &rows)?;
+            batches.push(copy.finish(&self.spec, start)?);
+            (window.emitted, window.corrected) = (true, false);
+        }
+        self.emitted_until = self.emitted_until.max(watermark);
+        while let Some(entry) = self.windows.first_entry() {
+            if entry.key().saturating_add(size).saturating_add(kept_for) > watermark {
+                break;
+            }
+            entry.remove();
+        }
+        if batches.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(concat_batches(&self.spec.schema, &batches)?))
+    }
+
     fn close_hopping_until(&mut self, watermark: i64) -> Result<Option<RecordBatch>> {
         let (slide, width) = (self.spec.slide, self.spec.size);
         let (Some(first), Some(last)) = (self.windows.keys().next().copied(), self.windows.keys().next_back().copied()) else {
@@ -216,6 +270,7 @@ impl Windows {
                 std::collections::btree_map::Entry::Vacant(e) => e.insert(WindowState::new(&self.spec)?),
             };
             window.merge_state(&self.spec, &rows.slice(from, len))?;
+            window.emitted = start.saturating_add(self.spec.size) <= self.emitted_until;
             from += len;
         }
         Ok(())
@@ -251,13 +306,14 @@ impl WindowState {
                 }
             })
             .collect::<Result<_>>()?;
-        Ok(WindowState { groups, accumulators })
+        Ok(WindowState { groups, accumulators, emitted: false, corrected: false })
     }
 
     /// The window's state as rows, leaving the window as it was (taking a state
     /// drains an accumulator, so the window is rebuilt from the rows it gave).
     fn state_rows(&mut self, spec: &WindowSpec, start: i64) -> Result<RecordBatch> {
-        let rows = std::mem::replace(self, WindowState::new(spec)?).into_state(start)?;
+        let fresh = WindowState { emitted: self.emitted, corrected: self.corrected, ..WindowState::new(spec)? };
+        let rows = std::mem::replace(self, fresh).into_state(start)?;
         self.merge_state(spec, &rows)?;
         Ok(rows)
     }
@@ -400,7 +456,7 @@ fn window_array(spec: &WindowSpec, start: i64, n: usize) -> Result<ArrayRef> {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
+    use std::collections::{BTreeMap, BTreeSet};
     use std::path::{Path, PathBuf};
 
     use arrow::array::{AsArray, StructArray};
@@ -549,6 +605,40 @@ mod tests {
         assert_eq!(windows.open_windows(), 5, "only windows ending by the watermark close");
         let rest = windows.close_until(i64::MAX).unwrap().unwrap();
         assert_same(&emitted(&[closed, rest], MINUTE), &expected);
+    }
+
+    /// With corrections, late rows fold into emitted windows, which are emitted again
+    /// whole; a window is dropped once its corrections are over.
+    #[tokio::test]
+    async fn corrected_windows_are_emitted_again_with_every_row() {
+        let query = planned("tumble(interval '1 minute')").await;
+        let Shape::Windowed { window, .. } = &query.shape else { panic!("not windowed") };
+        let spec = WindowSpec { corrections: Some(3 * MINUTE), ..window.clone() };
+        let mut windows = Windows::new(spec);
+        let mut rng = SmallRng::seed_from_u64(5);
+        let on_time = requests(&mut rng, 0, 3000, 0, 10 * MINUTE);
+        let late = requests(&mut rng, 5000, 500, 3 * MINUTE, 5 * MINUTE);
+        let mut expected = Sums::new();
+        for (ts, service, duration, _) in on_time.iter().chain(&late) {
+            add(&mut expected, ts - ts.rem_euclid(MINUTE), service, *duration);
+        }
+
+        feed(&query, &mut windows, &on_time, &mut rng).await;
+        let first = windows.close_until(T0 + 5 * MINUTE).unwrap().unwrap();
+        assert!(windows.take_corrected().is_empty());
+        feed(&query, &mut windows, &late, &mut rng).await;
+        let again = windows.close_until(T0 + 6 * MINUTE).unwrap().unwrap();
+        assert_eq!(windows.take_corrected(), [T0 + 3 * MINUTE, T0 + 4 * MINUTE]);
+        assert_eq!(windows.open_windows(), 7, "windows 0..=2 are past their corrections; 3..=9 are kept");
+        let rest = windows.close_until(i64::MAX).unwrap().unwrap();
+
+        // The last emission of each window is what the table ends up with.
+        let mut table = emitted(&[first], MINUTE);
+        let again = emitted(&[again], MINUTE);
+        assert_eq!(again.keys().map(|(start, _)| (start - T0) / MINUTE).collect::<BTreeSet<_>>(), BTreeSet::from([3, 4, 5]));
+        table.extend(again);
+        table.extend(emitted(&[rest], MINUTE));
+        assert_same(&table, &expected);
     }
 
     /// Hopping windows against sums over every window each event falls in, with

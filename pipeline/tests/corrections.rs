@@ -1,0 +1,105 @@
+//! A SQL file that asks for corrections: late events within the declared time
+//! update their emitted window, whose row in the Delta table is replaced in place
+//! (read back with deltalake's reader); later ones still go to `late_events`.
+//!
+//! Every message is its own batch, and every batch with rows commits, so each
+//! correction rewrites files committed before it.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::{read_table, V};
+use sluice::catalog::Lake;
+use sluice::plan::load_sql_dir;
+use sluice::runtime::{Pipeline, RunOptions};
+use sluice::schema::SchemaRegistry;
+use sluice::source::FileSource;
+
+const SQL: &str = "-- sluice: late events update windows for 10 minutes
+SELECT tumble(interval '1 minute') AS window, service, count(*) AS requests, sum(duration_ms) AS total_ms
+FROM gateway.requests
+GROUP BY window, service";
+
+/// A request at `2026-03-01T<time>Z`.
+fn request(id: usize, time: &str, service: &str, duration_ms: f64) -> String {
+    format!(
+        r#"{{"request_id":"r{id}","correlation_id":"c","ts":"2026-03-01T{time}Z","service":"{service}","upstream_instance":"x","method":"GET","route":"/","status":200,"duration_ms":{duration_ms},"auth_outcome":"ok","rate_limited":false,"bytes_out":1}}"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_event_within_the_corrections_replaces_its_windows_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let sql_dir = dir.path().join("sql/monitoring/test");
+    std::fs::create_dir_all(&sql_dir).unwrap();
+    std::fs::write(sql_dir.join("requests_per_minute.sql"), SQL).unwrap();
+    let input = dir.path().join("in");
+    std::fs::create_dir_all(&input).unwrap();
+    // Out-of-orderness is 5 s: the watermark trails the newest request by that.
+    let lines = [
+        request(0, "10:00:10", "auth", 10.0),
+        request(1, "10:00:20", "auth", 20.0),
+        request(2, "10:00:30", "devlab", 5.0),
+        request(3, "10:02:00", "auth", 1.0), // watermark 10:01:55: 10:00 is emitted
+        request(4, "10:00:40", "auth", 100.0), // corrects 10:00 (kept until 10:11)
+        request(5, "10:00:50", "directory", 7.0), // a new key in the corrected window
+        request(6, "10:20:00", "auth", 1.0), // watermark 10:19:55: 10:00 is dropped
+        request(7, "10:00:55", "auth", 1000.0), // too late: to late_events
+        request(8, "10:15:00", "auth", 3.0), // after its window's end, which never had rows
+    ];
+    std::fs::write(input.join("gateway.requests.jsonl"), lines.join("\n") + "\n").unwrap();
+
+    let schemas = Path::new(env!("CARGO_MANIFEST_DIR")).join("../schemas");
+    let registry = SchemaRegistry::load(&schemas).unwrap();
+    let lake_dir = dir.path().join("lake");
+    let lake = Lake::open(lake_dir.to_str().unwrap(), true).unwrap();
+    let sql = load_sql_dir(&dir.path().join("sql")).unwrap();
+    let options = RunOptions { max_pending_rows: 1, commit_interval: Duration::from_secs(3600), ..RunOptions::default() };
+    let mut pipeline = Pipeline::new(&lake, &registry, &sql, options).await.unwrap();
+    let mut source = FileSource::open(&input, 1, |t| registry.get(t).is_some()).unwrap();
+    pipeline.run(&mut source).await.unwrap();
+
+    // Both corrections removed the files holding the window's earlier rows.
+    let log = lake_dir.join("monitoring/test/requests_per_minute/_delta_log");
+    let commits_removing = std::fs::read_dir(&log)
+        .unwrap()
+        .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap_or_default())
+        .filter(|commit| commit.contains("\"remove\""))
+        .count();
+    assert_eq!(commits_removing, 2);
+
+    let table = read_table(&lake_dir, "monitoring/test/requests_per_minute").await.unwrap();
+    let mut rows: Vec<(String, String, i64, f64)> = table
+        .rows
+        .iter()
+        .map(|r| {
+            let at = |c: &str| table.get(r, c).unwrap().clone();
+            let V::Ts(start) = at("window_start") else { panic!("window_start {:?}", at("window_start")) };
+            let time = chrono::DateTime::from_timestamp_micros(start).unwrap().format("%H:%M").to_string();
+            (time, at("service").as_str().unwrap().to_string(), at("requests").as_i64().unwrap(), at("total_ms").as_f64().unwrap())
+        })
+        .collect();
+    rows.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+    let expected = [
+        ("10:00", "auth", 3, 130.0),
+        ("10:00", "devlab", 1, 5.0),
+        ("10:00", "directory", 1, 7.0),
+        ("10:02", "auth", 1, 1.0),
+        ("10:15", "auth", 1, 3.0),
+        ("10:20", "auth", 1, 1.0),
+    ]
+    .map(|(t, s, n, total)| (t.to_string(), s.to_string(), n, total));
+    assert_eq!(rows, expected);
+
+    let dead = read_table(&lake_dir, "monitoring/integration_health/dead_letters").await.unwrap();
+    assert!(dead.rows.is_empty(), "every request is valid: {:?}", dead.rows);
+    let late = read_table(&lake_dir, "monitoring/integration_health/late_events").await.unwrap();
+    let late: Vec<(i64, String)> = late
+        .rows
+        .iter()
+        .map(|r| (late.get(r, "_offset").unwrap().as_i64().unwrap(), late.get(r, "table").unwrap().as_str().unwrap().to_string()))
+        .collect();
+    assert_eq!(late, [(7, "monitoring/test/requests_per_minute".to_string())]);
+}
