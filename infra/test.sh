@@ -6,6 +6,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # Builds go outside the clone, shared with .ci/run, so runs after the first are incremental.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${SLUICE_CACHE:-$HOME/.cache/sluice}/target}"
+# The UDFs of udfs/ once, into their cache outside the clone (the first build on a
+# machine compiles the plugin's dependencies: minutes; later runs reuse it).
+cargo build -p sluice --bin sluice
+"$CARGO_TARGET_DIR/debug/sluice" udfs build
 port="${SLUICE_TEST_BROKER_PORT:-19092}"
 infra/broker.sh stop
 SLUICE_KAFKA_BROKERS=$(infra/broker.sh start "$port")

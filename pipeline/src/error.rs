@@ -15,6 +15,9 @@ pub enum Error {
     #[error("SQL file {path}: {message}")]
     Sql { path: PathBuf, message: String },
 
+    #[error("UDF {path}: {message}")]
+    Udf { path: PathBuf, message: String },
+
     #[error("config: {0}")]
     Config(String),
 

@@ -20,4 +20,5 @@ pub mod schema;
 pub mod sink;
 pub mod source;
 pub mod time;
+pub mod udf;
 pub mod window;

@@ -57,7 +57,7 @@ async fn a_late_event_within_the_corrections_replaces_its_windows_row() {
     let lake = Lake::open(lake_dir.to_str().unwrap(), true).unwrap();
     let sql = load_sql_dir(&dir.path().join("sql")).unwrap();
     let options = RunOptions { max_pending_rows: 1, commit_interval: Duration::from_secs(3600), ..RunOptions::default() };
-    let mut pipeline = Pipeline::new(&lake, &registry, &sql, options).await.unwrap();
+    let mut pipeline = Pipeline::new(&lake, &registry, &sql, &Default::default(), options).await.unwrap();
     let mut source = FileSource::open(&input, 1, |t| registry.get(t).is_some()).unwrap();
     pipeline.run(&mut source).await.unwrap();
 

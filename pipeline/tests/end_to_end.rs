@@ -358,6 +358,8 @@ const SPD: usize = 13;
 const KPI: usize = 14;
 const ACT: usize = 15;
 const EHR: usize = 16;
+const SLO: usize = 17;
+const SBD: usize = 18;
 const MEMBERS: &str = "analytics/organization/members";
 const HOUR_US: i64 = 60 * MINUTE_US;
 
@@ -503,6 +505,22 @@ const WIN_TABLES: &[WinTable] = &[
         size: HOUR_US,
         slide: HOUR_US,
         corrections: HOUR_US,
+    },
+    WinTable {
+        path: "monitoring/api_performance/slo_classes_hourly",
+        topics: &[T_GATEWAY],
+        joins: &[],
+        size: HOUR_US,
+        slide: HOUR_US,
+        corrections: 0,
+    },
+    WinTable {
+        path: "analytics/learner/score_bands_daily",
+        topics: &[T_ASSESS],
+        joins: &[],
+        size: DAY_US,
+        slide: DAY_US,
+        corrections: 0,
     },
 ];
 
@@ -2706,6 +2724,30 @@ fn check_gateway_analytics(report: &mut Report, tables: &HashMap<&str, TableData
         &expected,
     );
 
+    // slo_classes_hourly: requests per service and SLO class (the slo_class UDF)
+    let mut acc: BTreeMap<(i64, Vec<K>), i64> = BTreeMap::new();
+    for e in on_time(input, SLO) {
+        let class = match e.f("duration_ms").unwrap() {
+            d if d <= 100.0 => "met",
+            d if d <= 500.0 => "degraded",
+            _ => "breached",
+        };
+        *acc.entry((window_start(e.e.ts, HOUR_US), ks(&[e.s("service"), Some(class)])))
+            .or_default() += 1;
+    }
+    let expected: Expected = acc
+        .into_iter()
+        .map(|(k, n)| (k, vec![("requests", Exp::Int(n))]))
+        .collect();
+    check_windowed(
+        report,
+        tables,
+        SLO,
+        &["service", "slo_class"],
+        &[("requests", I64)],
+        &expected,
+    );
+
     // errors_hourly: every request not late for it, corrections included (one row
     // per window and service however often the window was emitted)
     let mut acc: BTreeMap<(i64, Vec<K>), (i64, i64)> = BTreeMap::new();
@@ -3057,6 +3099,9 @@ fn check_daily_analytics(report: &mut Report, tables: &HashMap<&str, TableData>,
         a.0 += e.b("passed") as i64;
         a.1.push(e.f("score").unwrap());
     }
+    let beyond_three = acc.values().filter(|(_, scores)| scores.len() > 3).count();
+    eprintln!("end_to_end: mastery_daily: {beyond_three} group(s) with more than three scores");
+    assert!(beyond_three > 0, "no group where mastery (best three) differs from avg_score's inputs");
     let expected: Expected = acc
         .into_iter()
         .map(|(k, (passes, scores))| {
@@ -3070,6 +3115,7 @@ fn check_daily_analytics(report: &mut Report, tables: &HashMap<&str, TableData>,
                         Exp::Float(scores.iter().cloned().reduce(f64::max)),
                     ),
                     ("avg_score", Exp::Float(mean(&scores))),
+                    ("mastery", Exp::Approx(mean(&best_three(&scores)))),
                 ],
             )
         })
@@ -3085,7 +3131,33 @@ fn check_daily_analytics(report: &mut Report, tables: &HashMap<&str, TableData>,
             ("passes", I64),
             ("best_score", F64),
             ("avg_score", F64),
+            ("mastery", F64),
         ],
+        &expected,
+    );
+
+    // score_bands_daily: assessments per skill and score band (the score_band UDF)
+    let mut acc: BTreeMap<(i64, Vec<K>), i64> = BTreeMap::new();
+    for e in on_time(input, SBD) {
+        let band = match e.f("score").unwrap() {
+            s if s < 40.0 => "novice",
+            s if s < 70.0 => "intermediate",
+            s if s < 90.0 => "advanced",
+            _ => "expert",
+        };
+        *acc.entry((window_start(e.e.ts, DAY_US), ks(&[e.s("skill_id"), Some(band)])))
+            .or_default() += 1;
+    }
+    let expected: Expected = acc
+        .into_iter()
+        .map(|(k, n)| (k, vec![("assessments", Exp::Int(n))]))
+        .collect();
+    check_windowed(
+        report,
+        tables,
+        SBD,
+        &["skill_id", "band"],
+        &[("assessments", I64)],
         &expected,
     );
 
@@ -3143,6 +3215,14 @@ fn check_daily_analytics(report: &mut Report, tables: &HashMap<&str, TableData>,
         ],
         &expected,
     );
+}
+
+/// The best three of `scores`, or all of them if fewer (`mastery`).
+fn best_three(scores: &[f64]) -> Vec<f64> {
+    let mut sorted = scores.to_vec();
+    sorted.sort_by(|a, b| b.partial_cmp(a).unwrap());
+    sorted.truncate(3);
+    sorted
 }
 
 fn assert_days(expected: &Expected, what: &str) {

@@ -5,6 +5,7 @@ mod demo;
 mod generate;
 mod query;
 mod run;
+mod udfs;
 mod validate;
 
 use std::path::{Path, PathBuf};
@@ -25,11 +26,14 @@ pub struct Cli {
 #[derive(Debug, Clone, clap::Args)]
 pub struct Definitions {
     /// Directory of topic schemas (one TOML file per topic).
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", global = true)]
     pub schemas: Option<PathBuf>,
     /// Directory of SQL files (one per output table, at the table's path).
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", global = true)]
     pub sql: Option<PathBuf>,
+    /// Directory of user-defined functions (one Rust file each); none if absent.
+    #[arg(long, value_name = "DIR", global = true)]
+    pub udfs: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -108,6 +112,13 @@ pub enum Command {
         #[arg(long)]
         lake: String,
     },
+    /// Build or list the user-defined functions of the udfs directory.
+    Udfs {
+        #[command(subcommand)]
+        action: udfs::Action,
+        #[command(flatten)]
+        definitions: Definitions,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -131,6 +142,7 @@ pub async fn main(cli: Cli) -> Result<()> {
         Command::Run(args) => run::run(&args).await.map(|_| ()),
         Command::Query { lake, format, sql } => query::query(&lake, &sql, format).await,
         Command::Tables { lake } => query::tables(&lake).await,
+        Command::Udfs { action, definitions } => udfs::udfs(action, &definitions),
         Command::Validate { definitions } => validate::validate(&definitions).await,
         Command::Explain { file, definitions } => validate::explain(&file, &definitions).await,
         Command::Bench { traffic, kafka: None, batch_size, definitions, .. } => bench::bench(&traffic, batch_size, &definitions).await,
@@ -147,6 +159,21 @@ impl Definitions {
 
     pub fn sql_dir(&self) -> Result<PathBuf> {
         locate(self.sql.as_deref(), "sql")
+    }
+
+    /// The UDF files, read and checked; none without a udfs directory.
+    pub fn udf_files(&self) -> Result<Vec<crate::udf::UdfFile>> {
+        match locate(self.udfs.as_deref(), "udfs") {
+            Ok(dir) => crate::udf::load_dir(&dir),
+            Err(e) if self.udfs.is_some() => Err(e),
+            Err(_) => Ok(Vec::new()),
+        }
+    }
+
+    /// Builds what is stale and loads every UDF, with progress while building.
+    pub fn udfs(&self) -> Result<crate::udf::Udfs> {
+        let progress = indicatif::MultiProgress::new();
+        crate::udf::Udfs::build_and_load(&self.udf_files()?, &crate::udf::build::cache_dir(), &progress)
     }
 }
 

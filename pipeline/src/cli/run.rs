@@ -77,6 +77,7 @@ fn duration(text: &str) -> std::result::Result<std::time::Duration, String> {
 pub async fn run(args: &RunArgs) -> Result<RunStats> {
     let registry = SchemaRegistry::load(&args.definitions.schemas_dir()?)?;
     let sql = load_sql_dir(&args.definitions.sql_dir()?)?;
+    let udfs = args.definitions.udfs()?;
     let lake = Lake::open(&args.lake, true)?;
     let batch_size = args.batch_size as usize;
     let observed = Arc::new(Observed::default());
@@ -110,7 +111,7 @@ pub async fn run(args: &RunArgs) -> Result<RunStats> {
         let bound = crate::runtime::serve(addr, options.observed.clone()).await?;
         eprintln!("serving http://{bound}/healthz and /metrics");
     }
-    let mut pipeline = Pipeline::new(&lake, &registry, &sql, options).await?;
+    let mut pipeline = Pipeline::new(&lake, &registry, &sql, &udfs, options).await?;
     let stats = pipeline.run(source.as_mut()).await?;
     print_summary(&stats);
     Ok(stats)

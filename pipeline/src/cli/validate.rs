@@ -8,15 +8,18 @@ use crate::plan::{load_sql_dir, plan, Shape, SqlFile, StreamingQuery};
 use crate::runtime::input_tables;
 use crate::schema::SchemaRegistry;
 use crate::sink::TableLayout;
+use crate::udf::Udfs;
 
 /// Loads every schema and plans every SQL file; reports every problem, not just the first.
 pub async fn validate(definitions: &Definitions) -> Result<()> {
     let registry = SchemaRegistry::load(&definitions.schemas_dir()?)?;
     let files = load_sql_dir(&definitions.sql_dir()?)?;
     let inputs = input_tables(&registry);
+    let udf_files = definitions.udf_files()?;
+    let udfs = Udfs::declared(&udf_files);
     let mut failed = 0;
     for file in &files {
-        if let Err(e) = plan(file, &inputs).await {
+        if let Err(e) = plan(file, &inputs, &udfs).await {
             eprintln!("error: {}", e.to_string().replace('\n', " "));
             failed += 1;
         }
@@ -24,7 +27,12 @@ pub async fn validate(definitions: &Definitions) -> Result<()> {
     if failed > 0 {
         return Err(Error::Config(format!("{failed} of {} SQL files cannot run", files.len())));
     }
-    super::emit(&format!("{} topic schemas and {} SQL files: all valid\n", registry.topics().count(), files.len()))
+    super::emit(&format!(
+        "{} topic schemas, {} SQL files and {} UDFs: all valid\n",
+        registry.topics().count(),
+        files.len(),
+        udf_files.len()
+    ))
 }
 
 /// Prints the streaming plan of one SQL file, named by its path or its table.
@@ -32,7 +40,8 @@ pub async fn explain(which: &str, definitions: &Definitions) -> Result<()> {
     let registry = SchemaRegistry::load(&definitions.schemas_dir()?)?;
     let files = load_sql_dir(&definitions.sql_dir()?)?;
     let file = find(&files, which)?;
-    let query = plan(file, &input_tables(&registry)).await?;
+    let udfs = Udfs::declared(&definitions.udf_files()?);
+    let query = plan(file, &input_tables(&registry), &udfs).await?;
     super::emit(&describe(&query, &registry))
 }
 
@@ -152,6 +161,7 @@ mod tests {
         let definitions = Definitions {
             schemas: Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("../schemas")),
             sql: Some(dir.path().to_path_buf()),
+            udfs: None,
         };
         let err = validate(&definitions).await.unwrap_err().to_string();
         assert!(err.contains("2 of 3 SQL files cannot run"), "{err}");

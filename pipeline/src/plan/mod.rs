@@ -48,6 +48,7 @@ pub use slot::Slot;
 
 use crate::catalog::TablePath;
 use crate::error::{Error, Result};
+use crate::udf::Udfs;
 
 /// One `.sql` file of the `sql/` directory.
 #[derive(Debug, Clone)]
@@ -208,7 +209,7 @@ impl StreamingQuery {
 }
 
 /// Plans one SQL file against the input tables.
-pub async fn plan(file: &SqlFile, inputs: &[InputTable]) -> Result<StreamingQuery> {
+pub async fn plan(file: &SqlFile, inputs: &[InputTable], udfs: &Udfs) -> Result<StreamingQuery> {
     let sql_err = |message: String| Error::Sql { path: file.path.clone(), message };
     let df_err = |e: datafusion::error::DataFusionError| sql_err(e.strip_backtrace().to_string());
     let directives = directives::parse(&file.sql).map_err(sql_err)?;
@@ -218,6 +219,7 @@ pub async fn plan(file: &SqlFile, inputs: &[InputTable]) -> Result<StreamingQuer
     for udf in functions::all() {
         ctx.register_udf((*udf).clone());
     }
+    udfs.register(&ctx);
     let mut slots = Vec::new();
     for input in inputs {
         let slot = Slot::new(input.schema.clone());
@@ -629,7 +631,7 @@ mod tests {
             table: TablePath::new("a/b/c").unwrap(),
             sql: sql.into(),
         };
-        plan(&file, &inputs()).await
+        plan(&file, &inputs(), &Udfs::default()).await
     }
 
     async fn refusal(sql: &str) -> String {

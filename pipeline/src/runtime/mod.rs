@@ -27,6 +27,7 @@ use crate::sink::{dead_letter_schema, dead_letters_batch, late_event_schema, Lat
 use crate::source::{PartitionId, RawBatch, Source};
 use crate::time::{QueryClock, Watermarks};
 use crate::mirror::Mirror;
+use crate::udf::Udfs;
 use crate::window::WindowOperator;
 
 /// How a pipeline runs.
@@ -168,12 +169,12 @@ pub fn input_tables(registry: &SchemaRegistry) -> Vec<InputTable> {
 
 impl Pipeline {
     /// Plans every SQL file and opens (or creates) every table.
-    pub async fn new(lake: &Lake, registry: &SchemaRegistry, sql: &[SqlFile], options: RunOptions) -> Result<Self> {
+    pub async fn new(lake: &Lake, registry: &SchemaRegistry, sql: &[SqlFile], udfs: &Udfs, options: RunOptions) -> Result<Self> {
         let inputs = input_tables(registry);
         let mut queries = Vec::new();
         let mut sinks = BTreeMap::new();
         for file in sql {
-            let query = crate::plan::plan(file, &inputs).await?;
+            let query = crate::plan::plan(file, &inputs, udfs).await?;
             let layout = TableLayout::for_result(&query.output_schema);
             let mut sink = TableSink::open(lake, query.table.clone(), layout, &options.pipeline).await?;
             if matches!(query.shape, Shape::OverMirrors { .. }) {

@@ -488,7 +488,7 @@ mod tests {
              FROM gateway.requests GROUP BY window, service"
         );
         let file = SqlFile { path: PathBuf::from("t.sql"), table: TablePath::new("a/b/c").unwrap(), sql };
-        plan(&file, &crate::runtime::input_tables(&registry())).await.unwrap()
+        plan(&file, &crate::runtime::input_tables(&registry()), &Default::default()).await.unwrap()
     }
 
     /// A request at `ts` (µs) from one of three services, as a JSON line.

@@ -313,7 +313,7 @@ mod tests {
                    FROM gateway.requests GROUP BY window, service"
             .to_string();
         let file = SqlFile { path: PathBuf::from("t.sql"), table: TablePath::new("a/b/c").unwrap(), sql };
-        plan(&file, &crate::runtime::input_tables(&registry())).await.unwrap()
+        plan(&file, &crate::runtime::input_tables(&registry()), &Default::default()).await.unwrap()
     }
 
     fn request(service: &str, ts: i64, duration: f64) -> String {

@@ -602,6 +602,12 @@ fn column_values(arr: &ArrayRef) -> Result<Vec<V>, String> {
             let p = c.as_primitive::<Float64Type>();
             p.iter().map(|v| v.map_or(V::Null, V::F)).collect()
         }
+        // Binary values are read as (lossy) text, to compare with the text they encode.
+        DataType::Binary | DataType::LargeBinary | DataType::BinaryView => {
+            let c = cast(arr, &DataType::Binary).map_err(|e| e.to_string())?;
+            let b = c.as_binary::<i32>();
+            b.iter().map(|v| v.map_or(V::Null, |v| V::S(String::from_utf8_lossy(v).into_owned()))).collect()
+        }
         DataType::Boolean => {
             let b = arr.as_boolean();
             b.iter().map(|v| v.map_or(V::Null, V::B)).collect()
