@@ -153,6 +153,19 @@ async fn a_panicking_udf_stops_the_run_naming_the_function_and_the_row() {
     assert!(table.rows.is_empty(), "{:?}", table.rows);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_async_udf_past_its_timeout_stops_the_run_naming_it() {
+    let udfs = build_and_load(&udf_dir("slow")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let sql = [("test/udfs/slow", "SELECT request_id, too_slow(user_id) AS answer FROM gateway.requests")];
+    let started = std::time::Instant::now();
+    let err = run(dir.path(), &sql, &udfs).await.unwrap_err().to_string();
+    assert!(err.contains("UDF too_slow") && err.contains("timed out"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(10), "gave up after {:?}", started.elapsed());
+    let table = read_table(&dir.path().join("lake"), "test/udfs/slow").await.unwrap();
+    assert!(table.rows.is_empty(), "{:?}", table.rows);
+}
+
 #[test]
 fn a_udf_that_does_not_build_shows_the_compiler_error() {
     let err = build_and_load(&udf_dir("broken")).unwrap_err().to_string();

@@ -17,7 +17,7 @@ use super::UdfFile;
 use crate::error::{Error, Result};
 
 /// Bumped when the generated crate changes, so older builds are not reused.
-const TEMPLATE_VERSION: &str = "1";
+const TEMPLATE_VERSION: &str = "3";
 
 /// Where UDF builds live: `$SLUICE_CACHE/udfs`, by default `~/.cache/sluice/udfs`.
 pub fn cache_dir() -> PathBuf {
@@ -56,15 +56,24 @@ fn crate_name(file: &UdfFile) -> String {
     format!("sluice_udf_{}", file.signature.name)
 }
 
-fn manifest(file: &UdfFile) -> String {
-    format!(
-        "[package]\nname = \"{}\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n\
-         [lib]\ncrate-type = [\"cdylib\"]\npath = \"src/lib.rs\"\n\n\
-         [dependencies]\narroyo-udf-plugin = \"0.2\"\nchrono = \"=0.4.39\"\n{}\n\
-         # Not part of any enclosing workspace.\n[workspace]\n",
-        crate_name(file),
-        file.signature.dependencies
-    )
+/// The generated crate's Cargo.toml.
+fn manifest(file: &UdfFile) -> Result<String> {
+    let name = crate_name(file);
+    let table = |pairs: Vec<(&str, toml::Value)>| toml::Value::Table(pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect());
+    let text = |s: &str| toml::Value::String(s.into());
+    let mut dependencies = file.signature.dependencies.clone();
+    dependencies.insert("arroyo-udf-plugin".into(), text("0.2"));
+    dependencies.insert("chrono".into(), text("=0.4.39"));
+    let manifest = table(vec![
+        ("package", table(vec![("name", text(&name)), ("version", text("0.1.0")), ("edition", text("2021"))])),
+        ("lib", table(vec![("crate-type", toml::Value::Array(vec![text("cdylib")])), ("path", text("src/lib.rs"))])),
+        ("dependencies", toml::Value::Table(dependencies)),
+        // The macro's per-row loop inlines arrow's builders: one codegen unit helps.
+        ("profile", table(vec![("release", table(vec![("package", table(vec![(&name, table(vec![("codegen-units", toml::Value::Integer(1))]))]))]))])),
+        // Not part of any enclosing workspace.
+        ("workspace", table(vec![])),
+    ]);
+    toml::to_string(&manifest).map_err(|e| Error::Udf { path: file.path.clone(), message: format!("its Cargo.toml: {e}") })
 }
 
 /// Builds `file` into its cached library (a no-op when it is there).
@@ -77,7 +86,7 @@ pub fn build(cache: &Path, file: &UdfFile) -> Result<PathBuf> {
     let io = |path: &Path, e: std::io::Error| Error::io(path, e);
     let dir = cache.join("crates").join(&file.signature.name);
     std::fs::create_dir_all(dir.join("src")).map_err(|e| io(&dir, e))?;
-    write_if_changed(&dir.join("Cargo.toml"), &manifest(file))?;
+    write_if_changed(&dir.join("Cargo.toml"), &manifest(file)?)?;
     write_if_changed(&dir.join("src/lib.rs"), &file.source)?;
     let target = cache.join("target");
     let output = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
@@ -115,4 +124,22 @@ fn write_if_changed(path: &Path, text: &str) -> Result<()> {
         return Ok(());
     }
     std::fs::write(path, text).map_err(|e| Error::io(path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_generated_manifest_pins_the_plugin_and_keeps_the_files_dependencies() {
+        let source = "/*\n[dependencies]\nserde = { version = \"1\", features = [\"derive\"] }\nchrono = \"0.4.41\"\n*/\n#[udf] fn f(a: i64) -> i64 { a }";
+        let file = UdfFile { path: "f.rs".into(), source: source.into(), signature: super::super::signature::parse(source).unwrap() };
+        let manifest: toml::Table = toml::from_str(&manifest(&file).unwrap()).unwrap();
+        let deps = manifest["dependencies"].as_table().unwrap();
+        assert_eq!(deps["arroyo-udf-plugin"].as_str(), Some("0.2"));
+        assert_eq!(deps["chrono"].as_str(), Some("=0.4.39"), "arrow 51 does not build with a later chrono");
+        assert_eq!(deps["serde"]["features"][0].as_str(), Some("derive"));
+        assert_eq!(manifest["lib"]["crate-type"][0].as_str(), Some("cdylib"));
+        assert!(manifest["workspace"].as_table().is_some_and(|w| w.is_empty()));
+    }
 }

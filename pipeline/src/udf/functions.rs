@@ -124,8 +124,9 @@ impl Plugin {
     }
 
     /// An async call: each row with no null where the function takes no null is sent
-    /// on its own, and the results are collected by id until all are in or the
-    /// timeout has passed.
+    /// on its own (the plugin holds back sends beyond its in-flight limit), and the
+    /// results are placed by row id, until all are in, or none came for twice the
+    /// function's timeout (the plugin itself fails a call that takes longer).
     fn run_async(&self, args: &[ArrayRef], rows: usize, options: &AsyncOptions) -> Result<ArrayRef> {
         let fail = |e: String| datafusion::error::DataFusionError::Execution(format!("UDF {}: {e}", self.name()));
         let library = self.library()?;
@@ -146,8 +147,7 @@ impl Plugin {
             .collect();
         let mut slots: Vec<Option<u32>> = vec![None; rows];
         let mut values = Vec::new();
-        let started = Instant::now();
-        let deadline = options.timeout.saturating_mul(2).max(std::time::Duration::from_secs(1));
+        let patience = options.timeout.saturating_mul(2).max(std::time::Duration::from_secs(1));
         let mut pending = sendable.len();
         let collect = |slots: &mut Vec<Option<u32>>, values: &mut Vec<ArrayRef>, pending: &mut usize| -> Result<()> {
             while let Some((ids, results)) = library.drain(handle).map_err(fail)? {
@@ -171,12 +171,17 @@ impl Plugin {
             }
             collect(&mut slots, &mut values, &mut pending)?;
         }
+        let mut last_answer = Instant::now();
         while pending > 0 {
-            if started.elapsed() > deadline {
-                return Err(fail(format!("{pending} of {} calls did not answer within {:?}", sendable.len(), options.timeout)));
+            if last_answer.elapsed() > patience {
+                return Err(fail(format!("{pending} of {} calls did not answer within {patience:?}", sendable.len())));
             }
             std::thread::sleep(std::time::Duration::from_millis(1));
+            let before = pending;
             collect(&mut slots, &mut values, &mut pending)?;
+            if pending < before {
+                last_answer = Instant::now();
+            }
         }
         if values.is_empty() {
             return Ok(new_null_array(&self.signature.result.data_type, rows));

@@ -40,15 +40,16 @@ impl Default for AsyncOptions {
 }
 
 /// What a UDF file declares.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Signature {
     pub name: String,
     /// For an aggregate, the element types of its `Vec` arguments.
     pub args: Vec<ValueType>,
     pub result: ValueType,
     pub kind: Kind,
-    /// The TOML table of the `[dependencies]` comment, as written.
-    pub dependencies: String,
+    /// The `[dependencies]` comment's table (without the plugin and chrono, which
+    /// the build pins).
+    pub dependencies: toml::Table,
 }
 
 impl fmt::Display for Signature {
@@ -223,11 +224,11 @@ fn parse_timeout(text: &str) -> Option<Duration> {
     })
 }
 
-/// The TOML of the `/*\n[dependencies]\n...*/` comment, checked to parse; empty if none.
-fn dependencies(source: &str) -> Result<String, String> {
+/// The table of the `/*\n[dependencies]\n...*/` comment; empty if none.
+fn dependencies(source: &str) -> Result<toml::Table, String> {
     const OPEN: &str = "/*\n[dependencies]\n";
     let mut found = source.match_indices(OPEN);
-    let Some((at, _)) = found.next() else { return Ok(String::new()) };
+    let Some((at, _)) = found.next() else { return Ok(toml::Table::new()) };
     if found.next().is_some() {
         return Err("more than one [dependencies] comment".into());
     }
@@ -241,7 +242,7 @@ fn dependencies(source: &str) -> Result<String, String> {
             let mut deps = deps.clone();
             deps.remove("arroyo-udf-plugin");
             deps.remove("chrono");
-            toml::to_string(&deps).map_err(|e| e.to_string())
+            Ok(deps)
         }
         _ => Err("the [dependencies] comment has no [dependencies] table".into()),
     }
@@ -269,8 +270,9 @@ mod tests {
     fn the_dependencies_comment_is_read() {
         let s = parse("/*\n[dependencies]\nregex = \"1\"\n*/\nuse arroyo_udf_plugin::udf;\n#[udf] fn f(a: &str) -> bool2 { }");
         assert!(s.unwrap_err().contains("unsupported type `bool2`"));
-        let s = parse("/*\n[dependencies]\nregex = \"1\"\n*/\n#[udf] fn f(a: &str) -> i64 { 0 }").unwrap();
-        assert_eq!(s.dependencies.trim(), "regex = \"1\"");
+        let s = parse("/*\n[dependencies]\nregex = \"1\"\nserde = { version = \"1\", features = [\"derive\"] }\n*/\n#[udf] fn f(a: &str) -> i64 { 0 }").unwrap();
+        assert_eq!(s.dependencies.get("regex").and_then(|v| v.as_str()), Some("1"));
+        assert!(s.dependencies.get("serde").and_then(|v| v.as_table()).is_some_and(|t| t.contains_key("features")));
     }
 
     #[test]
