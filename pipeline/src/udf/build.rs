@@ -5,7 +5,8 @@
 //! dependencies (minutes); later ones take seconds.
 //!
 //! Libraries are cached by a hash of the source and the toolchain
-//! (`<cache>/lib/lib<name>-<hash>.so`): a machine that built once starts at once.
+//! (`<cache>/lib/lib<name>-<hash>.so`, the latest build of each function): a
+//! machine that built once starts at once.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -116,7 +117,21 @@ pub fn build(cache: &Path, file: &UdfFile) -> Result<PathBuf> {
     let partial = library.with_extension(format!("partial-{}", std::process::id()));
     std::fs::copy(&built, &partial).map_err(|e| io(&built, e))?;
     std::fs::rename(&partial, &library).map_err(|e| io(&library, e))?;
+    remove_older_builds(&lib_dir, file, &library);
     Ok(library)
+}
+
+/// The cache keeps one build per function: the latest.
+fn remove_older_builds(lib_dir: &Path, file: &UdfFile, latest: &Path) {
+    let prefix = format!("lib{}-", file.signature.name);
+    let Ok(entries) = std::fs::read_dir(lib_dir) else { return };
+    for path in entries.filter_map(|e| e.ok().map(|e| e.path())) {
+        let library = path.extension().is_some_and(|x| x == std::env::consts::DLL_EXTENSION);
+        let older = library && path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(&prefix)) && path != latest;
+        if older {
+            let _ = std::fs::remove_file(&path);
+        }
+    }
 }
 
 fn write_if_changed(path: &Path, text: &str) -> Result<()> {

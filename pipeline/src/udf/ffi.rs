@@ -109,9 +109,17 @@ impl FfiArrays {
     }
 }
 
-/// A loaded UDF library, kept loaded for the life of the process.
+/// A function exported by `library`.
+///
+/// # Safety
+/// `T` is the symbol's type.
+unsafe fn symbol<T: Copy>(library: &libloading::Library, path: &Path, name: &[u8]) -> Result<T, String> {
+    library.get::<T>(name).map(|s| *s).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// The functions of a loaded UDF library. The library is never unloaded: arrays
+/// it returned may outlive any one call, and their release callbacks live in it.
 pub struct Library {
-    _library: &'static libloading::Library,
     symbols: Symbols,
 }
 
@@ -123,26 +131,23 @@ enum Symbols {
 impl Library {
     pub fn load(path: &Path, is_async: bool) -> Result<Library, String> {
         // SAFETY: a library built by `udf::build` from a plugin crate: its initialisers are the
-        // plugin's. It is never unloaded (leaked), since returned arrays point into it.
+        // plugin's. Leaked: never unloaded.
         let library: &'static libloading::Library =
             Box::leak(Box::new(unsafe { libloading::Library::new(path) }.map_err(|e| format!("loading {}: {e}", path.display()))?));
-        let symbol = |name: &[u8]| -> Result<*const c_void, String> {
-            unsafe { library.get::<*const c_void>(name) }.map(|s| *s).map_err(|e| format!("{}: {e}", path.display()))
-        };
         // SAFETY: the symbols have the plugin's signatures (above).
         let symbols = unsafe {
             if is_async {
                 Symbols::Async {
-                    start: std::mem::transmute::<*const c_void, StartFn>(symbol(b"__start\0")?),
-                    send: std::mem::transmute::<*const c_void, SendFn>(symbol(b"__send\0")?),
-                    drain: std::mem::transmute::<*const c_void, DrainFn>(symbol(b"__drain_results\0")?),
-                    stop: std::mem::transmute::<*const c_void, StopFn>(symbol(b"__stop_runtime\0")?),
+                    start: symbol(library, path, b"__start\0")?,
+                    send: symbol(library, path, b"__send\0")?,
+                    drain: symbol(library, path, b"__drain_results\0")?,
+                    stop: symbol(library, path, b"__stop_runtime\0")?,
                 }
             } else {
-                Symbols::Sync(std::mem::transmute::<*const c_void, RunFn>(symbol(b"__run\0")?))
+                Symbols::Sync(symbol(library, path, b"__run\0")?)
             }
         };
-        Ok(Library { _library: library, symbols })
+        Ok(Library { symbols })
     }
 
     /// Calls a sync function (`__run`) on argument arrays of equal length and exactly
