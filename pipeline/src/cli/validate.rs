@@ -42,7 +42,7 @@ pub async fn explain(which: &str, definitions: &Definitions) -> Result<()> {
     let file = find(&files, which)?;
     let udfs = Udfs::declared(&definitions.udf_files()?);
     let query = plan(file, &input_tables(&registry), &udfs).await?;
-    super::emit(&describe(&query, &registry))
+    super::emit(&describe(&query, &registry, &udfs))
 }
 
 /// A SQL file by its path (as given or canonical) or by its table (`a/b/c` or `a.b.c`).
@@ -58,7 +58,7 @@ fn find<'a>(files: &'a [SqlFile], which: &str) -> Result<&'a SqlFile> {
         .ok_or_else(|| Error::Config(format!("`{which}` is neither a SQL file of the sql directory nor one of its tables")))
 }
 
-fn describe(query: &StreamingQuery, registry: &SchemaRegistry) -> String {
+fn describe(query: &StreamingQuery, registry: &SchemaRegistry, udfs: &Udfs) -> String {
     let mut out = format!("table    {} (in SQL: {})\nfile     {}\n", query.table, query.table.sql_name(), query.path.display());
     for topic in query.topics() {
         let detail = match registry.get(topic) {
@@ -126,6 +126,11 @@ fn describe(query: &StreamingQuery, registry: &SchemaRegistry) -> String {
             }
         }
     }
+    for name in &query.udfs {
+        if let Some((signature, source)) = udfs.get(name) {
+            out.push_str(&format!("udf      {signature} ({}, {})\n", signature.kind.label(), source.display()));
+        }
+    }
     let layout = TableLayout::for_result(&query.output_schema);
     out.push_str("columns\n");
     for f in layout.schema.fields() {
@@ -167,5 +172,21 @@ mod tests {
         assert!(err.contains("2 of 3 SQL files cannot run"), "{err}");
         let err = explain("a.b.nope", &definitions).await.unwrap_err().to_string();
         assert!(err.contains("`a.b.nope` is neither"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn explain_names_the_udfs_a_query_calls_without_building_them() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("twice.rs"), "#[udf]\nfn twice(x: i32) -> i32 { x * 2 }\n").unwrap();
+        let udfs = Udfs::declared(&crate::udf::load_dir(dir.path()).unwrap());
+        let file = SqlFile {
+            path: "sql/a/b/c.sql".into(),
+            table: crate::catalog::TablePath::new("a/b/c").unwrap(),
+            sql: "SELECT request_id, twice(status) AS doubled FROM gateway.requests".into(),
+        };
+        let registry = SchemaRegistry::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../schemas")).unwrap();
+        let query = plan(&file, &input_tables(&registry), &udfs).await.unwrap();
+        let text = describe(&query, &registry, &udfs);
+        assert!(text.contains("udf      twice(Int32) -> Int32 (scalar, "), "{text}");
     }
 }

@@ -124,6 +124,8 @@ pub struct StreamingQuery {
     pub shape: Shape,
     /// The schema of the query's result rows.
     pub output_schema: SchemaRef,
+    /// The user-defined functions it calls, by name.
+    pub udfs: Vec<String>,
     pub task_ctx: Arc<TaskContext>,
 }
 
@@ -338,7 +340,18 @@ pub async fn plan(file: &SqlFile, inputs: &[InputTable], udfs: &Udfs) -> Result<
         Shape::Stateless { plan } | Shape::OverMirrors { plan } => plan.schema(),
         Shape::Windowed { output, .. } => output.schema(),
     };
-    Ok(StreamingQuery { table: file.table.clone(), path: file.path.clone(), inputs: used, mirrors, shape, output_schema, task_ctx })
+    let called = called_functions(&optimized);
+    let udfs = udfs.names().filter(|n| called.iter().any(|c| c == n)).map(str::to_string).collect();
+    Ok(StreamingQuery {
+        table: file.table.clone(),
+        path: file.path.clone(),
+        inputs: used,
+        mirrors,
+        shape,
+        output_schema,
+        udfs,
+        task_ctx,
+    })
 }
 
 /// One partition, no repartitioning: a batch goes through a plan as one stream.
@@ -391,6 +404,24 @@ fn find_windowed_aggregates(plan: &LogicalPlan) -> Vec<Aggregate> {
         Ok(TreeNodeRecursion::Continue)
     });
     found
+}
+
+/// The names of the functions a plan calls.
+fn called_functions(plan: &LogicalPlan) -> Vec<String> {
+    let mut names = Vec::new();
+    let _ = plan.apply(|node| {
+        node.apply_expressions(|e| {
+            e.apply(|e| {
+                match e {
+                    Expr::ScalarFunction(f) => names.push(f.name().to_string()),
+                    Expr::AggregateFunction(f) => names.push(f.func.name().to_string()),
+                    _ => {}
+                }
+                Ok(TreeNodeRecursion::Continue)
+            })
+        })
+    });
+    names
 }
 
 /// Whether the plan above the window combines rows again (an aggregate, join or

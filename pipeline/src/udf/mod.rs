@@ -59,12 +59,15 @@ pub fn load_dir(dir: &Path) -> Result<Vec<UdfFile>> {
 #[derive(Debug, Clone, Default)]
 pub struct Udfs {
     plugins: Vec<Plugin>,
+    /// Each plugin's source file.
+    sources: Vec<PathBuf>,
 }
 
 impl Udfs {
     /// Builds what is stale (with a progress line per build) and loads every UDF of `files`.
     pub fn build_and_load(files: &[UdfFile], cache: &Path, progress: &indicatif::MultiProgress) -> Result<Udfs> {
         let mut plugins = Vec::with_capacity(files.len());
+        let sources = files.iter().map(|f| f.path.clone()).collect();
         for file in files {
             let cached = build::library_path(cache, file).is_file();
             let bar = progress.add(indicatif::ProgressBar::new_spinner());
@@ -83,12 +86,25 @@ impl Udfs {
             tracing::info!(udf = %file.signature, built = !cached, "loaded UDF");
             plugins.push(Plugin::new(file.signature.clone(), Some(library)));
         }
-        Ok(Udfs { plugins })
+        Ok(Udfs { plugins, sources })
     }
 
     /// The functions as declared, not built: enough to plan (`sluice validate`), not to run.
     pub fn declared(files: &[UdfFile]) -> Udfs {
-        Udfs { plugins: files.iter().map(|f| Plugin::new(f.signature.clone(), None)).collect() }
+        Udfs {
+            plugins: files.iter().map(|f| Plugin::new(f.signature.clone(), None)).collect(),
+            sources: files.iter().map(|f| f.path.clone()).collect(),
+        }
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.plugins.iter().map(|p| p.signature().name.as_str())
+    }
+
+    /// The signature and source file of the function `name`.
+    pub fn get(&self, name: &str) -> Option<(&Signature, &Path)> {
+        let i = self.plugins.iter().position(|p| p.signature().name == name)?;
+        Some((self.plugins[i].signature(), &self.sources[i]))
     }
 
     pub fn len(&self) -> usize {
