@@ -2,7 +2,7 @@
 //!
 //! Two kinds of commit also remove rows: a mirror's (or a query over mirrors) replaces
 //! the whole table; a corrected window's replaces that window's rows, by rewriting
-//! the files of the window's `date` without them.
+//! the files of the window's `date` that hold them without them.
 
 use std::collections::BTreeSet;
 
@@ -202,8 +202,8 @@ impl TableSink {
     }
 
     /// Takes the committed rows of the replaced windows out: every file of their
-    /// dates is read, its other rows go back into the buffer to be written again, and
-    /// the file is returned to be removed.
+    /// dates is read, and one holding rows of them is returned to be removed, its
+    /// other rows going back into the buffer to be written again.
     async fn take_out_replaced_windows(&mut self) -> Result<Vec<Remove>> {
         if self.replaced_windows.is_empty() {
             return Ok(Vec::new());
@@ -225,11 +225,17 @@ impl TableSink {
         for file in files {
             let bytes = async { store.get(&file.object_store_path()).await?.bytes().await }.await.map_err(|e| err(e.into()))?;
             let reader = ParquetRecordBatchReaderBuilder::try_new(bytes).and_then(|b| b.build()).map_err(|e| err(e.into()))?;
+            let (mut kept, mut read) = (Vec::new(), 0);
             for batch in reader {
-                let kept = without_windows(&self.layout.with_partition_column(&batch?)?, &replaced)?;
-                self.push_table_rows(kept);
+                let batch = batch?;
+                read += batch.num_rows();
+                kept.push(without_windows(&self.layout.with_partition_column(&batch)?, &replaced)?);
             }
-            removes.push(file.remove_action(true));
+            // A file without rows of those windows stays as it is.
+            if kept.iter().map(RecordBatch::num_rows).sum::<usize>() < read {
+                kept.into_iter().for_each(|b| self.push_table_rows(b));
+                removes.push(file.remove_action(true));
+            }
         }
         Ok(removes)
     }
