@@ -8,6 +8,7 @@
 
 mod common;
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -86,6 +87,18 @@ async fn scalar_aggregate_and_async_udfs_land_their_values() {
             "SELECT tumble(interval '1 minute') AS window, route, count(*) AS requests, spread(duration_ms) AS spread_ms \
              FROM gateway.requests GROUP BY window, route",
         ),
+        // Hopping windows merge their panes' states: the values kept per pane.
+        (
+            "test/udfs/spread_hopping",
+            "SELECT hop(interval '1 minute', interval '2 minutes') AS window, route, count(*) AS requests, \
+             spread(duration_ms) AS spread_ms FROM gateway.requests GROUP BY window, route",
+        ),
+        // Sessions run the aggregate over a session's rows when it closes.
+        (
+            "test/udfs/spread_sessions",
+            "SELECT session(interval '1 minute') AS window, route, count(*) AS requests, \
+             spread(duration_ms) AS spread_ms FROM gateway.requests GROUP BY window, route",
+        ),
     ];
     let lake = run(dir.path(), &sql, &udfs).await.unwrap();
 
@@ -107,37 +120,82 @@ async fn scalar_aggregate_and_async_udfs_land_their_values() {
         assert_eq!(tier.as_str(), expected_tier, "tier of {id}: null user, null tier without a call");
     }
 
-    // The aggregate, per window and route.
-    let spread = read_table(&lake, "test/udfs/spread").await.unwrap();
+    // The aggregate, per window and route: tumbling, then hopping.
+    let t0 = 1_772_359_200_000_000i64; // 2026-03-01T10:00Z
+    for (table, width) in [("test/udfs/spread", 1), ("test/udfs/spread_hopping", 2)] {
+        let mut expected: Vec<(i64, &str, i64, f64)> = Vec::new();
+        let starts: BTreeSet<i64> = REQUESTS.iter().flat_map(|r| (0..width).map(move |k| i64::from(r.1 .0) - k)).collect();
+        for start in starts {
+            for route in ["/courses", "/labs"] {
+                let durations: Vec<f64> = REQUESTS
+                    .iter()
+                    .filter(|r| r.2 == route && (start..start + width).contains(&i64::from(r.1 .0)))
+                    .map(|r| r.5)
+                    .collect();
+                if !durations.is_empty() {
+                    let spread = durations.iter().cloned().fold(f64::MIN, f64::max) - durations.iter().cloned().fold(f64::MAX, f64::min);
+                    expected.push((start, route, durations.len() as i64, spread));
+                }
+            }
+        }
+        let landed = read_table(&lake, table).await.unwrap();
+        let mut actual: Vec<(i64, &str, i64, f64)> = landed
+            .rows
+            .iter()
+            .map(|row| {
+                let start = landed.get(row, "window_start").unwrap().as_ts().unwrap();
+                (
+                    (start - t0).div_euclid(60_000_000),
+                    landed.get(row, "route").unwrap().as_str().unwrap(),
+                    landed.get(row, "requests").unwrap().as_i64().unwrap(),
+                    landed.get(row, "spread_ms").unwrap().as_f64().unwrap(),
+                )
+            })
+            .collect();
+        actual.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+        assert_eq!(actual, expected, "{table}");
+    }
+
+    // Sessions: per route, runs of requests less than a minute apart, by first second.
     let mut expected: Vec<(i64, &str, i64, f64)> = Vec::new();
-    for r in &REQUESTS {
-        let minute = i64::from(r.1 .0);
-        match expected.iter_mut().find(|e| e.0 == minute && e.1 == r.2) {
-            Some(e) => e.2 += 1,
-            None => expected.push((minute, r.2, 1, 0.0)),
+    for route in ["/courses", "/labs"] {
+        let mut times: Vec<(i64, f64)> =
+            REQUESTS.iter().filter(|r| r.2 == route).map(|r| (i64::from(r.1 .0 * 60 + r.1 .1), r.5)).collect();
+        times.sort_by_key(|t| t.0);
+        let mut session: Vec<(i64, f64)> = Vec::new();
+        for t in times.into_iter().map(Some).chain([None]) {
+            if let (Some(last), Some(next)) = (session.last(), t) {
+                if next.0 - last.0 < 60 {
+                    session.push(next);
+                    continue;
+                }
+            }
+            if let Some(first) = session.first() {
+                let durations: Vec<f64> = session.iter().map(|s| s.1).collect();
+                let spread = durations.iter().cloned().fold(f64::MIN, f64::max) - durations.iter().cloned().fold(f64::MAX, f64::min);
+                expected.push((first.0, route, session.len() as i64, spread));
+            }
+            session = t.into_iter().collect();
         }
     }
-    for e in &mut expected {
-        let durations: Vec<f64> = REQUESTS.iter().filter(|r| i64::from(r.1 .0) == e.0 && r.2 == e.1).map(|r| r.5).collect();
-        e.3 = durations.iter().cloned().fold(f64::MIN, f64::max) - durations.iter().cloned().fold(f64::MAX, f64::min);
-    }
     expected.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
-    let t0 = 1_772_359_200_000_000i64; // 2026-03-01T10:00Z
-    let mut actual: Vec<(i64, &str, i64, f64)> = spread
+    assert!(expected.len() >= 3, "more than one session per route somewhere: {expected:?}");
+    let landed = read_table(&lake, "test/udfs/spread_sessions").await.unwrap();
+    let mut actual: Vec<(i64, &str, i64, f64)> = landed
         .rows
         .iter()
         .map(|row| {
-            let start = spread.get(row, "window_start").unwrap().as_ts().unwrap();
+            let start = landed.get(row, "window_start").unwrap().as_ts().unwrap();
             (
-                (start - t0) / 60_000_000,
-                spread.get(row, "route").unwrap().as_str().unwrap(),
-                spread.get(row, "requests").unwrap().as_i64().unwrap(),
-                spread.get(row, "spread_ms").unwrap().as_f64().unwrap(),
+                (start - t0) / 1_000_000,
+                landed.get(row, "route").unwrap().as_str().unwrap(),
+                landed.get(row, "requests").unwrap().as_i64().unwrap(),
+                landed.get(row, "spread_ms").unwrap().as_f64().unwrap(),
             )
         })
         .collect();
     actual.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
-    assert_eq!(actual, expected);
+    assert_eq!(actual, expected, "sessions");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
