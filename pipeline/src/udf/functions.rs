@@ -346,3 +346,24 @@ fn single_list(values: ArrayRef) -> ListArray {
     let field = Arc::new(Field::new_list_field(values.data_type().clone(), true));
     ListArray::new(field, arrow::buffer::OffsetBuffer::from_lengths([values.len()]), values, None)
 }
+
+#[cfg(test)]
+mod tests {
+    use arrow::array::Int64Array;
+
+    use super::*;
+
+    #[test]
+    fn a_result_of_another_type_or_length_than_declared_is_an_error_naming_the_function() {
+        let signature = super::super::signature::parse("#[udf] fn label(x: i64) -> String { x.to_string() }").unwrap();
+        let plugin = Plugin::new(signature, None);
+        let numbers: ArrayRef = Arc::new(Int64Array::from(vec![1, 2]));
+        let err = plugin.checked(numbers.clone(), 2).unwrap_err().to_string();
+        assert!(err.contains("UDF label returned Int64 values, but declares Utf8"), "{err}");
+        let text: ArrayRef = Arc::new(arrow::array::StringArray::from(vec!["1"]));
+        let err = plugin.checked(text, 2).unwrap_err().to_string();
+        assert!(err.contains("UDF label returned 1 rows for 2"), "{err}");
+        let err = plugin.run(&[numbers], 2).unwrap_err().to_string();
+        assert!(err.contains("UDF label is declared but not built"), "{err}");
+    }
+}
