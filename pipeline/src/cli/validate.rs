@@ -188,5 +188,9 @@ mod tests {
         let query = plan(&file, &input_tables(&registry), &udfs).await.unwrap();
         let text = describe(&query, &registry, &udfs);
         assert!(text.contains("udf      twice(Int32) -> Int32 (scalar, "), "{text}");
+
+        std::fs::write(dir.path().join("round.rs"), "#[udf]\nfn round(x: f64) -> f64 { x }\n").unwrap();
+        let err = crate::udf::load_dir(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("round.rs") && err.contains("`round` is a built-in SQL function"), "{err}");
     }
 }

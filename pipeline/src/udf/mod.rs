@@ -44,6 +44,12 @@ pub fn load_dir(dir: &Path) -> Result<Vec<UdfFile>> {
     for path in paths {
         let source = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
         let signature = signature::parse(&source).map_err(|message| Error::Udf { path: path.clone(), message })?;
+        if is_built_in(&signature.name) {
+            return Err(Error::Udf {
+                path,
+                message: format!("`{}` is a built-in SQL function: give the UDF another name", signature.name),
+            });
+        }
         if let Some(other) = files.iter().find(|f| f.signature.name == signature.name) {
             return Err(Error::Udf {
                 path,
@@ -53,6 +59,15 @@ pub fn load_dir(dir: &Path) -> Result<Vec<UdfFile>> {
         files.push(UdfFile { path, source, signature });
     }
     Ok(files)
+}
+
+/// Whether SQL already has a function of this name (DataFusion's, or a window's).
+fn is_built_in(name: &str) -> bool {
+    let state = datafusion::execution::session_state::SessionStateBuilder::new().with_default_features().build();
+    crate::plan::WINDOW_FUNCTIONS.contains(&name)
+        || state.scalar_functions().contains_key(name)
+        || state.aggregate_functions().contains_key(name)
+        || state.window_functions().contains_key(name)
 }
 
 /// The functions SQL files may call besides DataFusion's.
