@@ -121,9 +121,8 @@ async fn scalar_aggregate_and_async_udfs_land_their_values() {
     }
 
     // The aggregate, per window and route: tumbling, then hopping.
-    let t0 = 1_772_359_200_000_000i64; // 2026-03-01T10:00Z
     for (table, width) in [("test/udfs/spread", 1), ("test/udfs/spread_hopping", 2)] {
-        let mut expected: Vec<(i64, &str, i64, f64)> = Vec::new();
+        let mut expected: Vec<(i64, String, i64, f64)> = Vec::new();
         let starts: BTreeSet<i64> = REQUESTS.iter().flat_map(|r| (0..width).map(move |k| i64::from(r.1 .0) - k)).collect();
         for start in starts {
             for route in ["/courses", "/labs"] {
@@ -134,30 +133,15 @@ async fn scalar_aggregate_and_async_udfs_land_their_values() {
                     .collect();
                 if !durations.is_empty() {
                     let spread = durations.iter().cloned().fold(f64::MIN, f64::max) - durations.iter().cloned().fold(f64::MAX, f64::min);
-                    expected.push((start, route, durations.len() as i64, spread));
+                    expected.push((start, route.to_string(), durations.len() as i64, spread));
                 }
             }
         }
-        let landed = read_table(&lake, table).await.unwrap();
-        let mut actual: Vec<(i64, &str, i64, f64)> = landed
-            .rows
-            .iter()
-            .map(|row| {
-                let start = landed.get(row, "window_start").unwrap().as_ts().unwrap();
-                (
-                    (start - t0).div_euclid(60_000_000),
-                    landed.get(row, "route").unwrap().as_str().unwrap(),
-                    landed.get(row, "requests").unwrap().as_i64().unwrap(),
-                    landed.get(row, "spread_ms").unwrap().as_f64().unwrap(),
-                )
-            })
-            .collect();
-        actual.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
-        assert_eq!(actual, expected, "{table}");
+        assert_eq!(spreads(&lake, table, 60).await, expected, "{table}");
     }
 
     // Sessions: per route, runs of requests less than a minute apart, by first second.
-    let mut expected: Vec<(i64, &str, i64, f64)> = Vec::new();
+    let mut expected: Vec<(i64, String, i64, f64)> = Vec::new();
     for route in ["/courses", "/labs"] {
         let mut times: Vec<(i64, f64)> =
             REQUESTS.iter().filter(|r| r.2 == route).map(|r| (i64::from(r.1 .0 * 60 + r.1 .1), r.5)).collect();
@@ -173,29 +157,36 @@ async fn scalar_aggregate_and_async_udfs_land_their_values() {
             if let Some(first) = session.first() {
                 let durations: Vec<f64> = session.iter().map(|s| s.1).collect();
                 let spread = durations.iter().cloned().fold(f64::MIN, f64::max) - durations.iter().cloned().fold(f64::MAX, f64::min);
-                expected.push((first.0, route, session.len() as i64, spread));
+                expected.push((first.0, route.to_string(), session.len() as i64, spread));
             }
             session = t.into_iter().collect();
         }
     }
-    expected.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+    expected.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
     assert!(expected.len() >= 3, "more than one session per route somewhere: {expected:?}");
-    let landed = read_table(&lake, "test/udfs/spread_sessions").await.unwrap();
-    let mut actual: Vec<(i64, &str, i64, f64)> = landed
+    assert_eq!(spreads(&lake, "test/udfs/spread_sessions", 1).await, expected, "sessions");
+}
+
+/// A spread table's rows, sorted: window start (in `unit` seconds after 10:00),
+/// route, requests, spread.
+async fn spreads(lake: &Path, table: &str, unit: i64) -> Vec<(i64, String, i64, f64)> {
+    let t0 = 1_772_359_200_000_000i64; // 2026-03-01T10:00Z
+    let landed = read_table(lake, table).await.unwrap();
+    let mut rows: Vec<(i64, String, i64, f64)> = landed
         .rows
         .iter()
         .map(|row| {
-            let start = landed.get(row, "window_start").unwrap().as_ts().unwrap();
+            let cell = |c: &str| landed.get(row, c).unwrap();
             (
-                (start - t0) / 1_000_000,
-                landed.get(row, "route").unwrap().as_str().unwrap(),
-                landed.get(row, "requests").unwrap().as_i64().unwrap(),
-                landed.get(row, "spread_ms").unwrap().as_f64().unwrap(),
+                (cell("window_start").as_ts().unwrap() - t0).div_euclid(unit * 1_000_000),
+                cell("route").as_str().unwrap().to_string(),
+                cell("requests").as_i64().unwrap(),
+                cell("spread_ms").as_f64().unwrap(),
             )
         })
         .collect();
-    actual.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
-    assert_eq!(actual, expected, "sessions");
+    rows.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+    rows
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
