@@ -10,6 +10,8 @@
 //! - a panic in a sync function's body comes back as `RunResult::Err`; a panic
 //!   before it (an argument type arrow 51 cannot import) would abort the process,
 //!   so arguments are cast to exactly the declared types before every call.
+//!
+//! `udfs/ABI.md` is the full reference, checked against real plugin builds.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::ffi::c_void;
