@@ -514,12 +514,11 @@ impl Pipeline {
                 true => split_by_window_end(&rows, window.window_index)?,
                 false => vec![(i64::MAX, rows)],
             };
-            let sink = self.sinks.get_mut(&q.query.table).ok_or_else(|| Error::Internal(format!("no sink for {}", q.query.table)))?;
+            let sink = sink_of(&mut self.sinks, &q.query.table)?;
             sink.replace_windows(&windows.take_corrected())?;
             for (end, rows) in groups {
                 for joined in &q.query.mirrors {
-                    let mirror = self.mirrors.get(&joined.topic).ok_or_else(|| Error::Internal(format!("no mirror of {}", joined.topic)))?;
-                    joined.slot.fill(vec![mirror.as_of(end)?]);
+                    joined.slot.fill(vec![mirror_of(&self.mirrors, &joined.topic)?.as_of(end)?]);
                 }
                 output_slot.fill(vec![rows]);
                 // A join keeps its build side in the plan: start each window afresh.
@@ -541,11 +540,10 @@ impl Pipeline {
                 continue;
             }
             for read in &q.query.mirrors {
-                let mirror = self.mirrors.get(&read.topic).ok_or_else(|| Error::Internal(format!("no mirror of {}", read.topic)))?;
-                read.slot.fill(vec![mirror.current()?]);
+                read.slot.fill(vec![mirror_of(&self.mirrors, &read.topic)?.current()?]);
             }
             let rows = collect(reset_plan_states(plan.clone())?, q.query.task_ctx.clone()).await?;
-            let sink = self.sinks.get_mut(&q.query.table).ok_or_else(|| Error::Internal(format!("no sink for {}", q.query.table)))?;
+            let sink = sink_of(&mut self.sinks, &q.query.table)?;
             sink.begin_replacement();
             for b in &rows {
                 sink.push(b)?;
@@ -575,7 +573,7 @@ impl Pipeline {
         let mut changed = Vec::new();
         for mirror in self.mirrors.values_mut() {
             if mirror.take_changed() {
-                let sink = self.sinks.get_mut(mirror.table()).ok_or_else(|| Error::Internal(format!("no sink for {}", mirror.table())))?;
+                let sink = sink_of(&mut self.sinks, mirror.table())?;
                 sink.begin_replacement();
                 sink.push_table_rows(mirror.current()?);
                 changed.push(mirror.topic().clone());
@@ -640,8 +638,18 @@ impl Pipeline {
     }
 
     fn sink(&mut self, table: &TablePath) -> Result<&mut TableSink> {
-        self.sinks.get_mut(table).ok_or_else(|| Error::Internal(format!("no sink for {table}")))
+        sink_of(&mut self.sinks, table)
     }
+}
+
+/// The sink of `table` (one is opened for every table at start).
+fn sink_of<'a>(sinks: &'a mut BTreeMap<TablePath, TableSink>, table: &TablePath) -> Result<&'a mut TableSink> {
+    sinks.get_mut(table).ok_or_else(|| Error::Internal(format!("no sink for {table}")))
+}
+
+/// The mirror of CDC topic `topic` (one is kept for every CDC topic).
+fn mirror_of<'a>(mirrors: &'a BTreeMap<Arc<str>, Mirror>, topic: &str) -> Result<&'a Mirror> {
+    mirrors.get(topic).ok_or_else(|| Error::Internal(format!("no mirror of {topic}")))
 }
 
 /// Splits the rows of closed windows by window end, earliest first.

@@ -71,6 +71,11 @@ impl Plugin {
         &self.signature.name
     }
 
+    /// An error of this function's calls.
+    fn error(&self, message: String) -> datafusion::error::DataFusionError {
+        datafusion::error::DataFusionError::Execution(format!("UDF {}: {message}", self.name()))
+    }
+
     fn library(&self) -> Result<&Library> {
         match &self.library {
             Some(l) => Ok(l),
@@ -101,7 +106,7 @@ impl Plugin {
     /// A sync call over whole arrays; when the function panics, finds the first row
     /// it panics on, for the error.
     fn run(&self, args: &[ArrayRef], rows: usize) -> Result<ArrayRef> {
-        let fail = |e: String| datafusion::error::DataFusionError::Execution(format!("UDF {}: {e}", self.name()));
+        let fail = |e| self.error(e);
         let library = self.library()?;
         if let Some(result) = library.run(args).map_err(fail)? {
             return self.checked(result, rows);
@@ -128,7 +133,7 @@ impl Plugin {
     /// results are placed by row id, until all are in, or none came for twice the
     /// function's timeout (the plugin itself fails a call that takes longer).
     fn run_async(&self, args: &[ArrayRef], rows: usize, options: &AsyncOptions) -> Result<ArrayRef> {
-        let fail = |e: String| datafusion::error::DataFusionError::Execution(format!("UDF {}: {e}", self.name()));
+        let fail = |e| self.error(e);
         let library = self.library()?;
         let handle = {
             let mut runtime = self.runtime.lock().map_err(|_| fail("its runtime lock was poisoned".into()))?;

@@ -40,11 +40,12 @@ pub fn load_dir(dir: &Path) -> Result<Vec<UdfFile>> {
         .filter(|p| p.extension().is_some_and(|x| x == "rs"))
         .collect();
     paths.sort();
+    let built_in = built_in_functions();
     let mut files: Vec<UdfFile> = Vec::with_capacity(paths.len());
     for path in paths {
         let source = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
         let signature = signature::parse(&source).map_err(|message| Error::Udf { path: path.clone(), message })?;
-        if is_built_in(&signature.name) {
+        if built_in.contains(&signature.name) {
             return Err(Error::Udf {
                 path,
                 message: format!("`{}` is a built-in SQL function: give the UDF another name", signature.name),
@@ -61,13 +62,12 @@ pub fn load_dir(dir: &Path) -> Result<Vec<UdfFile>> {
     Ok(files)
 }
 
-/// Whether SQL already has a function of this name (DataFusion's, or a window's).
-fn is_built_in(name: &str) -> bool {
+/// The names SQL already has functions for: DataFusion's, and the windows'.
+fn built_in_functions() -> std::collections::HashSet<String> {
     let state = datafusion::execution::session_state::SessionStateBuilder::new().with_default_features().build();
-    crate::plan::WINDOW_FUNCTIONS.contains(&name)
-        || state.scalar_functions().contains_key(name)
-        || state.aggregate_functions().contains_key(name)
-        || state.window_functions().contains_key(name)
+    let windows = crate::plan::WINDOW_FUNCTIONS.iter().map(|n| n.to_string());
+    let datafusion = state.scalar_functions().keys().chain(state.aggregate_functions().keys()).chain(state.window_functions().keys()).cloned();
+    windows.chain(datafusion).collect()
 }
 
 /// The functions SQL files may call besides DataFusion's.
