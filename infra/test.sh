@@ -17,4 +17,15 @@ export SLUICE_KAFKA_BROKERS
 # Tests that need a broker of their own start this binary (installed by broker.sh).
 export SLUICE_TANSU="${SLUICE_CACHE:-$HOME/.cache/sluice}/bin/tansu"
 trap 'infra/broker.sh stop' EXIT
+# Object stores: each test starts its own moto S3 server and Azurite blob service on
+# free loopback ports, from the binaries these install (the first time: under a minute).
+s3_port="${SLUICE_TEST_S3_PORT:-19000}"
+az_port="${SLUICE_TEST_AZURITE_PORT:-10000}"
+trap 'infra/broker.sh stop; infra/s3.sh stop "$s3_port"; infra/azurite.sh stop "$az_port"' EXIT
+infra/s3.sh start "$s3_port" >/dev/null
+infra/azurite.sh start "$az_port" >/dev/null
+infra/s3.sh stop "$s3_port"
+infra/azurite.sh stop "$az_port"
+export SLUICE_MOTO="${SLUICE_CACHE:-$HOME/.cache/sluice}/moto/bin/moto_server"
+export SLUICE_AZURITE="${SLUICE_CACHE:-$HOME/.cache/sluice}/azurite/node_modules/.bin/azurite-blob"
 cargo nextest run --workspace --no-fail-fast "$@"

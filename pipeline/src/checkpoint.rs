@@ -91,8 +91,7 @@ impl CheckpointStore {
         if let Some(dir) = &local {
             std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         }
-        let builder = deltalake::DeltaTableBuilder::from_url(url.clone()).map_err(|e| Error::delta(url.as_str(), e))?;
-        let store = builder.build_storage().map_err(|e| Error::delta(url.as_str(), e))?.object_store(None);
+        let store = lake.store_at(url.clone())?;
         Ok(CheckpointStore { store, location: url.to_string(), local })
     }
 
@@ -100,9 +99,13 @@ impl CheckpointStore {
         Error::Checkpoint(format!("{what} in {}: {e}", self.location))
     }
 
+    fn store_error(&self, what: &str, source: object_store::Error) -> Error {
+        Error::CheckpointStore { what: what.to_string(), location: self.location.clone(), source }
+    }
+
     /// Epochs with a complete checkpoint, newest first.
     async fn epochs(&self) -> Result<Vec<i64>> {
-        let listing = self.store.list_with_delimiter(None).await.map_err(|e| self.error("listing checkpoints", e))?;
+        let listing = self.store.list_with_delimiter(None).await.map_err(|e| self.store_error("listing checkpoints", e))?;
         let mut epochs: Vec<i64> = listing
             .common_prefixes
             .iter()
@@ -119,13 +122,13 @@ impl CheckpointStore {
             let path = Path::from(format!("{}/{MANIFEST}", epoch_dir(epoch)));
             match self.store.get(&path).await {
                 Ok(found) => {
-                    let bytes = found.bytes().await.map_err(|e| self.error("reading a manifest", e))?;
+                    let bytes = found.bytes().await.map_err(|e| self.store_error("reading a manifest", e))?;
                     let checkpoint: Checkpoint =
                         serde_json::from_slice(&bytes).map_err(|e| self.error(&format!("manifest {path}"), e))?;
                     return Ok(Some(checkpoint));
                 }
                 Err(object_store::Error::NotFound { .. }) => continue,
-                Err(e) => return Err(self.error("reading a manifest", e)),
+                Err(e) => return Err(self.store_error("reading a manifest", e)),
             }
         }
         Ok(None)
@@ -141,15 +144,15 @@ impl CheckpointStore {
         writer.finish()?;
         drop(writer);
         let path = Path::from(format!("{}/{name}", epoch_dir(epoch)));
-        self.store.put(&path, PutPayload::from(bytes)).await.map_err(|e| self.error("writing window state", e))?;
+        self.store.put(&path, PutPayload::from(bytes)).await.map_err(|e| self.store_error("writing window state", e))?;
         Ok(name)
     }
 
     /// State as written by [`put_state`](Self::put_state).
     pub async fn state(&self, epoch: i64, name: &str) -> Result<Vec<RecordBatch>> {
         let path = Path::from(format!("{}/{name}", epoch_dir(epoch)));
-        let found = self.store.get(&path).await.map_err(|e| self.error("reading window state", e))?;
-        let bytes = found.bytes().await.map_err(|e| self.error("reading window state", e))?;
+        let found = self.store.get(&path).await.map_err(|e| self.store_error("reading window state", e))?;
+        let bytes = found.bytes().await.map_err(|e| self.store_error("reading window state", e))?;
         let reader = arrow::ipc::reader::FileReader::try_new(std::io::Cursor::new(bytes), None)?;
         Ok(reader.collect::<std::result::Result<_, _>>()?)
     }
@@ -158,7 +161,7 @@ impl CheckpointStore {
     pub async fn save(&self, checkpoint: &Checkpoint) -> Result<()> {
         let json = serde_json::to_vec(checkpoint).map_err(|e| self.error("encoding the manifest", e))?;
         let path = Path::from(format!("{}/{MANIFEST}", epoch_dir(checkpoint.epoch)));
-        self.store.put(&path, PutPayload::from(json)).await.map_err(|e| self.error("writing the manifest", e))?;
+        self.store.put(&path, PutPayload::from(json)).await.map_err(|e| self.store_error("writing the manifest", e))?;
         Ok(())
     }
 
@@ -167,14 +170,19 @@ impl CheckpointStore {
         for old in self.epochs().await?.into_iter().filter(|e| *e < epoch) {
             if let Some(dir) = &self.local {
                 let dir = dir.join(epoch_dir(old));
-                std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-                continue;
+                match std::fs::remove_dir_all(&dir) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(Error::io(&dir, e)),
+                    _ => continue,
+                }
             }
             let prefix = Path::from(epoch_dir(old));
             let files = self.store.list(Some(&prefix)).map(|m| m.map(|m| m.location)).boxed();
             let mut deleted = self.store.delete_stream(files);
             while let Some(result) = deleted.next().await {
-                result.map_err(|e| self.error("pruning old checkpoints", e))?;
+                match result {
+                    Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
+                    Err(e) => return Err(self.store_error("pruning old checkpoints", e)),
+                }
             }
         }
         Ok(())

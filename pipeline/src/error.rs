@@ -34,6 +34,14 @@ pub enum Error {
     #[error("checkpoint: {0}")]
     Checkpoint(String),
 
+    /// The store holding `LAKE/_sluice/` failed a request.
+    #[error("checkpoint: {what} in {location}: {source}")]
+    CheckpointStore { what: String, location: String, source: object_store::Error },
+
+    /// The lake's store is missing, refuses us, or cannot commit safely.
+    #[error("lake {url}: {problem}")]
+    Storage { url: String, problem: String },
+
     #[error(transparent)]
     DataFusion(#[from] datafusion::error::DataFusionError),
 
@@ -51,5 +59,10 @@ impl Error {
 
     pub fn delta(table: impl Into<String>, source: deltalake::DeltaTableError) -> Self {
         Error::Delta { table: table.into(), source }
+    }
+
+    /// Whether this is the lake's store being unreachable for a while (worth a retry).
+    pub fn is_transient(&self) -> bool {
+        crate::catalog::storage::is_transient(self)
     }
 }

@@ -10,6 +10,7 @@
 pub mod catalog;
 pub mod checkpoint;
 pub mod cli;
+pub mod commit;
 pub mod decode;
 pub mod error;
 pub mod mirror;

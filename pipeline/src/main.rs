@@ -30,7 +30,8 @@ fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             // One line, whatever the message's origin (DataFusion's may span several).
-            eprintln!("error: {}", e.to_string().replace('\n', " "));
+            // Never a credential, even when a store's answer quotes one.
+            eprintln!("error: {}", sluice::catalog::storage::redact(&e.to_string()).replace('\n', " "));
             std::process::ExitCode::FAILURE
         }
     }

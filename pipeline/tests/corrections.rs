@@ -14,6 +14,7 @@ use common::{read_table, V};
 use sluice::catalog::Lake;
 use sluice::plan::load_sql_dir;
 use sluice::runtime::{Pipeline, RunOptions};
+use sluice::sink::MaintenancePolicy;
 use sluice::schema::SchemaRegistry;
 use sluice::source::FileSource;
 
@@ -29,13 +30,58 @@ fn request(id: usize, time: &str, service: &str, duration_ms: f64) -> String {
     )
 }
 
+/// The rows every run below must land, whatever its maintenance did to the files.
+const EXPECTED: [(&str, &str, i64, f64); 7] = [
+    ("10:00", "auth", 3, 130.0),
+    ("10:00", "devlab", 1, 5.0),
+    ("10:00", "directory", 1, 7.0),
+    ("10:02", "auth", 1, 1.0),
+    ("10:03", "auth", 1, 2.0),
+    ("10:15", "auth", 1, 3.0),
+    ("10:20", "auth", 1, 1.0),
+];
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_event_within_the_corrections_replaces_its_windows_row() {
     let dir = tempfile::tempdir().unwrap();
-    let sql_dir = dir.path().join("sql/monitoring/test");
+    let lake_dir = run(dir.path(), MaintenancePolicy::default()).await;
+
+    // Each correction removed the one file holding the window's earlier rows, and
+    // left the file of 10:02 alone.
+    let log = lake_dir.join("monitoring/test/requests_per_minute/_delta_log");
+    let removes: Vec<usize> = std::fs::read_dir(&log)
+        .unwrap()
+        .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap_or_default())
+        .map(|commit| commit.lines().filter(|action| action.starts_with("{\"remove\"")).count())
+        .filter(|removed| *removed > 0)
+        .collect();
+    assert_eq!(removes, [1, 1]);
+    assert_landed(&lake_dir).await;
+}
+
+/// Compaction after every commit: each correction then finds the window's rows in
+/// a compacted file, which it rewrites without them; the rows are the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_correction_after_a_compaction_replaces_its_window_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = MaintenancePolicy { max_small_files: 1, checkpoint_interval: 3, ..MaintenancePolicy::default() };
+    let lake_dir = run(dir.path(), policy).await;
+    let log = lake_dir.join("monitoring/test/requests_per_minute/_delta_log");
+    let compactions = std::fs::read_dir(&log)
+        .unwrap()
+        .filter(|e| std::fs::read_to_string(e.as_ref().unwrap().path()).unwrap_or_default().contains("\"operation\":\"OPTIMIZE\""))
+        .count();
+    assert!(compactions >= 2, "the table was compacted between corrections ({compactions} compactions)");
+    assert!(log.join("_last_checkpoint").is_file(), "a Delta checkpoint every 3 versions");
+    assert_landed(&lake_dir).await;
+}
+
+/// Runs the SQL over the requests below, a message per batch and a commit per batch.
+async fn run(dir: &Path, maintenance: MaintenancePolicy) -> std::path::PathBuf {
+    let sql_dir = dir.join("sql/monitoring/test");
     std::fs::create_dir_all(&sql_dir).unwrap();
     std::fs::write(sql_dir.join("requests_per_minute.sql"), SQL).unwrap();
-    let input = dir.path().join("in");
+    let input = dir.join("in");
     std::fs::create_dir_all(&input).unwrap();
     // Out-of-orderness is 5 s: the watermark trails the newest request by that.
     let lines = [
@@ -54,25 +100,17 @@ async fn a_late_event_within_the_corrections_replaces_its_windows_row() {
 
     let schemas = Path::new(env!("CARGO_MANIFEST_DIR")).join("../schemas");
     let registry = SchemaRegistry::load(&schemas).unwrap();
-    let lake_dir = dir.path().join("lake");
-    let lake = Lake::open(lake_dir.to_str().unwrap(), true).unwrap();
-    let sql = load_sql_dir(&dir.path().join("sql")).unwrap();
-    let options = RunOptions { max_pending_rows: 1, commit_interval: Duration::from_secs(3600), ..RunOptions::default() };
+    let lake_dir = dir.join("lake");
+    let lake = Lake::open(lake_dir.to_str().unwrap(), true, Default::default()).unwrap();
+    let sql = load_sql_dir(&dir.join("sql")).unwrap();
+    let options = RunOptions { max_pending_rows: 1, commit_interval: Duration::from_secs(3600), maintenance, ..RunOptions::default() };
     let mut pipeline = Pipeline::new(&lake, &registry, &sql, &Default::default(), options).await.unwrap();
     let mut source = FileSource::open(&input, 1, |t| registry.get(t).is_some()).unwrap();
     pipeline.run(&mut source).await.unwrap();
+    lake_dir
+}
 
-    // Each correction removed the one file holding the window's earlier rows, and
-    // left the file of 10:02 alone.
-    let log = lake_dir.join("monitoring/test/requests_per_minute/_delta_log");
-    let removes: Vec<usize> = std::fs::read_dir(&log)
-        .unwrap()
-        .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap_or_default())
-        .map(|commit| commit.lines().filter(|action| action.starts_with("{\"remove\"")).count())
-        .filter(|removed| *removed > 0)
-        .collect();
-    assert_eq!(removes, [1, 1]);
-
+async fn assert_landed(lake_dir: &Path) {
     let table = read_table(&lake_dir, "monitoring/test/requests_per_minute").await.unwrap();
     let mut rows: Vec<(String, String, i64, f64)> = table
         .rows
@@ -85,16 +123,7 @@ async fn a_late_event_within_the_corrections_replaces_its_windows_row() {
         })
         .collect();
     rows.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
-    let expected = [
-        ("10:00", "auth", 3, 130.0),
-        ("10:00", "devlab", 1, 5.0),
-        ("10:00", "directory", 1, 7.0),
-        ("10:02", "auth", 1, 1.0),
-        ("10:03", "auth", 1, 2.0),
-        ("10:15", "auth", 1, 3.0),
-        ("10:20", "auth", 1, 1.0),
-    ]
-    .map(|(t, s, n, total)| (t.to_string(), s.to_string(), n, total));
+    let expected = EXPECTED.map(|(t, s, n, total)| (t.to_string(), s.to_string(), n, total));
     assert_eq!(rows, expected);
 
     let dead = read_table(&lake_dir, "monitoring/integration_health/dead_letters").await.unwrap();

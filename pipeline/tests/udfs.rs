@@ -63,7 +63,7 @@ async fn run(dir: &Path, sql: &[(&str, &str)], udfs: &Udfs) -> sluice::error::Re
     std::fs::write(input.join("gateway.requests.jsonl"), lines.join("\n") + "\n").unwrap();
     let registry = SchemaRegistry::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../schemas")).unwrap();
     let lake_dir = dir.join("lake");
-    let lake = Lake::open(lake_dir.to_str().unwrap(), true)?;
+    let lake = Lake::open(lake_dir.to_str().unwrap(), true, Default::default())?;
     let files = load_sql_dir(&dir.join("sql"))?;
     let options = RunOptions { commit_interval: Duration::from_secs(3600), ..RunOptions::default() };
     let mut pipeline = Pipeline::new(&lake, &registry, &files, udfs, options).await?;

@@ -2,13 +2,19 @@
 //! `catalog.schema.table` after its path (`integration/api_gateway/request_logs` is
 //! `integration.api_gateway.request_logs`).
 
+pub mod storage;
+
 use std::fmt;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
 use datafusion::catalog::{CatalogProvider, MemoryCatalogProvider, MemorySchemaProvider};
 use datafusion::prelude::SessionContext;
+use object_store::path::Path as ObjectPath;
+use object_store::ObjectStore;
 use url::Url;
+
+pub use storage::StorageOptions;
 
 use crate::error::{Error, Result};
 
@@ -61,17 +67,35 @@ impl fmt::Display for TablePath {
     }
 }
 
-/// Where the lake lives: a local directory or an object-store URL.
+/// Where the lake lives: a local directory or an object-store URL, with the
+/// options its store clients are built with.
 #[derive(Debug, Clone)]
 pub struct Lake {
     root: Url,
+    options: StorageOptions,
 }
 
+/// URL schemes of the object stores Sluice can write (deltalake's `s3` and `azure`).
+const STORE_SCHEMES: [&str; 8] = ["file", "s3", "s3a", "az", "azure", "adl", "abfs", "abfss"];
+
 impl Lake {
-    /// A local path (created if missing) or a URL such as `s3://bucket/lake`.
-    pub fn open(location: &str, create: bool) -> Result<Self> {
+    /// A local path (created if missing, with `create`) or a URL: `file://`,
+    /// `s3://bucket/prefix`, `s3a://...`, `az://container/prefix`,
+    /// `abfss://container@account.dfs.core.windows.net/prefix`.
+    pub fn open(location: &str, create: bool, options: StorageOptions) -> Result<Self> {
         let root = match Url::parse(location) {
-            Ok(url) if url.scheme().len() > 1 => url,
+            Ok(url) if url.scheme().len() > 1 => {
+                if !STORE_SCHEMES.contains(&url.scheme()) {
+                    return Err(Error::Config(format!(
+                        "lake {location}: unknown scheme `{}://` (use a path, file://, s3://, s3a://, az:// or abfss://)",
+                        url.scheme()
+                    )));
+                }
+                if url.scheme() != "file" && url.host_str().unwrap_or_default().is_empty() {
+                    return Err(Error::Config(format!("lake {location}: no bucket or container in the URL")));
+                }
+                url
+            }
             _ => {
                 let path = PathBuf::from(location);
                 if create {
@@ -84,12 +108,32 @@ impl Lake {
                     .map_err(|()| Error::Config(format!("lake {location}: not an absolute path")))?
             }
         };
+        if let Ok(dir) = root.to_file_path() {
+            if create {
+                std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+            } else if !dir.is_dir() {
+                return Err(Error::Config(format!("lake {location}: no such directory")));
+            }
+        }
         let root = if root.path().ends_with('/') { root } else { Url::parse(&format!("{root}/")).map_err(|e| Error::Config(e.to_string()))? };
-        Ok(Lake { root })
+        Ok(Lake { root, options })
+    }
+
+    /// Opens the lake and checks its store answers (and, for a writer, commits
+    /// atomically): a missing bucket, bad credentials or an unreachable endpoint is
+    /// one line naming the lake.
+    pub async fn connect(location: &str, write: bool, options: StorageOptions) -> Result<Self> {
+        let lake = Lake::open(location, write, options)?;
+        storage::probe(&lake.root, lake.store()?.as_ref(), write).await?;
+        Ok(lake)
     }
 
     pub fn root(&self) -> &Url {
         &self.root
+    }
+
+    pub fn options(&self) -> &StorageOptions {
+        &self.options
     }
 
     pub fn table_url(&self, table: &TablePath) -> Result<Url> {
@@ -98,23 +142,54 @@ impl Lake {
             .map_err(|e| Error::Config(format!("table {table}: {e}")))
     }
 
-    /// Every table in a local lake: directories at depth three with a `_delta_log`.
-    pub fn tables(&self) -> Result<Vec<TablePath>> {
-        let root = self
-            .root
-            .to_file_path()
-            .map_err(|()| Error::Config(format!("listing tables of {} needs a local lake", self.root)))?;
+    /// A Delta table builder for the URL `url` under this lake, with its options.
+    pub fn builder(&self, url: Url) -> Result<deltalake::DeltaTableBuilder> {
+        let at = url.to_string();
+        Ok(deltalake::DeltaTableBuilder::from_url(url)
+            .map_err(|e| Error::delta(at, e))?
+            .with_storage_options(self.options.map().clone()))
+    }
+
+    /// The object store rooted at `url` (the lake, or a directory in it).
+    pub fn store_at(&self, url: Url) -> Result<Arc<dyn ObjectStore>> {
+        let at = url.to_string();
+        let log_store = self.builder(url)?.build_storage().map_err(|e| Error::delta(at, e))?;
+        Ok(log_store.object_store(None))
+    }
+
+    /// The object store rooted at the lake.
+    pub fn store(&self) -> Result<Arc<dyn ObjectStore>> {
+        self.store_at(self.root.clone())
+    }
+
+    /// A table of the lake, at its latest version.
+    pub async fn load_table(&self, table: &TablePath) -> Result<deltalake::DeltaTable> {
+        self.builder(self.table_url(table)?)?.load().await.map_err(|e| Error::delta(table.as_str(), e))
+    }
+
+    /// Every table in the lake: prefixes at depth three with a `_delta_log`.
+    pub async fn tables(&self) -> Result<Vec<TablePath>> {
+        let store = self.store()?;
+        let fail = |e: object_store::Error| Error::Storage { url: self.root.to_string(), problem: storage::redact(&e.to_string()) };
+        let mut level: Vec<Option<ObjectPath>> = vec![None];
+        for _ in 0..3 {
+            let mut next = Vec::new();
+            for prefix in &level {
+                let listing = store.list_with_delimiter(prefix.as_ref()).await.map_err(fail)?;
+                let visible = |p: &ObjectPath| p.filename().is_some_and(|n| !n.starts_with('_') && !n.starts_with('.'));
+                next.extend(listing.common_prefixes.into_iter().filter(visible).map(Some));
+            }
+            level = next;
+        }
         let mut found = Vec::new();
-        for a in subdirs(&root)? {
-            for b in subdirs(&a)? {
-                for c in subdirs(&b)? {
-                    if c.join("_delta_log").is_dir() {
-                        if let Ok(relative) = c.strip_prefix(&root) {
-                            if let Ok(table) = TablePath::from_relative(relative) {
-                                found.push(table);
-                            }
-                        }
-                    }
+        for prefix in level.into_iter().flatten() {
+            let log = prefix.clone().join("_delta_log");
+            let mut entries = store.list(Some(&log));
+            use futures::StreamExt;
+            if let Some(entry) = entries.next().await {
+                entry.map_err(fail)?;
+                if let Ok(table) = TablePath::new(prefix.as_ref()) {
+                    found.push(table);
                 }
             }
         }
@@ -125,9 +200,8 @@ impl Lake {
     /// A DataFusion session with every table of the lake registered.
     pub async fn session(&self) -> Result<SessionContext> {
         let ctx = SessionContext::new();
-        for table in self.tables()? {
-            let url = self.table_url(&table)?;
-            let delta = deltalake::open_table(url).await.map_err(|e| Error::delta(table.as_str(), e))?;
+        for table in self.tables().await? {
+            let delta = self.load_table(&table).await?;
             delta.update_datafusion_session(&ctx.state()).map_err(|e| Error::delta(table.as_str(), e))?;
             let provider = delta.table_provider().await.map_err(|e| Error::delta(table.as_str(), e.into()))?;
             let [catalog_name, schema_name, table_name] = table.parts();
@@ -151,22 +225,6 @@ impl Lake {
         }
         Ok(ctx)
     }
-}
-
-fn subdirs(dir: &Path) -> Result<Vec<PathBuf>> {
-    let mut dirs = Vec::new();
-    let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
-    for entry in entries.flatten() {
-        let path = entry.path();
-        if path.is_dir() && !file_name_starts_with(&path, '_') && !file_name_starts_with(&path, '.') {
-            dirs.push(path);
-        }
-    }
-    Ok(dirs)
-}
-
-fn file_name_starts_with(path: &Path, c: char) -> bool {
-    path.file_name().is_some_and(|n| n.to_string_lossy().starts_with(c))
 }
 
 #[cfg(test)]

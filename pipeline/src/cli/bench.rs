@@ -9,41 +9,112 @@
 //! with `--rate N`, starts the pipeline, produces N messages a second, and reports
 //! freshness (Kafka timestamp to the commit that made the rows visible).
 
+use std::time::Duration;
+
 use super::generate::TrafficArgs;
 use super::run::RunArgs;
 use super::Definitions;
+use crate::catalog::StorageOptions;
 use crate::error::{Error, Result};
+use crate::runtime::RunStats;
 
-pub async fn bench(traffic: &TrafficArgs, batch_size: u64, definitions: &Definitions) -> Result<()> {
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    pub traffic: TrafficArgs,
+    /// Through Kafka: preload the traffic into these brokers, then time the run.
+    #[arg(long, value_name = "BROKERS")]
+    pub kafka: Option<String>,
+    /// With --kafka: produce this many messages a second while the pipeline runs,
+    /// and report freshness.
+    #[arg(long, requires = "kafka")]
+    pub rate: Option<u32>,
+    /// Lines read from one partition file at a time.
+    #[arg(long, default_value_t = 8192)]
+    pub batch_size: u64,
+    /// How often to commit: with a small batch and a short interval, every batch
+    /// is an epoch, and the run shows how commits age (`--commit-interval 1ms`).
+    #[arg(long, default_value = "1s", value_parser = super::run::duration)]
+    pub commit_interval: Duration,
+    /// The lake to write (default: a temporary directory); an empty prefix of an
+    /// object store to compare with the local disk.
+    #[arg(long)]
+    pub lake: Option<String>,
+    #[command(flatten)]
+    pub definitions: Definitions,
+}
+
+pub async fn bench(bench: &BenchArgs, storage: &StorageOptions) -> Result<()> {
     let dir = tempfile::tempdir().map_err(|e| Error::io(std::env::temp_dir(), e))?;
     let input = dir.path().join("input");
-    let lake = dir.path().join("lake");
-    super::generate::generate(super::generate::Destination::Dir(&input), traffic, definitions).await?;
+    let lake = bench.lake.clone().unwrap_or_else(|| dir.path().join("lake").display().to_string());
+    let (traffic, batch_size) = (&bench.traffic, bench.batch_size);
+    super::generate::generate(super::generate::Destination::Dir(&input), traffic, &bench.definitions).await?;
     let rss_before = peak_rss_kib();
-    let args = RunArgs { batch_size, ..RunArgs::files(&input, &lake.display().to_string(), definitions) };
-    let stats = super::run::run(&args).await?;
+    let args = RunArgs { batch_size, commit_interval: bench.commit_interval, ..RunArgs::files(&input, &lake, &bench.definitions) };
+    let stats = super::run::run(&args, storage).await?;
     let secs = stats.elapsed.as_secs_f64().max(1e-9);
     super::emit(&format!(
-        "bench: users={} hours={} batch_size={batch_size}: {} messages in {:.2}s = {:.0} messages/s ({:.1} MB/s); peak RSS {} MiB (after generation {} MiB)\n",
+        "bench: users={} hours={} batch_size={batch_size}: {} messages in {:.2}s = {:.0} messages/s ({:.1} MB/s); {} commits; peak RSS {} MiB (after generation {} MiB)\n",
         traffic.users,
         traffic.hours,
         stats.messages,
         secs,
         stats.messages as f64 / secs,
         stats.bytes as f64 / 1e6 / secs,
+        stats.commits,
         peak_rss_kib().unwrap_or(0) / 1024,
         rss_before.unwrap_or(0) / 1024,
-    ))
+    ))?;
+    if stats.commit_ms.len() >= 200 {
+        super::emit(&aging_report(&stats, &lake, storage).await?)?;
+    }
+    Ok(())
+}
+
+/// How commits aged over a long run: commit time by hundred commits, the live
+/// files of the most fragmented partition, and a query over the aged table.
+async fn aging_report(stats: &RunStats, lake: &str, storage: &StorageOptions) -> Result<String> {
+    let percentile = |ms: &[f64], q: f64| {
+        let mut sorted = ms.to_vec();
+        sorted.sort_by(f64::total_cmp);
+        sorted[((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len()) - 1]
+    };
+    let n = stats.commit_ms.len();
+    let mut out = String::from("commit time (ms) by commits:\n");
+    let mut windows: Vec<usize> = vec![0, 100];
+    windows.extend((1..=4).map(|i| i * n / 5).filter(|s| *s > 200 && *s + 100 <= n - 100));
+    windows.push(n - 100);
+    windows.dedup();
+    for start in windows {
+        let slice = &stats.commit_ms[start..(start + 100).min(n)];
+        out.push_str(&format!("  {:>5}-{:<5} p50 {:>7.1} p99 {:>7.1}\n", start + 1, start + slice.len(), percentile(slice, 0.5), percentile(slice, 0.99)));
+    }
+    let lake = crate::catalog::Lake::connect(lake, false, storage.clone()).await?;
+    let mut worst = (String::new(), 0usize, 0usize);
+    for table in lake.tables().await? {
+        let delta = lake.load_table(&table).await?;
+        let partition = delta.snapshot().map_err(|e| Error::delta(table.as_str(), e))?.metadata().partition_columns().first().cloned();
+        let files = crate::sink::maintain::files_by_partition(&delta, partition.as_deref(), crate::sink::MaintenancePolicy::default().target_file_size)?;
+        for (value, (live, _)) in files {
+            let total = delta.snapshot().map_err(|e| Error::delta(table.as_str(), e))?.log_data().num_files();
+            if live > worst.1 {
+                worst = (format!("{table} {}", value.unwrap_or_default()), live, total);
+            }
+        }
+    }
+    out.push_str(&format!("most live files in one partition: {} ({}; {} in the table)\n", worst.1, worst.0.trim(), worst.2));
+    let query = "SELECT service, count(*) AS requests, avg(duration_ms) FROM integration.api_gateway.request_logs GROUP BY service";
+    let ctx = lake.session().await?;
+    let started = std::time::Instant::now();
+    let rows: usize = ctx.sql(query).await?.collect().await?.iter().map(|b| b.num_rows()).sum();
+    out.push_str(&format!("GROUP BY over request_logs: {rows} groups in {:.0} ms\n", started.elapsed().as_secs_f64() * 1e3));
+    Ok(out)
 }
 
 /// The Kafka benchmark; see the module comment.
-pub async fn bench_kafka(
-    brokers: &str,
-    rate: Option<u32>,
-    traffic: &TrafficArgs,
-    batch_size: u64,
-    definitions: &Definitions,
-) -> Result<()> {
+pub async fn bench_kafka(brokers: &str, bench: &BenchArgs, storage: &StorageOptions) -> Result<()> {
+    let (rate, traffic, batch_size, definitions) = (bench.rate, &bench.traffic, bench.batch_size, &bench.definitions);
     let dir = tempfile::tempdir().map_err(|e| Error::io(std::env::temp_dir(), e))?;
     let registry = crate::schema::SchemaRegistry::load(&definitions.schemas_dir()?)?;
     let args = RunArgs {
@@ -59,7 +130,7 @@ pub async fn bench_kafka(
             let started = std::time::Instant::now();
             let summary = crate::source::produce_generated(brokers, &registry, &options, None).await?;
             eprintln!("preloaded {} messages in {:.1}s", summary.total_messages(), started.elapsed().as_secs_f64());
-            super::run::run(&args).await?
+            super::run::run(&args, storage).await?
         }
         Some(rate) => {
             crate::source::create_topics(brokers, &registry).await?;
@@ -75,7 +146,7 @@ pub async fn bench_kafka(
                     Ok(summary.total_messages())
                 })
             };
-            let stats = super::run::run(&args).await?;
+            let stats = super::run::run(&args, storage).await?;
             let produced = producer.join().map_err(|_| Error::Internal("the producer thread panicked".into()))??;
             eprintln!("produced {produced} messages at {rate}/s");
             stats

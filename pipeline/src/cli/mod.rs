@@ -3,6 +3,7 @@
 mod bench;
 mod demo;
 mod generate;
+mod maintain;
 mod query;
 mod run;
 mod udfs;
@@ -19,6 +20,12 @@ use crate::error::{Error, Result};
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// An option for the lake's object store, repeatable: --storage-option KEY=VALUE
+    /// (the keys delta-rs and object_store take, e.g. aws_endpoint, aws_region,
+    /// azure_storage_account_name; the standard AWS_* and AZURE_* environment
+    /// variables work too).
+    #[arg(long = "storage-option", value_name = "KEY=VALUE", value_parser = run::setting, global = true)]
+    pub storage_options: Vec<(String, String)>,
 }
 
 /// Where the project's definitions live (defaults: ./schemas and ./sql, else the
@@ -78,22 +85,7 @@ pub enum Command {
     },
     /// Measure end-to-end throughput and peak memory on generated traffic, from
     /// files or (with --kafka) through a broker.
-    Bench {
-        #[command(flatten)]
-        traffic: generate::TrafficArgs,
-        /// Through Kafka: preload the traffic into these brokers, then time the run.
-        #[arg(long, value_name = "BROKERS")]
-        kafka: Option<String>,
-        /// With --kafka: produce this many messages a second while the pipeline runs,
-        /// and report freshness.
-        #[arg(long, requires = "kafka")]
-        rate: Option<u32>,
-        /// Lines read from one partition file at a time.
-        #[arg(long, default_value_t = 8192)]
-        batch_size: u64,
-        #[command(flatten)]
-        definitions: Definitions,
-    },
+    Bench(bench::BenchArgs),
     /// Check every schema and SQL file without running anything.
     Validate {
         #[command(flatten)]
@@ -107,11 +99,14 @@ pub enum Command {
         #[command(flatten)]
         definitions: Definitions,
     },
-    /// List the lake's tables with their row counts and Delta versions.
+    /// List the lake's tables: rows, Delta version, live files and bytes, last Delta checkpoint.
     Tables {
         #[arg(long)]
         lake: String,
     },
+    /// Compact small files and vacuum old ones, for a lake whose pipeline is stopped
+    /// (a running pipeline maintains its tables itself).
+    Maintain(maintain::MaintainArgs),
     /// Build or list the user-defined functions of the udfs directory.
     Udfs {
         #[command(subcommand)]
@@ -129,8 +124,9 @@ pub enum Format {
 }
 
 pub async fn main(cli: Cli) -> Result<()> {
+    let storage = crate::catalog::StorageOptions::new(&cli.storage_options);
     match cli.command {
-        Command::Demo { input, lake, traffic, definitions } => demo::demo(&input, &lake, &traffic, &definitions).await,
+        Command::Demo { input, lake, traffic, definitions } => demo::demo(&input, &lake, &traffic, &definitions, &storage).await,
         Command::Generate { out, kafka, traffic, definitions } => {
             let to = match (&out, &kafka) {
                 (Some(out), _) => generate::Destination::Dir(out),
@@ -139,16 +135,17 @@ pub async fn main(cli: Cli) -> Result<()> {
             };
             generate::generate(to, &traffic, &definitions).await.map(|_| ())
         }
-        Command::Run(args) => run::run(&args).await.map(|_| ()),
-        Command::Query { lake, format, sql } => query::query(&lake, &sql, format).await,
-        Command::Tables { lake } => query::tables(&lake).await,
+        Command::Run(args) => run::run(&args, &storage).await.map(|_| ()),
+        Command::Query { lake, format, sql } => query::query(&lake, &sql, format, &storage).await,
+        Command::Tables { lake } => query::tables(&lake, &storage).await,
+        Command::Maintain(args) => maintain::maintain(&args, &storage).await,
         Command::Udfs { action, definitions } => udfs::udfs(action, &definitions),
         Command::Validate { definitions } => validate::validate(&definitions).await,
         Command::Explain { file, definitions } => validate::explain(&file, &definitions).await,
-        Command::Bench { traffic, kafka: None, batch_size, definitions, .. } => bench::bench(&traffic, batch_size, &definitions).await,
-        Command::Bench { traffic, kafka: Some(brokers), rate, batch_size, definitions } => {
-            bench::bench_kafka(&brokers, rate, &traffic, batch_size, &definitions).await
-        }
+        Command::Bench(args) => match &args.kafka {
+            None => bench::bench(&args, &storage).await,
+            Some(brokers) => bench::bench_kafka(brokers, &args, &storage).await,
+        },
     }
 }
 

@@ -3,17 +3,17 @@
 use arrow::record_batch::RecordBatch;
 
 use super::Format;
-use crate::catalog::Lake;
+use crate::catalog::{Lake, StorageOptions};
 use crate::error::{Error, Result};
 
-pub async fn query(lake: &str, sql: &str, format: Format) -> Result<()> {
-    let batches = run_query(lake, sql).await?;
+pub async fn query(lake: &str, sql: &str, format: Format, storage: &StorageOptions) -> Result<()> {
+    let batches = run_query(lake, sql, storage).await?;
     super::emit(&render(&batches, format)?)
 }
 
 /// Runs one query over every table of the lake.
-pub async fn run_query(lake: &str, sql: &str) -> Result<Vec<RecordBatch>> {
-    let lake = Lake::open(lake, false)?;
+pub async fn run_query(lake: &str, sql: &str, storage: &StorageOptions) -> Result<Vec<RecordBatch>> {
+    let lake = Lake::connect(lake, false, storage.clone()).await?;
     let ctx = lake.session().await?;
     let df = ctx.sql(sql).await.map_err(|e| Error::Query(e.strip_backtrace().to_string()))?;
     Ok(df.collect().await?)
@@ -43,15 +43,15 @@ pub fn render(batches: &[RecordBatch], format: Format) -> Result<String> {
     })
 }
 
-pub async fn tables(lake_location: &str) -> Result<()> {
-    let lake = Lake::open(lake_location, false)?;
-    let tables = lake.tables()?;
+pub async fn tables(lake_location: &str, storage: &StorageOptions) -> Result<()> {
+    let lake = Lake::connect(lake_location, false, storage.clone()).await?;
+    let tables = lake.tables().await?;
     if tables.is_empty() {
         eprintln!("no tables in {lake_location}");
         return Ok(());
     }
     let ctx = lake.session().await?;
-    let mut out = format!("{:<58} {:>10} {:>8}\n", "table", "rows", "version");
+    let mut out = format!("{:<58} {:>10} {:>8} {:>6} {:>10} {:>10}\n", "table", "rows", "version", "files", "bytes", "checkpoint");
     for table in tables {
         let name = table.sql_name();
         let rows = ctx.sql(&format!("SELECT count(*) FROM {name}")).await?.collect().await?;
@@ -59,9 +59,34 @@ pub async fn tables(lake_location: &str) -> Result<()> {
             .first()
             .and_then(|b| b.column(0).as_any().downcast_ref::<arrow::array::Int64Array>().map(|a| a.value(0)))
             .unwrap_or(0);
-        let delta = deltalake::open_table(lake.table_url(&table)?).await.map_err(|e| Error::delta(table.as_str(), e))?;
+        let delta = lake.load_table(&table).await?;
         let version = delta.version().map(|v| v.to_string()).unwrap_or_default();
-        out.push_str(&format!("{name:<58} {count:>10} {version:>8}\n"));
+        let snapshot = delta.snapshot().map_err(|e| Error::delta(table.as_str(), e))?;
+        let files = snapshot.log_data().num_files();
+        let bytes: i64 = snapshot.log_data().iter().map(|f| f.size()).sum();
+        let checkpoint = last_checkpoint(&lake, &table).await.map_or_else(|| "-".to_string(), |v| v.to_string());
+        out.push_str(&format!("{name:<58} {count:>10} {version:>8} {files:>6} {:>10} {checkpoint:>10}\n", human_bytes(bytes as u64)));
     }
     super::emit(&out)
+}
+
+/// The version of a table's last Delta checkpoint, from `_delta_log/_last_checkpoint`.
+async fn last_checkpoint(lake: &Lake, table: &crate::catalog::TablePath) -> Option<i64> {
+    use object_store::ObjectStoreExt;
+    let store = lake.store().ok()?;
+    let path = object_store::path::Path::from(format!("{}/_delta_log/_last_checkpoint", table.as_str()));
+    let bytes = store.get(&path).await.ok()?.bytes().await.ok()?;
+    serde_json::from_slice::<serde_json::Value>(&bytes).ok()?.get("version")?.as_i64()
+}
+
+/// `1.5 MiB`, `320 B`: sizes for people.
+pub fn human_bytes(bytes: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < units.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 { format!("{bytes} B") } else { format!("{value:.1} {}", units[unit]) }
 }

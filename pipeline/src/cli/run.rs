@@ -4,11 +4,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use super::Definitions;
-use crate::catalog::Lake;
+use crate::catalog::{Lake, StorageOptions};
 use crate::error::{Error, Result};
 use crate::plan::load_sql_dir;
 use crate::runtime::{Observed, Pipeline, RunOptions, RunStats};
 use crate::schema::{parse_duration, SchemaRegistry};
+use crate::sink::MaintenancePolicy;
 use crate::source::{FileSource, KafkaSource, Source};
 
 #[derive(Debug, Clone, clap::Args)]
@@ -42,8 +43,78 @@ pub struct RunArgs {
     /// Serve /healthz and Prometheus /metrics on this address (e.g. 127.0.0.1:9898).
     #[arg(long, value_name = "ADDR")]
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// How long a commit waits for an unreachable lake store (retrying with
+    /// backoff) before the run stops with an error.
+    #[arg(long, default_value = "10m", value_parser = duration)]
+    pub outage_limit: std::time::Duration,
+    #[command(flatten)]
+    pub maintenance: MaintenanceArgs,
     #[command(flatten)]
     pub definitions: Definitions,
+}
+
+/// How tables are kept healthy (`run` in its commit cycle, and `maintain`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct MaintenanceArgs {
+    /// A Delta checkpoint every N versions of a table.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
+    pub checkpoint_every: u64,
+    /// Compaction writes files of about this size (e.g. 128MiB, 16MiB).
+    #[arg(long, default_value = "128MiB", value_parser = size)]
+    pub target_file_size: u64,
+    /// Compact a partition once it holds more than this many files smaller than the target.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_small_files: u64,
+    /// Vacuum deletes removed files, and files no commit references, once older than this.
+    #[arg(long, default_value = "7d", value_parser = duration)]
+    pub vacuum_retention: std::time::Duration,
+    /// How often a running pipeline vacuums its tables and cleans expired Delta logs.
+    #[arg(long, default_value = "1h", value_parser = duration)]
+    pub vacuum_every: std::time::Duration,
+}
+
+impl MaintenanceArgs {
+    pub fn policy(&self) -> Result<MaintenancePolicy> {
+        Ok(MaintenancePolicy {
+            checkpoint_interval: self.checkpoint_every,
+            target_file_size: self.target_file_size,
+            max_small_files: self.max_small_files as usize,
+            vacuum_retention: self.vacuum_retention,
+            vacuum_interval: self.vacuum_every,
+        })
+    }
+}
+
+impl Default for MaintenanceArgs {
+    fn default() -> Self {
+        let policy = MaintenancePolicy::default();
+        MaintenanceArgs {
+            checkpoint_every: policy.checkpoint_interval,
+            target_file_size: policy.target_file_size,
+            max_small_files: policy.max_small_files as u64,
+            vacuum_retention: policy.vacuum_retention,
+            vacuum_every: policy.vacuum_interval,
+        }
+    }
+}
+
+/// A size in bytes: `134217728`, `512KiB`, `128MiB`, `1GiB` (also KB, MB, GB as powers of 1024).
+fn size(text: &str) -> std::result::Result<u64, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let n: u64 = digits.parse().map_err(|_| format!("`{text}` is not a size like 128MiB, 512KiB or 1GiB"))?;
+    let factor: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        _ => return Err(format!("`{text}` is not a size like 128MiB, 512KiB or 1GiB")),
+    };
+    match n.checked_mul(factor) {
+        Some(0) | None => Err(format!("`{text}`: a size must be above 0 and below 16 EiB")),
+        Some(bytes) => Ok(bytes),
+    }
 }
 
 impl RunArgs {
@@ -59,26 +130,28 @@ impl RunArgs {
             commit_interval: std::time::Duration::from_secs(1),
             idle_timeout: crate::time::DEFAULT_IDLE_TIMEOUT,
             metrics_addr: None,
+            outage_limit: RunOptions::default().outage_limit,
+            maintenance: MaintenanceArgs::default(),
             definitions: definitions.clone(),
         }
     }
 }
 
-fn setting(text: &str) -> std::result::Result<(String, String), String> {
+pub(super) fn setting(text: &str) -> std::result::Result<(String, String), String> {
     text.split_once('=')
         .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
         .ok_or_else(|| format!("`{text}` is not KEY=VALUE"))
 }
 
-fn duration(text: &str) -> std::result::Result<std::time::Duration, String> {
+pub(super) fn duration(text: &str) -> std::result::Result<std::time::Duration, String> {
     parse_duration(text)
 }
 
-pub async fn run(args: &RunArgs) -> Result<RunStats> {
+pub async fn run(args: &RunArgs, storage: &StorageOptions) -> Result<RunStats> {
     let registry = SchemaRegistry::load(&args.definitions.schemas_dir()?)?;
     let sql = load_sql_dir(&args.definitions.sql_dir()?)?;
     let udfs = args.definitions.udfs()?;
-    let lake = Lake::open(&args.lake, true)?;
+    let lake = Lake::connect(&args.lake, true, storage.clone()).await?;
     let batch_size = args.batch_size as usize;
     let observed = Arc::new(Observed::default());
     let (mut source, progress): (Box<dyn Source>, _) = match (&args.input, &args.kafka) {
@@ -105,6 +178,8 @@ pub async fn run(args: &RunArgs) -> Result<RunStats> {
         idle_timeout: args.idle_timeout,
         progress,
         observed,
+        maintenance: args.maintenance.policy()?,
+        outage_limit: args.outage_limit,
         ..RunOptions::default()
     };
     if let Some(addr) = args.metrics_addr {

@@ -18,12 +18,13 @@ pub use metrics::{metrics_schema, BatchMetrics, METRICS_TOPIC};
 pub use observe::{serve, Latencies, Observed};
 
 use crate::catalog::{Lake, TablePath};
-use crate::checkpoint::{Checkpoint, CheckpointStore, Position, QueryCheckpoint};
+use crate::checkpoint::{Checkpoint, CheckpointStore, Position};
+use crate::commit::{EpochState, LakeWriter, OutagePolicy};
 use crate::decode::TopicDecoder;
 use crate::error::{Error, Result};
 use crate::plan::{InputTable, Shape, SqlFile, StreamingQuery};
 use crate::schema::{SchemaRegistry, EVENT_TIME};
-use crate::sink::{dead_letter_schema, dead_letters_batch, late_event_schema, LateEvents, TableLayout, TableSink, DEAD_LETTERS, LATE_EVENTS};
+use crate::sink::{dead_letter_schema, dead_letters_batch, late_event_schema, LateEvents, MaintenancePolicy, TableLayout, TableSink, DEAD_LETTERS, LATE_EVENTS};
 use crate::source::{PartitionId, RawBatch, Source};
 use crate::time::{QueryClock, Watermarks};
 use crate::mirror::Mirror;
@@ -47,6 +48,10 @@ pub struct RunOptions {
     pub progress: indicatif::ProgressBar,
     /// Counters and gauges for `/metrics`.
     pub observed: Arc<Observed>,
+    /// Delta checkpoints, compaction and vacuum, in the commit cycle.
+    pub maintenance: MaintenancePolicy,
+    /// How long a commit waits for an unreachable store before the run stops.
+    pub outage_limit: Duration,
 }
 
 impl Default for RunOptions {
@@ -58,6 +63,8 @@ impl Default for RunOptions {
             idle_timeout: crate::time::DEFAULT_IDLE_TIMEOUT,
             progress: indicatif::ProgressBar::hidden(),
             observed: Arc::default(),
+            maintenance: MaintenancePolicy::default(),
+            outage_limit: Duration::from_secs(600),
         }
     }
 }
@@ -85,6 +92,8 @@ pub struct RunStats {
     pub rows: BTreeMap<TablePath, u64>,
     /// The checkpoint's epoch this run carried on from, if the lake had one.
     pub resumed_after: Option<i64>,
+    /// Every commit's duration, ms, in order (for the aging benchmark).
+    pub commit_ms: Vec<f64>,
 }
 
 /// A planned query with its running state.
@@ -101,12 +110,10 @@ pub struct Pipeline {
     /// Per CDC topic, its entities: written to `services/...` and joined by queries.
     mirrors: BTreeMap<Arc<str>, Mirror>,
     watermarks: Watermarks,
-    sinks: BTreeMap<TablePath, TableSink>,
+    /// Every table's sink, the checkpoints, and the epoch's commit.
+    lake: LakeWriter,
     dead_letters: TablePath,
     late_events: TablePath,
-    checkpoints: CheckpointStore,
-    /// The last epoch checkpointed and committed.
-    epoch: i64,
     /// Per partition, the offset to read next: what the next checkpoint records.
     positions: BTreeMap<PartitionId, i64>,
     /// Input was read since the last checkpoint.
@@ -204,17 +211,16 @@ impl Pipeline {
         }
         let decoders = registry.topics().map(|t| (Arc::from(t.topic.as_str()), TopicDecoder::new(t.clone()))).collect();
         let checkpoints = CheckpointStore::open(lake, &options.pipeline)?;
+        let outage = OutagePolicy { lake: lake.root().to_string(), limit: options.outage_limit, health: options.observed.store_health() };
         let mut pipeline = Pipeline {
             watermarks: Watermarks::new(options.idle_timeout),
+            lake: LakeWriter::new(sinks, checkpoints, options.maintenance.clone(), outage),
             options,
             decoders,
             queries,
             mirrors,
-            sinks,
             dead_letters,
             late_events,
-            checkpoints,
-            epoch: 0,
             positions: BTreeMap::new(),
             dirty: false,
             produced_at: Vec::new(),
@@ -224,9 +230,9 @@ impl Pipeline {
             row_watermarks: Vec::new(),
             metrics_partition: PartitionId { topic: Arc::from(METRICS_TOPIC), partition: 0 },
         };
-        match pipeline.checkpoints.latest().await? {
+        match pipeline.lake.checkpoints().latest().await? {
             Some(checkpoint) => pipeline.recover(checkpoint).await?,
-            None => pipeline.check_fresh_lake().await?,
+            None => pipeline.lake.check_fresh_lake(&pipeline.options.pipeline).await?,
         }
         Ok(pipeline)
     }
@@ -235,17 +241,7 @@ impl Pipeline {
     /// then takes up its positions, watermarks and window state.
     async fn recover(&mut self, checkpoint: Checkpoint) -> Result<()> {
         let epoch = checkpoint.epoch;
-        for (table, files) in checkpoint.staged.iter() {
-            let path = TablePath::new(table).map_err(Error::Checkpoint)?;
-            let Some(sink) = self.sinks.get_mut(&path) else {
-                tracing::warn!(%table, epoch, "the checkpoint has rows for a table no SQL file writes any more; left out");
-                continue;
-            };
-            if sink.committed_epoch().await? < Some(epoch) {
-                sink.commit(epoch, files.clone()).await?;
-                tracing::info!(%table, epoch, "finished an interrupted commit");
-            }
-        }
+        self.lake.recover(&checkpoint).await?;
         let decoders = &self.decoders;
         let delay = |topic: &str| decoders.get(topic).map_or(0, |d| d.schema().out_of_orderness.as_micros() as i64);
         self.watermarks.restore(&checkpoint.watermarks, delay);
@@ -256,7 +252,7 @@ impl Pipeline {
                 windows.resume_after(saved.watermark);
             }
             if let (Some(windows), Some(name)) = (q.windows.as_mut(), &saved.windows) {
-                for rows in self.checkpoints.state(epoch, name).await? {
+                for rows in self.lake.checkpoints().state(epoch, name).await? {
                     windows
                         .restore(&rows)
                         .map_err(|e| {
@@ -268,29 +264,13 @@ impl Pipeline {
         }
         for mirror in self.mirrors.values_mut() {
             let Some(name) = checkpoint.mirrors.get(mirror.table().as_str()) else { continue };
-            let saved = self.checkpoints.state(epoch, name).await?;
+            let saved = self.lake.checkpoints().state(epoch, name).await?;
             let schema = saved.first().map(|b| b.schema()).ok_or_else(|| Error::Checkpoint(format!("{name}: no rows")))?;
             mirror.restore(arrow::compute::concat_batches(&schema, &saved)?)?;
         }
         self.positions = checkpoint.positions();
-        self.epoch = epoch;
         self.stats.resumed_after = Some(epoch);
         tracing::info!(epoch, partitions = self.positions.len(), "resuming from checkpoint");
-        Ok(())
-    }
-
-    /// Without a checkpoint, the tables must not hold epochs of this pipeline:
-    /// reading from the beginning again would write their rows twice.
-    async fn check_fresh_lake(&self) -> Result<()> {
-        for (path, sink) in &self.sinks {
-            if let Some(epoch) = sink.committed_epoch().await? {
-                return Err(Error::Checkpoint(format!(
-                    "table {path} holds epoch {epoch} of pipeline `{}`, but the lake has no checkpoint for it \
-                     (under _sluice/{}/): restore the checkpoints or write to a new lake",
-                    self.options.pipeline, self.options.pipeline
-                )));
-            }
-        }
         Ok(())
     }
 
@@ -333,7 +313,7 @@ impl Pipeline {
         }
         self.commit().await?;
         self.stats.elapsed = self.started.elapsed();
-        self.stats.rows = self.sinks.iter().map(|(p, s)| (p.clone(), s.rows_written())).collect();
+        self.stats.rows = self.lake.sinks().iter().map(|(p, s)| (p.clone(), s.rows_written())).collect();
         self.stats.freshness = self.options.observed.freshness();
         Ok(self.stats.clone())
     }
@@ -514,7 +494,7 @@ impl Pipeline {
                 true => split_by_window_end(&rows, window.window_index)?,
                 false => vec![(i64::MAX, rows)],
             };
-            let sink = sink_of(&mut self.sinks, &q.query.table)?;
+            let sink = self.lake.sink(&q.query.table)?;
             sink.replace_windows(&windows.take_corrected())?;
             for (end, rows) in groups {
                 for joined in &q.query.mirrors {
@@ -543,7 +523,7 @@ impl Pipeline {
                 read.slot.fill(vec![mirror_of(&self.mirrors, &read.topic)?.current()?]);
             }
             let rows = collect(reset_plan_states(plan.clone())?, q.query.task_ctx.clone()).await?;
-            let sink = sink_of(&mut self.sinks, &q.query.table)?;
+            let sink = self.lake.sink(&q.query.table)?;
             sink.begin_replacement();
             for b in &rows {
                 sink.push(b)?;
@@ -555,46 +535,70 @@ impl Pipeline {
     /// Commit when the interval is up, or sooner when enough rows wait.
     fn should_commit(&self) -> bool {
         self.last_commit.elapsed() >= self.options.commit_interval
-            || self.sinks.values().map(TableSink::pending_rows).sum::<usize>() >= self.options.max_pending_rows
+            || self.lake.pending_rows() >= self.options.max_pending_rows
     }
 
-    /// Commits every table with buffered rows as the next epoch.
+    /// Commits every table with buffered rows, and the state to carry on from, as
+    /// the next epoch.
     pub async fn commit(&mut self) -> Result<()> {
         self.last_commit = Instant::now();
         let windows = self.queries.iter().filter_map(|q| q.windows.as_ref());
         let (open, bytes) = windows.fold((0, 0), |(o, b), w| (o + w.open_windows(), b + w.state_bytes()));
         self.stats.peak_open_windows = self.stats.peak_open_windows.max(open);
         self.stats.peak_state_bytes = self.stats.peak_state_bytes.max(bytes);
-        if !self.dirty && self.sinks.values().all(|s| !s.has_pending()) {
+        if !self.dirty && !self.lake.has_pending() {
             return Ok(());
         }
-        let epoch = self.epoch + 1;
         let started = Instant::now();
+        self.replace_changed_mirrors().await?;
+        let state = self.epoch_state()?;
+        let committed = self.lake.commit(state).await?;
+        self.watermarks.pause(started.elapsed());
+        let input_read = std::mem::take(&mut self.dirty);
+        self.options.observed.visible(&self.produced_at, crate::time::now_micros() / 1000);
+        self.produced_at.clear();
+        if input_read {
+            self.stats.caught_up = self.started.elapsed();
+        }
+        for (topic, watermark) in self.watermarks.per_topic() {
+            self.options.observed.source_watermark(&topic, watermark);
+        }
+        for (table, done) in &committed.maintained {
+            tracing::info!(%table, checkpoint = ?done.checkpoint, compacted = ?done.compacted, vacuumed = done.vacuumed, logs_cleaned = done.logs_cleaned, "maintained");
+        }
+        self.options.observed.maintained(&committed.maintained);
+        self.stats.commits += 1;
+        self.stats.commit_ms.push(started.elapsed().as_secs_f64() * 1e3);
+        let ms = started.elapsed().as_millis() as u64;
+        self.options.observed.commit(committed.rows as u64, started.elapsed().as_secs_f64(), open, bytes);
+        tracing::info!(epoch = committed.epoch, rows = committed.rows, ms, write_ms = committed.write_ms, state_ms = committed.state_ms, "committed");
+        Ok(())
+    }
+
+    /// Rewrites the mirrors that changed since the last epoch, and the tables
+    /// computed from them alone.
+    async fn replace_changed_mirrors(&mut self) -> Result<()> {
         let mut changed = Vec::new();
         for mirror in self.mirrors.values_mut() {
             if mirror.take_changed() {
-                let sink = sink_of(&mut self.sinks, mirror.table())?;
+                let sink = self.lake.sink(mirror.table())?;
                 sink.begin_replacement();
                 sink.push_table_rows(mirror.current()?);
                 changed.push(mirror.topic().clone());
             }
         }
-        self.rerun_over_mirrors(&changed).await?;
+        self.rerun_over_mirrors(&changed).await
+    }
 
-        let stages = self.sinks.iter_mut().filter(|(_, s)| s.has_pending()).map(|(path, s)| async move {
-            Ok::<_, Error>((path.as_str().to_string(), s.stage().await?))
-        });
-        let staged: BTreeMap<String, _> = futures::future::try_join_all(stages).await?.into_iter().collect();
-        let write_ms = started.elapsed().as_millis() as u64;
-        let mut queries = BTreeMap::new();
+    /// What a restart needs besides the tables: positions, watermarks, every
+    /// query's window state, every mirror's retained changes (pruned first).
+    fn epoch_state(&mut self) -> Result<EpochState> {
+        let mut queries = Vec::new();
         for q in &mut self.queries {
-            let windows = match q.windows.as_mut().map(|w| w.snapshot()).transpose()?.flatten() {
-                Some(state) => Some(self.checkpoints.put_state(epoch, &q.query.table, &state).await?),
-                None => None,
-            };
-            queries.insert(q.query.table.as_str().to_string(), QueryCheckpoint { watermark: q.clock.watermark(), windows });
+            let windows = q.windows.as_mut().map(|w| w.snapshot()).transpose()?.flatten();
+            queries.push((q.query.table.clone(), q.clock.watermark(), windows));
         }
-        let mut mirrors = BTreeMap::new();
+        let mut mirrors = Vec::new();
         for mirror in self.mirrors.values_mut() {
             // Windows still open end after their query's watermark: older history is not needed.
             // Corrected windows are kept past the watermark, and may be joined again.
@@ -602,8 +606,7 @@ impl Pipeline {
             let horizon = |q: &RunningQuery| q.clock.watermark().saturating_sub(q.query.corrections().unwrap_or(0));
             mirror.prune(joining.map(horizon).min().unwrap_or(i64::MAX))?;
             if mirror.keys() > 0 {
-                let name = self.checkpoints.put_state(epoch, mirror.table(), &mirror.snapshot()?).await?;
-                mirrors.insert(mirror.table().as_str().to_string(), name);
+                mirrors.push((mirror.table().clone(), mirror.snapshot()?));
             }
         }
         let positions = self
@@ -611,40 +614,12 @@ impl Pipeline {
             .iter()
             .map(|(id, &next_offset)| Position { topic: id.topic.to_string(), partition: id.partition, next_offset })
             .collect();
-        let checkpoint = Checkpoint { epoch, positions, watermarks: self.watermarks.marks(), queries, mirrors, staged };
-        let state_ms = started.elapsed().as_millis() as u64 - write_ms;
-        self.checkpoints.save(&checkpoint).await?;
-        self.epoch = epoch;
-        let input_read = std::mem::take(&mut self.dirty);
-
-        let commits = self
-            .sinks
-            .iter_mut()
-            .filter_map(|(path, s)| Some(s.commit(epoch, checkpoint.staged.get(path.as_str())?.clone())));
-        let rows: usize = futures::future::try_join_all(commits).await?.into_iter().sum();
-        self.options.observed.visible(&self.produced_at, crate::time::now_micros() / 1000);
-        self.produced_at.clear();
-        if input_read {
-            self.stats.caught_up = self.started.elapsed();
-        }
-        self.checkpoints.prune_before(epoch).await?;
-        for (topic, watermark) in self.watermarks.per_topic() {
-            self.options.observed.source_watermark(&topic, watermark);
-        }
-        self.stats.commits += 1;
-        self.options.observed.commit(rows as u64, started.elapsed().as_secs_f64(), open, bytes);
-        tracing::info!(epoch, rows, ms = started.elapsed().as_millis() as u64, write_ms, state_ms, "committed");
-        Ok(())
+        Ok(EpochState { positions, watermarks: self.watermarks.marks(), queries, mirrors })
     }
 
     fn sink(&mut self, table: &TablePath) -> Result<&mut TableSink> {
-        sink_of(&mut self.sinks, table)
+        self.lake.sink(table)
     }
-}
-
-/// The sink of `table` (one is opened for every table at start).
-fn sink_of<'a>(sinks: &'a mut BTreeMap<TablePath, TableSink>, table: &TablePath) -> Result<&'a mut TableSink> {
-    sinks.get_mut(table).ok_or_else(|| Error::Internal(format!("no sink for {table}")))
 }
 
 /// The mirror of CDC topic `topic` (one is kept for every CDC topic).

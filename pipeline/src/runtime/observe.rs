@@ -6,12 +6,16 @@
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use axum::routing::get;
 use axum::Router;
 
+use crate::catalog::TablePath;
+use crate::commit::StoreHealth;
 use crate::error::{Error, Result};
+use crate::sink::Maintained;
 
 /// A latency distribution in 10 ms buckets up to two minutes (beyond lands in the
 /// last): fine enough for percentiles, fixed in size whatever the traffic.
@@ -66,6 +70,8 @@ impl Latencies {
 #[derive(Debug, Default)]
 pub struct Observed {
     state: Mutex<State>,
+    /// Updated by the lake's writer while it waits out an outage.
+    store: Arc<StoreHealth>,
 }
 
 #[derive(Debug, Default)]
@@ -88,6 +94,8 @@ struct State {
     commit_seconds_sum: f64,
     /// Kafka timestamp to the commit that made the message's rows visible.
     freshness: Latencies,
+    /// Maintenance done: Delta checkpoints, files compacted away, files vacuumed.
+    maintenance: [u64; 3],
 }
 
 impl Observed {
@@ -127,6 +135,20 @@ impl Observed {
 
     pub fn freshness(&self) -> Latencies {
         self.with(|s| s.freshness.clone())
+    }
+
+    pub fn store_health(&self) -> Arc<StoreHealth> {
+        self.store.clone()
+    }
+
+    pub fn maintained(&self, maintained: &BTreeMap<TablePath, Maintained>) {
+        self.with(|s| {
+            for done in maintained.values() {
+                s.maintenance[0] += done.checkpoint.is_some() as u64;
+                s.maintenance[1] += done.compacted.values().map(|(removed, _)| removed).sum::<u64>();
+                s.maintenance[2] += done.vacuumed as u64;
+            }
+        });
     }
 
     pub fn commit(&self, rows: u64, seconds: f64, open_windows: usize, state_bytes: usize) {
@@ -190,6 +212,17 @@ impl Observed {
             let _ = writeln!(out, "# HELP sluice_commits_total Lake commits (epochs).\n# TYPE sluice_commits_total counter\nsluice_commits_total {}", s.commits);
             let _ = writeln!(out, "# HELP sluice_commit_seconds_total Time spent committing epochs.\n# TYPE sluice_commit_seconds_total counter\nsluice_commit_seconds_total {}", s.commit_seconds_sum);
             let _ = writeln!(out, "# HELP sluice_rows_committed_total Rows committed to the lake.\n# TYPE sluice_rows_committed_total counter\nsluice_rows_committed_total {}", s.rows_committed);
+            let counters = [
+                ("sluice_store_retries_total", "Lake store requests tried again after the store did not answer.", self.store.retries.load(Ordering::Relaxed)),
+                ("sluice_delta_checkpoints_total", "Delta checkpoints written.", s.maintenance[0]),
+                ("sluice_files_compacted_total", "Small files rewritten by compaction.", s.maintenance[1]),
+                ("sluice_files_vacuumed_total", "Removed or orphaned files deleted by vacuum.", s.maintenance[2]),
+            ];
+            for (name, help, value) in counters {
+                let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}");
+            }
+            let unavailable = self.store.unavailable.load(Ordering::Relaxed) as u8;
+            let _ = writeln!(out, "# HELP sluice_store_unavailable 1 while a commit waits for the lake's store.\n# TYPE sluice_store_unavailable gauge\nsluice_store_unavailable {unavailable}");
             out
         })
     }

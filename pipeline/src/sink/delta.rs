@@ -22,6 +22,7 @@ use deltalake::{DeltaTable, DeltaTableError};
 use object_store::ObjectStoreExt;
 use serde::{Deserialize, Serialize};
 
+use super::maintain::{self, Maintained, MaintenancePolicy};
 use super::{TableLayout, DATE};
 use crate::catalog::{Lake, TablePath};
 use crate::error::{Error, Result};
@@ -43,6 +44,10 @@ pub struct TableSink {
     replacing: bool,
     /// Windows (by start, µs) whose committed rows the next commit replaces.
     replaced_windows: BTreeSet<i64>,
+    /// The last commit failed: it may have landed all the same.
+    commit_failed: bool,
+    /// The table version of the last Delta checkpoint (as far as this sink knows).
+    last_checkpoint: u64,
 }
 
 /// What one epoch writes to a table before committing it: new files, and the files
@@ -63,7 +68,7 @@ impl TableSink {
         if let Ok(dir) = url.to_file_path() {
             std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
         }
-        let mut table = DeltaTable::try_from_url(url).await.map_err(err)?;
+        let mut table = DeltaTable::try_from_url_with_storage_options(url, lake.options().map().clone()).await.map_err(err)?;
         if table.version().is_none() {
             let empty = RecordBatch::new_empty(layout.schema.clone());
             table = table
@@ -88,6 +93,8 @@ impl TableSink {
             overwrite: false,
             replacing: false,
             replaced_windows: BTreeSet::new(),
+            commit_failed: false,
+            last_checkpoint: 0,
         })
     }
 
@@ -131,6 +138,33 @@ impl TableSink {
         &self.path
     }
 
+    /// Runs the table's maintenance after an epoch: a Delta checkpoint when due,
+    /// compaction of partitions with too many small files, and with `vacuum` the
+    /// vacuum and expired-log cleanup (on the policy's interval).
+    pub async fn maintain(&mut self, policy: &MaintenancePolicy, vacuum: bool) -> Result<Maintained> {
+        let partition = self.layout.partition_columns.first().cloned();
+        let mut done = Maintained {
+            compacted: maintain::compact(&mut self.table, partition.as_deref(), policy, &self.writer_properties, false, false).await?,
+            ..Maintained::default()
+        };
+        if vacuum {
+            done.vacuumed = maintain::vacuum(&mut self.table, policy.vacuum_retention, false).await?;
+        }
+        if self.last_checkpoint == 0 {
+            // Not known yet: count from the last multiple of the interval.
+            let version = self.table.version().unwrap_or(0);
+            self.last_checkpoint = version - version % policy.checkpoint_interval;
+        }
+        if let Some(version) = maintain::checkpoint_if_due(&self.table, self.last_checkpoint, policy.checkpoint_interval).await? {
+            self.last_checkpoint = version;
+            done.checkpoint = Some(version);
+        }
+        if vacuum {
+            done.logs_cleaned = maintain::clean_expired_logs(&self.table).await?;
+        }
+        Ok(done)
+    }
+
     /// Buffers result rows (in the query's result layout) for the next commit.
     pub fn push(&mut self, batch: &RecordBatch) -> Result<()> {
         if batch.num_rows() == 0 {
@@ -164,51 +198,50 @@ impl TableSink {
 
     /// The last epoch this table committed, from its `txn`.
     pub async fn committed_epoch(&self) -> Result<Option<i64>> {
-        let table = &self.table;
-        let state = table.snapshot().map_err(|e| Error::delta(self.path.as_str(), e))?;
-        state
-            .transaction_version(table.log_store().as_ref(), &self.app_id)
-            .await
-            .map_err(|e| Error::delta(self.path.as_str(), e))
+        committed_epoch(&self.table, &self.app_id).await
     }
 
     /// Writes the buffered rows as Parquet files in the table's directory without
     /// adding them to the table: the epoch's snapshot records them first, then
     /// [`commit`](Self::commit) adds them. Files of an epoch that never reached its
-    /// snapshot are orphans no reader sees.
+    /// snapshot are orphans no reader sees (vacuum deletes them).
     ///
-    /// The encoding runs as a task of its own, so the tables of an epoch are
-    /// written in parallel.
+    /// Nothing is taken out of the buffer until every file is written, so a stage
+    /// that fails (the store away) can be tried again. The encoding runs as a task
+    /// of its own, so the tables of an epoch are written in parallel.
     pub async fn stage(&mut self) -> Result<Staged> {
+        let (removes, rewritten) = self.take_out_replaced_windows().await?;
+        let batches: Vec<RecordBatch> = self.pending.iter().chain(&rewritten).filter(|b| b.num_rows() > 0).cloned().collect();
+        let adds = if batches.is_empty() { Vec::new() } else { self.write_files(batches).await? };
+        self.pending.clear();
         self.replacing = false;
-        let removes = self.take_out_replaced_windows().await?;
-        self.pending.retain(|b| b.num_rows() > 0);
-        if self.pending.is_empty() {
-            return Ok(Staged { adds: Vec::new(), removes });
-        }
+        self.replaced_windows.clear();
+        self.staged_rows += std::mem::take(&mut self.pending_rows);
+        Ok(Staged { adds, removes })
+    }
+
+    async fn write_files(&self, batches: Vec<RecordBatch>) -> Result<Vec<Add>> {
         let table = self.path.to_string();
         let err = move |e| Error::delta(table.clone(), e);
         let mut writer = RecordBatchWriter::for_table(&self.table).map_err(&err)?.with_writer_properties(self.writer_properties.clone());
-        let batches = std::mem::take(&mut self.pending);
-        self.staged_rows += std::mem::take(&mut self.pending_rows);
         let task = tokio::spawn(async move {
             for batch in batches {
                 writer.write(batch).await.map_err(&err)?;
             }
             writer.flush().await.map_err(&err)
         });
-        let adds = task.await.map_err(|e| Error::Internal(format!("writing {}: {e}", self.path)))??;
-        Ok(Staged { adds, removes })
+        task.await.map_err(|e| Error::Internal(format!("writing {}: {e}", self.path)))?
     }
 
-    /// Takes the committed rows of the replaced windows out: every file of their
-    /// dates is read, and one holding rows of them is returned to be removed, its
-    /// other rows going back into the buffer to be written again.
-    async fn take_out_replaced_windows(&mut self) -> Result<Vec<Remove>> {
+    /// The committed rows of the replaced windows, to take out: the files whose
+    /// `window_start` statistics can hold one of them are read, and one that does
+    /// hold rows of them is returned to be removed, with its other rows to be
+    /// written again.
+    async fn take_out_replaced_windows(&self) -> Result<(Vec<Remove>, Vec<RecordBatch>)> {
         if self.replaced_windows.is_empty() {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), Vec::new()));
         }
-        let replaced = std::mem::take(&mut self.replaced_windows);
+        let replaced = &self.replaced_windows;
         let dates: BTreeSet<String> = replaced.iter().map(|&start| date_of(start)).collect();
         let table = self.path.to_string();
         let err = |e: DeltaTableError| Error::delta(table.clone(), e);
@@ -219,9 +252,10 @@ impl TableSink {
             .log_data()
             .iter()
             .filter(|f| f.partition_values_map().get(DATE).and_then(|d| d.as_deref()).is_some_and(|d| dates.contains(d)))
+            .filter(|f| may_hold_windows(f.stats().as_deref(), replaced))
             .collect();
         let store = self.table.object_store();
-        let mut removes = Vec::with_capacity(files.len());
+        let (mut removes, mut rewritten) = (Vec::new(), Vec::new());
         for file in files {
             let bytes = async { store.get(&file.object_store_path()).await?.bytes().await }.await.map_err(|e| err(e.into()))?;
             let reader = ParquetRecordBatchReaderBuilder::try_new(bytes).and_then(|b| b.build()).map_err(|e| err(e.into()))?;
@@ -229,15 +263,15 @@ impl TableSink {
             for batch in reader {
                 let batch = batch?;
                 read += batch.num_rows();
-                kept.push(without_windows(&self.layout.with_partition_column(&batch)?, &replaced)?);
+                kept.push(without_windows(&self.layout.with_partition_column(&batch)?, replaced)?);
             }
             // A file without rows of those windows stays as it is.
             if kept.iter().map(RecordBatch::num_rows).sum::<usize>() < read {
-                kept.into_iter().for_each(|b| self.push_table_rows(b));
+                rewritten.extend(kept);
                 removes.push(file.remove_action(true));
             }
         }
-        Ok(removes)
+        Ok((removes, rewritten))
     }
 
     /// Adds staged files to the table as one commit for `epoch`, recorded as the
@@ -245,11 +279,24 @@ impl TableSink {
     ///
     /// An overwriting sink's commit also removes every file the table had, and is
     /// made even without files: the table then has no rows.
+    ///
+    /// Safe to call again after a failure: a commit that reached the store before
+    /// the answer was lost is found by its `txn` and not made twice.
     pub async fn commit(&mut self, epoch: i64, staged: Staged) -> Result<usize> {
         if staged.adds.is_empty() && staged.removes.is_empty() && !self.overwrite {
             return Ok(0);
         }
         let err = |e| Error::delta(self.path.as_str(), e);
+        if self.commit_failed {
+            // Decide on the table as the store has it now, never on a stale copy.
+            self.table.update_state().await.map_err(err)?;
+            self.commit_failed = false;
+            if self.committed_epoch().await? >= Some(epoch) {
+                let rows = std::mem::take(&mut self.staged_rows);
+                self.rows_written += rows as u64;
+                return Ok(rows);
+            }
+        }
         let table = &mut self.table;
         let mode = if self.overwrite || !staged.removes.is_empty() { SaveMode::Overwrite } else { SaveMode::Append };
         let operation = DeltaOperation::Write {
@@ -264,16 +311,56 @@ impl TableSink {
         }
         actions.extend(staged.removes.into_iter().map(Action::Remove));
         actions.extend(staged.adds.into_iter().map(Action::Add));
-        let properties = CommitProperties::default().with_application_transaction(Transaction::new(&self.app_id, epoch));
+        let properties = commit_properties().with_application_transaction(Transaction::new(&self.app_id, epoch));
         let finalized = CommitBuilder::from(properties)
             .with_actions(actions)
             .build(Some(table.snapshot().map_err(err)?), table.log_store(), operation)
-            .await
-            .map_err(err)?;
+            .await;
+        let finalized = match finalized {
+            Ok(finalized) => finalized,
+            Err(e) => {
+                // The commit may have landed without its answer: a retry looks first.
+                self.commit_failed = true;
+                return Err(Error::delta(self.path.as_str(), e.into()));
+            }
+        };
         table.state = Some(finalized.snapshot());
         let rows = std::mem::take(&mut self.staged_rows);
         self.rows_written += rows as u64;
         Ok(rows)
+    }
+}
+
+/// The last epoch of the pipeline table `app_id` (`<pipeline>:<table>`) that
+/// `table` holds, from its `txn`.
+pub async fn committed_epoch(table: &DeltaTable, app_id: &str) -> Result<Option<i64>> {
+    let name = || table.table_url().to_string();
+    let state = table.snapshot().map_err(|e| Error::delta(name(), e))?;
+    state.transaction_version(table.log_store().as_ref(), app_id).await.map_err(|e| Error::delta(name(), e))
+}
+
+/// How every commit of Sluice's is made: no Delta checkpoint and no listing of
+/// `_delta_log` for expired logs after it; the maintenance step does both on its
+/// own schedule, so a commit's cost does not grow with the log.
+pub fn commit_properties() -> CommitProperties {
+    // No retry at the next version either: with one writer per table a conflict can
+    // only be this commit having landed already, which the caller checks by `txn`.
+    CommitProperties::default().with_create_checkpoint(false).with_cleanup_expired_logs(Some(false)).with_max_retries(0)
+}
+
+/// Whether a file whose statistics are `stats` (Delta's JSON) may hold rows of
+/// the windows starting at `starts` (µs): its `window_start` range overlaps one.
+/// Without statistics it may.
+fn may_hold_windows(stats: Option<&str>, starts: &BTreeSet<i64>) -> bool {
+    let Some(stats) = stats.and_then(|s| serde_json::from_str::<serde_json::Value>(s).ok()) else { return true };
+    let bound = |which: &str| {
+        let text = stats.get(which)?.get("window_start")?.as_str()?;
+        chrono::DateTime::parse_from_rfc3339(text).ok().map(|t| t.timestamp_micros())
+    };
+    match (bound("minValues"), bound("maxValues")) {
+        // Statistics keep milliseconds: widen the range by one.
+        (Some(min), Some(max)) => starts.range(min - 1000..=max + 1000).next().is_some(),
+        _ => true,
     }
 }
 
@@ -294,7 +381,7 @@ fn date_of(start: i64) -> String {
 
 /// Identifiers and raw messages are unique per row: dictionary-encoding them costs
 /// time and saves nothing, so only the other columns get dictionaries.
-fn writer_properties(schema: &arrow::datatypes::Schema) -> WriterProperties {
+pub fn writer_properties(schema: &arrow::datatypes::Schema) -> WriterProperties {
     let unique = |name: &str| name.ends_with("_id") || matches!(name, "payload" | "raw" | "_raw" | "_offset");
     schema
         .fields()

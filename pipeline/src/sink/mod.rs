@@ -5,9 +5,11 @@
 //! the pipeline's epoch as version, the bookkeeping exactly-once recovery reads back.
 
 mod delta;
+pub mod maintain;
 mod operational;
 
-pub use delta::{Staged, TableSink};
+pub use delta::{commit_properties, committed_epoch, writer_properties, Staged, TableSink};
+pub use maintain::{Maintained, MaintenancePolicy};
 pub use operational::{dead_letter_schema, dead_letters_batch, late_event_schema, LateEvents, DEAD_LETTERS, LATE_EVENTS};
 
 use std::sync::Arc;

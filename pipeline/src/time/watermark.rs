@@ -80,6 +80,15 @@ impl Watermarks {
         }
     }
 
+    /// The pipeline read nothing for `stalled` (it was committing, or waiting for
+    /// the lake's store): that time does not count towards any partition's
+    /// silence, or a store outage would make every partition look idle.
+    pub fn pause(&mut self, stalled: Duration) {
+        for p in self.partitions.values_mut() {
+            p.last_active += stalled;
+        }
+    }
+
     /// Every partition's progress, for a checkpoint.
     pub fn marks(&self) -> Vec<PartitionMark> {
         self.partitions
@@ -245,6 +254,20 @@ mod tests {
         assert_eq!(clock.advance(&marks), 200, "a/1 at 150 holds it again");
         marks.observe(&pid("a", 1), Some(400), false);
         assert_eq!(clock.advance(&marks), 300);
+    }
+
+    #[test]
+    fn time_the_pipeline_stalled_is_not_silence() {
+        let mut marks = Watermarks::new(Duration::from_millis(50));
+        marks.add_partition(pid("a", 0), 0);
+        marks.add_partition(pid("a", 1), 0);
+        marks.observe(&pid("a", 0), Some(200), false);
+        marks.observe(&pid("a", 1), Some(100), false);
+        std::thread::sleep(Duration::from_millis(60));
+        marks.pause(Duration::from_millis(60));
+        assert_eq!(marks.per_topic()[&Arc::from("a")], 100, "a/1 was not silent: the pipeline was not reading");
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(!marks.per_topic().contains_key(&Arc::<str>::from("a")), "both silent since: idle");
     }
 
     #[test]

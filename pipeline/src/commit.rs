@@ -1,0 +1,330 @@
+//! One epoch's commit to the lake, in the order that makes it exactly once
+//! (see [`checkpoint`](crate::checkpoint)):
+//!
+//! 1. **stage**: every table with new rows writes them as Parquet files, not yet
+//!    part of the table;
+//! 2. **checkpoint**: the window and mirror state, then the manifest (the commit
+//!    point), with the staged files;
+//! 3. **commit**: every table commits its files in one Delta version carrying the
+//!    epoch as its `txn`;
+//!
+//! then older checkpoints are pruned and the tables maintained (Delta checkpoints,
+//! compaction, vacuum: [`sink::maintain`](crate::sink::maintain)), by this same
+//! writer, so maintenance never races a commit.
+//!
+//! Every step can be tried again: when the store is unreachable (an outage, not a
+//! refusal) the step waits with backoff, logs, counts the retry and carries on;
+//! what was staged or committed before the outage is not done twice.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::array::RecordBatch;
+
+use crate::catalog::storage::redact;
+use crate::catalog::TablePath;
+use crate::checkpoint::{Checkpoint, CheckpointStore, Position, QueryCheckpoint};
+use crate::error::{Error, Result};
+use crate::sink::{Maintained, MaintenancePolicy, Staged, TableSink};
+use crate::time::PartitionMark;
+
+/// The store's health as the commits saw it, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct StoreHealth {
+    /// Requests tried again after the store failed to answer.
+    pub retries: AtomicU64,
+    /// A step is waiting for the store right now.
+    pub unavailable: AtomicBool,
+}
+
+/// What the run loop hands over for an epoch besides the rows already in the sinks.
+#[derive(Debug, Default)]
+pub struct EpochState {
+    /// Per partition, the offset to read next.
+    pub positions: Vec<Position>,
+    pub watermarks: Vec<PartitionMark>,
+    /// Per query's table: its watermark and open windows' state, if any.
+    pub queries: Vec<(TablePath, i64, Option<RecordBatch>)>,
+    /// Per mirror table: its retained changes.
+    pub mirrors: Vec<(TablePath, RecordBatch)>,
+}
+
+/// What an epoch's commit did.
+#[derive(Debug, Default)]
+pub struct Committed {
+    pub epoch: i64,
+    pub rows: usize,
+    /// Milliseconds to stage the files and to write the state and manifest.
+    pub write_ms: u64,
+    pub state_ms: u64,
+    /// Tables whose maintenance did something.
+    pub maintained: BTreeMap<TablePath, Maintained>,
+}
+
+/// The lake's writer: every table's sink, the checkpoints, and the epoch count.
+pub struct LakeWriter {
+    sinks: BTreeMap<TablePath, TableSink>,
+    checkpoints: CheckpointStore,
+    /// The last epoch checkpointed and committed.
+    epoch: i64,
+    policy: MaintenancePolicy,
+    last_vacuum: Instant,
+    outage: OutagePolicy,
+}
+
+/// How long an epoch waits for an unreachable store, and where it reports that.
+#[derive(Debug, Clone)]
+pub struct OutagePolicy {
+    /// The lake, for messages.
+    pub lake: String,
+    /// Give up (and stop the run) after the store was unreachable this long.
+    pub limit: Duration,
+    pub health: Arc<StoreHealth>,
+}
+
+impl LakeWriter {
+    pub fn new(sinks: BTreeMap<TablePath, TableSink>, checkpoints: CheckpointStore, policy: MaintenancePolicy, outage: OutagePolicy) -> Self {
+        LakeWriter { sinks, checkpoints, epoch: 0, policy, last_vacuum: Instant::now(), outage }
+    }
+
+    /// The sink of `table` (one is opened for every table at start).
+    pub fn sink(&mut self, table: &TablePath) -> Result<&mut TableSink> {
+        self.sinks.get_mut(table).ok_or_else(|| Error::Internal(format!("no sink for {table}")))
+    }
+
+    pub fn sinks(&self) -> &BTreeMap<TablePath, TableSink> {
+        &self.sinks
+    }
+
+    pub fn checkpoints(&self) -> &CheckpointStore {
+        &self.checkpoints
+    }
+
+    pub fn epoch(&self) -> i64 {
+        self.epoch
+    }
+
+    pub fn pending_rows(&self) -> usize {
+        self.sinks.values().map(TableSink::pending_rows).sum()
+    }
+
+    pub fn has_pending(&self) -> bool {
+        self.sinks.values().any(TableSink::has_pending)
+    }
+
+    /// Finishes the commits the checkpoint's epoch did not get to (a kill during
+    /// step 3) and carries on counting from it.
+    pub async fn recover(&mut self, checkpoint: &Checkpoint) -> Result<()> {
+        let epoch = checkpoint.epoch;
+        for (table, files) in &checkpoint.staged {
+            let path = TablePath::new(table).map_err(Error::Checkpoint)?;
+            let Some(sink) = self.sinks.get_mut(&path) else {
+                tracing::warn!(%table, epoch, "the checkpoint has rows for a table no SQL file writes any more; left out");
+                continue;
+            };
+            if sink.committed_epoch().await? < Some(epoch) {
+                sink.commit(epoch, files.clone()).await?;
+                tracing::info!(%table, epoch, "finished an interrupted commit");
+            }
+        }
+        self.epoch = epoch;
+        Ok(())
+    }
+
+    /// Without a checkpoint, the tables must not hold epochs of `pipeline`:
+    /// reading from the beginning again would write their rows twice.
+    pub async fn check_fresh_lake(&self, pipeline: &str) -> Result<()> {
+        for (path, sink) in &self.sinks {
+            if let Some(epoch) = sink.committed_epoch().await? {
+                return Err(Error::Checkpoint(format!(
+                    "table {path} holds epoch {epoch} of pipeline `{pipeline}`, but the lake has no checkpoint for it \
+                     (under _sluice/{pipeline}/): restore the checkpoints or write to a new lake"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Commits every table with buffered rows, and `state`, as the next epoch.
+    pub async fn commit(&mut self, state: EpochState) -> Result<Committed> {
+        let epoch = self.epoch + 1;
+        let started = Instant::now();
+        let outage_policy = self.outage.clone();
+        let mut outage = Outage::new(&outage_policy);
+
+        // 1. Stage. A table staged before an outage is not staged again.
+        let mut staged: BTreeMap<String, Staged> = BTreeMap::new();
+        loop {
+            let stages = self.sinks.iter_mut().filter(|(path, s)| s.has_pending() && !staged.contains_key(path.as_str())).map(|(path, s)| async move {
+                (path.as_str().to_string(), s.stage().await)
+            });
+            let mut failed = None;
+            for (path, result) in futures::future::join_all(stages).await {
+                match result {
+                    Ok(files) => {
+                        staged.insert(path, files);
+                    }
+                    Err(e) => failed = Some(e),
+                }
+            }
+            match failed {
+                None => break,
+                Some(e) => outage.wait("staging new files", e).await?,
+            }
+        }
+        let write_ms = started.elapsed().as_millis() as u64;
+
+        // 2. Checkpoint: state files, then the manifest.
+        let checkpoint = loop {
+            match self.save_checkpoint(epoch, &state, &staged).await {
+                Ok(checkpoint) => break checkpoint,
+                Err(e) => outage.wait("writing the checkpoint", e).await?,
+            }
+        };
+        let state_ms = (started.elapsed().as_millis() as u64).saturating_sub(write_ms);
+        self.epoch = epoch;
+
+        // 3. Commit every table; one committed before an outage is not committed again.
+        let mut rows = 0;
+        let mut pending: BTreeSet<String> = checkpoint.staged.keys().cloned().collect();
+        loop {
+            let commits = self.sinks.iter_mut().filter(|(path, _)| pending.contains(path.as_str())).map(|(path, s)| {
+                let files = checkpoint.staged.get(path.as_str()).cloned().unwrap_or_default();
+                async move { (path.as_str().to_string(), s.commit(epoch, files).await) }
+            });
+            let mut failed = None;
+            let mut done = Vec::new();
+            for (path, result) in futures::future::join_all(commits).await {
+                match result {
+                    Ok(n) => {
+                        rows += n;
+                        done.push(path);
+                    }
+                    Err(e) => failed = Some(e),
+                }
+            }
+            pending.retain(|p| !done.contains(p));
+            match failed {
+                None => break,
+                Some(e) => outage.wait("committing to the tables", e).await?,
+            }
+        }
+
+        loop {
+            match self.checkpoints.prune_before(epoch).await {
+                Ok(()) => break,
+                Err(e) => outage.wait("pruning old checkpoints", e).await?,
+            }
+        }
+        let maintained = self.maintain(&mut outage).await?;
+        Ok(Committed { epoch, rows, write_ms, state_ms, maintained })
+    }
+
+    async fn save_checkpoint(&self, epoch: i64, state: &EpochState, staged: &BTreeMap<String, Staged>) -> Result<Checkpoint> {
+        let mut queries = BTreeMap::new();
+        for (table, watermark, windows) in &state.queries {
+            let windows = match windows {
+                Some(rows) => Some(self.checkpoints.put_state(epoch, table, rows).await?),
+                None => None,
+            };
+            queries.insert(table.as_str().to_string(), QueryCheckpoint { watermark: *watermark, windows });
+        }
+        let mut mirrors = BTreeMap::new();
+        for (table, rows) in &state.mirrors {
+            mirrors.insert(table.as_str().to_string(), self.checkpoints.put_state(epoch, table, rows).await?);
+        }
+        let checkpoint = Checkpoint {
+            epoch,
+            positions: state.positions.clone(),
+            watermarks: state.watermarks.clone(),
+            queries,
+            mirrors,
+            staged: staged.clone(),
+        };
+        self.checkpoints.save(&checkpoint).await?;
+        Ok(checkpoint)
+    }
+
+    /// Every table's maintenance, one table after another. A failure other than
+    /// an outage is logged and left for the next epoch: the rows are committed,
+    /// and a table that is merely slower to read must not stop the stream.
+    async fn maintain(&mut self, outage: &mut Outage<'_>) -> Result<BTreeMap<TablePath, Maintained>> {
+        let vacuum = self.last_vacuum.elapsed() >= self.policy.vacuum_interval;
+        if vacuum {
+            self.last_vacuum = Instant::now();
+        }
+        let mut maintained = BTreeMap::new();
+        for (path, sink) in self.sinks.iter_mut() {
+            loop {
+                match sink.maintain(&self.policy, vacuum).await {
+                    Ok(done) => {
+                        if !done.is_empty() {
+                            maintained.insert(path.clone(), done);
+                        }
+                        break;
+                    }
+                    Err(e) if e.is_transient() => outage.wait("maintaining the tables", e).await?,
+                    Err(e) => {
+                        tracing::warn!(table = %path, error = %redact(&e.to_string()), "maintenance failed; trying again after the next epoch");
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(maintained)
+    }
+}
+
+/// Waiting out an unreachable store within one epoch: exponential backoff from
+/// 250 ms to 8 s, given up after the outage limit.
+struct Outage<'a> {
+    since: Option<Instant>,
+    backoff: Duration,
+    policy: &'a OutagePolicy,
+}
+
+impl<'a> Outage<'a> {
+    fn new(policy: &'a OutagePolicy) -> Self {
+        Outage { since: None, backoff: Duration::from_millis(250), policy }
+    }
+
+    /// Returns after the backoff when `error` is an outage still within the limit;
+    /// otherwise returns the error.
+    async fn wait(&mut self, step: &str, error: Error) -> Result<()> {
+        if !error.is_transient() {
+            self.since = None;
+            return Err(error);
+        }
+        let since = *self.since.get_or_insert_with(Instant::now);
+        if since.elapsed() >= self.policy.limit {
+            self.since = None;
+            return Err(Error::Storage {
+                url: self.policy.lake.clone(),
+                problem: format!("unreachable for {:.0?} while {step}, giving up: {}", since.elapsed(), redact(&error.to_string())),
+            });
+        }
+        self.policy.health.retries.fetch_add(1, Ordering::Relaxed);
+        self.policy.health.unavailable.store(true, Ordering::Relaxed);
+        tracing::warn!(
+            step,
+            waited_s = since.elapsed().as_secs(),
+            retry_in_ms = self.backoff.as_millis() as u64,
+            error = %redact(&error.to_string()),
+            "the lake's store is unreachable; retrying"
+        );
+        tokio::time::sleep(self.backoff).await;
+        self.backoff = (self.backoff * 2).min(Duration::from_secs(8));
+        Ok(())
+    }
+}
+
+impl Drop for Outage<'_> {
+    fn drop(&mut self) {
+        self.policy.health.unavailable.store(false, Ordering::Relaxed);
+        if let Some(since) = self.since {
+            tracing::info!(waited_s = since.elapsed().as_secs(), "the lake's store answers again");
+        }
+    }
+}
