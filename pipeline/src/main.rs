@@ -7,7 +7,23 @@ const DEFAULT_LOG: &str = "warn,buoyant_kernel=off,delta_kernel=off";
 /// A long-running Kafka pipeline also logs one line per commit.
 const SERVICE_LOG: &str = "warn,sluice=info,buoyant_kernel=off,delta_kernel=off";
 
+/// deltalake aborts a failed Parquet upload inside `catch_unwind`, because
+/// object_store's `BufWriter::abort` panics by design once its shutdown began (an
+/// upload cut off by a store outage). That panic is handled, and the retry that
+/// follows is logged: print nothing for it, or an outage would look like a crash.
+fn quiet_handled_upload_panics() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let from_buffered_upload = info.location().is_some_and(|l| l.file().contains("object_store") && l.file().ends_with("src/buffered.rs"));
+        let message = info.payload().downcast_ref::<&str>().copied().unwrap_or_default();
+        if !(from_buffered_upload && message == "Already shut down") {
+            default(info);
+        }
+    }));
+}
+
 fn main() -> std::process::ExitCode {
+    quiet_handled_upload_panics();
     let cli = sluice::cli::Cli::parse();
     let default_log = match &cli.command {
         sluice::cli::Command::Run(args) if args.kafka.is_some() => SERVICE_LOG,

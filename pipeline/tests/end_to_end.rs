@@ -12,6 +12,7 @@
 //! 1800 s).
 
 mod common;
+mod stores;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::io::Write;
@@ -1881,11 +1882,16 @@ fn append_state_cases(in_dir: &Path) {
 // ===========================================================================
 
 fn run_sluice(args: &[&str], log_dir: &Path, name: &str, timeout: Duration) {
+    run_sluice_with(args, &[], log_dir, name, timeout)
+}
+
+fn run_sluice_with(args: &[&str], env: &[(&str, String)], log_dir: &Path, name: &str, timeout: Duration) {
     let out_path = log_dir.join(format!("{name}.stdout"));
     let err_path = log_dir.join(format!("{name}.stderr"));
     let started = Instant::now();
     let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
         .args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(&out_path).unwrap())
         .stderr(std::fs::File::create(&err_path).unwrap())
@@ -1932,8 +1938,35 @@ fn tail(s: &str, max: usize) -> &str {
 // The test
 // ===========================================================================
 
+/// Where a run's lake lives: a directory of the test's, or a URL with the
+/// environment its store needs and the options to read it back.
+struct LakeAt {
+    url: Option<String>,
+    env: Vec<(&'static str, String)>,
+}
+
 #[test]
 fn end_to_end() {
+    end_to_end_at(LakeAt { url: None, env: Vec::new() });
+}
+
+/// The same checks with the lake on S3 (moto's server on loopback).
+#[test]
+fn end_to_end_on_s3() {
+    let s3 = stores::Server::moto("lake");
+    end_to_end_at(LakeAt { url: Some("s3://lake/e2e".into()), env: s3.s3_env() });
+}
+
+/// The same checks with the lake on Azure Blob (Azurite on loopback).
+#[test]
+fn end_to_end_on_azure_blob() {
+    let azurite = stores::Server::azurite("lake");
+    // The test's own reads go through object_store's emulator mode too.
+    std::env::set_var("AZURITE_BLOB_STORAGE_URL", azurite.endpoint());
+    end_to_end_at(LakeAt { url: Some("az://lake/e2e".into()), env: azurite.azure_env() });
+}
+
+fn end_to_end_at(at: LakeAt) {
     let test_start = Instant::now();
     let tmp = tempfile::tempdir().unwrap();
     let (_guard, root) = if std::env::var_os("SLUICE_E2E_KEEP").is_some() {
@@ -1945,7 +1978,8 @@ fn end_to_end() {
         (Some(tmp), root)
     };
     let in_dir = root.join("in");
-    let lake = root.join("lake");
+    let local_lake = root.join("lake");
+    let lake = at.url.clone().unwrap_or_else(|| local_lake.to_str().unwrap().to_string());
     let repo = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
     let timeout = Duration::from_secs(
         std::env::var("SLUICE_E2E_TIMEOUT_SECS")
@@ -1976,13 +2010,13 @@ fn end_to_end() {
     append_edge_cases(&in_dir);
 
     let run_start_us = now_us();
-    run_sluice(
+    run_sluice_with(
         &[
             "run",
             "--input",
             in_dir.to_str().unwrap(),
             "--lake",
-            lake.to_str().unwrap(),
+            &lake,
             "--batch-size",
             &BATCH_SIZE.to_string(),
             "--schemas",
@@ -1990,6 +2024,7 @@ fn end_to_end() {
             "--sql",
             &format!("{repo}/sql"),
         ],
+        &at.env,
         &root,
         "run",
         timeout,
@@ -2024,7 +2059,11 @@ fn end_to_end() {
     let mut report = Report::default();
     let mut tables: HashMap<&str, TableData> = HashMap::new();
     for p in paths {
-        match rt.block_on(read_table(&lake, p)) {
+        let read = match &at.url {
+            None => rt.block_on(read_table(&local_lake, p)),
+            Some(url) => rt.block_on(read_table_at(&format!("{url}/{p}"), &stores::options(&at.env))),
+        };
+        match read {
             Ok(t) => {
                 tables.insert(p, t);
             }

@@ -131,7 +131,7 @@ fn describe(query: &StreamingQuery, registry: &SchemaRegistry, udfs: &Udfs) -> S
             out.push_str(&format!("udf      {signature} ({}, {})\n", signature.kind.label(), source.display()));
         }
     }
-    let layout = TableLayout::for_result(&query.output_schema);
+    let layout = TableLayout::for_result(&query.output_schema, query.window_column());
     out.push_str("columns\n");
     for f in layout.schema.fields() {
         let partition = if layout.partition_columns.contains(f.name()) { "  (partition column)" } else { "" };

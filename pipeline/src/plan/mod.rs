@@ -640,6 +640,13 @@ fn replace_aggregate(plan: &LogicalPlan, windowed: &Aggregate, slot: &Slot) -> d
         .map(|t| t.data)
 }
 
+impl StreamingQuery {
+    /// The index of the result's `window` column, if it has one.
+    pub fn window_column(&self) -> Option<usize> {
+        self.output_schema.fields().iter().position(|f| is_window_column(f.data_type()))
+    }
+}
+
 /// Whether a result column is a `window` ({start, end}), which lands as window_start/window_end.
 pub fn is_window_column(data_type: &DataType) -> bool {
     *data_type == window_type()

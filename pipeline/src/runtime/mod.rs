@@ -182,7 +182,7 @@ impl Pipeline {
         let mut sinks = BTreeMap::new();
         for file in sql {
             let query = crate::plan::plan(file, &inputs, udfs).await?;
-            let layout = TableLayout::for_result(&query.output_schema);
+            let layout = TableLayout::for_result(&query.output_schema, query.window_column());
             let mut sink = TableSink::open(lake, query.table.clone(), layout, &options.pipeline).await?;
             if matches!(query.shape, Shape::OverMirrors { .. }) {
                 sink = sink.overwriting();

@@ -228,6 +228,12 @@ impl Observed {
     }
 }
 
+impl crate::source::BrokerStats for Observed {
+    fn high_watermark(&self, topic: &str, partition: i32, offset: i64) {
+        Observed::high_watermark(self, topic, partition, offset);
+    }
+}
+
 /// Binds `addr` and serves `/healthz` and `/metrics` in the background; returns the
 /// address bound (useful with port 0).
 pub async fn serve(addr: SocketAddr, observed: Arc<Observed>) -> Result<SocketAddr> {

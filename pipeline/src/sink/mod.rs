@@ -18,7 +18,6 @@ use arrow::array::{Array, ArrayRef, AsArray, Date32Array, RecordBatch};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimestampMicrosecondType};
 
 use crate::error::Result;
-use crate::plan::is_window_column;
 use crate::schema::timestamp_type;
 
 /// The partition column of every windowed table: the UTC date of `window_start`.
@@ -34,10 +33,10 @@ pub struct TableLayout {
 }
 
 impl TableLayout {
-    /// A windowed result's `window` becomes `window_start`, `window_end` (first) and
-    /// `date` (last, the partition column); types become ones Delta stores.
-    pub fn for_result(result: &Schema) -> Self {
-        let window = result.fields().iter().position(|f| is_window_column(f.data_type()));
+    /// A windowed result's `window` column (at index `window`, a struct of start
+    /// and end) becomes `window_start`, `window_end` (first) and `date` (last, the
+    /// partition column); types become ones Delta stores.
+    pub fn for_result(result: &Schema, window: Option<usize>) -> Self {
         let mut fields = Vec::new();
         if window.is_some() {
             fields.push(Field::new("window_start", timestamp_type(), true));

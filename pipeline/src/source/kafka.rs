@@ -13,13 +13,17 @@ use rdkafka::{ClientConfig, ClientContext, Offset, Statistics, TopicPartitionLis
 
 use super::{PartitionId, RawBatch, RawMessage, Source};
 use crate::error::{Error, Result};
-use crate::runtime::Observed;
 
-/// Hands the brokers' high watermarks from librdkafka's statistics to the metrics,
-/// where with the pipeline's own positions they give the consumer lag (the
-/// pipeline stores no offsets in Kafka, so librdkafka's own lag figures stay empty).
+/// Where the brokers' high watermarks go: with the pipeline's own positions they
+/// give the consumer lag (the pipeline stores no offsets in Kafka, so librdkafka's
+/// own lag figures stay empty). The run's metrics implement it.
+pub trait BrokerStats: Send + Sync {
+    fn high_watermark(&self, topic: &str, partition: i32, offset: i64);
+}
+
+/// Hands the high watermarks of librdkafka's statistics to a [`BrokerStats`].
 struct StatsContext {
-    observed: Arc<Observed>,
+    observed: Arc<dyn BrokerStats>,
 }
 
 impl ClientContext for StatsContext {
@@ -76,7 +80,7 @@ impl KafkaSource {
         settings: &[(String, String)],
         batch_size: usize,
         stop_when_idle: Option<Duration>,
-        observed: Arc<Observed>,
+        observed: Arc<dyn BrokerStats>,
     ) -> Result<Self> {
         let mut config = ClientConfig::new();
         config
@@ -315,7 +319,7 @@ mod tests {
         }
         producer.flush(Duration::from_secs(10)).unwrap();
 
-        let observed = Arc::new(Observed::default());
+        let observed = Arc::new(crate::runtime::Observed::default());
         let settings = [("statistics.interval.ms".to_string(), "100".to_string())];
         let mut source = KafkaSource::open(&cluster.bootstrap_servers(), &["t".into()], &settings, 4, None, observed.clone()).unwrap();
         // The pipeline has processed partition 1 and the first batch of partition 0.

@@ -10,7 +10,7 @@ use std::ops::Range;
 use std::sync::Arc;
 
 pub use files::FileSource;
-pub use kafka::KafkaSource;
+pub use kafka::{BrokerStats, KafkaSource};
 pub use produce::{create_topics, produce_generated};
 
 use crate::error::Result;

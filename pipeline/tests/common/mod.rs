@@ -500,7 +500,19 @@ pub async fn read_table(lake: &Path, path: &str) -> Result<TableData, String> {
             .map_err(|e| format!("{}: {e}", dir.display()))?,
     )
     .map_err(|_| format!("cannot make a URL of {}", dir.display()))?;
-    let table = deltalake::open_table(url)
+    let mut table = read_table_at(url.as_str(), &HashMap::new()).await?;
+    table.path = path.to_string();
+    Ok(table)
+}
+
+/// A table at a URL (`s3://...`, `az://...`), read with deltalake storage options.
+pub async fn read_table_at(
+    url: &str,
+    options: &HashMap<String, String>,
+) -> Result<TableData, String> {
+    let path = url.to_string();
+    let url = url::Url::parse(url).map_err(|e| format!("{url}: {e}"))?;
+    let table = deltalake::open_table_with_storage_options(url, options.clone())
         .await
         .map_err(|e| format!("deltalake::open_table failed: {e}"))?;
     let state = table.snapshot().map_err(|e| format!("no snapshot: {e}"))?;
@@ -554,7 +566,7 @@ pub async fn read_table(lake: &Path, path: &str) -> Result<TableData, String> {
         .map(|(i, (n, _))| (n.clone(), i))
         .collect();
     Ok(TableData {
-        path: path.to_string(),
+        path,
         schema,
         partition_columns,
         scanned,
