@@ -111,7 +111,7 @@ async fn run(dir: &Path, maintenance: MaintenancePolicy) -> std::path::PathBuf {
 }
 
 async fn assert_landed(lake_dir: &Path) {
-    let table = read_table(&lake_dir, "monitoring/test/requests_per_minute").await.unwrap();
+    let table = read_table(lake_dir, "monitoring/test/requests_per_minute").await.unwrap();
     let mut rows: Vec<(String, String, i64, f64)> = table
         .rows
         .iter()
@@ -126,9 +126,9 @@ async fn assert_landed(lake_dir: &Path) {
     let expected = EXPECTED.map(|(t, s, n, total)| (t.to_string(), s.to_string(), n, total));
     assert_eq!(rows, expected);
 
-    let dead = read_table(&lake_dir, "monitoring/integration_health/dead_letters").await.unwrap();
+    let dead = read_table(lake_dir, "monitoring/integration_health/dead_letters").await.unwrap();
     assert!(dead.rows.is_empty(), "every request is valid: {:?}", dead.rows);
-    let late = read_table(&lake_dir, "monitoring/integration_health/late_events").await.unwrap();
+    let late = read_table(lake_dir, "monitoring/integration_health/late_events").await.unwrap();
     let late: Vec<(i64, String)> = late
         .rows
         .iter()

@@ -240,4 +240,24 @@ mod tests {
         assert!(TablePath::new("a/b/c-d").is_err());
         assert!(TablePath::new("a//c").is_err());
     }
+
+    #[test]
+    fn lake_urls_of_every_store_are_taken_and_others_refused() {
+        let options = StorageOptions::default();
+        for url in ["s3://lake/x", "s3a://lake/x/y", "az://lake/x", "abfss://lake@account.dfs.core.windows.net/x", "s3://lake"] {
+            let lake = Lake::open(url, false, options.clone()).unwrap();
+            assert!(lake.root().as_str().ends_with('/'), "{url}: the root is a directory");
+            let table = lake.table_url(&TablePath::new("a/b/c").unwrap()).unwrap();
+            assert!(table.as_str().starts_with(url) && table.as_str().ends_with("a/b/c/"), "{url}: {table}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let file_url = url::Url::from_directory_path(dir.path()).unwrap();
+        assert_eq!(Lake::open(file_url.as_str(), false, options.clone()).unwrap().root(), &file_url);
+        let unknown = Lake::open("gs://lake/x", false, options.clone()).unwrap_err().to_string();
+        assert!(unknown.contains("unknown scheme `gs://`"), "{unknown}");
+        let bucketless = Lake::open("s3:///x", false, options.clone()).unwrap_err().to_string();
+        assert!(bucketless.contains("no bucket"), "{bucketless}");
+        let missing = Lake::open(dir.path().join("nope").to_str().unwrap(), false, options).unwrap_err().to_string();
+        assert!(missing.contains("no such directory"), "{missing}");
+    }
 }

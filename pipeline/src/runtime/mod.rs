@@ -3,33 +3,32 @@
 
 mod metrics;
 mod observe;
+mod query;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arrow::array::{AsArray, BooleanArray, RecordBatch};
-use arrow::compute::filter_record_batch;
-use arrow::datatypes::{Int64Type, TimestampMicrosecondType};
-use datafusion::physical_plan::collect;
-use datafusion::physical_plan::execution_plan::reset_plan_states;
+use arrow::array::{AsArray, RecordBatch};
+use arrow::datatypes::TimestampMicrosecondType;
 
 pub use metrics::{metrics_schema, BatchMetrics, METRICS_TOPIC};
 pub use observe::{serve, Latencies, Observed};
+
+use query::{Lateness, RunningQuery};
 
 use crate::catalog::{Lake, TablePath};
 use crate::checkpoint::{Checkpoint, CheckpointStore, Position};
 use crate::commit::{EpochState, LakeWriter, OutagePolicy};
 use crate::decode::TopicDecoder;
 use crate::error::{Error, Result};
-use crate::plan::{InputTable, Shape, SqlFile, StreamingQuery};
+use crate::plan::{InputTable, Shape, SqlFile};
 use crate::schema::{SchemaRegistry, EVENT_TIME};
 use crate::sink::{dead_letter_schema, dead_letters_batch, late_event_schema, LateEvents, MaintenancePolicy, TableLayout, TableSink, DEAD_LETTERS, LATE_EVENTS};
 use crate::source::{PartitionId, RawBatch, Source};
-use crate::time::{QueryClock, Watermarks};
+use crate::time::Watermarks;
 use crate::mirror::Mirror;
 use crate::udf::Udfs;
-use crate::window::WindowOperator;
 
 /// How a pipeline runs.
 #[derive(Debug, Clone)]
@@ -94,13 +93,6 @@ pub struct RunStats {
     pub resumed_after: Option<i64>,
     /// Every commit's duration, ms, in order (for the aging benchmark).
     pub commit_ms: Vec<f64>,
-}
-
-/// A planned query with its running state.
-struct RunningQuery {
-    query: StreamingQuery,
-    clock: QueryClock,
-    windows: Option<WindowOperator>,
 }
 
 pub struct Pipeline {
@@ -188,12 +180,7 @@ impl Pipeline {
                 sink = sink.overwriting();
             }
             sinks.insert(query.table.clone(), sink);
-            let clock = QueryClock::new(query.clock_topics());
-            let windows = match &query.shape {
-                Shape::Windowed { window, .. } => Some(WindowOperator::new(window.clone())?),
-                Shape::Stateless { .. } | Shape::OverMirrors { .. } => None,
-            };
-            queries.push(RunningQuery { query, clock, windows });
+            queries.push(RunningQuery::new(query)?);
         }
         let dead_letters = TablePath::new(DEAD_LETTERS).map_err(Error::Internal)?;
         let late_events = TablePath::new(LATE_EVENTS).map_err(Error::Internal)?;
@@ -391,143 +378,33 @@ impl Pipeline {
     /// has closed are left out and recorded there; returns how many rows were late for
     /// at least one table.
     async fn feed(&mut self, id: &PartitionId, batch: &RecordBatch, mut late: Option<&mut LateEvents>) -> Result<usize> {
-        let n = batch.num_rows();
-        if n == 0 {
+        if batch.num_rows() == 0 {
             return Ok(0);
         }
-        let mut late_any = vec![false; n];
-        for i in 0..self.queries.len() {
-            let q = &self.queries[i];
-            let Some(slot) = q.query.inputs.iter().find(|(t, _)| *t == id.topic).map(|(_, s)| s.clone()) else {
-                continue;
-            };
-            let task_ctx = q.query.task_ctx.clone();
-            let outputs = match &q.query.shape {
-                Shape::Stateless { plan } => {
-                    slot.fill(vec![batch.clone()]);
-                    collect(plan.clone(), task_ctx).await?
-                }
-                Shape::Windowed { input, window, .. } => {
-                    let input = input.clone();
-                    let sessions = window.session_gap.is_some();
-                    let mut rows = batch.clone();
-                    match late.as_deref_mut() {
-                        Some(late) if !sessions => {
-                            if let Some(keep) = self.late_filter(i, id, batch, late, &mut late_any)? {
-                                rows = filter_record_batch(batch, &keep)?;
-                            }
-                        }
-                        // Sessions judge lateness per input row, at the watermark just
-                        // before the message the row came from (found by its offset).
-                        Some(_) => {
-                            let ts = event_times(batch)?.values().iter().copied();
-                            self.queries[i].clock.row_watermarks(&self.watermarks, id, ts, &mut self.row_watermarks);
-                        }
-                        None => self.row_watermarks.clear(),
-                    }
-                    slot.fill(vec![rows]);
-                    let inputs = collect(input, task_ctx).await?;
-                    let offsets = batch.column_by_name(crate::schema::LINEAGE[2]).and_then(|c| c.as_primitive_opt::<Int64Type>());
-                    let row_of = |offset: i64| offsets.and_then(|o| o.values().binary_search(&offset).ok());
-                    let row_watermarks = &self.row_watermarks;
-                    let watermark = |offset: i64| row_of(offset).and_then(|row| row_watermarks.get(row).copied()).unwrap_or(i64::MIN);
-                    let q = &mut self.queries[i];
-                    if let Some(windows) = q.windows.as_mut() {
-                        for b in &inputs {
-                            for (offset, wm) in windows.update(b, watermark)? {
-                                if let (Some(late), Some(row)) = (late.as_deref_mut(), row_of(offset)) {
-                                    late_any[row] = true;
-                                    late.push(row, wm, &q.query.table);
-                                }
-                            }
-                        }
-                    }
-                    Vec::new()
-                }
-                // Reads no topic: runs at commits, when its mirrors changed.
-                Shape::OverMirrors { .. } => Vec::new(),
-            };
-            let table = self.queries[i].query.table.clone();
-            let sink = self.sink(&table)?;
-            for b in &outputs {
-                sink.push(b)?;
-            }
+        let mut late_any = vec![false; batch.num_rows()];
+        for q in &mut self.queries {
+            let lateness = late.as_deref_mut().map(|events| Lateness { events, late_any: &mut late_any });
+            let sink = self.lake.sink(q.table())?;
+            q.feed(id, batch, &self.watermarks, &mut self.row_watermarks, lateness, sink).await?;
         }
         Ok(late_any.iter().filter(|l| **l).count())
-    }
-
-    /// Marks the rows of `batch` whose window query `i` has already closed; returns the
-    /// rows to keep, or `None` when none is late.
-    fn late_filter(
-        &mut self,
-        i: usize,
-        id: &PartitionId,
-        batch: &RecordBatch,
-        late: &mut LateEvents,
-        late_any: &mut [bool],
-    ) -> Result<Option<BooleanArray>> {
-        let ts = event_times(batch)?;
-        let q = &self.queries[i];
-        let Some(WindowOperator::Panes(windows)) = q.windows.as_ref() else { return Ok(None) };
-        q.clock.row_watermarks(&self.watermarks, id, ts.values().iter().copied(), &mut self.row_watermarks);
-        let is_late: Vec<bool> = ts.values().iter().zip(&self.row_watermarks).map(|(&t, &wm)| windows.late_from(t) <= wm).collect();
-        if !is_late.contains(&true) {
-            return Ok(None);
-        }
-        for (row, _) in is_late.iter().enumerate().filter(|(_, l)| **l) {
-            late_any[row] = true;
-            late.push(row, self.row_watermarks[row], &q.query.table);
-        }
-        let keep = is_late.into_iter().map(|l| !l).collect::<Vec<bool>>();
-        Ok(Some(BooleanArray::from(keep)))
     }
 
     /// Emits every window the watermarks have passed.
     async fn close_windows(&mut self) -> Result<()> {
         for q in &mut self.queries {
-            let Some(windows) = q.windows.as_mut() else { continue };
-            let watermark = q.clock.advance(&self.watermarks);
-            self.options.observed.watermark(q.query.table.as_str(), watermark);
-            let Some(rows) = windows.close_until(watermark)? else { continue };
-            let Shape::Windowed { output, output_slot, per_window, window, .. } = &q.query.shape else { continue };
-            let groups = match per_window {
-                true => split_by_window_end(&rows, window.window_index)?,
-                false => vec![(i64::MAX, rows)],
-            };
-            let sink = self.lake.sink(&q.query.table)?;
-            sink.replace_windows(&windows.take_corrected())?;
-            for (end, rows) in groups {
-                for joined in &q.query.mirrors {
-                    joined.slot.fill(vec![mirror_of(&self.mirrors, &joined.topic)?.as_of(end)?]);
-                }
-                output_slot.fill(vec![rows]);
-                // A join keeps its build side in the plan: start each window afresh.
-                let plan = if *per_window { reset_plan_states(output.clone())? } else { output.clone() };
-                for b in &collect(plan, q.query.task_ctx.clone()).await? {
-                    sink.push(b)?;
-                }
+            let sink = self.lake.sink(q.table())?;
+            if let Some(watermark) = q.close(&self.watermarks, &self.mirrors, sink).await? {
+                self.options.observed.watermark(q.table().as_str(), watermark);
             }
         }
         Ok(())
     }
 
-    /// Runs the queries over mirrors alone that read one of the `changed` mirrors, on
-    /// the mirrors' current rows: their results replace their tables' rows.
+    /// Runs the queries over mirrors alone that read one of the `changed` mirrors.
     async fn rerun_over_mirrors(&mut self, changed: &[Arc<str>]) -> Result<()> {
         for q in &self.queries {
-            let Shape::OverMirrors { plan } = &q.query.shape else { continue };
-            if !q.query.mirrors.iter().any(|m| changed.contains(&m.topic)) {
-                continue;
-            }
-            for read in &q.query.mirrors {
-                read.slot.fill(vec![mirror_of(&self.mirrors, &read.topic)?.current()?]);
-            }
-            let rows = collect(reset_plan_states(plan.clone())?, q.query.task_ctx.clone()).await?;
-            let sink = self.lake.sink(&q.query.table)?;
-            sink.begin_replacement();
-            for b in &rows {
-                sink.push(b)?;
-            }
+            q.rerun_over_mirrors(changed, &self.mirrors, self.lake.sink(q.table())?).await?;
         }
         Ok(())
     }
@@ -620,34 +497,4 @@ impl Pipeline {
     fn sink(&mut self, table: &TablePath) -> Result<&mut TableSink> {
         self.lake.sink(table)
     }
-}
-
-/// The mirror of CDC topic `topic` (one is kept for every CDC topic).
-fn mirror_of<'a>(mirrors: &'a BTreeMap<Arc<str>, Mirror>, topic: &str) -> Result<&'a Mirror> {
-    mirrors.get(topic).ok_or_else(|| Error::Internal(format!("no mirror of {topic}")))
-}
-
-/// Splits the rows of closed windows by window end, earliest first.
-fn split_by_window_end(rows: &RecordBatch, window_index: usize) -> Result<Vec<(i64, RecordBatch)>> {
-    let ends = rows
-        .column(window_index)
-        .as_struct()
-        .column(1)
-        .as_primitive_opt::<TimestampMicrosecondType>()
-        .ok_or_else(|| Error::Internal("a window column without a µs end".into()))?
-        .clone();
-    let mut distinct: Vec<i64> = ends.values().to_vec();
-    distinct.sort_unstable();
-    distinct.dedup();
-    if let [end] = distinct[..] {
-        return Ok(vec![(end, rows.clone())]);
-    }
-    distinct
-        .into_iter()
-        .map(|end| {
-            let end_scalar = arrow::array::TimestampMicrosecondArray::from(vec![end]).with_timezone_opt(ends.timezone());
-            let keep = arrow::compute::kernels::cmp::eq(&ends, &arrow::array::Scalar::new(end_scalar))?;
-            Ok((end, filter_record_batch(rows, &keep)?))
-        })
-        .collect()
 }

@@ -321,7 +321,7 @@ impl TableSink {
             Err(e) => {
                 // The commit may have landed without its answer: a retry looks first.
                 self.commit_failed = true;
-                return Err(Error::delta(self.path.as_str(), e.into()));
+                return Err(Error::delta(self.path.as_str(), e));
             }
         };
         table.state = Some(finalized.snapshot());

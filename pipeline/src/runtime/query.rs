@@ -1,0 +1,212 @@
+//! One SQL file running: its plan, its clock and its window state, and the three
+//! things it does with them: take a batch of a topic it reads (judging which rows
+//! are late), emit the windows its watermark has passed, and (a query over mirrors
+//! alone) run again when a mirror changed.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use arrow::array::{AsArray, BooleanArray, RecordBatch};
+use arrow::compute::filter_record_batch;
+use arrow::datatypes::{Int64Type, TimestampMicrosecondType};
+use datafusion::physical_plan::collect;
+use datafusion::physical_plan::execution_plan::reset_plan_states;
+
+use super::event_times;
+use crate::catalog::TablePath;
+use crate::error::{Error, Result};
+use crate::mirror::Mirror;
+use crate::plan::{Shape, StreamingQuery};
+use crate::sink::{LateEvents, TableSink};
+use crate::source::PartitionId;
+use crate::time::{QueryClock, Watermarks};
+use crate::window::WindowOperator;
+
+/// A planned query with its running state.
+pub struct RunningQuery {
+    pub query: StreamingQuery,
+    pub clock: QueryClock,
+    pub windows: Option<WindowOperator>,
+}
+
+/// Where a batch's late rows are recorded: the rows for `late_events`, and per
+/// row of the batch whether any query found it late.
+pub struct Lateness<'a> {
+    pub events: &'a mut LateEvents,
+    pub late_any: &'a mut [bool],
+}
+
+impl RunningQuery {
+    pub fn new(query: StreamingQuery) -> Result<Self> {
+        let clock = QueryClock::new(query.clock_topics());
+        let windows = match &query.shape {
+            Shape::Windowed { window, .. } => Some(WindowOperator::new(window.clone())?),
+            Shape::Stateless { .. } | Shape::OverMirrors { .. } => None,
+        };
+        Ok(RunningQuery { query, clock, windows })
+    }
+
+    pub fn table(&self) -> &TablePath {
+        &self.query.table
+    }
+
+    /// Runs the query on `batch` of partition `id`, if it reads that topic: a
+    /// stateless query's rows go to `sink`; a windowed one's into its windows.
+    /// With `late`, rows whose window has closed are left out and recorded there.
+    /// `row_watermarks` is a buffer reused across calls.
+    pub async fn feed(
+        &mut self,
+        id: &PartitionId,
+        batch: &RecordBatch,
+        watermarks: &Watermarks,
+        row_watermarks: &mut Vec<i64>,
+        mut late: Option<Lateness<'_>>,
+        sink: &mut TableSink,
+    ) -> Result<()> {
+        let Some(slot) = self.query.inputs.iter().find(|(t, _)| *t == id.topic).map(|(_, s)| s.clone()) else {
+            return Ok(());
+        };
+        let task_ctx = self.query.task_ctx.clone();
+        let (input, sessions) = match &self.query.shape {
+            Shape::Stateless { plan } => {
+                slot.fill(vec![batch.clone()]);
+                for b in &collect(plan.clone(), task_ctx).await? {
+                    sink.push(b)?;
+                }
+                return Ok(());
+            }
+            Shape::Windowed { input, window, .. } => (input.clone(), window.session_gap.is_some()),
+            // Reads no topic: runs at commits, when its mirrors changed.
+            Shape::OverMirrors { .. } => return Ok(()),
+        };
+        let mut rows = batch.clone();
+        match late.as_mut() {
+            Some(late) if !sessions => {
+                if let Some(keep) = self.late_rows(id, batch, watermarks, row_watermarks, late)? {
+                    rows = filter_record_batch(batch, &keep)?;
+                }
+            }
+            // Sessions judge lateness per input row, at the watermark just before
+            // the message the row came from (found by its offset).
+            Some(_) => {
+                let ts = event_times(batch)?.values().iter().copied();
+                self.clock.row_watermarks(watermarks, id, ts, row_watermarks);
+            }
+            None => row_watermarks.clear(),
+        }
+        slot.fill(vec![rows]);
+        let inputs = collect(input, task_ctx).await?;
+        let offsets = batch.column_by_name(crate::schema::LINEAGE[2]).and_then(|c| c.as_primitive_opt::<Int64Type>());
+        let row_of = |offset: i64| offsets.and_then(|o| o.values().binary_search(&offset).ok());
+        let watermark = |offset: i64| row_of(offset).and_then(|row| row_watermarks.get(row).copied()).unwrap_or(i64::MIN);
+        if let Some(windows) = self.windows.as_mut() {
+            for b in &inputs {
+                for (offset, wm) in windows.update(b, watermark)? {
+                    if let (Some(late), Some(row)) = (late.as_mut(), row_of(offset)) {
+                        late.late_any[row] = true;
+                        late.events.push(row, wm, &self.query.table);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Marks the rows of `batch` whose tumbling or hopping window has closed;
+    /// returns the rows to keep, or `None` when none is late.
+    fn late_rows(
+        &self,
+        id: &PartitionId,
+        batch: &RecordBatch,
+        watermarks: &Watermarks,
+        row_watermarks: &mut Vec<i64>,
+        late: &mut Lateness<'_>,
+    ) -> Result<Option<BooleanArray>> {
+        let ts = event_times(batch)?;
+        let Some(WindowOperator::Panes(windows)) = self.windows.as_ref() else { return Ok(None) };
+        self.clock.row_watermarks(watermarks, id, ts.values().iter().copied(), row_watermarks);
+        let is_late: Vec<bool> = ts.values().iter().zip(row_watermarks.iter()).map(|(&t, &wm)| windows.late_from(t) <= wm).collect();
+        if !is_late.contains(&true) {
+            return Ok(None);
+        }
+        for (row, _) in is_late.iter().enumerate().filter(|(_, l)| **l) {
+            late.late_any[row] = true;
+            late.events.push(row, row_watermarks[row], &self.query.table);
+        }
+        Ok(Some(BooleanArray::from(is_late.into_iter().map(|l| !l).collect::<Vec<bool>>())))
+    }
+
+    /// Emits every window the watermarks have passed into `sink`, joined with the
+    /// mirrors as of each window's end; returns the query's watermark.
+    pub async fn close(&mut self, watermarks: &Watermarks, mirrors: &BTreeMap<Arc<str>, Mirror>, sink: &mut TableSink) -> Result<Option<i64>> {
+        let Some(windows) = self.windows.as_mut() else { return Ok(None) };
+        let watermark = self.clock.advance(watermarks);
+        let Some(rows) = windows.close_until(watermark)? else { return Ok(Some(watermark)) };
+        let Shape::Windowed { output, output_slot, per_window, window, .. } = &self.query.shape else { return Ok(Some(watermark)) };
+        let groups = match per_window {
+            true => split_by_window_end(&rows, window.window_index)?,
+            false => vec![(i64::MAX, rows)],
+        };
+        sink.replace_windows(&windows.take_corrected())?;
+        for (end, rows) in groups {
+            for joined in &self.query.mirrors {
+                joined.slot.fill(vec![mirror_of(mirrors, &joined.topic)?.as_of(end)?]);
+            }
+            output_slot.fill(vec![rows]);
+            // A join keeps its build side in the plan: start each window afresh.
+            let plan = if *per_window { reset_plan_states(output.clone())? } else { output.clone() };
+            for b in &collect(plan, self.query.task_ctx.clone()).await? {
+                sink.push(b)?;
+            }
+        }
+        Ok(Some(watermark))
+    }
+
+    /// A query over mirrors alone that reads one of the `changed` mirrors runs on
+    /// the mirrors' current rows, and its result replaces its table's rows.
+    pub async fn rerun_over_mirrors(&self, changed: &[Arc<str>], mirrors: &BTreeMap<Arc<str>, Mirror>, sink: &mut TableSink) -> Result<()> {
+        let Shape::OverMirrors { plan } = &self.query.shape else { return Ok(()) };
+        if !self.query.mirrors.iter().any(|m| changed.contains(&m.topic)) {
+            return Ok(());
+        }
+        for read in &self.query.mirrors {
+            read.slot.fill(vec![mirror_of(mirrors, &read.topic)?.current()?]);
+        }
+        let rows = collect(reset_plan_states(plan.clone())?, self.query.task_ctx.clone()).await?;
+        sink.begin_replacement();
+        for b in &rows {
+            sink.push(b)?;
+        }
+        Ok(())
+    }
+}
+
+/// The mirror of CDC topic `topic` (one is kept for every CDC topic).
+pub fn mirror_of<'a>(mirrors: &'a BTreeMap<Arc<str>, Mirror>, topic: &str) -> Result<&'a Mirror> {
+    mirrors.get(topic).ok_or_else(|| Error::Internal(format!("no mirror of {topic}")))
+}
+
+/// Splits the rows of closed windows by window end, earliest first.
+fn split_by_window_end(rows: &RecordBatch, window_index: usize) -> Result<Vec<(i64, RecordBatch)>> {
+    let ends = rows
+        .column(window_index)
+        .as_struct()
+        .column(1)
+        .as_primitive_opt::<TimestampMicrosecondType>()
+        .ok_or_else(|| Error::Internal("a window column without a µs end".into()))?
+        .clone();
+    let mut distinct: Vec<i64> = ends.values().to_vec();
+    distinct.sort_unstable();
+    distinct.dedup();
+    if let [end] = distinct[..] {
+        return Ok(vec![(end, rows.clone())]);
+    }
+    distinct
+        .into_iter()
+        .map(|end| {
+            let end_scalar = arrow::array::TimestampMicrosecondArray::from(vec![end]).with_timezone_opt(ends.timezone());
+            let keep = arrow::compute::kernels::cmp::eq(&ends, &arrow::array::Scalar::new(end_scalar))?;
+            Ok((end, filter_record_batch(rows, &keep)?))
+        })
+        .collect()
+}
