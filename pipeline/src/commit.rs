@@ -59,6 +59,8 @@ pub struct Committed {
     /// Milliseconds to stage the files and to write the state and manifest.
     pub write_ms: u64,
     pub state_ms: u64,
+    /// Milliseconds of maintenance after the commits.
+    pub maintain_ms: u64,
     /// Tables whose maintenance did something.
     pub maintained: BTreeMap<TablePath, Maintained>,
 }
@@ -218,8 +220,10 @@ impl LakeWriter {
                 Err(e) => outage.wait("pruning old checkpoints", e).await?,
             }
         }
+        let maintaining = Instant::now();
         let maintained = self.maintain(&mut outage).await?;
-        Ok(Committed { epoch, rows, write_ms, state_ms, maintained })
+        let maintain_ms = maintaining.elapsed().as_millis() as u64;
+        Ok(Committed { epoch, rows, write_ms, state_ms, maintain_ms, maintained })
     }
 
     async fn save_checkpoint(&self, epoch: i64, state: &EpochState, staged: &BTreeMap<String, Staged>) -> Result<Checkpoint> {

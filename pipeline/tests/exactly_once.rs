@@ -15,6 +15,7 @@
 //! `SLUICE_KILLS` sets the number of kills (default 20; more for a soak).
 
 mod broker;
+mod stores;
 mod support;
 
 use std::collections::BTreeMap;
@@ -22,8 +23,6 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use deltalake::arrow::array::RecordBatch;
-use deltalake::arrow::util::display::array_value_to_string;
 use rand::{Rng, SeedableRng};
 use support::{repo, sluice, SLUICE};
 
@@ -57,7 +56,8 @@ async fn lake_rows(lake: &Path) -> BTreeMap<String, Vec<String>> {
                     b.file_name().to_string_lossy(),
                     c.file_name().to_string_lossy()
                 );
-                tables.insert(name, table_rows(&c.path()).await);
+                let url = url::Url::from_directory_path(c.path()).expect("absolute path").to_string();
+                tables.insert(name, stores::table_rows(&url, &Default::default(), by_processing_time).await);
             }
         }
     }
@@ -67,28 +67,6 @@ async fn lake_rows(lake: &Path) -> BTreeMap<String, Vec<String>> {
 /// Columns that measure when the pipeline read a message, which no two runs share.
 fn by_processing_time(column: &str) -> bool {
     column == "_ingested_at" || column.contains("ingest_lag")
-}
-
-async fn table_rows(path: &Path) -> Vec<String> {
-    let url = url::Url::from_directory_path(path).expect("absolute path");
-    let table = deltalake::open_table(url).await.expect("table opens");
-    let (_, stream) = table.scan_table().await.expect("scan");
-    let batches: Vec<RecordBatch> = deltalake::operations::collect_sendable_stream(stream).await.expect("read");
-    let mut rows = Vec::new();
-    for b in batches {
-        let schema = b.schema();
-        for r in 0..b.num_rows() {
-            let mut text = String::new();
-            for (i, f) in schema.fields().iter().enumerate() {
-                if !by_processing_time(f.name()) {
-                    text.push_str(&format!("{}={};", f.name(), array_value_to_string(b.column(i), r).unwrap()));
-                }
-            }
-            rows.push(text);
-        }
-    }
-    rows.sort();
-    rows
 }
 
 #[tokio::test(flavor = "multi_thread")]

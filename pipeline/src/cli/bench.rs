@@ -41,6 +41,8 @@ pub struct BenchArgs {
     #[arg(long)]
     pub lake: Option<String>,
     #[command(flatten)]
+    pub maintenance: super::run::MaintenanceArgs,
+    #[command(flatten)]
     pub definitions: Definitions,
 }
 
@@ -51,7 +53,12 @@ pub async fn bench(bench: &BenchArgs, storage: &StorageOptions) -> Result<()> {
     let (traffic, batch_size) = (&bench.traffic, bench.batch_size);
     super::generate::generate(super::generate::Destination::Dir(&input), traffic, &bench.definitions).await?;
     let rss_before = peak_rss_kib();
-    let args = RunArgs { batch_size, commit_interval: bench.commit_interval, ..RunArgs::files(&input, &lake, &bench.definitions) };
+    let args = RunArgs {
+        batch_size,
+        commit_interval: bench.commit_interval,
+        maintenance: bench.maintenance.clone(),
+        ..RunArgs::files(&input, &lake, &bench.definitions)
+    };
     let stats = super::run::run(&args, storage).await?;
     let secs = stats.elapsed.as_secs_f64().max(1e-9);
     super::emit(&format!(

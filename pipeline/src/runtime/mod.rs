@@ -448,7 +448,7 @@ impl Pipeline {
         self.stats.commit_ms.push(started.elapsed().as_secs_f64() * 1e3);
         let ms = started.elapsed().as_millis() as u64;
         self.options.observed.commit(committed.rows as u64, started.elapsed().as_secs_f64(), open, bytes);
-        tracing::info!(epoch = committed.epoch, rows = committed.rows, ms, write_ms = committed.write_ms, state_ms = committed.state_ms, "committed");
+        tracing::info!(epoch = committed.epoch, rows = committed.rows, ms, write_ms = committed.write_ms, state_ms = committed.state_ms, maintain_ms = committed.maintain_ms, "committed");
         Ok(())
     }
 

@@ -9,13 +9,11 @@
 //! maintain` is for a lake whose pipeline is stopped.
 
 use std::collections::BTreeMap;
-use std::num::NonZeroU64;
 use std::time::Duration;
 
-use deltalake::operations::optimize::OptimizeType;
 use deltalake::operations::vacuum::VacuumMode;
 use deltalake::parquet::file::properties::WriterProperties;
-use deltalake::{DeltaTable, FilterOp, FilterValue};
+use deltalake::DeltaTable;
 
 use super::delta::commit_properties;
 use crate::error::{Error, Result};
@@ -97,9 +95,30 @@ pub async fn clean_expired_logs(table: &DeltaTable) -> Result<usize> {
     deltalake::checkpoints::cleanup_metadata(table, None).await.map_err(|e| Error::delta(table_name(table), e))
 }
 
-/// Rewrites the small files of every partition holding more than
-/// `policy.max_small_files` of them (every partition, with `force`) into files near
-/// `policy.target_file_size`. Rows are unchanged; only files are.
+/// Size tiers of small files: below 1 MiB, 1-8 MiB, 8-64 MiB, ... (each 8 times
+/// the one before), up to the target size.
+const TIER_BASE: u64 = 1 << 20;
+const TIER_FACTOR: u64 = 8;
+
+fn tier(size: u64) -> u32 {
+    let (mut tier, mut bound) = (0, TIER_BASE);
+    while size >= bound {
+        bound = bound.saturating_mul(TIER_FACTOR);
+        tier += 1;
+    }
+    tier
+}
+
+/// Compacts every partition holding more than `policy.max_small_files` files
+/// smaller than `policy.target_file_size` (every partition with two or more, with
+/// `force`): the tier holding most of them is rewritten into files of at most the
+/// target size. Rows are unchanged; only files are.
+///
+/// Size tiers, not all small files at once: merging everything would rewrite the
+/// partition's one growing file at every compaction (a cost that grows with the
+/// partition, up to the target size per compaction); merging files of about the
+/// same size rewrites each byte once per tier, and a compaction costs at most the
+/// size of its tier.
 pub async fn compact(
     table: &mut DeltaTable,
     partition_column: Option<&str>,
@@ -110,39 +129,113 @@ pub async fn compact(
 ) -> Result<BTreeMap<Option<String>, (u64, u64)>> {
     let name = table_name(table);
     let threshold = if force { 1 } else { policy.max_small_files };
-    let due: Vec<Option<String>> = files_by_partition(table, partition_column, policy.target_file_size)?
-        .into_iter()
-        .filter(|(_, (_, small))| *small > threshold)
-        .map(|(partition, _)| partition)
-        .collect();
-    let target = NonZeroU64::new(policy.target_file_size).ok_or_else(|| Error::Config("the compaction target size must not be 0".into()))?;
+    let snapshot = table.snapshot().map_err(|e| Error::delta(name.clone(), e))?;
+    let mut small: BTreeMap<Option<String>, Vec<deltalake::kernel::LogicalFileView>> = BTreeMap::new();
+    for file in snapshot.log_data().iter().filter(|f| (f.size() as u64) < policy.target_file_size) {
+        let partition = partition_column.and_then(|c| file.partition_values_map().get(c).cloned().flatten());
+        small.entry(partition).or_default().push(file);
+    }
     let mut done = BTreeMap::new();
-    for partition in due {
-        let filters = match (&partition, partition_column) {
-            (Some(value), Some(column)) => vec![(column, FilterOp::Eq, FilterValue::Scalar(value.as_str()))],
-            _ => Vec::new(),
+    for (partition, files) in small.into_iter().filter(|(_, files)| files.len() > threshold) {
+        let mut tiers: BTreeMap<u32, Vec<_>> = BTreeMap::new();
+        for file in files {
+            tiers.entry(tier(file.size() as u64)).or_default().push(file);
+        }
+        // The fullest tier, the lowest of equals; with `force`, everything.
+        let chosen: Vec<_> = match force {
+            true => tiers.into_values().flatten().collect(),
+            false => {
+                let most = tiers.values().map(Vec::len).max().unwrap_or(0);
+                tiers.into_values().find(|t| t.len() == most).unwrap_or_default()
+            }
         };
-        if dry_run {
-            let small = files_by_partition(table, partition_column, policy.target_file_size)?.get(&partition).map_or(0, |c| c.1);
-            done.insert(partition, (small as u64, 0));
+        if chosen.len() < 2 {
             continue;
         }
-        let (compacted, metrics) = table
-            .clone()
-            .optimize()
-            .with_type(OptimizeType::Compact)
-            .with_filters(&filters)
-            .with_target_size(target)
-            .with_writer_properties(writer_properties.clone())
-            .with_commit_properties(commit_properties())
-            .await
-            .map_err(|e| Error::delta(name.clone(), e))?;
-        *table = compacted;
-        if metrics.num_files_removed > 0 {
-            done.insert(partition, (metrics.num_files_removed, metrics.num_files_added));
+        if dry_run {
+            done.insert(partition, (chosen.len() as u64, 0));
+            continue;
         }
+        let added = rewrite(table, &chosen, partition_column.zip(partition.as_deref()), policy.target_file_size, writer_properties).await?;
+        done.insert(partition, (chosen.len() as u64, added));
     }
     Ok(done)
+}
+
+/// Rewrites `files` (of one partition, `partition` = (column, value)) into files
+/// of at most `target` bytes in one commit that changes no data
+/// (`dataChange: false`, operation OPTIMIZE); returns how many files it added.
+async fn rewrite(
+    table: &mut DeltaTable,
+    files: &[deltalake::kernel::LogicalFileView],
+    partition: Option<(&str, &str)>,
+    target: u64,
+    writer_properties: &WriterProperties,
+) -> Result<u64> {
+    use deltalake::kernel::transaction::CommitBuilder;
+    use deltalake::kernel::Action;
+    use deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    use deltalake::protocol::DeltaOperation;
+    use deltalake::writer::{DeltaWriter, RecordBatchWriter};
+    use object_store::ObjectStoreExt;
+
+    let name = table_name(table);
+    let err = |e: deltalake::DeltaTableError| Error::delta(name.clone(), e);
+    let schema = table.snapshot().map_err(err)?.snapshot().arrow_schema();
+    let store = table.object_store();
+    let mut writer = RecordBatchWriter::for_table(table).map_err(err)?.with_writer_properties(writer_properties.clone());
+    let mut added = Vec::new();
+    let mut written = 0u64;
+    for file in files {
+        let bytes = async { store.get(&file.object_store_path()).await?.bytes().await }.await.map_err(|e| err(e.into()))?;
+        written += bytes.len() as u64;
+        let reader = ParquetRecordBatchReaderBuilder::try_new(bytes).and_then(|b| b.build()).map_err(|e| err(e.into()))?;
+        for batch in reader {
+            writer.write(with_table_columns(&batch?, &schema, partition)?).await.map_err(err)?;
+        }
+        // About the target: a new file (a part of a bin) begins.
+        if written >= target {
+            added.extend(writer.flush().await.map_err(err)?);
+            written = 0;
+        }
+    }
+    added.extend(writer.flush().await.map_err(err)?);
+    let mut actions: Vec<Action> = files.iter().map(|f| Action::Remove(f.remove_action(false))).collect();
+    actions.extend(added.iter().cloned().map(|mut add| {
+        add.data_change = false;
+        Action::Add(add)
+    }));
+    let operation = DeltaOperation::Optimize { predicate: None, target_size: target as i64 };
+    let finalized = CommitBuilder::from(commit_properties())
+        .with_actions(actions)
+        .build(Some(table.snapshot().map_err(err)?), table.log_store(), operation)
+        .await
+        .map_err(|e| err(e.into()))?;
+    table.state = Some(finalized.snapshot());
+    Ok(added.len() as u64)
+}
+
+/// Rows read back from a data file (which leaves the partition column out) with
+/// every column of the table, in its order: the partition column is `partition`'s
+/// value throughout.
+fn with_table_columns(stored: &arrow::array::RecordBatch, schema: &arrow::datatypes::SchemaRef, partition: Option<(&str, &str)>) -> Result<arrow::array::RecordBatch> {
+    let n = stored.num_rows();
+    let columns = schema
+        .fields()
+        .iter()
+        .map(|f| match stored.column_by_name(f.name()) {
+            Some(c) if c.data_type() == f.data_type() => Ok(c.clone()),
+            Some(c) => Ok(arrow::compute::cast(c, f.data_type())?),
+            None => match partition {
+                Some((column, value)) if column == f.name() => {
+                    let values: arrow::array::ArrayRef = std::sync::Arc::new(arrow::array::StringArray::from(vec![value; n]));
+                    Ok(arrow::compute::cast(&values, f.data_type())?)
+                }
+                _ => Ok(arrow::array::new_null_array(f.data_type(), n)),
+            },
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(arrow::array::RecordBatch::try_new(schema.clone(), columns)?)
 }
 
 /// Deletes the files removed from the table longer than `retention` ago, and the
