@@ -104,10 +104,6 @@ impl LakeWriter {
         &self.checkpoints
     }
 
-    pub fn epoch(&self) -> i64 {
-        self.epoch
-    }
-
     pub fn pending_rows(&self) -> usize {
         self.sinks.values().map(TableSink::pending_rows).sum()
     }

@@ -5,8 +5,10 @@
 //! against the topic's [`schema`] (bad messages become dead letters); [`time`] tracks
 //! watermarks; [`plan`] has turned every SQL file into a streaming plan whose
 //! stateless part runs per batch and whose [`window`] operator keeps per-window
-//! aggregate state; the [`runtime`] drives it all and commits results through the
-//! [`sink`] into Delta tables, which the [`catalog`] serves back to SQL.
+//! aggregate state; the [`runtime`] drives it all, and each epoch's [`commit`]
+//! writes the results through the [`sink`] into Delta tables (then maintains
+//! them), next to a [`checkpoint`], on the lake's store, which the [`catalog`]
+//! opens and serves back to SQL.
 pub mod catalog;
 pub mod checkpoint;
 pub mod cli;
