@@ -413,3 +413,25 @@ fn check_schema(path: &TablePath, table: &DeltaTable, layout: &TableLayout) -> R
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn micros(t: &str) -> i64 {
+        chrono::DateTime::parse_from_rfc3339(t).unwrap().timestamp_micros()
+    }
+
+    #[test]
+    fn a_correction_reads_only_files_whose_statistics_can_hold_its_window() {
+        let stats = r#"{"numRecords":3,"minValues":{"window_start":"2026-03-01T10:00:00.000Z"},"maxValues":{"window_start":"2026-03-01T10:05:00.000Z"}}"#;
+        let windows = |ts: &[&str]| ts.iter().map(|t| micros(t)).collect::<BTreeSet<i64>>();
+        assert!(may_hold_windows(Some(stats), &windows(&["2026-03-01T10:00:00Z"])), "the first window of the file");
+        assert!(may_hold_windows(Some(stats), &windows(&["2026-03-01T10:05:00Z"])), "the last window of the file");
+        assert!(may_hold_windows(Some(stats), &windows(&["2026-03-01T09:00:00Z", "2026-03-01T10:03:00Z"])), "one of two");
+        assert!(!may_hold_windows(Some(stats), &windows(&["2026-03-01T10:06:00Z"])), "after the file's range");
+        assert!(!may_hold_windows(Some(stats), &windows(&["2026-03-01T09:59:00Z"])), "before the file's range");
+        assert!(may_hold_windows(None, &windows(&["2026-03-01T12:00:00Z"])), "no statistics: read the file");
+        assert!(may_hold_windows(Some(r#"{"numRecords":3}"#), &windows(&["2026-03-01T12:00:00Z"])), "no window_start bounds");
+    }
+}

@@ -102,7 +102,7 @@ const TIER_FACTOR: u64 = 8;
 
 fn tier(size: u64) -> u32 {
     let (mut tier, mut bound) = (0, TIER_BASE);
-    while size >= bound {
+    while size >= bound && bound != u64::MAX {
         bound = bound.saturating_mul(TIER_FACTOR);
         tier += 1;
     }
@@ -261,4 +261,16 @@ pub async fn vacuum(table: &mut DeltaTable, retention: Duration, dry_run: bool) 
 
 fn table_name(table: &DeltaTable) -> String {
     table.table_url().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn size_tiers_grow_by_eight_from_one_mebibyte() {
+        let mib = 1 << 20;
+        assert_eq!([tier(0), tier(mib - 1), tier(mib), tier(8 * mib - 1), tier(8 * mib), tier(64 * mib)], [0, 0, 1, 1, 2, 3]);
+        assert_eq!(tier(u64::MAX), 15, "no overflow at the top");
+    }
 }
