@@ -2,10 +2,12 @@
 
 use clap::Parser;
 
-/// Warnings, without the Delta kernel's complaints about tables that do not exist yet.
-const DEFAULT_LOG: &str = "warn,buoyant_kernel=off,delta_kernel=off";
+/// Warnings, without the Delta kernel's complaints about tables that do not exist
+/// yet, nor the AWS SDK's about each credential source it tried (a missing
+/// credential is one error line of ours).
+const DEFAULT_LOG: &str = "warn,buoyant_kernel=off,delta_kernel=off,aws_config=error";
 /// A long-running Kafka pipeline also logs one line per commit.
-const SERVICE_LOG: &str = "warn,sluice=info,buoyant_kernel=off,delta_kernel=off";
+const SERVICE_LOG: &str = "warn,sluice=info,buoyant_kernel=off,delta_kernel=off,aws_config=error";
 
 /// deltalake aborts a failed Parquet upload inside `catch_unwind`, because
 /// object_store's `BufWriter::abort` panics by design once its shutdown began (an

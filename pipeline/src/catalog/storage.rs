@@ -134,6 +134,11 @@ fn diagnose(url: &Url, error: &object_store::Error) -> String {
         "s3" | "s3a" => "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY",
         _ => "AZURE_STORAGE_ACCOUNT_NAME / AZURE_STORAGE_ACCOUNT_KEY",
     };
+    if text.contains("loading credentials") {
+        return format!(
+            "no credentials found: set {credentials} (or AWS_PROFILE), pass --storage-option, or run where an instance role provides them"
+        );
+    }
     if text.contains("NoSuchBucket") || text.contains("ContainerNotFound") || text.contains("ResourceNotFound") {
         return format!("bucket or container `{bucket}` does not exist");
     }
