@@ -152,10 +152,11 @@ impl LakeWriter {
         let outage_policy = self.outage.clone();
         let mut outage = Outage::new(&outage_policy);
 
-        // 1. Stage. A table staged before an outage is not staged again.
+        // 1. Stage. A table staged before an outage has nothing pending any more,
+        // and is not staged again.
         let mut staged: BTreeMap<String, Staged> = BTreeMap::new();
         loop {
-            let stages = self.sinks.iter_mut().filter(|(path, s)| s.has_pending() && !staged.contains_key(path.as_str())).map(|(path, s)| async move {
+            let stages = self.sinks.iter_mut().filter(|(_, s)| s.has_pending()).map(|(path, s)| async move {
                 (path.as_str().to_string(), s.stage().await)
             });
             let mut failed = None;

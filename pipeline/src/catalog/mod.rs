@@ -94,6 +94,13 @@ impl Lake {
                 if url.scheme() != "file" && url.host_str().unwrap_or_default().is_empty() {
                     return Err(Error::Config(format!("lake {location}: no bucket or container in the URL")));
                 }
+                if let Ok(dir) = url.to_file_path() {
+                    if create {
+                        std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+                    } else if !dir.is_dir() {
+                        return Err(Error::Config(format!("lake {location}: no such directory")));
+                    }
+                }
                 url
             }
             _ => {
@@ -108,13 +115,6 @@ impl Lake {
                     .map_err(|()| Error::Config(format!("lake {location}: not an absolute path")))?
             }
         };
-        if let Ok(dir) = root.to_file_path() {
-            if create {
-                std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-            } else if !dir.is_dir() {
-                return Err(Error::Config(format!("lake {location}: no such directory")));
-            }
-        }
         let root = if root.path().ends_with('/') { root } else { Url::parse(&format!("{root}/")).map_err(|e| Error::Config(e.to_string()))? };
         Ok(Lake { root, options })
     }

@@ -101,12 +101,12 @@ async fn aging_report(stats: &RunStats, lake: &str, storage: &StorageOptions) ->
     let mut worst = (String::new(), 0usize, 0usize);
     for table in lake.tables().await? {
         let delta = lake.load_table(&table).await?;
-        let partition = delta.snapshot().map_err(|e| Error::delta(table.as_str(), e))?.metadata().partition_columns().first().cloned();
-        let files = crate::sink::maintain::files_by_partition(&delta, partition.as_deref(), crate::sink::MaintenancePolicy::default().target_file_size)?;
-        for (value, (live, _)) in files {
-            let total = delta.snapshot().map_err(|e| Error::delta(table.as_str(), e))?.log_data().num_files();
-            if live > worst.1 {
-                worst = (format!("{table} {}", value.unwrap_or_default()), live, total);
+        let snapshot = delta.snapshot().map_err(|e| Error::delta(table.as_str(), e))?;
+        let partition = snapshot.metadata().partition_columns().first().cloned();
+        let total = snapshot.log_data().num_files();
+        for (value, files) in crate::sink::maintain::files_by_partition(&delta, partition.as_deref())? {
+            if files.len() > worst.1 {
+                worst = (format!("{table} {}", value.unwrap_or_default()), files.len(), total);
             }
         }
     }

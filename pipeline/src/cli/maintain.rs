@@ -73,8 +73,7 @@ pub async fn maintain(args: &MaintainArgs, storage: &StorageOptions) -> Result<(
             }
         }
         if !args.dry_run {
-            let version = table.version().unwrap_or(0);
-            if let Some(v) = maintain::checkpoint_if_due(&table, version - version % policy.checkpoint_interval, policy.checkpoint_interval).await? {
+            if let Some(v) = maintain::checkpoint_if_due(&table, maintain::last_checkpoint(&table).await, policy.checkpoint_interval).await? {
                 said.push(format!("wrote a Delta checkpoint at version {v}"));
             }
             if vacuum {

@@ -50,33 +50,32 @@ pub async fn tables(lake_location: &str, storage: &StorageOptions) -> Result<()>
         eprintln!("no tables in {lake_location}");
         return Ok(());
     }
-    let ctx = lake.session().await?;
     let mut out = format!("{:<58} {:>10} {:>8} {:>6} {:>10} {:>10}\n", "table", "rows", "version", "files", "bytes", "checkpoint");
     for table in tables {
         let name = table.sql_name();
-        let rows = ctx.sql(&format!("SELECT count(*) FROM {name}")).await?.collect().await?;
-        let count = rows
-            .first()
-            .and_then(|b| b.column(0).as_any().downcast_ref::<arrow::array::Int64Array>().map(|a| a.value(0)))
-            .unwrap_or(0);
         let delta = lake.load_table(&table).await?;
         let version = delta.version().map(|v| v.to_string()).unwrap_or_default();
         let snapshot = delta.snapshot().map_err(|e| Error::delta(table.as_str(), e))?;
         let files = snapshot.log_data().num_files();
         let bytes: i64 = snapshot.log_data().iter().map(|f| f.size()).sum();
-        let checkpoint = last_checkpoint(&lake, &table).await.map_or_else(|| "-".to_string(), |v| v.to_string());
-        out.push_str(&format!("{name:<58} {count:>10} {version:>8} {files:>6} {:>10} {checkpoint:>10}\n", human_bytes(bytes as u64)));
+        // Every file's statistics count its rows; a file without them is counted by a scan.
+        let counted: Option<usize> = snapshot.log_data().iter().map(|f| f.num_records()).sum();
+        let rows = match counted {
+            Some(rows) => rows as i64,
+            None => scan_count(&delta, &table).await?,
+        };
+        let checkpoint = crate::sink::maintain::last_checkpoint(&delta).await.map_or_else(|| "-".to_string(), |v| v.to_string());
+        out.push_str(&format!("{name:<58} {rows:>10} {version:>8} {files:>6} {:>10} {checkpoint:>10}\n", human_bytes(bytes as u64)));
     }
     super::emit(&out)
 }
 
-/// The version of a table's last Delta checkpoint, from `_delta_log/_last_checkpoint`.
-async fn last_checkpoint(lake: &Lake, table: &crate::catalog::TablePath) -> Option<i64> {
-    use object_store::ObjectStoreExt;
-    let store = lake.store().ok()?;
-    let path = object_store::path::Path::from(format!("{}/_delta_log/_last_checkpoint", table.as_str()));
-    let bytes = store.get(&path).await.ok()?.bytes().await.ok()?;
-    serde_json::from_slice::<serde_json::Value>(&bytes).ok()?.get("version")?.as_i64()
+/// A table's rows, counted by reading it.
+async fn scan_count(delta: &deltalake::DeltaTable, table: &crate::catalog::TablePath) -> Result<i64> {
+    let ctx = datafusion::prelude::SessionContext::new();
+    let provider = delta.table_provider().await.map_err(|e| Error::delta(table.as_str(), e.into()))?;
+    let rows = ctx.read_table(provider)?.count().await?;
+    Ok(rows as i64)
 }
 
 /// `1.5 MiB`, `320 B`: sizes for people.

@@ -46,8 +46,8 @@ pub struct TableSink {
     replaced_windows: BTreeSet<i64>,
     /// The last commit failed: it may have landed all the same.
     commit_failed: bool,
-    /// The table version of the last Delta checkpoint (as far as this sink knows).
-    last_checkpoint: u64,
+    /// The table version of the last Delta checkpoint, if it has one.
+    last_checkpoint: Option<u64>,
 }
 
 /// What one epoch writes to a table before committing it: new files, and the files
@@ -80,6 +80,7 @@ impl TableSink {
         } else {
             check_schema(&path, &table, &layout)?;
         }
+        let last_checkpoint = maintain::last_checkpoint(&table).await;
         Ok(TableSink {
             app_id: format!("{pipeline}:{path}"),
             path,
@@ -94,7 +95,7 @@ impl TableSink {
             replacing: false,
             replaced_windows: BTreeSet::new(),
             commit_failed: false,
-            last_checkpoint: 0,
+            last_checkpoint,
         })
     }
 
@@ -150,13 +151,8 @@ impl TableSink {
         if vacuum {
             done.vacuumed = maintain::vacuum(&mut self.table, policy.vacuum_retention, false).await?;
         }
-        if self.last_checkpoint == 0 {
-            // Not known yet: count from the last multiple of the interval.
-            let version = self.table.version().unwrap_or(0);
-            self.last_checkpoint = version - version % policy.checkpoint_interval;
-        }
         if let Some(version) = maintain::checkpoint_if_due(&self.table, self.last_checkpoint, policy.checkpoint_interval).await? {
-            self.last_checkpoint = version;
+            self.last_checkpoint = Some(version);
             done.checkpoint = Some(version);
         }
         if vacuum {

@@ -11,6 +11,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use deltalake::kernel::LogicalFileView;
 use deltalake::operations::vacuum::VacuumMode;
 use deltalake::parquet::file::properties::WriterProperties;
 use deltalake::DeltaTable;
@@ -62,27 +63,30 @@ impl Maintained {
     }
 }
 
-/// Live files per partition value (`None` for an unpartitioned table): count and
-/// how many are smaller than `target` bytes.
-pub fn files_by_partition(table: &DeltaTable, partition_column: Option<&str>, target: u64) -> Result<BTreeMap<Option<String>, (usize, usize)>> {
+/// The live files of a table by partition value (`None` for an unpartitioned table).
+pub fn files_by_partition(table: &DeltaTable, partition_column: Option<&str>) -> Result<BTreeMap<Option<String>, Vec<LogicalFileView>>> {
     let snapshot = table.snapshot().map_err(|e| Error::delta(table_name(table), e))?;
-    let mut counts: BTreeMap<Option<String>, (usize, usize)> = BTreeMap::new();
+    let mut files: BTreeMap<Option<String>, Vec<LogicalFileView>> = BTreeMap::new();
     for file in snapshot.log_data().iter() {
         let partition = partition_column.and_then(|c| file.partition_values_map().get(c).cloned().flatten());
-        let entry = counts.entry(partition).or_default();
-        entry.0 += 1;
-        if (file.size() as u64) < target {
-            entry.1 += 1;
-        }
+        files.entry(partition).or_default().push(file);
     }
-    Ok(counts)
+    Ok(files)
+}
+
+/// The version of the table's last Delta checkpoint, from `_delta_log/_last_checkpoint`.
+pub async fn last_checkpoint(table: &DeltaTable) -> Option<u64> {
+    use object_store::ObjectStoreExt;
+    let path = object_store::path::Path::from("_delta_log/_last_checkpoint");
+    let bytes = table.object_store().get(&path).await.ok()?.bytes().await.ok()?;
+    serde_json::from_slice::<serde_json::Value>(&bytes).ok()?.get("version")?.as_u64()
 }
 
 /// Writes a Delta checkpoint when `interval` versions passed since `last` (the
-/// version of the last one); returns the new checkpoint's version.
-pub async fn checkpoint_if_due(table: &DeltaTable, last: u64, interval: u64) -> Result<Option<u64>> {
+/// version of the last one, if there is one); returns the new checkpoint's version.
+pub async fn checkpoint_if_due(table: &DeltaTable, last: Option<u64>, interval: u64) -> Result<Option<u64>> {
     let Some(version) = table.version() else { return Ok(None) };
-    if version.saturating_sub(last) < interval {
+    if version.saturating_sub(last.unwrap_or(0)) < interval {
         return Ok(None);
     }
     deltalake::checkpoints::create_checkpoint(table, None).await.map_err(|e| Error::delta(table_name(table), e))?;
@@ -127,14 +131,9 @@ pub async fn compact(
     force: bool,
     dry_run: bool,
 ) -> Result<BTreeMap<Option<String>, (u64, u64)>> {
-    let name = table_name(table);
     let threshold = if force { 1 } else { policy.max_small_files };
-    let snapshot = table.snapshot().map_err(|e| Error::delta(name.clone(), e))?;
-    let mut small: BTreeMap<Option<String>, Vec<deltalake::kernel::LogicalFileView>> = BTreeMap::new();
-    for file in snapshot.log_data().iter().filter(|f| (f.size() as u64) < policy.target_file_size) {
-        let partition = partition_column.and_then(|c| file.partition_values_map().get(c).cloned().flatten());
-        small.entry(partition).or_default().push(file);
-    }
+    let mut small = files_by_partition(table, partition_column)?;
+    small.values_mut().for_each(|files| files.retain(|f| (f.size() as u64) < policy.target_file_size));
     let mut done = BTreeMap::new();
     for (partition, files) in small.into_iter().filter(|(_, files)| files.len() > threshold) {
         let mut tiers: BTreeMap<u32, Vec<_>> = BTreeMap::new();
@@ -167,7 +166,7 @@ pub async fn compact(
 /// (`dataChange: false`, operation OPTIMIZE); returns how many files it added.
 async fn rewrite(
     table: &mut DeltaTable,
-    files: &[deltalake::kernel::LogicalFileView],
+    files: &[LogicalFileView],
     partition: Option<(&str, &str)>,
     target: u64,
     writer_properties: &WriterProperties,
