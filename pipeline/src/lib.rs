@@ -8,7 +8,8 @@
 //! aggregate state; the [`runtime`] drives it all, and each epoch's [`commit`]
 //! writes the results through the [`sink`] into Delta tables (then maintains
 //! them), next to a [`checkpoint`], on the lake's store, which the [`catalog`]
-//! opens and serves back to SQL.
+//! opens for SQL and [`serve`] opens to clients (Postgres protocol, the
+//! analytics API) with row-level security.
 pub mod catalog;
 pub mod checkpoint;
 pub mod cli;
@@ -20,6 +21,7 @@ pub mod generate;
 pub mod plan;
 pub mod runtime;
 pub mod schema;
+pub mod serve;
 pub mod sink;
 pub mod source;
 pub mod time;

@@ -6,6 +6,7 @@ mod generate;
 mod maintain;
 mod query;
 mod run;
+mod serve;
 mod udfs;
 mod validate;
 
@@ -41,6 +42,9 @@ pub struct Definitions {
     /// Directory of user-defined functions (one Rust file each); none if absent.
     #[arg(long, value_name = "DIR", global = true)]
     pub udfs: Option<PathBuf>,
+    /// The row-level security policy (default: policy.toml beside the sql directory).
+    #[arg(long, value_name = "FILE", global = true)]
+    pub policy: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -107,6 +111,9 @@ pub enum Command {
     /// Compact small files and vacuum old ones, for a lake whose pipeline is stopped
     /// (a running pipeline maintains its tables itself).
     Maintain(maintain::MaintainArgs),
+    /// Serve the lake read-only: Postgres wire protocol and the analytics API,
+    /// authenticated by JWT, with row-level security.
+    Serve(serve::ServeArgs),
     /// Build or list the user-defined functions of the udfs directory.
     Udfs {
         #[command(subcommand)]
@@ -139,6 +146,7 @@ pub async fn main(cli: Cli) -> Result<()> {
         Command::Query { lake, format, sql } => query::query(&lake, &sql, format, &storage).await,
         Command::Tables { lake } => query::tables(&lake, &storage).await,
         Command::Maintain(args) => maintain::maintain(&args, &storage).await,
+        Command::Serve(args) => serve::serve(&args, &storage).await,
         Command::Udfs { action, definitions } => udfs::udfs(action, &definitions),
         Command::Validate { definitions } => validate::validate(&definitions).await,
         Command::Explain { file, definitions } => validate::explain(&file, &definitions).await,
@@ -156,6 +164,19 @@ impl Definitions {
 
     pub fn sql_dir(&self) -> Result<PathBuf> {
         locate(self.sql.as_deref(), "sql")
+    }
+
+    /// The row-level security policy: `--policy`, else `policy.toml` beside the
+    /// sql directory, else the defaults from each table's columns.
+    pub fn policy(&self) -> Result<crate::serve::Policy> {
+        let path = match &self.policy {
+            Some(path) => path.clone(),
+            None => match self.sql_dir().ok().and_then(|sql| sql.parent().map(|p| p.join("policy.toml"))) {
+                Some(path) if path.is_file() => path,
+                _ => return Ok(crate::serve::Policy::default()),
+            },
+        };
+        crate::serve::Policy::load(&path)
     }
 
     /// The UDF files, read and checked; none without a udfs directory.

@@ -99,7 +99,7 @@ impl Default for MaintenanceArgs {
 }
 
 /// A size in bytes: `134217728`, `512KiB`, `128MiB`, `1GiB` (also KB, MB, GB as powers of 1024).
-fn size(text: &str) -> std::result::Result<u64, String> {
+pub(super) fn size(text: &str) -> std::result::Result<u64, String> {
     let text = text.trim();
     let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
     let (digits, unit) = text.split_at(split);

@@ -7,6 +7,9 @@ use crate::error::{Error, Result};
 use crate::plan::{load_sql_dir, plan, Shape, SqlFile, StreamingQuery};
 use crate::runtime::input_tables;
 use crate::schema::SchemaRegistry;
+use crate::serve::Policy;
+use crate::sink::{dead_letter_schema, late_event_schema, DEAD_LETTERS, LATE_EVENTS};
+use datafusion::arrow::datatypes::SchemaRef;
 use crate::sink::TableLayout;
 use crate::udf::Udfs;
 
@@ -18,21 +21,51 @@ pub async fn validate(definitions: &Definitions) -> Result<()> {
     let udf_files = definitions.udf_files()?;
     let udfs = Udfs::declared(&udf_files);
     let mut failed = 0;
+    // Every table the pipeline writes, with its columns, for the policy check.
+    let mut tables: Vec<(String, SchemaRef)> = vec![
+        (DEAD_LETTERS.replace('/', "."), dead_letter_schema()),
+        (LATE_EVENTS.replace('/', "."), late_event_schema()),
+    ];
+    tables.extend(inputs.iter().filter_map(|i| Some((i.mirror.as_ref()?.sql_name(), i.schema.clone()))));
     for file in &files {
-        if let Err(e) = plan(file, &inputs, &udfs).await {
-            eprintln!("error: {}", e.to_string().replace('\n', " "));
-            failed += 1;
+        match plan(file, &inputs, &udfs).await {
+            Ok(query) => tables.push((query.table.sql_name(), query.output_schema.clone())),
+            Err(e) => {
+                eprintln!("error: {}", e.to_string().replace('\n', " "));
+                failed += 1;
+            }
         }
     }
     if failed > 0 {
         return Err(Error::Config(format!("{failed} of {} SQL files cannot run", files.len())));
     }
+    let policy = definitions.policy()?;
+    let problems = policy_problems(&policy, &tables);
+    for problem in &problems {
+        eprintln!("error: policy: {problem}");
+    }
+    if !problems.is_empty() {
+        return Err(Error::Config(format!("the row-level security policy has {} problems", problems.len())));
+    }
     super::emit(&format!(
-        "{} topic schemas, {} SQL files and {} UDFs: all valid\n",
+        "{} topic schemas, {} SQL files, {} UDFs and the policy of {} tables: all valid\n",
         registry.topics().count(),
         files.len(),
-        udf_files.len()
+        udf_files.len(),
+        tables.len()
     ))
+}
+
+/// Tables the policy names that the pipeline does not write, and ties that do
+/// not fit a table's columns.
+fn policy_problems(policy: &Policy, tables: &[(String, SchemaRef)]) -> Vec<String> {
+    let mut problems: Vec<String> = policy
+        .tables()
+        .filter(|named| !tables.iter().any(|(t, _)| t == named))
+        .map(|named| format!("`{named}` is not a table the pipeline writes"))
+        .collect();
+    problems.extend(tables.iter().filter_map(|(table, schema)| policy.ties(table, schema).err()));
+    problems
 }
 
 /// Prints the streaming plan of one SQL file, named by its path or its table.
@@ -167,6 +200,7 @@ mod tests {
             schemas: Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("../schemas")),
             sql: Some(dir.path().to_path_buf()),
             udfs: None,
+            policy: None,
         };
         let err = validate(&definitions).await.unwrap_err().to_string();
         assert!(err.contains("2 of 3 SQL files cannot run"), "{err}");

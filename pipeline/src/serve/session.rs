@@ -1,0 +1,280 @@
+//! One identity's view of the lake: a DataFusion session whose catalog holds only
+//! the tables the identity may read, each scanned at its latest Delta version
+//! through the policy's row filter, within the server's time and memory limits.
+//!
+//! Names: a table is `catalog.schema.table` after its path, as in `sluice query`.
+//! For Postgres clients, which know two levels, the same table is also
+//! `"catalog.schema".table` in the default catalog `lake`; that is how `\dt`,
+//! `pg_catalog` and `information_schema` list it.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::catalog::{CatalogProvider, CatalogProviderList, SchemaProvider, Session as DfSession, TableProvider};
+use datafusion::common::{exec_datafusion_err, DataFusionError, Result as DfResult};
+use datafusion::datasource::TableType;
+use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
+use datafusion::execution::memory_pool::GreedyMemoryPool;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::execution::session_state::SessionStateBuilder;
+use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::prelude::{SessionConfig, SessionContext};
+
+use super::auth::Identity;
+use super::guard::guarded_scan;
+use super::lake::ServedLake;
+use super::policy::{access, Access};
+use crate::catalog::TablePath;
+use crate::error::{Error, Result};
+
+/// The default catalog: the "database" Postgres clients see.
+pub const DEFAULT_CATALOG: &str = "lake";
+
+/// What one statement may spend.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub query_timeout: Duration,
+    pub memory_bytes: usize,
+}
+
+/// One identity's session over the served lake.
+pub struct Session {
+    pub identity: Identity,
+    pub ctx: SessionContext,
+    view: Arc<View>,
+}
+
+/// The tables an identity may read, as of the statement's start.
+struct View {
+    lake: Arc<ServedLake>,
+    identity: Identity,
+    /// `catalog.schema` → table name → path.
+    tables: RwLock<BTreeMap<String, BTreeMap<String, TablePath>>>,
+    /// pg_catalog and information_schema, registered once at set-up.
+    system: RwLock<BTreeMap<String, Arc<dyn SchemaProvider>>>,
+}
+
+impl Session {
+    pub async fn new(lake: Arc<ServedLake>, identity: Identity, limits: &Limits) -> Result<Session> {
+        let view = Arc::new(View { lake, identity: identity.clone(), tables: RwLock::default(), system: RwLock::default() });
+        let runtime = RuntimeEnvBuilder::new()
+            .with_memory_pool(Arc::new(GreedyMemoryPool::new(limits.memory_bytes)))
+            .with_disk_manager_builder(DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled))
+            .build_arc()?;
+        let config = SessionConfig::new()
+            .with_information_schema(true)
+            .with_default_catalog_and_schema(DEFAULT_CATALOG, "public")
+            .with_create_default_catalog_and_schema(false);
+        let state = SessionStateBuilder::new()
+            .with_config(config)
+            .with_runtime_env(runtime)
+            .with_default_features()
+            .with_catalog_list(Arc::new(Catalogs(view.clone())))
+            .build();
+        let session = Session { identity, ctx: SessionContext::new_with_state(state), view };
+        session.refresh().await?;
+        Ok(session)
+    }
+
+    /// Adds the Postgres system catalog (`pg_catalog`, the functions clients call).
+    pub fn with_pg_catalog(self) -> Result<Session> {
+        use datafusion_postgres::datafusion_pg_catalog::pg_catalog::{context::EmptyContextProvider, setup_pg_catalog};
+        setup_pg_catalog(&self.ctx, DEFAULT_CATALOG, EmptyContextProvider).map_err(|e| Error::DataFusion(*e))?;
+        Ok(self)
+    }
+
+    /// Re-reads which tables exist and which the identity may read; called at
+    /// the start of every statement.
+    pub async fn refresh(&self) -> Result<()> {
+        let mut visible: BTreeMap<String, BTreeMap<String, TablePath>> = BTreeMap::new();
+        for table in self.view.lake.tables().await? {
+            let loaded = match self.view.lake.known(&table).await {
+                Ok(loaded) => loaded,
+                // A table being created may have no readable version yet.
+                Err(e) => {
+                    tracing::debug!(table = %table, "not served yet: {e}");
+                    continue;
+                }
+            };
+            let Ok(ties) = &loaded.ties else { continue };
+            if access(&self.identity, ties, &Default::default()) == Access::Hidden {
+                continue;
+            }
+            let [catalog, schema, name] = table.parts();
+            visible.entry(format!("{catalog}.{schema}")).or_default().insert(name.to_string(), table.clone());
+        }
+        *self.view.tables.write().unwrap_or_else(|p| p.into_inner()) = visible;
+        Ok(())
+    }
+}
+
+impl View {
+    fn schemas(&self) -> Vec<String> {
+        self.tables.read().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect()
+    }
+
+    fn table_names(&self, schema: &str) -> Vec<String> {
+        let tables = self.tables.read().unwrap_or_else(|p| p.into_inner());
+        tables.get(schema).map(|t| t.keys().cloned().collect()).unwrap_or_default()
+    }
+
+    fn path(&self, schema: &str, name: &str) -> Option<TablePath> {
+        self.tables.read().unwrap_or_else(|p| p.into_inner()).get(schema)?.get(name).cloned()
+    }
+}
+
+/// The catalogs a session resolves: `lake` (listed), and each first path segment
+/// (`analytics`, `monitoring`, ...), resolved for three-part names but not listed,
+/// so that `information_schema` and `pg_catalog` show every table once.
+#[derive(Debug)]
+struct Catalogs(Arc<View>);
+
+impl CatalogProviderList for Catalogs {
+
+    fn register_catalog(&self, _name: String, _catalog: Arc<dyn CatalogProvider>) -> Option<Arc<dyn CatalogProvider>> {
+        None
+    }
+
+    fn catalog_names(&self) -> Vec<String> {
+        vec![DEFAULT_CATALOG.to_string()]
+    }
+
+    fn catalog(&self, name: &str) -> Option<Arc<dyn CatalogProvider>> {
+        if name == DEFAULT_CATALOG {
+            return Some(Arc::new(Catalog { view: self.0.clone(), first: None }));
+        }
+        let prefix = format!("{name}.");
+        let known = self.0.schemas().iter().any(|s| s.starts_with(&prefix));
+        known.then(|| Arc::new(Catalog { view: self.0.clone(), first: Some(name.to_string()) }) as Arc<dyn CatalogProvider>)
+    }
+}
+
+#[derive(Debug)]
+struct Catalog {
+    view: Arc<View>,
+    /// None for `lake` (schemas `catalog.schema`), else the first path segment.
+    first: Option<String>,
+}
+
+impl std::fmt::Debug for View {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(f, "View({})", self.identity.user)
+    }
+}
+
+impl CatalogProvider for Catalog {
+
+    fn schema_names(&self) -> Vec<String> {
+        match &self.first {
+            None => {
+                let mut names: Vec<String> = self.view.system.read().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect();
+                names.extend(self.view.schemas());
+                names
+            }
+            Some(first) => {
+                let prefix = format!("{first}.");
+                self.view.schemas().iter().filter_map(|s| s.strip_prefix(&prefix).map(str::to_string)).collect()
+            }
+        }
+    }
+
+    fn schema(&self, name: &str) -> Option<Arc<dyn SchemaProvider>> {
+        let dotted = match &self.first {
+            None => {
+                if let Some(system) = self.view.system.read().unwrap_or_else(|p| p.into_inner()).get(name) {
+                    return Some(system.clone());
+                }
+                name.to_string()
+            }
+            Some(first) => format!("{first}.{name}"),
+        };
+        let exists = self.view.schemas().contains(&dotted);
+        exists.then(|| Arc::new(Schema { view: self.view.clone(), name: dotted }) as Arc<dyn SchemaProvider>)
+    }
+
+    /// Only the system schemas, at set-up; SQL cannot create schemas (statements are read-only).
+    fn register_schema(&self, name: &str, schema: Arc<dyn SchemaProvider>) -> DfResult<Option<Arc<dyn SchemaProvider>>> {
+        if self.first.is_some() || !matches!(name, "pg_catalog" | "information_schema") {
+            return Err(DataFusionError::Plan("the served lake is read-only: no schema can be created".into()));
+        }
+        Ok(self.view.system.write().unwrap_or_else(|p| p.into_inner()).insert(name.to_string(), schema))
+    }
+}
+
+#[derive(Debug)]
+struct Schema {
+    view: Arc<View>,
+    name: String,
+}
+
+#[async_trait]
+impl SchemaProvider for Schema {
+
+    fn table_names(&self) -> Vec<String> {
+        self.view.table_names(&self.name)
+    }
+
+    async fn table(&self, name: &str) -> DfResult<Option<Arc<dyn TableProvider>>> {
+        let Some(path) = self.view.path(&self.name, name) else { return Ok(None) };
+        let loaded = self.view.lake.known(&path).await.map_err(|e| exec_datafusion_err!("{e}"))?;
+        Ok(Some(Arc::new(LakeTable { view: self.view.clone(), path, schema: loaded.schema })))
+    }
+
+    fn table_exist(&self, name: &str) -> bool {
+        self.view.path(&self.name, name).is_some()
+    }
+}
+
+/// A lake table in a statement's plan. What it reads is decided when the plan
+/// runs: the latest committed version, through the identity's row filter as the
+/// directory says now, so a prepared statement run again sees new commits.
+#[derive(Debug)]
+struct LakeTable {
+    view: Arc<View>,
+    path: TablePath,
+    schema: SchemaRef,
+}
+
+#[async_trait]
+impl TableProvider for LakeTable {
+
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    fn supports_filters_pushdown(&self, filters: &[&Expr]) -> DfResult<Vec<TableProviderFilterPushDown>> {
+        // Analysts' filters reach the Delta scan (file skipping); a guarded table's never do.
+        let pushdown = if self.view.identity.role == super::auth::Role::Analyst {
+            TableProviderFilterPushDown::Inexact
+        } else {
+            TableProviderFilterPushDown::Unsupported
+        };
+        Ok(vec![pushdown; filters.len()])
+    }
+
+    async fn scan(&self, state: &dyn DfSession, projection: Option<&Vec<usize>>, filters: &[Expr], limit: Option<usize>) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let fail = |e: Error| exec_datafusion_err!("{e}");
+        let lake = &self.view.lake;
+        let loaded = lake.latest(&self.path).await.map_err(fail)?;
+        if loaded.schema != self.schema {
+            return Err(exec_datafusion_err!("table {} changed its columns while the statement was planned; run it again", self.path.sql_name()));
+        }
+        let ties = loaded.ties.clone().map_err(|e| exec_datafusion_err!("policy: {e}"))?;
+        let scope = lake.scope(&self.view.identity).await.map_err(fail)?;
+        loaded.delta.update_datafusion_session(state).map_err(|e| exec_datafusion_err!("{e}"))?;
+        let delta: Arc<dyn TableProvider> = loaded.delta.table_provider().await.map_err(|e| exec_datafusion_err!("{e}"))?;
+        match access(&self.view.identity, &ties, &scope) {
+            Access::All => delta.scan(state, projection, filters, limit).await,
+            Access::Rows(filter) => guarded_scan(&self.path.sql_name(), delta.as_ref(), &filter, state, projection).await,
+            Access::Hidden => Err(exec_datafusion_err!("table '{}' not found", self.path.sql_name())),
+        }
+    }
+}
