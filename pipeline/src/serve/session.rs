@@ -87,6 +87,12 @@ impl Session {
         Ok(self)
     }
 
+    /// The tables this session may read, as of its last refresh.
+    pub fn tables(&self) -> Vec<TablePath> {
+        let tables = self.view.tables.read().unwrap_or_else(|p| p.into_inner());
+        tables.values().flat_map(|t| t.values().cloned()).collect()
+    }
+
     /// Re-reads which tables exist and which the identity may read; called at
     /// the start of every statement.
     pub async fn refresh(&self) -> Result<()> {
