@@ -266,6 +266,73 @@ window.addEventListener("resize", () => {
   resizing = setTimeout(() => render(state.charts), 200);
 });
 
-fragment();
-load().catch((err) => status(err.message));
-setInterval(poll, POLL_MS);
+// Served by `sluice run --metrics-addr`: the run's own counters, charted live.
+const LIVE_MS = 2000;
+const LIVE_KEEP = 900;
+const live = { previous: null, rows: {} };
+const LIVE_CHARTS = [
+  ["live_records", "Records per second, per topic", "records/s"],
+  ["live_lag", "Consumer lag per topic (messages not read yet)", "messages"],
+  ["live_watermark", "Watermark delay per topic (now minus the topic's event-time watermark)", "s"],
+  ["live_bad_late", "Dead letters and late events per minute", "per minute"],
+  ["live_commits", "Commits per minute and commit time", "per minute / ms"],
+];
+
+async function startLive() {
+  document.getElementById("signin").hidden = true;
+  document.getElementById("controls").hidden = true;
+  document.getElementById("who").textContent = "live pipeline";
+  await tick();
+  setInterval(() => tick().catch((e) => status("Refresh failed: " + e.message)), LIVE_MS);
+}
+
+async function tick() {
+  const now = await (await fetch("/api/v1/pipeline")).json();
+  const prev = live.previous;
+  live.previous = now;
+  if (!prev) return status("Waiting for a second sample…");
+  const dt = now.now_s - prev.now_s;
+  const t = new Date(now.now_s * 1000).toISOString();
+  const push = (id, row) => {
+    const rows = (live.rows[id] = live.rows[id] || []);
+    rows.push(Object.assign({ t }, row));
+    if (rows.length > LIVE_KEEP * 20) rows.splice(0, rows.length - LIVE_KEEP * 20);
+  };
+  let bad = 0, late = 0;
+  for (const [topic, c] of Object.entries(now.topics)) {
+    const p = prev.topics[topic] || { records: 0, bad: 0, late: 0 };
+    push("live_records", { series: topic, value: (c.records - p.records) / dt });
+    push("live_lag", { series: topic, value: c.lag });
+    if (c.watermark_s !== null) push("live_watermark", { series: topic, value: now.now_s - c.watermark_s });
+    bad += c.bad - p.bad;
+    late += c.late - p.late;
+  }
+  push("live_bad_late", { dead_letters: (bad / dt) * 60, late_events: (late / dt) * 60 });
+  const commits = now.commits - prev.commits;
+  push("live_commits", {
+    commits_per_minute: (commits / dt) * 60,
+    commit_ms: commits > 0 ? ((now.commit_seconds_sum - prev.commit_seconds_sum) / commits) * 1000 : null,
+  });
+  const charts = LIVE_CHARTS.map(([id, title, unit]) => {
+    const rows = live.rows[id] || [];
+    return {
+      id, title, unit, section: "Pipeline", kind: "lines", target: null, subject: null, error: null, rows,
+      columns: rows.length ? Object.keys(rows[rows.length - 1]) : ["t"],
+      sql: "-- not SQL: the run's own counters, from GET /api/v1/pipeline (/metrics has them for Prometheus)",
+    };
+  });
+  state.charts = charts;
+  render(charts);
+  status(`Live: ${now.commits} commits, ${now.rows_committed.toLocaleString("en")} rows committed, ${now.open_windows} open windows` +
+    (now.store_unavailable ? ": the lake's store is not answering, commits are being retried" : "."));
+}
+
+async function start() {
+  fragment();
+  const pipeline = await fetch("/api/v1/pipeline").then((r) => r.ok).catch(() => false);
+  if (pipeline) return startLive();
+  load().catch((err) => status(err.message));
+  setInterval(poll, POLL_MS);
+}
+
+start();

@@ -228,22 +228,61 @@ impl Observed {
     }
 }
 
+impl Observed {
+    /// What the dashboard charts live, as JSON: counters (the page takes rates
+    /// between two polls), watermarks, lag per topic, commits.
+    pub fn snapshot(&self) -> serde_json::Value {
+        self.with(|s| {
+            let mut topics = serde_json::Map::new();
+            for (topic, [records, bytes, bad, late]) in &s.topics {
+                let lag: i64 = s
+                    .high_watermarks
+                    .iter()
+                    .filter(|((t, _), _)| t == topic)
+                    .map(|((t, p), high)| (high - s.positions.get(&(t.clone(), *p)).copied().unwrap_or(0)).max(0))
+                    .sum();
+                let watermark = s.source_watermarks.get(topic).filter(|w| **w != i64::MIN && **w != i64::MAX).map(|w| *w as f64 / 1e6);
+                topics.insert(
+                    topic.clone(),
+                    serde_json::json!({ "records": records, "bytes": bytes, "bad": bad, "late": late, "lag": lag, "watermark_s": watermark }),
+                );
+            }
+            serde_json::json!({
+                "now_s": chrono::Utc::now().timestamp_millis() as f64 / 1e3,
+                "topics": topics,
+                "commits": s.commits,
+                "commit_seconds_sum": s.commit_seconds_sum,
+                "last_commit_seconds": s.last_commit_seconds,
+                "rows_committed": s.rows_committed,
+                "open_windows": s.open_windows,
+                "state_bytes": s.state_bytes,
+                "store_unavailable": self.store.unavailable.load(Ordering::Relaxed),
+            })
+        })
+    }
+}
+
 impl crate::source::BrokerStats for Observed {
     fn high_watermark(&self, topic: &str, partition: i32, offset: i64) {
         Observed::high_watermark(self, topic, partition, offset);
     }
 }
 
-/// Binds `addr` and serves `/healthz` and `/metrics` in the background; returns the
-/// address bound (useful with port 0).
+/// Binds `addr` and serves `/healthz`, `/metrics`, and the dashboard page with its
+/// live pipeline view (`/api/v1/pipeline`), in the background; returns the address
+/// bound (useful with port 0).
 pub async fn serve(addr: SocketAddr, observed: Arc<Observed>) -> Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| Error::Config(format!("--metrics-addr {addr}: {e}")))?;
     let bound = listener.local_addr().map_err(|e| Error::Config(format!("--metrics-addr {addr}: {e}")))?;
+    let snapshot = observed.clone();
     let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
-        .route("/metrics", get(move || async move { observed.render() }));
+        .route("/metrics", get(move || async move { observed.render() }))
+        .route("/api/v1/pipeline", get(move || async move { axum::Json(snapshot.snapshot()) }))
+        .route("/", get(crate::serve::dashboard::index))
+        .route("/static/{name}", get(crate::serve::dashboard::asset));
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!(error = %e, "metrics server stopped");
@@ -313,5 +352,14 @@ mod tests {
         ] {
             assert!(metrics.lines().any(|l| l == line), "missing `{line}` in\n{metrics}");
         }
+        // The dashboard's live view: the same counters as JSON, and the page itself.
+        let live = get(addr, "/api/v1/pipeline").await;
+        let body: serde_json::Value = serde_json::from_str(live.split("\r\n\r\n").nth(1).unwrap_or_default()).unwrap();
+        let topic = &body["topics"]["gateway.requests"];
+        assert_eq!((topic["records"].as_u64(), topic["bad"].as_u64(), topic["lag"].as_i64()), (Some(15), Some(1), Some(32)), "{body}");
+        assert_eq!(topic["watermark_s"].as_f64(), Some(1_772_323_100.0));
+        assert_eq!((body["commits"].as_u64(), body["rows_committed"].as_u64()), (Some(1), Some(12)));
+        let page = get(addr, "/").await;
+        assert!(page.starts_with("HTTP/1.1 200") && page.contains("/static/app.js"), "{page}");
     }
 }

@@ -9,6 +9,7 @@ pub mod auth;
 pub mod dashboard;
 pub mod guard;
 pub mod http;
+pub mod information_schema;
 pub mod lake;
 pub mod pg;
 pub mod policy;

@@ -12,7 +12,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::catalog::{CatalogProvider, CatalogProviderList, SchemaProvider, Session as DfSession, TableProvider};
 use datafusion::common::{exec_datafusion_err, DataFusionError, Result as DfResult};
 use datafusion::datasource::TableType;
@@ -20,12 +20,14 @@ use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
 use datafusion::execution::memory_pool::GreedyMemoryPool;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::execution::session_state::SessionStateBuilder;
-use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
+use datafusion::common::ScalarValue;
+use datafusion::logical_expr::{create_udf, ColumnarValue, Expr, ScalarFunctionImplementation, TableProviderFilterPushDown, Volatility};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::{SessionConfig, SessionContext};
 
 use super::auth::Identity;
 use super::guard::guarded_scan;
+use super::information_schema::{InformationSchema, Listing};
 use super::lake::ServedLake;
 use super::policy::{access, Access};
 use crate::catalog::TablePath;
@@ -66,7 +68,8 @@ impl Session {
             .with_disk_manager_builder(DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled))
             .build_arc()?;
         let config = SessionConfig::new()
-            .with_information_schema(true)
+            // Ours (Postgres' type names, only readable tables), not DataFusion's.
+            .with_information_schema(false)
             .with_default_catalog_and_schema(DEFAULT_CATALOG, "public")
             .with_create_default_catalog_and_schema(false);
         let state = SessionStateBuilder::new()
@@ -75,6 +78,8 @@ impl Session {
             .with_default_features()
             .with_catalog_list(Arc::new(Catalogs(view.clone())))
             .build();
+        let listing: Arc<dyn Listing> = view.clone();
+        view.system.write().unwrap_or_else(|p| p.into_inner()).insert("information_schema".into(), Arc::new(InformationSchema(listing)));
         let session = Session { identity, ctx: SessionContext::new_with_state(state), view };
         session.refresh().await?;
         Ok(session)
@@ -84,6 +89,12 @@ impl Session {
     pub fn with_pg_catalog(self) -> Result<Session> {
         use datafusion_postgres::datafusion_pg_catalog::pg_catalog::{context::EmptyContextProvider, setup_pg_catalog};
         setup_pg_catalog(&self.ctx, DEFAULT_CATALOG, EmptyContextProvider).map_err(|e| Error::DataFusion(*e))?;
+        // The connecting user, where pg_catalog's functions would say `postgres`.
+        for name in ["session_user", "current_user"] {
+            let user = ScalarValue::Utf8(Some(self.identity.user.clone()));
+            let answer: ScalarFunctionImplementation = Arc::new(move |_| Ok(ColumnarValue::Scalar(user.clone())));
+            self.ctx.register_udf(create_udf(name, vec![], DataType::Utf8, Volatility::Stable, answer));
+        }
         Ok(self)
     }
 
@@ -115,6 +126,23 @@ impl Session {
         }
         *self.view.tables.write().unwrap_or_else(|p| p.into_inner()) = visible;
         Ok(())
+    }
+}
+
+#[async_trait]
+impl Listing for View {
+    async fn listed(&self) -> Vec<(String, String, SchemaRef)> {
+        let tables: Vec<(String, String, TablePath)> = {
+            let tables = self.tables.read().unwrap_or_else(|p| p.into_inner());
+            tables.iter().flat_map(|(s, t)| t.iter().map(move |(n, p)| (s.clone(), n.clone(), p.clone()))).collect()
+        };
+        let mut listed = Vec::with_capacity(tables.len());
+        for (schema, name, path) in tables {
+            if let Ok(loaded) = self.lake.known(&path).await {
+                listed.push((schema, name, loaded.schema));
+            }
+        }
+        listed
     }
 }
 
