@@ -6,7 +6,7 @@ use clap::Parser;
 /// yet, nor the AWS SDK's about each credential source it tried (a missing
 /// credential is one error line of ours).
 const DEFAULT_LOG: &str = "warn,buoyant_kernel=off,delta_kernel=off,aws_config=error";
-/// A long-running Kafka pipeline also logs one line per commit.
+/// A long-running Kafka pipeline also logs one line per commit; a server, where it listens.
 const SERVICE_LOG: &str = "warn,sluice=info,buoyant_kernel=off,delta_kernel=off,aws_config=error";
 
 /// deltalake aborts a failed Parquet upload inside `catch_unwind`, because
@@ -29,6 +29,7 @@ fn main() -> std::process::ExitCode {
     let cli = sluice::cli::Cli::parse();
     let default_log = match &cli.command {
         sluice::cli::Command::Run(args) if args.kafka.is_some() => SERVICE_LOG,
+        sluice::cli::Command::Serve(_) => SERVICE_LOG,
         _ => DEFAULT_LOG,
     };
     tracing_subscriber::fmt()

@@ -77,7 +77,7 @@ impl Served {
             .args(["--pg-addr", &format!("{host}:{pg}"), "--http-addr", &format!("127.0.0.1:{http}")])
             .args(extra)
             .env("SLUICE_JWT_SECRET", SECRET)
-            .env("RUST_LOG", "sluice=debug")
+            .env("SLUICE_LOG", "warn,sluice=debug")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
@@ -197,7 +197,7 @@ fn psql_lists_describes_and_queries_tables_by_their_lake_names() {
 }
 
 #[test]
-fn psycopg_and_the_api_agree_with_an_independent_model_of_the_policy() {
+fn psycopg_the_api_and_client_introspection_agree_with_an_independent_model_of_the_policy() {
     let dir = tempfile::tempdir().unwrap();
     let lake = demo_lake(dir.path());
     let served = Served::start(&lake, &[]);
@@ -206,6 +206,7 @@ fn psycopg_and_the_api_agree_with_an_independent_model_of_the_policy() {
     assert_clients(&["matrix", "--lake", &lake_arg, "--pg-port", &pg, "--http-port", &http, "--secret", SECRET], &served);
     assert_clients(&["refusals", "--pg-port", &pg, "--secret", SECRET], &served);
     assert_clients(&["isolation", "--pg-port", &pg, "--secret", SECRET], &served);
+    assert_clients(&["introspection", "--pg-port", &pg, "--secret", SECRET, "--lake", &lake_arg], &served);
 }
 
 #[test]
@@ -356,11 +357,16 @@ fn chromium() -> String {
 
 /// The page after its scripts ran (DOM), with what the browser logged, and a screenshot.
 fn browse(served: &Served, fragment: &str, shot: &str) -> (String, String) {
+    browse_at(served, fragment, shot, "1280,2400")
+}
+
+fn browse_at(served: &Served, fragment: &str, shot: &str, size: &str) -> (String, String) {
     let url = format!("http://127.0.0.1:{}/#{fragment}", served.http);
     let profile = tempfile::tempdir().unwrap();
     let run = |extra: &[String]| {
         Command::new(chromium())
-            .args(["--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run", "--enable-logging=stderr", "--v=0", "--virtual-time-budget=10000", "--window-size=1280,2400"])
+            .args(["--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run", "--enable-logging=stderr", "--v=0", "--virtual-time-budget=10000"])
+            .arg(format!("--window-size={size}"))
             .arg(format!("--user-data-dir={}", profile.path().display()))
             .args(extra)
             .arg(&url)
@@ -422,10 +428,11 @@ fn the_dashboard_draws_every_chart_with_the_lakes_numbers_and_a_learner_sees_onl
 
     let (dom, log) = browse(&served, &format!("token={}&range=all&at={at}", token("ana", "analyst")), "dashboard-analyst.png");
     no_page_errors(&dom, &log);
-    for chart in ["throughput", "lag", "bad_and_late", "dead_letter_reasons", "late_event_reasons", "api_p95", "api_errors", "breakers", "ingest_lag", "ws_delivery"] {
+    for chart in ["tables", "throughput", "lag", "bad_and_late", "dead_letter_reasons", "late_event_reasons", "api_p95", "api_errors", "breakers", "ingest_lag", "ws_delivery"] {
         let figure = figure_of(&dom, chart);
         assert_eq!(attribute(figure, "data-state"), Some("drawn"), "{chart} drawn: {}", common::short(figure, 400));
-        assert!(figure.contains("show SQL") && figure.contains("SELECT"), "{chart} offers its SQL");
+        let source = if chart == "tables" { "sluice tables --lake" } else { "SELECT" };
+        assert!(figure.contains("show SQL") && figure.contains(source), "{chart} offers its SQL");
     }
     let figure = figure_of(&dom, "api_p95");
     let shown = figure
@@ -442,6 +449,8 @@ fn the_dashboard_draws_every_chart_with_the_lakes_numbers_and_a_learner_sees_onl
     let learner = velocity.rows[0][user_col].as_str().unwrap().to_string();
     let days: std::collections::BTreeSet<i64> = velocity.rows.iter().filter(|r| r[user_col].as_str() == Some(learner.as_str())).map(|r| r[vws].as_ts().unwrap()).collect();
     let (dom, log) = browse(&served, &format!("token={}&range=all", token(&learner, "learner")), "dashboard-learner.png");
+    let (_, phone) = browse_at(&served, &format!("token={}&range=all", token(&learner, "learner")), "dashboard-learner-phone.png", "390,1600");
+    no_page_errors("<div id=\"errors\" hidden></div>", &phone);
     no_page_errors(&dom, &log);
     assert!(!dom.contains("section-platform") && !dom.contains("section-pipeline"), "a learner sees no operator charts");
     assert_eq!(attribute(figure_of(&dom, "velocity"), "data-points"), Some(days.len().to_string().as_str()), "{learner}'s days");
@@ -469,6 +478,13 @@ fn the_dashboards_json_is_the_sql_it_shows_for_the_same_token() {
     assert_eq!(get("/api/v1/dashboard/charts", None).0, 401);
     assert_eq!(get("/api/v1/dashboard/charts", Some("garbage")).0, 401);
     assert_eq!(get("/api/v1/dashboard/charts?range=week", Some(&token("ana", "analyst"))).0, 400);
+    assert_eq!(get("/api/v1/dashboard/charts?section=bogus", Some(&token("ana", "analyst"))).0, 400);
+    let (status, body) = get("/api/v1/dashboard/charts?section=platform", Some(&token("u-2", "learner")));
+    assert_eq!(status, 403, "{body}");
+    assert!(body["error"].as_str().unwrap_or_default().contains("role learner may not see the platform section"), "{body}");
+    let (status, body) = get("/api/v1/dashboard/charts?section=learning", Some(&token("u-2", "learner")));
+    assert_eq!(status, 200);
+    assert!(body["charts"].as_array().unwrap().iter().all(|c| c["section"] == "Learning"), "{body}");
 
     let users = rows(&lake, "services/directory/users");
     assert!(users > 0);
@@ -478,12 +494,23 @@ fn the_dashboards_json_is_the_sql_it_shows_for_the_same_token() {
         assert_eq!(status, 200, "{role}: {body}");
         for chart in body["charts"].as_array().unwrap() {
             let sql = chart["sql"].as_str().unwrap();
+            if sql.starts_with("--") {
+                assert_eq!(chart["id"], "tables", "only the Delta-log table is not SQL");
+                assert_eq!(chart["rows"].as_array().unwrap().len(), delta_tables(&lake), "one row per table of the lake");
+                continue;
+            }
             let out = served.psql("127.0.0.1", sub, &token, "disable", &format!("SELECT count(*) FROM ({sql}) AS chart"));
             let (stdout, stderr) = text(&out);
             assert!(out.status.success(), "{role} {}: {stderr}", chart["id"]);
             assert_eq!(stdout.trim(), chart["rows"].as_array().unwrap().len().to_string(), "{role} {}: psql and the page agree", chart["id"]);
         }
     }
+}
+
+/// Directories three levels down the lake with a `_delta_log`.
+fn delta_tables(lake: &Path) -> usize {
+    let dirs = |p: &Path| -> Vec<PathBuf> { std::fs::read_dir(p).map(|d| d.flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect()).unwrap_or_default() };
+    dirs(lake).iter().flat_map(|a| dirs(a)).flat_map(|b| dirs(&b)).filter(|t| t.join("_delta_log").is_dir()).count()
 }
 
 fn dechunk(body: &str) -> String {
@@ -498,4 +525,31 @@ fn dechunk(body: &str) -> String {
         rest = tail[n..].trim_start_matches("\r\n");
     }
     out
+}
+
+#[test]
+fn rs256_tokens_verify_with_the_public_key_and_an_hs256_token_signed_with_it_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = dir.path().join("lake");
+    std::fs::create_dir_all(&lake).unwrap();
+    let (private, public) = (dir.path().join("private.pem"), dir.path().join("public.pem"));
+    let made = Command::new("openssl").args(["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out"]).arg(&private).output().unwrap();
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let made = Command::new("openssl").args(["pkey", "-pubout", "-in"]).arg(&private).arg("-out").arg(&public).output().unwrap();
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let served = Served::start(&lake, &["--jwt-public-key-file", public.to_str().unwrap()]);
+    let claims = serde_json::json!({"sub": "ana", "role": "analyst", "exp": chrono::Utc::now().timestamp() + 600});
+
+    let signed = encode(&Header::new(Algorithm::RS256), &claims, &EncodingKey::from_rsa_pem(&std::fs::read(&private).unwrap()).unwrap()).unwrap();
+    let out = served.psql("127.0.0.1", "ana", &signed, "disable", "SELECT 1");
+    assert!(out.status.success(), "RS256: {}", text(&out).1);
+
+    // The classic confusion: HS256 "signed" with the public key as the secret.
+    let confused = encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(&std::fs::read(&public).unwrap()).unwrap()).unwrap();
+    let out = served.psql("127.0.0.1", "ana", &confused, "disable", "SELECT 1");
+    let (_, stderr) = text(&out);
+    assert!(!out.status.success() && stderr.contains("token algorithm HS256 is refused"), "{stderr}");
+    // The server's HS256 secret is not a key here either.
+    let out = served.psql("127.0.0.1", "ana", &token("ana", "analyst"), "disable", "SELECT 1");
+    assert!(!out.status.success(), "an HS256 token on an RS256 server");
 }

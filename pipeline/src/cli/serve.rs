@@ -58,7 +58,6 @@ pub async fn serve(args: &ServeArgs, storage: &StorageOptions) -> Result<()> {
     let lake = Lake::connect(&args.lake, false, storage.clone()).await?;
     let limits = Limits { query_timeout: args.query_timeout, memory_bytes: usize::try_from(args.query_memory).unwrap_or(usize::MAX) };
     let server = Server { lake: Arc::new(ServedLake::new(lake, policy)), verifier, limits, max_connections: args.max_connections as usize, tls };
-    eprintln!("serving {}: postgres on {}, analytics API on http://{}", args.lake, args.pg_addr, args.http_addr);
     server.run(args.pg_addr, args.http_addr).await
 }
 

@@ -277,6 +277,8 @@ const CHARTS: &[Chart] = &[
 #[serde(deny_unknown_fields)]
 pub struct Params {
     range: Option<String>,
+    /// Only this section's charts (`pipeline`, `platform`, `learning`).
+    section: Option<String>,
     user_id: Option<String>,
     trainer_id: Option<String>,
     org_id: Option<String>,
@@ -305,8 +307,20 @@ pub async fn charts(State(api): State<Arc<Api>>, headers: HeaderMap, Query(param
     let range = params.range.as_deref().unwrap_or("day");
     let session = Session::new(api.lake.clone(), identity.clone(), &api.limits).await?;
     let scope = api.lake.scope(&identity).await?;
+    let wanted = |chart: &Chart| params.section.as_deref().is_none_or(|s| s.eq_ignore_ascii_case(chart.section));
+    if let Some(section) = &params.section {
+        if !CHARTS.iter().any(|c| c.section.eq_ignore_ascii_case(section)) {
+            return Err(Failure::new(StatusCode::BAD_REQUEST, format!("section `{section}`: use pipeline, platform or learning")));
+        }
+        if !CHARTS.iter().any(|c| wanted(c) && c.roles.contains(&identity.role)) {
+            return Err(Failure::new(StatusCode::FORBIDDEN, format!("role {} may not see the {section} section", identity.role.name())));
+        }
+    }
     let mut out = Vec::new();
-    for chart in CHARTS.iter().filter(|c| c.roles.contains(&identity.role)) {
+    if identity.role == Role::Analyst && params.section.as_deref().is_none_or(|s| s.eq_ignore_ascii_case("pipeline")) {
+        out.push(tables_chart(&api, &session).await?);
+    }
+    for chart in CHARTS.iter().filter(|c| wanted(c) && c.roles.contains(&identity.role)) {
         let id = match chart.subject {
             Subject::None => None,
             Subject::User => Some(params.user_id.clone().unwrap_or_else(|| identity.user.clone())),
@@ -340,6 +354,38 @@ pub async fn charts(State(api): State<Arc<Api>>, headers: HeaderMap, Query(param
         }));
     }
     Ok(Json(json!({ "user": identity.user, "role": identity.role.name(), "range": range, "charts": out })))
+}
+
+/// The lake's tables as their Delta logs say: version, live files, bytes, the
+/// last Delta checkpoint (what `sluice tables` prints).
+async fn tables_chart(api: &Api, session: &Session) -> Result<Value, Failure> {
+    let mut rows = Vec::new();
+    for table in session.tables() {
+        let loaded = api.lake.latest(&table).await?;
+        let snapshot = loaded.delta.snapshot().map_err(|e| crate::error::Error::delta(table.as_str(), e))?;
+        let bytes: i64 = snapshot.log_data().iter().map(|f| f.size()).sum();
+        let checkpoint = crate::sink::maintain::last_checkpoint(&loaded.delta).await;
+        rows.push(json!({
+            "table": table.sql_name(),
+            "version": loaded.delta.version(),
+            "live_files": snapshot.log_data().num_files(),
+            "bytes": bytes,
+            "checkpoint": checkpoint,
+        }));
+    }
+    Ok(json!({
+        "id": "tables",
+        "section": "Pipeline",
+        "title": "Tables: Delta version, live files, bytes, last Delta checkpoint",
+        "kind": "table",
+        "unit": "",
+        "target": null,
+        "subject": null,
+        "sql": "-- not SQL: each table's Delta log, as `sluice tables --lake LAKE` prints it",
+        "columns": ["table", "version", "live_files", "bytes", "checkpoint"],
+        "rows": rows,
+        "error": null,
+    }))
 }
 
 async fn run(session: &Session, sql: &str, limit: std::time::Duration) -> Result<(Vec<String>, Value), String> {

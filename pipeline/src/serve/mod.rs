@@ -49,11 +49,11 @@ impl Server {
         let pg = Arc::new(pg::PgServer::new(self.lake.clone(), self.verifier.clone(), self.limits, self.max_connections));
         let api = Arc::new(http::Api { lake: self.lake.clone(), verifier: self.verifier, limits: self.limits });
         tracing::info!(
-            lake = %crate::catalog::storage::redact(self.lake.lake().root().as_str()),
-            postgres = %pg_listener.local_addr().unwrap_or(pg_addr),
-            http = %http_listener.local_addr().unwrap_or(http_addr),
-            tls = self.tls.is_some(),
-            "serving"
+            "serving {}: postgres on {}{}, the dashboard and analytics API on http://{}/",
+            crate::catalog::storage::redact(self.lake.lake().root().as_str()),
+            pg_listener.local_addr().unwrap_or(pg_addr),
+            if self.tls.is_some() { " (TLS)" } else { "" },
+            http_listener.local_addr().unwrap_or(http_addr),
         );
         let pg_task = tokio::spawn(pg.serve(pg_listener, self.tls));
         let http_task = axum::serve(http_listener, http::router(api));
