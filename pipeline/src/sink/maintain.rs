@@ -209,7 +209,7 @@ async fn rewrite(
         .with_actions(actions)
         .build(Some(table.snapshot().map_err(err)?), table.log_store(), operation)
         .await
-        .map_err(|e| err(e.into()))?;
+        .map_err(err)?;
     table.state = Some(finalized.snapshot());
     Ok(added.len() as u64)
 }
