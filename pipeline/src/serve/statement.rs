@@ -39,8 +39,13 @@ pub const READ_ONLY: &str = "25006";
 /// SQLSTATE 42501, insufficient_privilege.
 pub const NOT_ALLOWED: &str = "42501";
 
+/// `what` refused because the lake is served read-only.
+fn writes(what: &str) -> Refused {
+    Refused { code: READ_ONLY, message: format!("{what}: the served lake is read-only (queries, EXPLAIN, SHOW and SET of session settings only)") }
+}
+
 pub fn check(statement: &Statement) -> Result<(), Refused> {
-    let refuse = |what: &str| Err(Refused { code: READ_ONLY, message: format!("{what}: the served lake is read-only (queries, EXPLAIN, SHOW and SET of session settings only)") });
+    let refuse = |what: &str| Err(writes(what));
     match statement {
         Statement::Query(_)
         | Statement::Explain { .. }
@@ -86,7 +91,7 @@ pub fn unparsed(sql: &str, parse_error: impl std::fmt::Display) -> Refused {
     let words: Vec<String> = sql.split_whitespace().take(3).map(str::to_uppercase).collect();
     if words.first().is_some_and(|w| WRITES.contains(&w.as_str())) {
         let verb = if words.get(1).is_some_and(|w| w == "EXTERNAL") { words.join(" ") } else { words[..words.len().min(2)].join(" ") };
-        return Refused { code: READ_ONLY, message: format!("{verb}: the served lake is read-only (queries, EXPLAIN, SHOW and SET of session settings only)") };
+        return writes(&verb);
     }
     Refused { code: "42601", message: parse_error.to_string() }
 }
