@@ -7,6 +7,7 @@
 //! deltalake, set by infra/test.sh from infra/pyclients.sh).
 
 mod common;
+mod stores;
 
 use std::io::Write;
 use std::net::{TcpStream, UdpSocket};
@@ -69,11 +70,16 @@ impl Served {
 
     /// With the Postgres listener on `host` (0.0.0.0 to take non-loopback clients too).
     fn start_on(lake: &Path, host: &str, extra: &[&str]) -> Served {
+        Served::launch(lake.to_str().unwrap(), host, extra, &[])
+    }
+
+    /// A lake at any URL, with the environment its store needs.
+    fn launch(lake: &str, host: &str, extra: &[&str], env: &[(&str, String)]) -> Served {
         let (pg, http) = (free_port(), free_port());
-        let log = lake.with_extension(format!("serve-{pg}.log"));
+        let log = std::env::temp_dir().join(format!("sluice-serve-{pg}.log"));
         let child = sluice()
-            .args(["serve", "--lake"])
-            .arg(lake)
+            .args(["serve", "--lake", lake])
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .args(["--pg-addr", &format!("{host}:{pg}"), "--http-addr", &format!("127.0.0.1:{http}")])
             .args(extra)
             .env("SLUICE_JWT_SECRET", SECRET)
@@ -552,4 +558,50 @@ fn rs256_tokens_verify_with_the_public_key_and_an_hs256_token_signed_with_it_is_
     // The server's HS256 secret is not a key here either.
     let out = served.psql("127.0.0.1", "ana", &token("ana", "analyst"), "disable", "SELECT 1");
     assert!(!out.status.success(), "an HS256 token on an RS256 server");
+}
+
+#[test]
+fn a_lake_on_s3_is_served_and_commits_of_a_running_pipeline_show_at_the_next_query() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("input");
+    let made = sluice().args(["generate", "--users", "150", "--hours", "26", "--out"]).arg(&input).output().unwrap();
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let s3 = stores::Server::moto("lake");
+    let env = s3.s3_env();
+    let lake = "s3://lake/platform";
+    let served = Served::launch(lake, "127.0.0.1", &[], &env);
+    let analyst = token("ana", "analyst");
+    let count = || {
+        let out = served.psql("127.0.0.1", "ana", &analyst, "disable", "SELECT count(*) FROM integration.api_gateway.request_logs");
+        out.status.success().then(|| text(&out).0.trim().parse::<u64>().ok()).flatten()
+    };
+
+    // A pipeline commits every few batches while we ask.
+    let run_log = dir.path().join("run.log");
+    let mut run = sluice()
+        .args(["run", "--batch-size", "200", "--commit-interval", "100ms", "--lake", lake, "--input"])
+        .arg(&input)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&run_log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut seen = Vec::new();
+    let status = loop {
+        if let Some(n) = count() {
+            seen.push(n);
+        }
+        if let Some(status) = run.try_wait().unwrap() {
+            break status;
+        }
+    };
+    assert!(status.success(), "run: {}", std::fs::read_to_string(&run_log).unwrap_or_default());
+    std::thread::sleep(Duration::from_millis(1100));
+    let last = count().expect("the table is served once the run is over");
+    // What the lake holds, read by deltalake itself.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let expected = runtime.block_on(stores::table_rows(&format!("{lake}/integration/api_gateway/request_logs"), &stores::options(&env), |_| false)).len() as u64;
+    assert_eq!(last, expected, "served count against the lake");
+    assert!(seen.windows(2).all(|w| w[0] <= w[1]), "counts only grow while the pipeline commits: {seen:?}");
+    assert!(seen.iter().any(|n| *n > 0 && *n < expected), "a commit made during the run was seen before the run ended: {seen:?} (final {expected})");
 }
