@@ -45,6 +45,9 @@ use super::statement;
 
 type DfStatement = (String, Option<(Statement, LogicalPlan)>);
 
+/// Where datafusion-postgres' `SET statement_timeout` hook keeps the session's value.
+const STATEMENT_TIMEOUT_KEY: &str = "statement_timeout_ms";
+
 /// What every connection shares.
 pub struct PgServer {
     lake: Arc<ServedLake>,
@@ -62,8 +65,10 @@ struct Connection {
     service: DfSessionService,
 }
 
-/// A connection slot, held from startup until the connection ends.
-struct Slot(#[allow(dead_code)] OwnedSemaphorePermit);
+/// A connection slot, held from startup until the connection ends (then dropped with it).
+struct Slot {
+    _permit: OwnedSemaphorePermit,
+}
 
 impl PgServer {
     pub fn new(lake: Arc<ServedLake>, verifier: Verifier, limits: Limits, max_connections: usize) -> Self {
@@ -106,7 +111,7 @@ impl PgServer {
 
     /// The statement's time limit: the server's, or the session's `statement_timeout` if shorter.
     fn time_limit<C: ClientInfo>(&self, client: &C) -> Duration {
-        let session = client.metadata().get("statement_timeout_ms").and_then(|ms| ms.parse::<u64>().ok()).map(Duration::from_millis);
+        let session = client.metadata().get(STATEMENT_TIMEOUT_KEY).and_then(|ms| ms.parse::<u64>().ok()).map(Duration::from_millis);
         session.map_or(self.limits.query_timeout, |s| s.min(self.limits.query_timeout))
     }
 }
@@ -219,7 +224,7 @@ impl StartupHandler for PgServer {
                 let Ok(permit) = self.connections.clone().try_acquire_owned() else {
                     return Err(fatal("53300", format!("too many connections: this server takes {} at a time", self.max_connections)));
                 };
-                client.session_extensions().insert(Slot(permit));
+                client.session_extensions().insert(Slot { _permit: permit });
                 client.set_state(PgWireConnectionState::AuthenticationInProgress);
                 client.send(PgWireBackendMessage::Authentication(Authentication::CleartextPassword)).await?;
             }
