@@ -80,7 +80,7 @@ impl Served {
         let child = sluice()
             .args(["serve", "--lake", lake])
             .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-            .args(["--pg-addr", &format!("{host}:{pg}"), "--http-addr", &format!("127.0.0.1:{http}")])
+            .args(["--pg-addr", &format!("{host}:{pg}"), "--http-addr", &format!("{host}:{http}")])
             .args(extra)
             .env("SLUICE_JWT_SECRET", SECRET)
             .env("SLUICE_LOG", "warn,sluice=debug")
@@ -310,6 +310,20 @@ fn a_token_travels_only_over_tls_or_loopback() {
     let (stdout, stderr) = text(&secure);
     assert!(secure.status.success(), "over TLS: {stderr}\n{}", served.log());
     assert_eq!(stdout.trim(), "42");
+
+    // The HTTP API has no TLS of its own: a token from another machine is refused there too.
+    let ask = |host: &str, path: &str, token: Option<&str>| {
+        let mut stream = TcpStream::connect((host, served.http)).unwrap();
+        let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+        write!(stream, "GET {path} HTTP/1.1\r\nHost: x\r\n{auth}Connection: close\r\n\r\n").unwrap();
+        let mut response = String::new();
+        std::io::Read::read_to_string(&mut stream, &mut response).unwrap();
+        response
+    };
+    let remote = ask(&outside, "/api/v1/analytics/learner", Some(&analyst));
+    assert!(remote.starts_with("HTTP/1.1 401") && remote.contains("unencrypted HTTP from another machine"), "{remote}");
+    assert!(ask(&outside, "/api/v1/health", None).starts_with("HTTP/1.1 200"), "health needs no token");
+    assert!(ask("127.0.0.1", "/api/v1/analytics/learner", Some(&analyst)).starts_with("HTTP/1.1 200"), "loopback is fine");
 }
 
 #[test]

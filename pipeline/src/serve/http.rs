@@ -5,9 +5,11 @@
 //! through the same row-level security as the Postgres protocol: REST and SQL
 //! agree for the same token by construction.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::{Query, State};
+use axum::extract::{ConnectInfo, Query, State};
+use axum::middleware::Next;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -39,8 +41,19 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/api/v1/dashboard/charts", get(super::dashboard::charts))
         .route("/api/v1/dashboard/version", get(super::dashboard::version))
         .fallback(|| async { Failure::new(StatusCode::NOT_FOUND, "no such endpoint (see /api/v1/health, /api/v1/analytics/{learner,trainer,organization})") })
+        .layer(axum::middleware::from_fn(tokens_stay_local))
         .layer(axum::middleware::map_response(security_headers))
         .with_state(api)
+}
+
+/// A bearer token over plain HTTP from another machine is refused, as over
+/// Postgres: put the API behind a TLS proxy on this machine to expose it.
+async fn tokens_stay_local(ConnectInfo(peer): ConnectInfo<SocketAddr>, request: axum::extract::Request, next: Next) -> Response {
+    if request.headers().contains_key(header::AUTHORIZATION) && !peer.ip().is_loopback() {
+        let why = "a token over unencrypted HTTP from another machine is refused: reach the API through a TLS proxy on the server, or over loopback";
+        return Failure::new(StatusCode::UNAUTHORIZED, why).into_response();
+    }
+    next.run(request).await
 }
 
 /// The seed's security headers, on every answer.

@@ -56,7 +56,7 @@ impl Server {
             http_listener.local_addr().unwrap_or(http_addr),
         );
         let pg_task = tokio::spawn(pg.serve(pg_listener, self.tls));
-        let http_task = axum::serve(http_listener, http::router(api));
+        let http_task = axum::serve(http_listener, http::router(api).into_make_service_with_connect_info::<SocketAddr>());
         tokio::select! {
             result = http_task => result.map_err(|e| Error::Config(format!("--http-addr {http_addr}: {e}"))),
             _ = pg_task => Err(Error::Config("the postgres listener stopped".into())),
