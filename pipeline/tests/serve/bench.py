@@ -67,9 +67,12 @@ def record(what, query, via, ident, clients, lat_ms, rows, qps=None, cpu=""):
 
 
 def cpu_seconds(pid=None):
-    """User+system CPU seconds of the server (pid) or of this process (every thread)."""
+    """User+system CPU seconds of the server (pid), this process (every thread) or (pid 0) the machine."""
     if pid is None:
         return sum(os.times()[:2])
+    if pid == 0:  # /proc/stat's cpu line: user nice system idle iowait irq softirq steal
+        user, nice, system, _, _, irq, softirq, steal = map(int, open("/proc/stat").readline().split()[1:9])
+        return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
     fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
@@ -235,7 +238,7 @@ def concurrency(args, n):
     bounds = {}
     def go():  # when every client is connected and warm: the clock starts
         bounds.update(t0=time.perf_counter(), server0=args.server_pid and cpu_seconds(args.server_pid),
-                      client0=cpu_seconds())
+                      client0=cpu_seconds(), machine0=cpu_seconds(0))
         bounds["end"] = bounds["t0"] + args.seconds
     start = threading.Barrier(n + 1, action=go)
     def client(i):
@@ -253,8 +256,8 @@ def concurrency(args, n):
     start.wait()
     [t.join() for t in threads]
     elapsed = time.perf_counter() - bounds["t0"]
-    server = f"{(cpu_seconds(args.server_pid) - bounds['server0']) / elapsed:.2f}" if args.server_pid else "?"
-    cpu = f"{server} / {(cpu_seconds() - bounds['client0']) / elapsed:.2f}"
+    rate = lambda key, pid=None: f"{(cpu_seconds(pid) - bounds[key]) / elapsed:.2f}"
+    cpu = f"{rate('server0', args.server_pid) if args.server_pid else '?'} / {rate('client0')} / {rate('machine0', 0)}"
     [c.close() for c in conns]
     every = [x for one in lat for x in one]
     record("concurrency", "b", "pg-wire, simple", "analyst", n, every, "-", qps=len(every) / elapsed, cpu=cpu)
@@ -326,7 +329,8 @@ def main():
           f"a whole process: start, opening the lake, the query, JSON out); psycopg {__import__('psycopg').__version__}, "
           f"prepare_threshold=None (simple protocol without parameters, unnamed extended with), prepared = a named "
           f"statement parsed once")
-    print(f"- concurrency: each client a thread with its own connection, query (b) in a loop for {args.seconds:g} s")
+    print(f"- concurrency: each client a thread with its own connection, query (b) in a loop for {args.seconds:g} s; "
+          "CPU cores = CPU seconds per second of the server, of this benchmark, of the whole machine (what else ran)")
     if args.server_pid:
         try:
             hwm = next(l for l in open(f"/proc/{args.server_pid}/status") if l.startswith("VmHWM")).split()[1]
@@ -337,7 +341,7 @@ def main():
     for label, (what, _) in QUERIES.items():
         print(f"- ({label}) {what}: `{sql_for(label, lambda t: t)}`")
     print("\n| measurement | query | via | as | clients | runs | p50 ms | p95 ms | p99 ms | queries/s "
-          "| CPU cores: server / bench | rows |")
+          "| CPU cores: server / bench / machine | rows |")
     print("|---|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|")
     for r in ROWS:
         qps = f"{r['qps']:.0f}" if r["qps"] is not None else ""
