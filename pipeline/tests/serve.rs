@@ -312,18 +312,10 @@ fn a_token_travels_only_over_tls_or_loopback() {
     assert_eq!(stdout.trim(), "42");
 
     // The HTTP API has no TLS of its own: a token from another machine is refused there too.
-    let ask = |host: &str, path: &str, token: Option<&str>| {
-        let mut stream = TcpStream::connect((host, served.http)).unwrap();
-        let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
-        write!(stream, "GET {path} HTTP/1.1\r\nHost: x\r\n{auth}Connection: close\r\n\r\n").unwrap();
-        let mut response = String::new();
-        std::io::Read::read_to_string(&mut stream, &mut response).unwrap();
-        response
-    };
-    let remote = ask(&outside, "/api/v1/analytics/learner", Some(&analyst));
-    assert!(remote.starts_with("HTTP/1.1 401") && remote.contains("unencrypted HTTP from another machine"), "{remote}");
-    assert!(ask(&outside, "/api/v1/health", None).starts_with("HTTP/1.1 200"), "health needs no token");
-    assert!(ask("127.0.0.1", "/api/v1/analytics/learner", Some(&analyst)).starts_with("HTTP/1.1 200"), "loopback is fine");
+    let (status, body) = http_get(&outside, served.http, "/api/v1/analytics/learner", Some(&analyst));
+    assert!(status == 401 && body.contains("unencrypted HTTP from another machine"), "{status} {body}");
+    assert_eq!(http_get(&outside, served.http, "/api/v1/health", None).0, 200, "health needs no token");
+    assert_eq!(http_get("127.0.0.1", served.http, "/api/v1/analytics/learner", Some(&analyst)).0, 200, "loopback is fine");
 }
 
 #[test]
@@ -484,16 +476,9 @@ fn the_dashboards_json_is_the_sql_it_shows_for_the_same_token() {
     let dir = tempfile::tempdir().unwrap();
     let lake = demo_lake(dir.path());
     let served = Served::start(&lake, &[]);
-    let get = |path: &str, token: Option<&str>| -> (u16, serde_json::Value) {
-        let mut stream = TcpStream::connect(("127.0.0.1", served.http)).unwrap();
-        let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
-        write!(stream, "GET {path} HTTP/1.1\r\nHost: x\r\n{auth}Connection: close\r\n\r\n").unwrap();
-        let mut response = String::new();
-        std::io::Read::read_to_string(&mut stream, &mut response).unwrap();
-        let status = response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-        let body = response.split("\r\n\r\n").nth(1).unwrap_or_default();
-        let body = if response.to_lowercase().contains("transfer-encoding: chunked") { dechunk(body) } else { body.to_string() };
-        (status, serde_json::from_str(&body).unwrap_or(serde_json::Value::Null))
+    let get = |path: &str, token: Option<&str>| {
+        let (status, body) = http_get("127.0.0.1", served.http, path, token);
+        (status, serde_json::from_str::<serde_json::Value>(&body).unwrap_or(serde_json::Value::Null))
     };
     assert_eq!(get("/api/v1/dashboard/charts", None).0, 401);
     assert_eq!(get("/api/v1/dashboard/charts", Some("garbage")).0, 401);
@@ -525,6 +510,19 @@ fn the_dashboards_json_is_the_sql_it_shows_for_the_same_token() {
             assert_eq!(stdout.trim(), chart["rows"].as_array().unwrap().len().to_string(), "{role} {}: psql and the page agree", chart["id"]);
         }
     }
+}
+
+/// One plain HTTP/1.1 GET: the status and the body.
+fn http_get(host: &str, port: u16, path: &str, token: Option<&str>) -> (u16, String) {
+    let mut stream = TcpStream::connect((host, port)).unwrap();
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: x\r\n{auth}Connection: close\r\n\r\n").unwrap();
+    let mut response = String::new();
+    std::io::Read::read_to_string(&mut stream, &mut response).unwrap();
+    let status = response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let body = if head.to_lowercase().contains("transfer-encoding: chunked") { dechunk(body) } else { body.to_string() };
+    (status, body)
 }
 
 /// Directories three levels down the lake with a `_delta_log`.

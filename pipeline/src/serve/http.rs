@@ -22,7 +22,7 @@ use serde_json::{json, Value};
 
 use super::auth::{Identity, Role, Verifier};
 use super::lake::ServedLake;
-use super::session::{Limits, Session};
+use super::session::{Limits, Session, Unanswered};
 
 pub struct Api {
     pub lake: Arc<ServedLake>,
@@ -162,7 +162,6 @@ struct Request {
     session: Session,
     from: Option<NaiveDate>,
     to: Option<NaiveDate>,
-    limits: Limits,
 }
 
 impl Request {
@@ -171,7 +170,7 @@ impl Request {
         allow(&identity, endpoint, roles)?;
         let (from, to) = range(params)?;
         let session = Session::new(api.lake.clone(), identity, &api.limits).await?;
-        Ok(Request { session, from, to, limits: api.limits })
+        Ok(Request { session, from, to })
     }
 
     /// The rows of `table` whose `key` is `id`, in the range, as JSON objects with
@@ -202,14 +201,10 @@ impl Request {
     }
 
     async fn query(&self, sql: &str, id: &str) -> Result<Vec<RecordBatch>, Failure> {
-        let run = async {
-            let frame = self.session.ctx.sql(sql).await?.with_param_values(vec![ScalarValue::Utf8(Some(id.to_string()))])?;
-            frame.collect().await
-        };
-        match tokio::time::timeout(self.limits.query_timeout, run).await {
-            Err(_) => Err(Failure::new(StatusCode::SERVICE_UNAVAILABLE, "the query took longer than the server's time limit")),
-            Ok(Err(e)) => Err(Failure::new(StatusCode::INTERNAL_SERVER_ERROR, crate::catalog::storage::redact(&e.to_string()))),
-            Ok(Ok(batches)) => Ok(batches),
+        match self.session.answer(sql, vec![ScalarValue::Utf8(Some(id.to_string()))]).await {
+            Ok((_, batches)) => Ok(batches),
+            Err(e @ Unanswered::TimedOut) => Err(Failure::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())),
+            Err(e) => Err(Failure::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
         }
     }
 

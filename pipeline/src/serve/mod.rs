@@ -26,7 +26,7 @@ use crate::error::{Error, Result};
 pub use auth::{Identity, Role, Verifier};
 pub use lake::ServedLake;
 pub use policy::Policy;
-pub use session::{Limits, Session};
+pub use session::{Limits, Session, Unanswered};
 
 /// Everything `sluice serve` needs, checked.
 pub struct Server {

@@ -105,15 +105,16 @@ impl PgServer {
         }
     }
 
-    fn connection<C: ClientInfo>(&self, client: &C) -> PgWireResult<Arc<Connection>> {
-        client.session_extensions().get::<Connection>().ok_or_else(|| fatal("28000", "not authenticated"))
-    }
-
     /// The statement's time limit: the server's, or the session's `statement_timeout` if shorter.
     fn time_limit<C: ClientInfo>(&self, client: &C) -> Duration {
         let session = client.metadata().get(STATEMENT_TIMEOUT_KEY).and_then(|ms| ms.parse::<u64>().ok()).map(Duration::from_millis);
         session.map_or(self.limits.query_timeout, |s| s.min(self.limits.query_timeout))
     }
+}
+
+/// The connection's session, which authentication put in pgwire's session extensions.
+fn connection<C: ClientInfo>(client: &C) -> PgWireResult<Arc<Connection>> {
+    client.session_extensions().get::<Connection>().ok_or_else(|| fatal("28000", "not authenticated"))
 }
 
 fn hooks() -> Vec<Arc<dyn QueryHook>> {
@@ -263,7 +264,7 @@ impl SimpleQueryHandler for PgServer {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        let connection = self.connection(client)?;
+        let connection = connection(client)?;
         let statements = self.parser.sql.parse(query).map_err(|e| refused(statement::unparsed(query, e)))?;
         if statements.is_empty() {
             return Ok(vec![Response::EmptyQuery]);
@@ -311,7 +312,7 @@ impl ExtendedQueryHandler for PgServer {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        let connection = self.connection(client)?;
+        let connection = connection(client)?;
         let limit = self.time_limit(client);
         let deadline = Instant::now() + limit;
         let answered = tokio::time::timeout_at(deadline, ExtendedQueryHandler::do_query(&connection.service, client, portal, max_rows));
@@ -336,7 +337,7 @@ impl QueryParser for PgParser {
     where
         C: ClientInfo + Unpin + Send + Sync,
     {
-        let connection = client.session_extensions().get::<Connection>().ok_or_else(|| fatal("28000", "not authenticated"))?;
+        let connection = connection(client)?;
         for statement in self.sql.parse(sql).map_err(|e| refused(statement::unparsed(sql, e)))? {
             statement::check(&statement).map_err(refused)?;
         }

@@ -12,6 +12,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::catalog::{CatalogProvider, CatalogProviderList, SchemaProvider, Session as DfSession, TableProvider};
 use datafusion::common::{exec_datafusion_err, DataFusionError, Result as DfResult, ScalarValue};
@@ -46,7 +47,24 @@ pub struct Limits {
 pub struct Session {
     pub identity: Identity,
     pub ctx: SessionContext,
+    limits: Limits,
     view: Arc<View>,
+}
+
+/// Why [`Session::answer`] has no rows: the time limit, or an error (redacted).
+#[derive(Debug)]
+pub enum Unanswered {
+    TimedOut,
+    Failed(String),
+}
+
+impl std::fmt::Display for Unanswered {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        match self {
+            Unanswered::TimedOut => f.write_str("the query took longer than the server's time limit"),
+            Unanswered::Failed(message) => f.write_str(message),
+        }
+    }
 }
 
 /// The tables an identity may read, as of the statement's start.
@@ -79,7 +97,7 @@ impl Session {
             .build();
         let listing: Arc<dyn Listing> = view.clone();
         view.system.write().unwrap_or_else(|p| p.into_inner()).insert("information_schema".into(), Arc::new(InformationSchema(listing)));
-        let session = Session { identity, ctx: SessionContext::new_with_state(state), view };
+        let session = Session { identity, ctx: SessionContext::new_with_state(state), limits: *limits, view };
         session.refresh().await?;
         Ok(session)
     }
@@ -95,6 +113,21 @@ impl Session {
             self.ctx.register_udf(create_udf(name, vec![], DataType::Utf8, Volatility::Stable, answer));
         }
         Ok(self)
+    }
+
+    /// The columns and rows of `sql` with `params` (`$1`, ...), within the time
+    /// limit: how REST and the dashboard ask (Postgres clients go through pgwire).
+    pub async fn answer(&self, sql: &str, params: Vec<ScalarValue>) -> std::result::Result<(Vec<String>, Vec<RecordBatch>), Unanswered> {
+        let answer = async {
+            let frame = self.ctx.sql(sql).await?.with_param_values(params)?;
+            let columns: Vec<String> = frame.schema().fields().iter().map(|f| f.name().clone()).collect();
+            Ok::<_, DataFusionError>((columns, frame.collect().await?))
+        };
+        match tokio::time::timeout(self.limits.query_timeout, answer).await {
+            Err(_) => Err(Unanswered::TimedOut),
+            Ok(Err(e)) => Err(Unanswered::Failed(crate::catalog::storage::redact(&e.to_string()))),
+            Ok(Ok(answer)) => Ok(answer),
+        }
     }
 
     /// The tables this session may read, as of its last refresh.
