@@ -6,9 +6,7 @@
 # moto's S3 server come from PyPI), node with npm (Azurite comes from npm),
 # psql, openssl and chromium (`sluice serve`'s tests: a real Postgres client, a
 # TLS certificate, a headless browser for the dashboard) and cargo-nextest.
-# When npm is there, the dashboard's chart library (uPlot) is installed into
-# dashboard/node_modules, which the build embeds. Checks first, installs only
-# what is missing (apt needs root).
+# Checks first, installs only what is missing (apt needs root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -40,11 +38,4 @@ if [ ${#need_apt[@]} -gt 0 ]; then
 fi
 if $tests && ! cargo nextest --version >/dev/null 2>&1; then
   cargo install cargo-nextest --locked
-fi
-if command -v npm >/dev/null; then
-  if [ ! -f dashboard/node_modules/uplot/dist/uPlot.iife.min.js ]; then
-    npm ci --prefix dashboard --no-audit --no-fund --loglevel=error >/dev/null
-  fi
-else
-  echo "setup: no npm, so the dashboard will have no charts (install npm, run infra/setup.sh again, rebuild)" >&2
 fi

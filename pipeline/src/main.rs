@@ -24,6 +24,9 @@ fn quiet_handled_upload_panics() {
     }));
 }
 
+/// Every runtime thread's stack.
+const THREAD_STACK: usize = 32 << 20;
+
 fn main() -> std::process::ExitCode {
     quiet_handled_upload_panics();
     let cli = sluice::cli::Cli::parse();
@@ -38,7 +41,10 @@ fn main() -> std::process::ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    // Deep recursion in planning (a statement nested a thousand levels deep, which
+    // `sluice serve` admits) needs more than tokio's 2 MiB; it is address space,
+    // touched only as far as used.
+    let runtime = match tokio::runtime::Builder::new_multi_thread().thread_stack_size(THREAD_STACK).enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

@@ -8,6 +8,7 @@ use super::Definitions;
 use crate::catalog::{Lake, StorageOptions};
 use crate::error::{Error, Result};
 use crate::serve::{Limits, ServedLake, Server, Verifier};
+use sluice_gate::statement::StatementLimits;
 
 /// The environment variable holding the HS256 secret (kept out of argv and `ps`).
 pub const SECRET_VAR: &str = "SLUICE_JWT_SECRET";
@@ -41,9 +42,27 @@ pub struct ServeArgs {
     /// The most memory one session's statement may hold (DataFusion's memory pool).
     #[arg(long, default_value = "1GiB", value_parser = super::run::size)]
     pub query_memory: u64,
+    /// The most memory all statements together may hold.
+    #[arg(long, default_value = "4GiB", value_parser = super::run::size)]
+    pub memory: u64,
     /// The most Postgres connections served at once.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=10_000))]
     pub max_connections: u64,
+    /// The most Postgres connections one user may hold at once.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub max_connections_per_user: u64,
+    /// The most statements one user may run at once (over Postgres and HTTP); more wait their turn.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=1_000))]
+    pub max_statements_per_user: u64,
+    /// The longest statement taken, in bytes of SQL.
+    #[arg(long, default_value = "1MiB", value_parser = super::run::size)]
+    pub max_statement_bytes: u64,
+    /// The deepest nesting taken (operators chained, joins, unions, parentheses).
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..=10_000))]
+    pub max_statement_depth: u64,
+    /// How long a Postgres client has to log in (TLS included) before it is disconnected.
+    #[arg(long, default_value = "5s", value_parser = super::run::duration)]
+    pub auth_timeout: std::time::Duration,
     #[command(flatten)]
     pub definitions: Definitions,
 }
@@ -56,8 +75,21 @@ pub async fn serve(args: &ServeArgs, storage: &StorageOptions) -> Result<()> {
         _ => None,
     };
     let lake = Lake::connect(&args.lake, false, storage.clone()).await?;
-    let limits = Limits { query_timeout: args.query_timeout, memory_bytes: usize::try_from(args.query_memory).unwrap_or(usize::MAX) };
-    let server = Server { lake: Arc::new(ServedLake::new(lake, policy)), verifier, limits, max_connections: args.max_connections as usize, tls };
+    let bytes = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
+    if args.memory < args.query_memory {
+        return Err(Error::Config(format!("--memory ({}) is less than --query-memory ({}): one statement could never have its share", args.memory, args.query_memory)));
+    }
+    let limits = Limits {
+        query_timeout: args.query_timeout,
+        query_memory: bytes(args.query_memory),
+        memory: bytes(args.memory),
+        statement: StatementLimits { max_bytes: bytes(args.max_statement_bytes), max_depth: bytes(args.max_statement_depth), ..StatementLimits::default() },
+        statements_per_user: bytes(args.max_statements_per_user),
+        max_connections: bytes(args.max_connections),
+        connections_per_user: bytes(args.max_connections_per_user),
+        auth_timeout: args.auth_timeout,
+    };
+    let server = Server { lake: Arc::new(ServedLake::new(lake, policy)), verifier, limits, tls };
     server.run(args.pg_addr, args.http_addr).await
 }
 
@@ -65,7 +97,7 @@ pub async fn serve(args: &ServeArgs, storage: &StorageOptions) -> Result<()> {
 fn verifier(args: &ServeArgs) -> Result<Verifier> {
     if let Some(path) = &args.jwt_public_key_file {
         let pem = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        return Verifier::rs256_pem(&pem, path);
+        return Verifier::rs256_pem(&pem).map_err(|e| Error::Config(format!("--jwt-public-key-file {}: {e}", path.display())));
     }
     let secret = match &args.jwt_secret_file {
         Some(path) => std::fs::read(path).map_err(|e| Error::io(path, e))?.trim_ascii().to_vec(),
@@ -78,5 +110,5 @@ fn verifier(args: &ServeArgs) -> Result<Verifier> {
             }
         },
     };
-    Verifier::hs256(&secret)
+    Verifier::hs256(&secret).map_err(Error::Config)
 }

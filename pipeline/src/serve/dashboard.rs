@@ -4,20 +4,20 @@
 //! included. Each chart's SQL is returned with its rows, runnable as is in psql.
 //!
 //! The page is static (`dashboard/` at the repository root: our HTML, CSS and
-//! JavaScript, embedded at build time) and draws with uPlot, which npm brings into
-//! `dashboard/node_modules` and the build script embeds too: nothing comes from a
-//! CDN, so the page works offline.
+//! JavaScript, embedded at build time) and draws with uPlot, vendored in
+//! `dashboard/vendor` and embedded too: nothing comes from a CDN or needs npm,
+//! so the page works offline and from a plain `cargo build`.
 
 use std::sync::Arc;
 
-use axum::extract::{Query, State};
+use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde::Deserialize;
 use serde_json::{json, Value};
+use sluice_gate::params::Range;
+use sluice_gate::token::Role;
 
-use super::auth::Role;
 use super::http::{authenticate, to_json, Api, Failure};
 use super::session::Session;
 
@@ -272,18 +272,6 @@ const CHARTS: &[Chart] = &[
     },
 ];
 
-/// `?range=hour|day|all` and, for a learning chart, whose data.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Params {
-    range: Option<String>,
-    /// Only this section's charts (`pipeline`, `platform`, `learning`).
-    section: Option<String>,
-    user_id: Option<String>,
-    trainer_id: Option<String>,
-    org_id: Option<String>,
-}
-
 /// A SQL string literal.
 fn literal(value: &str) -> String {
     format!("'{}'", value.replace('\'', "''"))
@@ -291,21 +279,29 @@ fn literal(value: &str) -> String {
 
 /// The range picker's choice as a condition on the table's time column, relative
 /// to the table's latest time (a lake of last month's traffic still shows its last hour).
-fn range_condition(range: &str, table: &str, time: &str) -> Result<String, Failure> {
+fn range_condition(range: Range, table: &str, time: &str) -> String {
     let span = match range {
-        "all" => return Ok("TRUE".into()),
-        "hour" => "1 hour",
-        "day" => "1 day",
-        other => return Err(Failure::new(StatusCode::BAD_REQUEST, format!("range `{other}`: use hour, day or all"))),
+        Range::All => return "TRUE".into(),
+        Range::Hour => "1 hour",
+        Range::Day => "1 day",
     };
-    Ok(format!("{time} >= (SELECT max({time}) FROM {table}) - INTERVAL '{span}'"))
+    format!("{time} >= (SELECT max({time}) FROM {table}) - INTERVAL '{span}'")
+}
+
+fn range_name(range: Range) -> &'static str {
+    match range {
+        Range::Hour => "hour",
+        Range::Day => "day",
+        Range::All => "all",
+    }
 }
 
 /// Every chart the token may see, with its SQL, columns and rows.
-pub async fn charts(State(api): State<Arc<Api>>, headers: HeaderMap, Query(params): Query<Params>) -> Result<Json<Value>, Failure> {
+pub async fn charts(State(api): State<Arc<Api>>, headers: HeaderMap, RawQuery(query): RawQuery) -> Result<Json<Value>, Failure> {
     let identity = authenticate(&api.verifier, &headers)?;
-    let range = params.range.as_deref().unwrap_or("day");
-    let session = Session::new(api.lake.clone(), identity.clone(), &api.limits).await?;
+    let params = sluice_gate::params::dashboard(query.as_deref().unwrap_or_default()).map_err(Failure::bad_request)?;
+    let range = params.range;
+    let session = Session::new(api.lake.clone(), identity.clone(), &api.budget).await?;
     let scope = api.lake.scope(&identity).await?;
     let wanted = |chart: &Chart| params.section.as_deref().is_none_or(|s| s.eq_ignore_ascii_case(chart.section));
     if let Some(section) = &params.section {
@@ -323,16 +319,16 @@ pub async fn charts(State(api): State<Arc<Api>>, headers: HeaderMap, Query(param
     for chart in CHARTS.iter().filter(|c| wanted(c) && c.roles.contains(&identity.role)) {
         let id = match chart.subject {
             Subject::None => None,
-            Subject::User => Some(params.user_id.clone().unwrap_or_else(|| identity.user.clone())),
-            Subject::Trainer => Some(params.trainer_id.clone().unwrap_or_else(|| identity.user.clone())),
-            Subject::Org => match params.org_id.clone().or_else(|| scope.org.clone()) {
+            Subject::User => Some(params.ids.user_id.clone().unwrap_or_else(|| identity.user.clone())),
+            Subject::Trainer => Some(params.ids.trainer_id.clone().unwrap_or_else(|| identity.user.clone())),
+            Subject::Org => match params.ids.org_id.clone().or_else(|| scope.org.clone()) {
                 Some(org) => Some(org),
                 None => continue,
             },
         };
         let sql = chart
             .sql
-            .replace("{range}", &range_condition(range, chart.table, chart.time)?)
+            .replace("{range}", &range_condition(range, chart.table, chart.time))
             .replace("{table}", chart.table)
             .replace("{id}", &id.as_deref().map(literal).unwrap_or_default());
         let (columns, rows, error) = match run(&session, &sql).await {
@@ -353,7 +349,7 @@ pub async fn charts(State(api): State<Arc<Api>>, headers: HeaderMap, Query(param
             "error": error,
         }));
     }
-    Ok(Json(json!({ "user": identity.user, "role": identity.role.name(), "range": range, "charts": out })))
+    Ok(Json(json!({ "user": identity.user, "role": identity.role.name(), "range": range_name(range), "charts": out })))
 }
 
 /// The lake's tables as their Delta logs say: version, live files, bytes, the
@@ -400,7 +396,7 @@ async fn run(session: &Session, sql: &str) -> Result<(Vec<String>, Value), Strin
 /// page polls it and redraws when it changes.
 pub async fn version(State(api): State<Arc<Api>>, headers: HeaderMap) -> Result<Json<Value>, Failure> {
     let identity = authenticate(&api.verifier, &headers)?;
-    let session = Session::new(api.lake.clone(), identity, &api.limits).await?;
+    let session = Session::new(api.lake.clone(), identity, &api.budget).await?;
     let mut versions = Vec::new();
     for table in session.tables() {
         let loaded = api.lake.latest(&table).await?;
@@ -423,8 +419,8 @@ fn file(name: &str) -> Response {
         "index.html" => (include_bytes!("../../../dashboard/index.html"), "text/html; charset=utf-8"),
         "app.js" => (include_bytes!("../../../dashboard/app.js"), "text/javascript; charset=utf-8"),
         "style.css" => (include_bytes!("../../../dashboard/style.css"), "text/css; charset=utf-8"),
-        "uplot.js" => (include_bytes!(concat!(env!("OUT_DIR"), "/uplot.js")), "text/javascript; charset=utf-8"),
-        "uplot.css" => (include_bytes!(concat!(env!("OUT_DIR"), "/uplot.css")), "text/css; charset=utf-8"),
+        "uplot.js" => (include_bytes!("../../../dashboard/vendor/uPlot.iife.min.js"), "text/javascript; charset=utf-8"),
+        "uplot.css" => (include_bytes!("../../../dashboard/vendor/uPlot.min.css"), "text/css; charset=utf-8"),
         _ => return Failure::new(StatusCode::NOT_FOUND, format!("no file {name}")).into_response(),
     };
     let mut response = (StatusCode::OK, body).into_response();
@@ -441,12 +437,8 @@ mod tests {
 
     #[test]
     fn ranges_are_relative_to_the_latest_time_and_ids_are_quoted() {
-        assert_eq!(range_condition("all", "a.b.c", "window_start").unwrap(), "TRUE");
-        assert_eq!(
-            range_condition("hour", "a.b.c", "window_start").unwrap(),
-            "window_start >= (SELECT max(window_start) FROM a.b.c) - INTERVAL '1 hour'"
-        );
-        assert!(range_condition("week", "a.b.c", "t").is_err());
+        assert_eq!(range_condition(Range::All, "a.b.c", "window_start"), "TRUE");
+        assert_eq!(range_condition(Range::Hour, "a.b.c", "window_start"), "window_start >= (SELECT max(window_start) FROM a.b.c) - INTERVAL '1 hour'");
         assert_eq!(literal("o'brien"), "'o''brien'");
         for chart in CHARTS {
             assert!(chart.sql.contains("{range}") && chart.sql.contains("{table}"), "{}", chart.id);

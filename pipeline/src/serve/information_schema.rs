@@ -11,8 +11,6 @@ use datafusion::catalog::{SchemaProvider, TableProvider};
 use datafusion::common::Result;
 use datafusion::datasource::MemTable;
 
-use super::session::DEFAULT_CATALOG;
-
 /// The tables a session may read, with their columns: what the views list.
 #[async_trait]
 pub trait Listing: std::fmt::Debug + Send + Sync {
@@ -21,7 +19,11 @@ pub trait Listing: std::fmt::Debug + Send + Sync {
 }
 
 #[derive(Debug)]
-pub struct InformationSchema(pub Arc<dyn Listing>);
+pub struct InformationSchema {
+    pub listing: Arc<dyn Listing>,
+    /// The database clients see the tables in.
+    pub catalog: &'static str,
+}
 
 const VIEWS: [&str; 4] = ["columns", "schemata", "tables", "views"];
 
@@ -32,13 +34,14 @@ impl SchemaProvider for InformationSchema {
     }
 
     async fn table(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>> {
-        let listed = self.0.listed().await;
+        let listed = self.listing.listed().await;
+        let catalog = self.catalog;
         let text = |values: Vec<String>| Arc::new(StringArray::from(values)) as ArrayRef;
         let (fields, columns): (Vec<&str>, Vec<ArrayRef>) = match name {
             "tables" => (
                 vec!["table_catalog", "table_schema", "table_name", "table_type"],
                 vec![
-                    text(listed.iter().map(|_| DEFAULT_CATALOG.to_string()).collect()),
+                    text(listed.iter().map(|_| catalog.to_string()).collect()),
                     text(listed.iter().map(|(s, _, _)| s.clone()).collect()),
                     text(listed.iter().map(|(_, t, _)| t.clone()).collect()),
                     text(listed.iter().map(|_| "BASE TABLE".to_string()).collect()),
@@ -49,10 +52,10 @@ impl SchemaProvider for InformationSchema {
                 schemas.dedup();
                 (
                     vec!["catalog_name", "schema_name", "schema_owner"],
-                    vec![text(schemas.iter().map(|_| DEFAULT_CATALOG.to_string()).collect()), text(schemas.clone()), text(schemas.iter().map(|_| "sluice".to_string()).collect())],
+                    vec![text(schemas.iter().map(|_| catalog.to_string()).collect()), text(schemas.clone()), text(schemas.iter().map(|_| "sluice".to_string()).collect())],
                 )
             }
-            "columns" => return Ok(Some(columns_view(&listed)?)),
+            "columns" => return Ok(Some(columns_view(catalog, &listed)?)),
             "views" => (vec!["table_catalog", "table_schema", "table_name", "view_definition"], vec![text(vec![]), text(vec![]), text(vec![]), text(vec![])]),
             _ => return Ok(None),
         };
@@ -66,13 +69,13 @@ impl SchemaProvider for InformationSchema {
     }
 }
 
-fn columns_view(listed: &[(String, String, SchemaRef)]) -> Result<Arc<dyn TableProvider>> {
+fn columns_view(catalog: &str, listed: &[(String, String, SchemaRef)]) -> Result<Arc<dyn TableProvider>> {
     let mut rows: Vec<[String; 6]> = Vec::new();
     let mut positions = Vec::new();
     for (schema, table, columns) in listed {
         for (i, field) in columns.fields().iter().enumerate() {
             let nullable = if field.is_nullable() { "YES" } else { "NO" };
-            rows.push([DEFAULT_CATALOG.into(), schema.clone(), table.clone(), field.name().clone(), pg_type_name(field.data_type()).into(), nullable.into()]);
+            rows.push([catalog.into(), schema.clone(), table.clone(), field.name().clone(), pg_type_name(field.data_type()).into(), nullable.into()]);
             positions.push(i as i32 + 1);
         }
     }

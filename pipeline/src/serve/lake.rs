@@ -15,7 +15,7 @@ use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::prelude::SessionContext;
 use deltalake::DeltaTable;
 
-use super::auth::{Identity, Role};
+use sluice_gate::token::{Identity, Role};
 use super::policy::{Policy, Scope, Ties};
 use crate::catalog::{Lake, TablePath};
 use crate::error::{Error, Result};

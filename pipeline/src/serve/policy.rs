@@ -15,7 +15,7 @@ use datafusion::arrow::datatypes::{DataType, Schema};
 use datafusion::logical_expr::{col, lit, Expr};
 use serde::Deserialize;
 
-use super::auth::{Identity, Role};
+use sluice_gate::token::{Identity, Role};
 use crate::error::{Error, Result};
 
 /// The columns tying a table's rows to people.

@@ -9,60 +9,62 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
 
 use async_trait::async_trait;
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::catalog::{CatalogProvider, CatalogProviderList, SchemaProvider, Session as DfSession, TableProvider};
+use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::common::{exec_datafusion_err, DataFusionError, Result as DfResult, ScalarValue};
 use datafusion::datasource::TableType;
+use datafusion::execution::context::SQLOptions;
 use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
-use datafusion::execution::memory_pool::GreedyMemoryPool;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::logical_expr::{create_udf, ColumnarValue, Expr, ScalarFunctionImplementation, TableProviderFilterPushDown, Volatility};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::{SessionConfig, SessionContext};
 
-use super::auth::Identity;
+use sluice_gate::token::{Identity, Role};
+
 use super::guard::guarded_scan;
 use super::information_schema::{InformationSchema, Listing};
 use super::lake::ServedLake;
+use super::limits::{Budget, Limits};
 use super::policy::{access, Access};
+use super::stop::{Stop, Stopped};
 use crate::catalog::TablePath;
 use crate::error::{Error, Result};
 
 /// The default catalog: the "database" Postgres clients see.
 pub const DEFAULT_CATALOG: &str = "lake";
 
-/// What one statement may spend.
-#[derive(Debug, Clone, Copy)]
-pub struct Limits {
-    pub query_timeout: Duration,
-    pub memory_bytes: usize,
+/// The plan check behind the statement allow-list: no DDL, no DML, no `SET`
+/// reaching DataFusion.
+pub fn read_only() -> SQLOptions {
+    SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false)
 }
 
 /// One identity's session over the served lake.
 pub struct Session {
     pub identity: Identity,
     pub ctx: SessionContext,
-    limits: Limits,
+    budget: Arc<Budget>,
     view: Arc<View>,
 }
 
-/// Why [`Session::answer`] has no rows: the time limit, or an error (redacted).
+/// Why [`Session::answer`] has no rows: stopped (time limit, no turn, a panic),
+/// or an error (redacted).
 #[derive(Debug)]
 pub enum Unanswered {
-    TimedOut,
+    Stopped(String),
     Failed(String),
 }
 
 impl std::fmt::Display for Unanswered {
     fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
         match self {
-            Unanswered::TimedOut => f.write_str("the query took longer than the server's time limit"),
-            Unanswered::Failed(message) => f.write_str(message),
+            Unanswered::Stopped(message) | Unanswered::Failed(message) => f.write_str(message),
         }
     }
 }
@@ -78,10 +80,10 @@ struct View {
 }
 
 impl Session {
-    pub async fn new(lake: Arc<ServedLake>, identity: Identity, limits: &Limits) -> Result<Session> {
+    pub async fn new(lake: Arc<ServedLake>, identity: Identity, budget: &Arc<Budget>) -> Result<Session> {
         let view = Arc::new(View { lake, identity: identity.clone(), tables: RwLock::default(), system: RwLock::default() });
         let runtime = RuntimeEnvBuilder::new()
-            .with_memory_pool(Arc::new(GreedyMemoryPool::new(limits.memory_bytes)))
+            .with_memory_pool(Arc::new(budget.session_memory()))
             .with_disk_manager_builder(DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled))
             .build_arc()?;
         let config = SessionConfig::new()
@@ -93,11 +95,14 @@ impl Session {
             .with_config(config)
             .with_runtime_env(runtime)
             .with_default_features()
+            .with_physical_optimizer_rule(Arc::new(super::stop::YieldEverywhere))
             .with_catalog_list(Arc::new(Catalogs(view.clone())))
             .build();
         let listing: Arc<dyn Listing> = view.clone();
-        view.system.write().unwrap_or_else(|p| p.into_inner()).insert("information_schema".into(), Arc::new(InformationSchema(listing)));
-        let session = Session { identity, ctx: SessionContext::new_with_state(state), limits: *limits, view };
+        view.system.write().unwrap_or_else(|p| p.into_inner()).insert("information_schema".into(), Arc::new(InformationSchema { listing, catalog: DEFAULT_CATALOG }));
+        let ctx = SessionContext::new_with_state(state);
+        super::limits::functions::bound(&ctx);
+        let session = Session { identity, ctx, budget: budget.clone(), view };
         session.refresh().await?;
         Ok(session)
     }
@@ -115,16 +120,26 @@ impl Session {
         Ok(self)
     }
 
-    /// The columns and rows of `sql` with `params` (`$1`, ...), within the time
-    /// limit: how REST and the dashboard ask (Postgres clients go through pgwire).
+    /// What every statement of this session is bound by.
+    pub fn limits(&self) -> &Limits {
+        &self.budget.limits
+    }
+
+    /// The columns and rows of `sql` with `params` (`$1`, ...), as one of the
+    /// user's statements, within the time limit: how REST and the dashboard ask
+    /// (Postgres clients go through pgwire). A client that leaves drops this
+    /// future, which stops the statement.
     pub async fn answer(&self, sql: &str, params: Vec<ScalarValue>) -> std::result::Result<(Vec<String>, Vec<RecordBatch>), Unanswered> {
+        let mut stop = Stop::after(self.limits().query_timeout);
+        let _turn = self.budget.statement(&self.identity.user, stop.deadline()).await.map_err(|f| Unanswered::Stopped(f.message))?;
         let answer = async {
-            let frame = self.ctx.sql(sql).await?.with_param_values(params)?;
+            let frame = self.ctx.sql_with_options(sql, read_only()).await?.with_param_values(params)?;
             let columns: Vec<String> = frame.schema().fields().iter().map(|f| f.name().clone()).collect();
             Ok::<_, DataFusionError>((columns, frame.collect().await?))
         };
-        match tokio::time::timeout(self.limits.query_timeout, answer).await {
-            Err(_) => Err(Unanswered::TimedOut),
+        match stop.guard(answer).await {
+            Err(why @ (Stopped::TimedOut(_) | Stopped::Canceled | Stopped::ClientGone)) => Err(Unanswered::Stopped(why.to_string())),
+            Err(why @ Stopped::Panicked(_)) => Err(Unanswered::Failed(why.to_string())),
             Ok(Err(e)) => Err(Unanswered::Failed(crate::catalog::storage::redact(&e.to_string()))),
             Ok(Ok(answer)) => Ok(answer),
         }
@@ -165,7 +180,7 @@ impl Session {
 fn access_to(identity: &Identity, loaded: &super::lake::Loaded, scope: &super::policy::Scope) -> std::result::Result<Access, String> {
     match &loaded.ties {
         Ok(ties) => Ok(access(identity, ties, scope)),
-        Err(_) if identity.role == super::auth::Role::Analyst => Ok(Access::All),
+        Err(_) if identity.role == Role::Analyst => Ok(Access::All),
         Err(e) => Err(e.clone()),
     }
 }
@@ -304,6 +319,20 @@ impl SchemaProvider for Schema {
     }
 }
 
+/// Whether a filter is small enough to hand to the Delta scan.
+fn small(filter: &Expr) -> bool {
+    const MAX_NODES: usize = 64;
+    let mut nodes = 0;
+    let _ = filter.apply(|e| {
+        nodes += match e {
+            Expr::InList(list) => list.list.len(),
+            _ => 1,
+        };
+        Ok(if nodes > MAX_NODES { TreeNodeRecursion::Stop } else { TreeNodeRecursion::Continue })
+    });
+    nodes <= MAX_NODES
+}
+
 /// A lake table in a statement's plan. What it reads is decided when the plan
 /// runs: the latest committed version, through the identity's row filter as the
 /// directory says now, so a prepared statement run again sees new commits.
@@ -326,13 +355,15 @@ impl TableProvider for LakeTable {
     }
 
     fn supports_filters_pushdown(&self, filters: &[&Expr]) -> DfResult<Vec<TableProviderFilterPushDown>> {
-        // Analysts' filters reach the Delta scan (file skipping); a guarded table's never do.
-        let pushdown = if self.view.identity.role == super::auth::Role::Analyst {
-            TableProviderFilterPushDown::Inexact
-        } else {
-            TableProviderFilterPushDown::Unsupported
-        };
-        Ok(vec![pushdown; filters.len()])
+        // Analysts' small filters reach the Delta scan (file skipping); a guarded
+        // table's never do. A large one (an IN list of thousands) stays with
+        // DataFusion: delta-rs turns it into a predicate tree it walks recursively,
+        // as deep as the list is long.
+        let analyst = self.view.identity.role == Role::Analyst;
+        Ok(filters
+            .iter()
+            .map(|filter| if analyst && small(filter) { TableProviderFilterPushDown::Inexact } else { TableProviderFilterPushDown::Unsupported })
+            .collect())
     }
 
     async fn scan(&self, state: &dyn DfSession, projection: Option<&Vec<usize>>, filters: &[Expr], limit: Option<usize>) -> DfResult<Arc<dyn ExecutionPlan>> {

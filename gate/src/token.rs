@@ -3,14 +3,11 @@
 //! wrong has its own [`Refusal`], so a client learns which, and never a session.
 
 use std::fmt;
-use std::path::Path;
 
 use base64::Engine;
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
-
-use crate::error::{Error, Result};
 
 /// The four roles of the platform's tokens (contract §5).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -108,29 +105,36 @@ struct RawHeader {
     alg: Option<String>,
 }
 
+/// No real token comes near this; a longer one is not decoded at all.
+pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
+
 /// Tolerated clock skew for `exp`.
 const LEEWAY_SECS: u64 = 30;
 
 impl Verifier {
-    pub fn hs256(secret: &[u8]) -> Result<Self> {
+    /// A verifier of HS256 tokens; the error says what is wrong with the secret.
+    pub fn hs256(secret: &[u8]) -> Result<Self, String> {
         if secret.len() < 16 {
-            return Err(Error::Config("JWT secret: too short (use at least 16 bytes)".into()));
+            return Err("JWT secret: too short (use at least 16 bytes)".into());
         }
-        let key = DecodingKey::from_secret(secret).map_err(|e| Error::Config(format!("JWT secret: {e}")))?;
+        let key = DecodingKey::from_secret(secret).map_err(|e| format!("JWT secret: {e}"))?;
         Ok(Verifier { key, algorithm: Algorithm::HS256 })
     }
 
-    pub fn rs256_pem(pem: &[u8], path: &Path) -> Result<Self> {
-        let key = DecodingKey::from_rsa_pem(pem)
-            .map_err(|e| Error::Config(format!("--jwt-public-key-file {}: not an RSA public key in PEM ({e})", path.display())))?;
+    /// A verifier of RS256 tokens; the error says what is wrong with the key.
+    pub fn rs256_pem(pem: &[u8]) -> Result<Self, String> {
+        let key = DecodingKey::from_rsa_pem(pem).map_err(|e| format!("not an RSA public key in PEM ({e})"))?;
         Ok(Verifier { key, algorithm: Algorithm::RS256 })
     }
 
     /// The caller a token names, or why it is refused.
-    pub fn verify(&self, token: &str) -> std::result::Result<Identity, Refusal> {
+    pub fn verify(&self, token: &str) -> Result<Identity, Refusal> {
         let token = token.trim();
         if token.is_empty() {
             return Err(Refusal::Missing);
+        }
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(Refusal::Malformed(format!("longer than {MAX_TOKEN_BYTES} bytes")));
         }
         let header = token.split('.').next().unwrap_or_default();
         let header: RawHeader = base64::engine::general_purpose::URL_SAFE_NO_PAD
@@ -167,7 +171,7 @@ impl Verifier {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
     use jsonwebtoken::{encode, EncodingKey, Header};
 

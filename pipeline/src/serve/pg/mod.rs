@@ -1,13 +1,22 @@
 //! The Postgres wire protocol (pgwire), for psql, psycopg, JDBC tools and Grafana.
 //!
-//! A connection authenticates with a JWT as its password (cleartext, so only over
-//! TLS or loopback), gets its own [`Session`] as a typed session extension SQL
-//! cannot reach, and has each statement checked ([`statement::check`]) before
+//! [`wire`] drives each connection (TLS, bounded frames, the login deadline). A
+//! connection authenticates with a JWT as its password (cleartext, so only over
+//! TLS or loopback) and gets its own [`Session`] as a typed session extension SQL
+//! cannot reach. Each statement is admitted by size and nesting, then checked
+//! against the read-only allow-list ([`sluice_gate::statement`]), before
 //! datafusion-postgres plans and answers it against that session: its hooks
 //! answer `SET`/`SHOW`, transactions and cursors the way clients expect, and
-//! arrow-pg encodes the rows with their Postgres types.
+//! arrow-pg encodes the rows with their Postgres types. Every statement runs
+//! under a [`Stop`] (time limit, CancelRequest, client gone, panic) and holds
+//! one of its user's statement slots until its last row.
 
+mod names;
+pub mod wire;
+
+use std::collections::VecDeque;
 use std::fmt::Debug;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,97 +31,127 @@ use datafusion_postgres::hooks::cursor::CursorStatementHook;
 use datafusion_postgres::hooks::set_show::SetShowHook;
 use datafusion_postgres::hooks::transactions::TransactionStatementHook;
 use datafusion_postgres::{DfSessionService, QueryHook};
-use futures::{Sink, SinkExt, StreamExt};
+use futures::{Sink, SinkExt};
 use pgwire::api::auth::{finish_authentication, protocol_negotiation, save_startup_parameters_to_metadata, DefaultServerParameterProvider, StartupHandler};
+use pgwire::api::cancel::DefaultCancelHandler;
 use pgwire::api::portal::{Format, Portal};
 use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
 use pgwire::api::results::{FieldInfo, Response};
 use pgwire::api::stmt::QueryParser;
 use pgwire::api::store::PortalStore;
-use pgwire::api::{ClientInfo, ClientPortalStore, ErrorHandler, PgWireConnectionState, PgWireServerHandlers, Type, METADATA_USER};
+use pgwire::api::{ClientInfo, ClientPortalStore, ConnectionHandle, ConnectionManager, ErrorHandler, PgWireConnectionState, PgWireServerHandlers, Type, METADATA_USER};
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
-use pgwire::messages::startup::Authentication;
+use pgwire::messages::startup::{Authentication, SecretKey};
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 use pgwire::types::format::FormatOptions;
+use sluice_gate::statement::{self, Refused};
+use sluice_gate::token::{Refusal, Verifier};
 use tokio::net::TcpListener;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio::time::Instant;
+use tokio::task::AbortHandle;
 
-use super::auth::{Refusal, Verifier};
 use super::lake::ServedLake;
-use super::session::{Limits, Session};
-use super::statement;
+use super::limits::{Budget, ConnectionSlot, Full};
+use super::session::Session;
+use super::stop::{Stop, Stopped};
+use wire::{Peer, WireLimits};
 
 type DfStatement = (String, Option<(Statement, LogicalPlan)>);
 
 /// Where datafusion-postgres' `SET statement_timeout` hook keeps the session's value.
 const STATEMENT_TIMEOUT_KEY: &str = "statement_timeout_ms";
 
+/// Connections still logging in at once; past this, the oldest of them is closed,
+/// so a flood of silent sockets cannot keep a real client (which logs in within
+/// milliseconds) out.
+const MAX_LOGGING_IN: usize = 256;
+
 /// What every connection shares.
 pub struct PgServer {
     lake: Arc<ServedLake>,
     verifier: Verifier,
-    limits: Limits,
-    connections: Arc<Semaphore>,
-    max_connections: usize,
+    budget: Arc<Budget>,
     parser: Arc<PgParser>,
     hooks: Vec<Arc<dyn QueryHook>>,
+    /// Running statements by (pid, secret key), for CancelRequests.
+    cancels: Arc<ConnectionManager>,
 }
 
-/// One connection's session, in pgwire's session extensions.
+/// One connection's state, in pgwire's session extensions.
 struct Connection {
     session: Session,
     service: DfSessionService,
-}
-
-/// A connection slot, held from startup until the connection ends (then dropped with it).
-struct Slot {
-    _permit: OwnedSemaphorePermit,
+    cancel: Arc<ConnectionHandle>,
+    _slot: ConnectionSlot,
+    _registered: pgwire::api::ConnectionGuard,
 }
 
 impl PgServer {
-    pub fn new(lake: Arc<ServedLake>, verifier: Verifier, limits: Limits, max_connections: usize) -> Self {
+    pub fn new(lake: Arc<ServedLake>, verifier: Verifier, budget: Arc<Budget>) -> Self {
         let template = DfSessionService::new_with_hooks(Arc::new(SessionContext::new()), hooks());
         PgServer {
             lake,
             verifier,
-            limits,
-            connections: Arc::new(Semaphore::new(max_connections)),
-            max_connections,
+            budget,
             parser: Arc::new(PgParser { sql: PostgresCompatibilityParser::new(), template }),
             hooks: hooks(),
+            cancels: Arc::new(ConnectionManager::new()),
         }
     }
 
-    /// Accepts connections until the listener fails.
+    /// Accepts connections until the process ends.
     pub async fn serve(self: Arc<Self>, listener: TcpListener, tls: Option<pgwire::tokio::TlsAcceptor>) {
+        let limits = WireLimits {
+            auth_timeout: self.budget.limits.auth_timeout,
+            max_frame: self.budget.limits.statement.max_bytes + (64 << 10),
+            max_message_time: self.budget.limits.query_timeout + Duration::from_secs(10),
+        };
+        let mut logging_in: VecDeque<(Arc<AtomicBool>, AbortHandle)> = VecDeque::new();
         loop {
             let (socket, peer) = match listener.accept().await {
                 Ok(accepted) => accepted,
                 Err(e) => {
+                    // Out of file descriptors, say: wait, rather than spin.
                     tracing::warn!("postgres listener: {e}");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
             };
-            let handlers = Handlers(self.clone());
-            let tls = tls.clone();
-            tokio::spawn(async move {
-                if let Err(e) = pgwire::tokio::process_socket(socket, tls, handlers).await {
+            let authenticated = Arc::new(AtomicBool::new(false));
+            let handlers = Handlers { server: self.clone(), authenticated: authenticated.clone() };
+            let connection = wire::serve(socket, tls.clone(), handlers, limits, authenticated.clone());
+            let task = tokio::spawn(async move {
+                if let Err(e) = connection.await {
                     tracing::debug!(%peer, "postgres connection ended: {e}");
                 }
             });
+            logging_in.retain(|(done, task)| !done.load(Ordering::Acquire) && !task.is_finished());
+            logging_in.push_back((authenticated, task.abort_handle()));
+            if logging_in.len() > MAX_LOGGING_IN {
+                if let Some((_, oldest)) = logging_in.pop_front() {
+                    oldest.abort();
+                }
+            }
         }
     }
 
     /// The statement's time limit: the server's, or the session's `statement_timeout` if shorter.
     fn time_limit<C: ClientInfo>(&self, client: &C) -> Duration {
-        let session = client.metadata().get(STATEMENT_TIMEOUT_KEY).and_then(|ms| ms.parse::<u64>().ok()).map(Duration::from_millis);
-        session.map_or(self.limits.query_timeout, |s| s.min(self.limits.query_timeout))
+        let session = client.metadata().get(STATEMENT_TIMEOUT_KEY).and_then(|ms| ms.parse::<u64>().ok()).filter(|&ms| ms > 0).map(Duration::from_millis);
+        let limit = self.budget.limits.query_timeout;
+        session.map_or(limit, |s| s.min(limit))
+    }
+
+    /// What stops this connection's next statement, and its turn among its user's statements.
+    async fn start<C: ClientInfo>(&self, client: &C, connection: &Connection) -> PgWireResult<(Stop, super::limits::StatementSlot)> {
+        let stop = Stop::after(self.time_limit(client))
+            .with_cancel(connection.cancel.start_query().await)
+            .with_peer(client.session_extensions().get::<Peer>().map(|p| *p));
+        let slot = self.budget.statement(&connection.session.identity.user, stop.deadline()).await.map_err(full)?;
+        Ok((stop, slot))
     }
 }
 
-/// The connection's session, which authentication put in pgwire's session extensions.
+/// The connection's state, which authentication put in pgwire's session extensions.
 fn connection<C: ClientInfo>(client: &C) -> PgWireResult<Arc<Connection>> {
     client.session_extensions().get::<Connection>().ok_or_else(|| fatal("28000", "not authenticated"))
 }
@@ -122,23 +161,30 @@ fn hooks() -> Vec<Arc<dyn QueryHook>> {
 }
 
 /// The pgwire handler set for one connection.
-struct Handlers(Arc<PgServer>);
+struct Handlers {
+    server: Arc<PgServer>,
+    authenticated: Arc<AtomicBool>,
+}
 
 impl PgWireServerHandlers for Handlers {
     fn simple_query_handler(&self) -> Arc<impl SimpleQueryHandler> {
-        self.0.clone()
+        self.server.clone()
     }
 
     fn extended_query_handler(&self) -> Arc<impl ExtendedQueryHandler> {
-        self.0.clone()
+        self.server.clone()
     }
 
     fn startup_handler(&self) -> Arc<impl StartupHandler> {
-        self.0.clone()
+        Arc::new(Login { server: self.server.clone(), authenticated: self.authenticated.clone() })
     }
 
     fn error_handler(&self) -> Arc<impl ErrorHandler> {
-        self.0.clone()
+        self.server.clone()
+    }
+
+    fn cancel_handler(&self) -> Arc<impl pgwire::api::cancel::CancelHandler> {
+        Arc::new(DefaultCancelHandler::new(self.server.cancels.clone()))
     }
 }
 
@@ -159,7 +205,7 @@ fn error(code: &str, message: impl ToString) -> PgWireError {
     PgWireError::UserError(Box::new(ErrorInfo::new("ERROR".into(), code.into(), message.to_string())))
 }
 
-/// DataFusion's errors with the SQLSTATE a client can act on.
+/// DataFusion's errors with the SQLSTATE a client can act on (and no credential).
 fn remap(e: PgWireError) -> PgWireError {
     remapped(&e).unwrap_or(e)
 }
@@ -177,79 +223,99 @@ fn remapped(e: &PgWireError) -> Option<PgWireError> {
         _ => "XX000",
     };
     let message = match root {
-        DataFusionError::ResourcesExhausted(m) => format!("the statement needs more memory than a query may use here ({m})"),
+        // The pool's own refusal (which limit) may be behind a spill's error.
+        DataFusionError::ResourcesExhausted(m) if m.contains("--query-memory") || m.contains("--memory") => format!("out of memory: {m}"),
+        DataFusionError::ResourcesExhausted(m) => {
+            format!("out of memory: the statement needs more memory than one may use here (--query-memory; all statements together: --memory): {m}")
+        }
         _ => df.to_string(),
     };
-    Some(error(code, message))
+    Some(error(code, crate::catalog::storage::redact(&message)))
 }
 
-fn refused(r: statement::Refused) -> PgWireError {
+fn refused(r: Refused) -> PgWireError {
     error(r.code, r.message)
 }
 
-fn timed_out(limit: Duration) -> PgWireError {
-    error("57014", format!("canceling statement due to statement timeout ({} ms)", limit.as_millis()))
+fn full(f: Full) -> PgWireError {
+    error(f.code, f.message)
 }
 
-/// Ends a response's rows with a timeout error once `deadline` passes.
-fn bounded(response: Response, deadline: Instant, limit: Duration) -> Response {
+fn stopped(why: Stopped) -> PgWireError {
+    error(why.code(), why)
+}
+
+/// The statement's rows, ended early if it must stop, and with the column names
+/// Postgres would give them.
+fn guarded(response: Response, stop: Stop, slot: super::limits::StatementSlot, names: Option<Vec<String>>) -> Response {
     let Response::Query(mut query) = response else { return response };
+    if let Some(names) = names {
+        query.row_schema = Arc::new(names::renamed(&query.row_schema, &names));
+    }
     let rows = std::mem::replace(&mut query.data_rows, Box::pin(futures::stream::empty()));
-    let timer = Box::pin(tokio::time::sleep_until(deadline));
-    query.data_rows = Box::pin(futures::stream::unfold(Some((rows, timer)), move |state| async move {
-        let (mut rows, mut timer) = state?;
-        tokio::select! {
-            biased;
-            _ = &mut timer => Some((Err(timed_out(limit)), None)),
-            row = rows.next() => row.map(|row| (row.map_err(remap), Some((rows, timer)))),
-        }
-    }));
+    let rows = Box::pin(futures::StreamExt::map(rows, |row| row.map_err(remap)));
+    query.data_rows = stop.guard_stream(rows, slot, |why| Err(stopped(why)));
     Response::Query(query)
 }
 
+/// Checks a statement's text before it is parsed.
+fn admit(server: &PgServer, sql: &str) -> PgWireResult<Vec<Statement>> {
+    statement::admit(sql, &server.budget.limits.statement).map_err(refused)?;
+    let statements = server.parser.sql.parse(sql).map_err(|e| refused(statement::unparsed(sql, e)))?;
+    for statement in &statements {
+        statement::check(statement).map_err(refused)?;
+    }
+    Ok(statements)
+}
+
+/// Logs a connection in: a JWT as the password, then a session of its own.
+struct Login {
+    server: Arc<PgServer>,
+    authenticated: Arc<AtomicBool>,
+}
+
 #[async_trait]
-impl StartupHandler for PgServer {
+impl StartupHandler for Login {
     async fn on_startup<C>(&self, client: &mut C, message: PgWireFrontendMessage) -> PgWireResult<()>
     where
         C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send,
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
+        let server = &self.server;
         match message {
-            PgWireFrontendMessage::Startup(ref startup) => {
+            PgWireFrontendMessage::Startup(ref startup) if matches!(client.state(), PgWireConnectionState::AwaitingStartup) => {
                 protocol_negotiation(client, startup).await?;
                 save_startup_parameters_to_metadata(client, startup);
                 if !client.is_secure() && !client.socket_addr().ip().is_loopback() {
                     return Err(fatal("28000", Refusal::Unencrypted));
                 }
-                let Ok(permit) = self.connections.clone().try_acquire_owned() else {
-                    return Err(fatal("53300", format!("too many connections: this server takes {} at a time", self.max_connections)));
-                };
-                client.session_extensions().insert(Slot { _permit: permit });
                 client.set_state(PgWireConnectionState::AuthenticationInProgress);
                 client.send(PgWireBackendMessage::Authentication(Authentication::CleartextPassword)).await?;
             }
-            PgWireFrontendMessage::PasswordMessageFamily(password) => {
+            PgWireFrontendMessage::PasswordMessageFamily(password) if matches!(client.state(), PgWireConnectionState::AuthenticationInProgress) => {
                 let password = password.into_password()?;
-                let identity = self.verifier.verify(&password.password).map_err(|r| fatal("28P01", r))?;
+                let identity = server.verifier.verify(&password.password).map_err(|r| fatal("28P01", r))?;
                 let user = client.metadata().get(METADATA_USER).cloned().unwrap_or_default();
                 if user != identity.user {
                     return Err(fatal("28000", Refusal::UserMismatch { user }));
                 }
-                if client.session_extensions().get::<Slot>().is_none() {
-                    return Err(fatal("08P01", "password before startup"));
-                }
-                let session = Session::new(self.lake.clone(), identity, &self.limits)
+                let slot = server.budget.connection(&identity.user).map_err(|f| fatal(f.code, f.message))?;
+                let session = Session::new(server.lake.clone(), identity, &server.budget)
                     .await
                     .and_then(Session::with_pg_catalog)
                     .map_err(|e| fatal("58030", format!("cannot open the lake: {e}")))?;
                 let service = DfSessionService::new_with_hooks(Arc::new(session.ctx.clone()), hooks());
-                client.session_extensions().insert(Connection { session, service });
+                let (pid, key) = (rand::random::<i32>().abs(), SecretKey::I32(rand::random::<i32>()));
+                client.set_pid_and_secret_key(pid, key.clone());
+                let (cancel, registered) = server.cancels.register(pid, key);
+                client.session_extensions().insert(Connection { session, service, cancel, _slot: slot, _registered: registered });
                 let mut parameters = DefaultServerParameterProvider::default();
                 parameters.default_transaction_read_only = true;
                 finish_authentication(client, &parameters).await?;
+                self.authenticated.store(true, Ordering::Release);
             }
-            _ => {}
+            _ => return Err(fatal("08P01", "unexpected message while logging in")),
         }
         Ok(())
     }
@@ -265,17 +331,12 @@ impl SimpleQueryHandler for PgServer {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         let connection = connection(client)?;
-        let statements = self.parser.sql.parse(query).map_err(|e| refused(statement::unparsed(query, e)))?;
+        let statements = admit(self, query)?;
         if statements.is_empty() {
             return Ok(vec![Response::EmptyQuery]);
         }
-        for statement in &statements {
-            statement::check(statement).map_err(refused)?;
-        }
         let mut responses = Vec::with_capacity(statements.len());
         'statements: for statement in statements {
-            let limit = self.time_limit(client);
-            let deadline = Instant::now() + limit;
             connection.session.refresh().await.map_err(|e| error("58030", e))?;
             for hook in &self.hooks {
                 if let Some(response) = hook.handle_simple_query(&statement, &connection.session.ctx, client).await {
@@ -283,14 +344,18 @@ impl SimpleQueryHandler for PgServer {
                     continue 'statements;
                 }
             }
+            let (mut stop, slot) = self.start(client, &connection).await?;
             let ctx = &connection.session.ctx;
             let sql = statement.to_string();
-            let planned = tokio::time::timeout_at(deadline, ctx.sql_with_options(&sql, statement::read_only()));
-            let frame = planned.await.map_err(|_| timed_out(limit))?.map_err(|e| remap(PgWireError::ApiError(Box::new(e))))?;
             let format = Arc::new(FormatOptions::from_client_metadata(client.metadata()));
-            let encoded = tokio::time::timeout_at(deadline, encode_dataframe(frame, &Format::UnifiedText, Some(format)));
-            let response = encoded.await.map_err(|_| timed_out(limit))?.map_err(remap)?;
-            responses.push(bounded(Response::Query(response), deadline, limit));
+            let answer = async {
+                let frame = ctx.sql_with_options(&sql, super::session::read_only()).await.map_err(|e| remap(PgWireError::ApiError(Box::new(e))))?;
+                let names = names::postgres_names(frame.logical_plan());
+                let encoded = encode_dataframe(frame, &Format::UnifiedText, Some(format)).await.map_err(remap)?;
+                Ok::<_, PgWireError>((encoded, names))
+            };
+            let (response, names) = stop.guard(answer).await.map_err(stopped)??;
+            responses.push(guarded(Response::Query(response), stop, slot, names));
         }
         Ok(responses)
     }
@@ -313,11 +378,15 @@ impl ExtendedQueryHandler for PgServer {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         let connection = connection(client)?;
-        let limit = self.time_limit(client);
-        let deadline = Instant::now() + limit;
-        let answered = tokio::time::timeout_at(deadline, ExtendedQueryHandler::do_query(&connection.service, client, portal, max_rows));
-        let response = answered.await.map_err(|_| timed_out(limit))?.map_err(remap)?;
-        Ok(bounded(response, deadline, limit))
+        let max = self.budget.limits.statement.max_literal_bytes;
+        if let Some(value) = portal.parameters.iter().flatten().find(|p| p.len() > max) {
+            return Err(error(statement::TOO_COMPLEX, format!("statement too complex: a parameter of {} bytes, more than the limit of {max} bytes", value.len())));
+        }
+        let names = portal.statement.statement.1.as_ref().and_then(|(_, plan)| names::postgres_names(plan));
+        let (mut stop, slot) = self.start(client, &connection).await?;
+        let answer = ExtendedQueryHandler::do_query(&connection.service, client, portal, max_rows);
+        let response = stop.guard(answer).await.map_err(stopped)?.map_err(remap)?;
+        Ok(guarded(response, stop, slot, names))
     }
 }
 
@@ -338,13 +407,17 @@ impl QueryParser for PgParser {
         C: ClientInfo + Unpin + Send + Sync,
     {
         let connection = connection(client)?;
+        let limits = connection.session.limits();
+        statement::admit(sql, &limits.statement).map_err(refused)?;
         for statement in self.sql.parse(sql).map_err(|e| refused(statement::unparsed(sql, e)))? {
             statement::check(&statement).map_err(refused)?;
         }
         connection.session.refresh().await.map_err(|e| error("58030", e))?;
-        let parsed = connection.service.query_parser().parse_sql(client, sql, types).await.map_err(remap)?;
+        let mut stop = Stop::after(limits.query_timeout);
+        let planned = stop.guard(connection.service.query_parser().parse_sql(client, sql, types)).await.map_err(stopped)?;
+        let parsed = planned.map_err(remap)?;
         if let Some((_, Some((Statement::Query(_) | Statement::Explain { .. }, plan)))) = &parsed {
-            statement::read_only().verify_plan(plan).map_err(|e| error(statement::READ_ONLY, e))?;
+            super::session::read_only().verify_plan(plan).map_err(|e| error(statement::READ_ONLY, e))?;
         }
         Ok(parsed)
     }
@@ -354,7 +427,12 @@ impl QueryParser for PgParser {
     }
 
     fn get_result_schema(&self, stmt: &DfStatement, column_format: Option<&Format>) -> PgWireResult<Vec<FieldInfo>> {
-        self.template.query_parser().get_result_schema(stmt, column_format)
+        let fields = self.template.query_parser().get_result_schema(stmt, column_format)?;
+        let names = stmt.1.as_ref().and_then(|(_, plan)| names::postgres_names(plan));
+        Ok(match names {
+            Some(names) => names::renamed(&fields, &names),
+            None => fields,
+        })
     }
 }
 
@@ -373,9 +451,11 @@ pub fn tls_acceptor(cert: &std::path::Path, key: &std::path::Path) -> crate::err
     let private = rustls_pemfile::private_key(&mut read(key)?.as_slice())
         .map_err(|e| Error::Config(format!("--tls-key {}: {e}", key.display())))?
         .ok_or_else(|| Error::Config(format!("--tls-key {}: no private key in it (PEM expected)", key.display())))?;
-    let config = rustls::ServerConfig::builder()
+    let mut config = rustls::ServerConfig::builder()
         .with_no_client_auth()
         .with_single_cert(certs, private)
         .map_err(|e| Error::Config(format!("--tls-cert/--tls-key: {e}")))?;
+    // Postgres 17's direct TLS names its protocol; the negotiated kind needs nothing.
+    config.alpn_protocols = vec![b"postgresql".to_vec()];
     Ok(pgwire::tokio::TlsAcceptor::from(Arc::new(config)))
 }
