@@ -7,160 +7,17 @@
 //! deltalake, set by infra/test.sh from infra/pyclients.sh).
 
 mod common;
+mod served;
 mod stores;
 
 use std::io::Write;
-use std::net::{TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 
-const SECRET: &str = "serve-test-secret-0123456789";
-
-fn sluice() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_sluice"));
-    command.current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."));
-    command
-}
-
-/// A table's row count, read with deltalake's own reader.
-fn rows(lake: &Path, table: &str) -> usize {
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    runtime.block_on(common::read_table(lake, table)).unwrap().rows.len()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// A lake from generated traffic: 200 users over 30 hours, every SQL file.
-fn demo_lake(dir: &Path) -> PathBuf {
-    let lake = dir.join("lake");
-    let out = sluice()
-        .args(["demo", "--users", "200", "--hours", "30", "--lake"])
-        .arg(&lake)
-        .arg("--input")
-        .arg(dir.join("input"))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "demo failed: {}", String::from_utf8_lossy(&out.stderr));
-    lake
-}
-
-struct Served {
-    child: Child,
-    pg: u16,
-    http: u16,
-    log: PathBuf,
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Served {
-    fn start(lake: &Path, extra: &[&str]) -> Served {
-        Served::start_on(lake, "127.0.0.1", extra)
-    }
-
-    /// With the Postgres listener on `host` (0.0.0.0 to take non-loopback clients too).
-    fn start_on(lake: &Path, host: &str, extra: &[&str]) -> Served {
-        Served::launch(lake.to_str().unwrap(), host, extra, &[])
-    }
-
-    /// A lake at any URL, with the environment its store needs.
-    fn launch(lake: &str, host: &str, extra: &[&str], env: &[(&str, String)]) -> Served {
-        let (pg, http) = (free_port(), free_port());
-        let log = std::env::temp_dir().join(format!("sluice-serve-{pg}.log"));
-        let child = sluice()
-            .args(["serve", "--lake", lake])
-            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-            .args(["--pg-addr", &format!("{host}:{pg}"), "--http-addr", &format!("{host}:{http}")])
-            .args(extra)
-            .env("SLUICE_JWT_SECRET", SECRET)
-            .env("SLUICE_LOG", "warn,sluice=debug")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let mut served = Served { child, pg, http, log };
-        served.wait_listening(pg);
-        served.wait_listening(http);
-        served
-    }
-
-    fn wait_listening(&mut self, port: u16) {
-        let started = Instant::now();
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("sluice serve exited ({status}):\n{}", self.log());
-            }
-            assert!(started.elapsed() < Duration::from_secs(60), "sluice serve did not listen on {port}:\n{}", self.log());
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// psql, unaligned and tuples-only, as `user` with `token` as the password.
-    fn psql(&self, host: &str, user: &str, token: &str, sslmode: &str, script: &str) -> Output {
-        psql_at(host, self.pg, user, token, sslmode, script)
-    }
-}
-
-fn psql_at(host: &str, port: u16, user: &str, token: &str, sslmode: &str, script: &str) -> Output {
-    Command::new("psql")
-        .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h", host, "-p", &port.to_string(), "-U", user, "-d", "sluice"])
-        .env("PGPASSWORD", token)
-        .env("PGSSLMODE", sslmode)
-        .env("PGCONNECT_TIMEOUT", "10")
-        .arg("-c")
-        .arg(script)
-        .output()
-        .expect("psql (postgresql-client) is installed by .ci/run")
-}
-
-fn token(sub: &str, role: &str) -> String {
-    let exp = chrono::Utc::now().timestamp() + 3600;
-    encode(&Header::new(Algorithm::HS256), &serde_json::json!({"sub": sub, "role": role, "exp": exp}), &EncodingKey::from_secret(SECRET.as_bytes()).unwrap()).unwrap()
-}
-
-fn text(out: &Output) -> (String, String) {
-    (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
-}
-
-fn python() -> String {
-    std::env::var("SLUICE_PYCLIENTS").unwrap_or_else(|_| {
-        let out = Command::new("bash").arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../infra/pyclients.sh")).output().unwrap();
-        assert!(out.status.success(), "infra/pyclients.sh: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or_default().trim().to_string()
-    })
-}
-
-fn clients(args: &[&str]) -> Output {
-    Command::new(python()).arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/serve/clients.py")).args(args).output().unwrap()
-}
-
-fn assert_clients(args: &[&str], served: &Served) {
-    let out = clients(args);
-    let (stdout, stderr) = text(&out);
-    assert!(out.status.success(), "clients.py {}:\n{stdout}\n{stderr}\n--- server log ---\n{}", args.join(" "), served.log());
-}
-
-/// A local address that is not loopback (for the plain-TCP refusal), if the machine has one.
-fn outside_address() -> Option<String> {
-    let socket = UdpSocket::bind("0.0.0.0:0").ok()?;
-    socket.connect("192.0.2.1:9").or_else(|_| socket.connect("10.255.255.1:9")).ok()?;
-    let ip = socket.local_addr().ok()?.ip();
-    (!ip.is_loopback() && !ip.is_unspecified()).then(|| ip.to_string())
-}
+use served::*;
 
 #[test]
 fn psql_lists_describes_and_queries_tables_by_their_lake_names() {
@@ -510,39 +367,6 @@ fn the_dashboards_json_is_the_sql_it_shows_for_the_same_token() {
             assert_eq!(stdout.trim(), chart["rows"].as_array().unwrap().len().to_string(), "{role} {}: psql and the page agree", chart["id"]);
         }
     }
-}
-
-/// One plain HTTP/1.1 GET: the status and the body.
-fn http_get(host: &str, port: u16, path: &str, token: Option<&str>) -> (u16, String) {
-    let mut stream = TcpStream::connect((host, port)).unwrap();
-    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: x\r\n{auth}Connection: close\r\n\r\n").unwrap();
-    let mut response = String::new();
-    std::io::Read::read_to_string(&mut stream, &mut response).unwrap();
-    let status = response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
-    let body = if head.to_lowercase().contains("transfer-encoding: chunked") { dechunk(body) } else { body.to_string() };
-    (status, body)
-}
-
-/// Directories three levels down the lake with a `_delta_log`.
-fn delta_tables(lake: &Path) -> usize {
-    let dirs = |p: &Path| -> Vec<PathBuf> { std::fs::read_dir(p).map(|d| d.flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect()).unwrap_or_default() };
-    dirs(lake).iter().flat_map(|a| dirs(a)).flat_map(|b| dirs(&b)).filter(|t| t.join("_delta_log").is_dir()).count()
-}
-
-fn dechunk(body: &str) -> String {
-    let mut out = String::new();
-    let mut rest = body;
-    while let Some((size, tail)) = rest.split_once("\r\n") {
-        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-        if n == 0 || tail.len() < n {
-            break;
-        }
-        out.push_str(&tail[..n]);
-        rest = tail[n..].trim_start_matches("\r\n");
-    }
-    out
 }
 
 #[test]

@@ -21,9 +21,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use datafusion::arrow::error::ArrowError;
 use datafusion::common::DataFusionError;
 use datafusion::logical_expr::LogicalPlan;
-use datafusion::prelude::SessionContext;
+use datafusion::prelude::{DataFrame, SessionContext};
 use datafusion::sql::sqlparser::ast::Statement;
 use datafusion_postgres::arrow_pg::datatypes::df::encode_dataframe;
 use datafusion_postgres::datafusion_pg_catalog::sql::PostgresCompatibilityParser;
@@ -220,6 +221,15 @@ fn remapped(e: &PgWireError) -> Option<PgWireError> {
         DataFusionError::Plan(m) if m.contains("not found") => "42P01",
         DataFusionError::Plan(_) | DataFusionError::SchemaError(..) => "42000",
         DataFusionError::NotImplemented(_) => "0A000",
+        DataFusionError::ArrowError(e, _) => match e.as_ref() {
+            ArrowError::DivideByZero => "22012",
+            ArrowError::CastError(_) | ArrowError::ParseError(_) => "22P02",
+            ArrowError::ArithmeticOverflow(_) | ArrowError::OffsetOverflowError(_) => "22003",
+            ArrowError::InvalidArgumentError(_) | ArrowError::ComputeError(_) => "22023",
+            _ => "XX000",
+        },
+        // What a statement's values or arguments make fail (a bad granularity, a bad regex).
+        DataFusionError::Execution(_) => "22023",
         _ => "XX000",
     };
     let message = match root {
@@ -256,6 +266,15 @@ fn guarded(response: Response, stop: Stop, slot: super::limits::StatementSlot, n
     let rows = Box::pin(futures::StreamExt::map(rows, |row| row.map_err(remap)));
     query.data_rows = stop.guard_stream(rows, slot, |why| Err(stopped(why)));
     Response::Query(query)
+}
+
+/// The statement with its types coerced. A plan's schema before coercion can
+/// differ from its rows' (`int + CASE … ELSE float END` is declared an integer
+/// and computed as a float), and clients decode rows by the declared types.
+fn coerced(frame: DataFrame) -> datafusion::error::Result<DataFrame> {
+    let (state, plan) = frame.into_parts();
+    let analyzed = state.analyzer().execute_and_check(plan, state.config_options(), |_, _| {})?;
+    Ok(DataFrame::new(state, analyzed))
 }
 
 /// Checks a statement's text before it is parsed.
@@ -350,6 +369,7 @@ impl SimpleQueryHandler for PgServer {
             let format = Arc::new(FormatOptions::from_client_metadata(client.metadata()));
             let answer = async {
                 let frame = ctx.sql_with_options(&sql, super::session::read_only()).await.map_err(|e| remap(PgWireError::ApiError(Box::new(e))))?;
+                let frame = coerced(frame).map_err(|e| remap(PgWireError::ApiError(Box::new(e))))?;
                 let names = names::postgres_names(frame.logical_plan());
                 let encoded = encode_dataframe(frame, &Format::UnifiedText, Some(format)).await.map_err(remap)?;
                 Ok::<_, PgWireError>((encoded, names))
@@ -415,7 +435,14 @@ impl QueryParser for PgParser {
         connection.session.refresh().await.map_err(|e| error("58030", e))?;
         let mut stop = Stop::after(limits.query_timeout);
         let planned = stop.guard(connection.service.query_parser().parse_sql(client, sql, types)).await.map_err(stopped)?;
-        let parsed = planned.map_err(remap)?;
+        let mut parsed = planned.map_err(remap)?;
+        if let Some((_, Some((_, plan)))) = &mut parsed {
+            // Described with the types the rows will have (a plan with untyped parameters keeps its own).
+            let state = connection.session.ctx.state();
+            if let Ok(analyzed) = state.analyzer().execute_and_check(plan.clone(), state.config_options(), |_, _| {}) {
+                *plan = analyzed;
+            }
+        }
         if let Some((_, Some((Statement::Query(_) | Statement::Explain { .. }, plan)))) = &parsed {
             super::session::read_only().verify_plan(plan).map_err(|e| error(statement::READ_ONLY, e))?;
         }

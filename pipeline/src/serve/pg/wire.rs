@@ -15,7 +15,9 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures::{SinkExt, StreamExt};
+use std::panic::AssertUnwindSafe;
+
+use futures::{FutureExt, SinkExt, StreamExt};
 use pgwire::api::{ClientInfo, DefaultClient, ErrorHandler, PgWireConnectionState, PgWireServerHandlers};
 use pgwire::error::{ErrorInfo, PgWireError};
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
@@ -84,7 +86,7 @@ pub async fn serve<H: PgWireServerHandlers>(
     let secure = matches!(stream, Stream::Tls(_));
     let mut frames = Frames::new(limits.max_frame);
     // The bytes negotiation read of the first frame are the guard's too.
-    frames.follow(&first)?;
+    let refused = frames.follow(&first).err();
     let io = Bounded { inner: stream, frames };
     let mut client = DefaultClient::new(peer, secure);
     client.state = PgWireConnectionState::AwaitingStartup;
@@ -92,6 +94,10 @@ pub async fn serve<H: PgWireServerHandlers>(
     let mut parts = FramedParts::new(io, PgWireMessageServerCodec::new(client));
     parts.read_buf = first;
     let mut socket = Framed::from_parts(parts);
+    if let Some(e) = refused {
+        farewell(&mut socket, &e.to_string()).await;
+        return Err(e);
+    }
 
     let startup = handlers.startup_handler();
     let simple = handlers.simple_query_handler();
@@ -101,22 +107,23 @@ pub async fn serve<H: PgWireServerHandlers>(
     let errors = handlers.error_handler();
     loop {
         let logged_in = authenticated.load(Ordering::Acquire);
+        // pgwire's decoders trust some counts they read (a Bind's parameters): a lie
+        // panics there. That is a malformed message, which ends this connection only.
+        let decoded = AssertUnwindSafe(socket.next()).catch_unwind();
         let next = if logged_in {
-            socket.next().await
+            decoded.await
         } else {
-            match tokio::time::timeout_at(login_by, socket.next()).await {
+            match tokio::time::timeout_at(login_by, decoded).await {
                 Ok(next) => next,
                 Err(_) => return Err(io::Error::new(io::ErrorKind::TimedOut, "not authenticated within the login time")),
             }
         };
+        let next = next.unwrap_or_else(|_| Some(Err(PgWireError::IoError(io::Error::new(io::ErrorKind::InvalidData, "a malformed message")))));
         let message = match next {
             Some(Ok(message)) => message,
             Some(Err(e)) => {
-                // Say why before closing (a frame too large, bytes that are no message).
                 let message = e.to_string();
-                let code = if message.contains("this server takes at most") { "54000" } else { "08P01" };
-                let refusal = ErrorInfo::new("FATAL".into(), code.into(), message.chars().take(200).collect());
-                let _ = tokio::time::timeout(Duration::from_secs(1), socket.send(PgWireBackendMessage::ErrorResponse(refusal.into()))).await;
+                farewell(&mut socket, &message).await;
                 return Err(io::Error::new(io::ErrorKind::InvalidData, message));
             }
             None => return Ok(()),
@@ -149,6 +156,14 @@ pub async fn serve<H: PgWireServerHandlers>(
             return Err(io::Error::new(io::ErrorKind::PermissionDenied, "ready for queries without authentication"));
         }
     }
+}
+
+/// Says why the connection ends (a frame too large, bytes that are no message),
+/// if the client is still there to hear it within a second.
+async fn farewell<C: futures::Sink<PgWireBackendMessage> + Unpin>(socket: &mut C, message: &str) {
+    let code = if message.contains("this server takes at most") { "54000" } else { "08P01" };
+    let refusal = ErrorInfo::new("FATAL".into(), code.into(), message.chars().take(200).collect());
+    let _ = tokio::time::timeout(Duration::from_secs(1), socket.send(PgWireBackendMessage::ErrorResponse(refusal.into()))).await;
 }
 
 /// TLS negotiation: at most one SSLRequest and one GSSENCRequest, each answered

@@ -1,0 +1,2 @@
+-- fuzz_sql.py, seed 4: DataFusion's top-k aggregation multiplied the LIMIT by ten and overflowed (a panic; in a release build, a wrapped table size)
+SELECT DISTINCT (0 - (t."duration_ms" - t."duration_ms")) FROM integration.api_gateway.authentication_logs t LEFT JOIN integration.event_bus.event_publication_logs o ON t."upstream_instance" = o."_offset" WHERE t."duration_ms" BETWEEN 2147483647 AND 3.14159 ORDER BY 1 DESC LIMIT 9223372036854775807
