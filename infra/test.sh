@@ -2,8 +2,17 @@
 # The whole test suite: unit tests, the end-to-end run checked against an
 # independent model of the contract, Delta conformance, and the Kafka path against
 # a real Kafka-protocol broker (Tansu) started here on loopback.
+#
+#   infra/test.sh [NEXTEST ARGS...]     # e.g. infra/test.sh --test hostile
+#
+# It sets itself up first (infra/setup.sh --tests: apt, pip, npm and cargo
+# installs, each only when missing). The fuzzers run for a bounded time:
+# SLUICE_FUZZ_SECONDS (default 45) for the SQL and wire fuzzers of the hostile
+# test, and SLUICE_CARGO_FUZZ_SECONDS (default 30) per cargo-fuzz target; a
+# nightly run gives them an hour each.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+infra/setup.sh --tests
 # Builds go outside the clone, shared with .ci/run, so runs after the first are incremental.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${SLUICE_CACHE:-$HOME/.cache/sluice}/target}"
 # The UDFs of udfs/ once, into their cache outside the clone (the first build on a
@@ -33,3 +42,7 @@ export SLUICE_AZURITE="${SLUICE_CACHE:-$HOME/.cache/sluice}/azurite/node_modules
 SLUICE_PYCLIENTS=$(infra/pyclients.sh | tail -n 1)
 export SLUICE_PYCLIENTS
 cargo nextest run --workspace --no-fail-fast "$@"
+# Only for the whole suite (no arguments): the door's parsers under libFuzzer.
+if [ $# -eq 0 ]; then
+  infra/fuzz.sh "${SLUICE_CARGO_FUZZ_SECONDS:-30}"
+fi

@@ -113,13 +113,14 @@ fn ids(user_id: Option<String>, trainer_id: Option<String>, org_id: Option<Strin
     Ok(Ids { user_id, trainer_id, org_id })
 }
 
-/// A value as an error message may quote it: its first 64 characters, controls escaped.
+/// A value as an error message may quote it: controls escaped, at most 64
+/// characters of the escaped text (an escape is up to ten of them).
 fn shown(value: &str) -> String {
-    let mut out: String = value.chars().take(64).flat_map(char::escape_debug).collect();
-    if value.chars().nth(64).is_some() {
-        out.push('…');
+    let escaped: String = value.chars().flat_map(char::escape_debug).take(65).collect();
+    if escaped.chars().count() > 64 {
+        return escaped.chars().take(64).chain(['…']).collect();
     }
-    out
+    escaped
 }
 
 #[cfg(test)]
@@ -148,5 +149,7 @@ mod tests {
         assert!(dashboard("section=a'b").unwrap_err().contains("section `a\\'b`"));
         let long = dashboard(&format!("range={}", "x".repeat(1000))).unwrap_err();
         assert!(long.len() < 200, "{long}");
+        let controls = analytics(&format!("from={}", "%12".repeat(500))).unwrap_err();
+        assert!(controls.len() < 200, "escapes count against the quote's length: {controls}");
     }
 }

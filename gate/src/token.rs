@@ -70,7 +70,10 @@ impl fmt::Display for Refusal {
             Refusal::Missing => write!(f, "missing token: send the JWT as the password (Postgres) or as `Authorization: Bearer <token>` (HTTP)"),
             Refusal::Malformed(why) => write!(f, "malformed token: {why}"),
             Refusal::AlgNone => write!(f, "token algorithm `none` is refused: tokens must be signed"),
-            Refusal::WrongAlgorithm { got, expected } => write!(f, "token algorithm {got} is refused: this server verifies {expected:?}"),
+            Refusal::WrongAlgorithm { got, expected } => {
+                let got: String = got.chars().take(16).flat_map(char::escape_debug).collect();
+                write!(f, "token algorithm `{got}` is refused: this server verifies {expected:?}")
+            }
             Refusal::BadSignature => write!(f, "token signature does not verify with this server's key"),
             Refusal::Expired => write!(f, "token expired (its `exp` is in the past)"),
             Refusal::MissingClaim(claim) => write!(f, "token has no `{claim}` claim (sub, role and exp are required)"),

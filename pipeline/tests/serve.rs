@@ -441,3 +441,53 @@ fn a_lake_on_s3_is_served_and_commits_of_a_running_pipeline_show_at_the_next_que
     assert!(seen.windows(2).all(|w| w[0] <= w[1]), "counts only grow while the pipeline commits: {seen:?}");
     assert!(seen.iter().any(|n| *n > 0 && *n < expected), "a commit made during the run was seen before the run ended: {seen:?} (final {expected})");
 }
+
+/// pgjdbc's `key=value` observations (tests/serve/Jdbc.java).
+fn jdbc(served: &Served, user: &str, token: &str) -> std::collections::BTreeMap<String, String> {
+    let out = Command::new("java")
+        .args(["-cp", "/usr/share/java/postgresql.jar"])
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/serve/Jdbc.java"))
+        .args([&served.pg.to_string(), user, token])
+        .output()
+        .expect("java (default-jre-headless) and pgjdbc (libpostgresql-jdbc-java) are installed by infra/setup.sh --tests");
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "Jdbc.java as {user}: {stderr}\n{stdout}\n{}", served.log());
+    stdout.lines().filter_map(|l| l.split_once('=')).map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+#[test]
+fn pgjdbc_introspects_queries_and_cancels_as_dbeaver_and_metabase_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = demo_lake(dir.path());
+    let served = Served::start(&lake, &[]);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let engagement = runtime.block_on(common::read_table(&lake, "analytics/learner/engagement_daily")).unwrap();
+    let (user_col, interactions) = (engagement.col("user_id").unwrap(), engagement.col("interactions").unwrap());
+    let sum = |rows: &mut dyn Iterator<Item = &Vec<common::V>>| rows.map(|r| r[interactions].as_i64().unwrap_or(0)).sum::<i64>();
+
+    let seen = jdbc(&served, "ana", &token("ana", "analyst"));
+    assert_eq!(seen["product"], "PostgreSQL 16");
+    assert!(seen["tables"].contains("analytics.learner|engagement_daily") && seen["tables"].contains("monitoring.api_performance|request_response_times"), "{}", seen["tables"]);
+    for column in ["window_start:timestamptz", "date:date", "interactions:int8", "avg_latency_ms:float8", "user_id:text"] {
+        assert!(seen["columns"].contains(column), "{column} in {}", seen["columns"]);
+    }
+    assert_eq!(seen["count"], engagement.rows.len().to_string());
+    assert_eq!(seen["sum"], sum(&mut engagement.rows.iter()).to_string());
+    assert_eq!(seen["labels"], "count,sum", "columns named as Postgres names them");
+    assert_eq!(seen["types"], "timestamptz,date,int8,float8,text");
+    assert!(seen["cancel"].starts_with("57014") && seen["cancel"].contains("user request"), "Statement.cancel(): {}", seen["cancel"]);
+    assert!(seen["cancel_ms"].parse::<u64>().unwrap() < 3000, "cancelled after {} ms", seen["cancel_ms"]);
+    assert!(seen["query_timeout"].starts_with("57014"), "setQueryTimeout(2): {}", seen["query_timeout"]);
+    assert!(seen["query_timeout_ms"].parse::<u64>().unwrap() < 4000, "stopped after {} ms", seen["query_timeout_ms"]);
+    assert!(seen["insert"].starts_with("25006"), "{}", seen["insert"]);
+    assert_eq!(seen["after"], "42", "the connection goes on after a cancel and a refusal");
+
+    let learner = engagement.rows[0][user_col].as_str().unwrap().to_string();
+    let seen = jdbc(&served, &learner, &token(&learner, "learner"));
+    let own: Vec<&Vec<common::V>> = engagement.rows.iter().filter(|r| r[user_col].as_str() == Some(learner.as_str())).collect();
+    assert_eq!(seen["count"], own.len().to_string(), "a learner counts their own rows");
+    assert_eq!(seen["own_count"], own.len().to_string(), "a prepared statement with the learner's id");
+    assert_eq!(seen["sum"], sum(&mut own.into_iter()).to_string());
+    assert!(!seen["tables"].contains("monitoring"), "a learner's metadata lists no analysts-only table: {}", seen["tables"]);
+    assert!(seen["cancel"].starts_with("42P01"), "an analysts-only table does not exist for a learner: {}", seen["cancel"]);
+}

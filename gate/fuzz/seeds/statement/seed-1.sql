@@ -1,0 +1,1 @@
+SELECT service, count(*) FROM monitoring.api_performance.request_response_times WHERE date >= DATE '2026-01-01' GROUP BY 1 ORDER BY 2 DESC LIMIT 10

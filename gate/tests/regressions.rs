@@ -1,0 +1,40 @@
+//! Every input a fuzzer once crashed on (`fuzz/regressions/<target>/`), through
+//! the same function its fuzz target calls: what was fixed stays fixed.
+
+use std::path::Path;
+
+use sluice_gate::statement::{admit, check, unparsed, StatementLimits};
+use sluice_gate::token::Verifier;
+
+fn inputs(target: &str) -> Vec<Vec<u8>> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/regressions").join(target);
+    let mut files: Vec<_> = std::fs::read_dir(&dir).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
+    files.sort();
+    files.iter().filter(|p| p.is_file()).map(|p| std::fs::read(p).unwrap()).collect()
+}
+
+#[test]
+fn statements_that_once_crashed_are_admitted_or_refused() {
+    for input in inputs("statement") {
+        let Ok(sql) = std::str::from_utf8(&input) else { continue };
+        if admit(sql, &StatementLimits::default()).is_err() {
+            continue;
+        }
+        match sqlparser::parser::Parser::parse_sql(&sqlparser::dialect::PostgreSqlDialect {}, sql) {
+            Ok(statements) => statements.iter().for_each(|s| drop(check(s))),
+            Err(e) => assert!(!unparsed(sql, e).message.is_empty()),
+        }
+    }
+}
+
+#[test]
+fn tokens_and_parameters_that_once_crashed_are_refused() {
+    let verifier = Verifier::hs256(b"fuzzing secret of enough bytes").unwrap();
+    for input in inputs("token") {
+        let _ = verifier.verify(&String::from_utf8_lossy(&input));
+    }
+    for input in inputs("params") {
+        let query = String::from_utf8_lossy(&input);
+        let _ = (sluice_gate::params::analytics(&query), sluice_gate::params::dashboard(&query));
+    }
+}
