@@ -5,11 +5,13 @@
 //! against the topic's [`schema`] (bad messages become dead letters); [`time`] tracks
 //! watermarks; [`plan`] has turned every SQL file into a streaming plan whose
 //! stateless part runs per batch and whose [`window`] operator keeps per-window
-//! aggregate state; the [`runtime`] drives it all, and each epoch's [`commit`]
+//! aggregate state, or whose [`keyed`] operator keeps each key's current state
+//! (both running their [`aggregate`]s); the [`runtime`] drives it all, and each epoch's [`commit`]
 //! writes the results through the [`sink`] into Delta tables (then maintains
 //! them), next to a [`checkpoint`], on the lake's store, which the [`catalog`]
 //! opens for SQL and [`serve`] opens to clients (Postgres protocol, the
 //! analytics API) with row-level security.
+pub mod aggregate;
 pub mod catalog;
 pub mod checkpoint;
 pub mod cli;
@@ -18,6 +20,7 @@ pub mod decode;
 pub mod error;
 pub mod mirror;
 pub mod generate;
+pub mod keyed;
 pub mod plan;
 pub mod runtime;
 pub mod schema;

@@ -301,7 +301,7 @@ mod tests {
     fn project_schemas_load() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../schemas");
         let registry = SchemaRegistry::load(&dir).unwrap();
-        assert_eq!(registry.topics().count(), 18);
+        assert_eq!(registry.topics().count(), 24);
         let gw = registry.get("gateway.requests").unwrap();
         assert_eq!(gw.enum_values("auth_outcome"), ["ok", "denied", "expired", "missing"]);
         assert!(gw.field("user_id").unwrap().nullable);

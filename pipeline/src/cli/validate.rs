@@ -113,6 +113,19 @@ fn describe(query: &StreamingQuery, registry: &SchemaRegistry, udfs: &Udfs) -> S
                  emit     at each commit after a change to a mirror it reads, the whole result, replacing the table's rows\n",
             );
         }
+        Shape::Current { spec, .. } => {
+            let keys: Vec<String> = spec.key_schema.fields().iter().map(|f| f.name().clone()).collect();
+            out.push_str("window   none: the current state per key, in event-time order (no event is late)\n");
+            out.push_str(&format!("state    per key ({}), the input rows since its last removal; aggregates:\n", keys.join(", ")));
+            for aggregate in &spec.aggregates {
+                out.push_str(&format!("           {}\n", aggregate.function.name()));
+            }
+            let removal = match &spec.removed_when {
+                Some(condition) => format!("a row for which `{condition}` holds removes its key (removals kept a day)"),
+                None => "rows are never removed".to_string(),
+            };
+            out.push_str(&format!("emit     at each commit after a key changed, one row per live key, replacing the table's rows; {removal}\n"));
+        }
         Shape::Windowed { window, .. } => {
             let keys: Vec<String> = window.key_schema.fields().iter().map(|f| f.name().clone()).collect();
             let aggregates: Vec<&str> = window.aggregates.iter().map(|a| a.function.name()).collect();

@@ -1,22 +1,37 @@
 //! Per-file options, written as SQL comments so the file stays plain SQL that any
 //! SQL tool can read: `-- sluice: <directive>`.
 //!
-//! One directive exists:
+//! Two directives exist:
 //!
 //! - `-- sluice: late events update windows for <duration>` (e.g. `2 days`): a late
 //!   event whose window closed less than `<duration>` ago is folded into the window,
 //!   and the window's rows in the table are replaced by the corrected ones. Later
 //!   events still go to `late_events`.
+//! - `-- sluice: current state[, removed when <condition>]`: the query's `GROUP BY`
+//!   without a window keeps one row per key, updated by each of the key's events in
+//!   event-time order; an event for which the SQL `<condition>` holds removes the
+//!   key's row, and a later event starts it afresh ([`crate::keyed`]).
 
 /// The directives of one SQL file.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Directives {
     /// How long after a window closed late events still correct it, µs.
     pub corrections: Option<i64>,
+    /// The query keeps the current state per key.
+    pub current_state: Option<CurrentState>,
+}
+
+/// `-- sluice: current state[, removed when <condition>]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CurrentState {
+    /// A SQL condition over the aggregate's input rows; such a row removes its key.
+    pub removed_when: Option<String>,
 }
 
 const PREFIX: &str = "sluice:";
 const CORRECTIONS: &str = "late events update windows for ";
+const CURRENT_STATE: &str = "current state";
+const REMOVED_WHEN: &str = ", removed when";
 
 /// Reads the `-- sluice:` lines of a SQL file; an unknown or malformed one is an
 /// error naming its line.
@@ -27,18 +42,23 @@ pub fn parse(sql: &str) -> Result<Directives, String> {
         let Some(directive) = comment.trim_start().strip_prefix(PREFIX) else { continue };
         let directive = directive.trim();
         let line = number + 1;
-        match directive.strip_prefix(CORRECTIONS) {
-            Some(duration) => {
-                let micros = parse_duration(duration)
-                    .ok_or_else(|| format!("line {line}: `{duration}` is not a duration like `2 days`, `6 hours` or `30 minutes`"))?;
-                directives.corrections = Some(micros);
-            }
-            None => {
-                return Err(format!(
-                    "line {line}: unknown directive `-- sluice: {directive}`; the one known is \
-                     `-- sluice: {CORRECTIONS}<duration>` (e.g. `2 days`)"
-                ))
-            }
+        if let Some(duration) = directive.strip_prefix(CORRECTIONS) {
+            let micros = parse_duration(duration).ok_or_else(|| format!("line {line}: `{duration}` is not a duration like `2 days`, `6 hours` or `30 minutes`"))?;
+            directives.corrections = Some(micros);
+        } else if let Some(rest) = directive.strip_prefix(CURRENT_STATE) {
+            let removed_when = match rest.strip_prefix(REMOVED_WHEN) {
+                Some(condition) if condition.starts_with(char::is_whitespace) && !condition.trim().is_empty() => Some(condition.trim().to_string()),
+                Some(_) => return Err(format!("line {line}: `removed when` needs a condition, e.g. `-- sluice: current state, removed when action = 'close'`")),
+                None if rest.trim().is_empty() => None,
+                None => return Err(format!("line {line}: after `current state` comes nothing or `, removed when <condition>`, not `{}`", rest.trim())),
+            };
+            directives.current_state = Some(CurrentState { removed_when });
+        } else {
+            return Err(format!(
+                "line {line}: unknown directive `-- sluice: {directive}`; the known ones are \
+                 `-- sluice: {CORRECTIONS}<duration>` (e.g. `2 days`) and \
+                 `-- sluice: {CURRENT_STATE}[, removed when <condition>]`"
+            ));
         }
     }
     Ok(directives)
@@ -68,6 +88,18 @@ mod tests {
         assert_eq!(parse(sql).unwrap().corrections, Some(2 * 86_400_000_000));
         assert_eq!(parse("-- sluice: late events update windows for 1 hour").unwrap().corrections, Some(3_600_000_000));
         assert_eq!(parse("SELECT 1 -- no directive").unwrap(), Directives::default());
+    }
+
+    #[test]
+    fn current_state_is_read_with_its_removal_condition() {
+        let current = |sql: &str| parse(sql).unwrap().current_state;
+        assert_eq!(current("-- sluice: current state\nSELECT 1"), Some(CurrentState { removed_when: None }));
+        assert_eq!(
+            current("-- sluice: current state, removed when action = 'close'"),
+            Some(CurrentState { removed_when: Some("action = 'close'".into()) })
+        );
+        assert!(parse("-- sluice: current state, removed when ").unwrap_err().contains("needs a condition"));
+        assert!(parse("-- sluice: current state forever").unwrap_err().contains("not `forever`"));
     }
 
     #[test]

@@ -62,6 +62,39 @@ pub fn session() -> ScalarUDF {
     ScalarUDF::new_from_impl(WindowFunction { name: "session", signature: Signature::variadic_any(Volatility::Volatile) })
 }
 
+/// What a current-state query's first GROUP BY key becomes while planning:
+/// `__sluice_current_key(key, ts[, removed])`, so that the optimizer keeps the event
+/// time and the removal condition's columns in the aggregate's input. Never run:
+/// the planner takes its arguments apart again.
+pub const CURRENT_KEY: &str = "__sluice_current_key";
+
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct CurrentKey {
+    signature: Signature,
+}
+
+impl ScalarUDFImpl for CurrentKey {
+    fn name(&self) -> &str {
+        CURRENT_KEY
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, args: &[DataType]) -> Result<DataType> {
+        Ok(args.first().cloned().unwrap_or(DataType::Null))
+    }
+
+    fn invoke_with_args(&self, _args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        plan_err!("{CURRENT_KEY} is the planner's own: it never runs")
+    }
+}
+
+pub fn current_key() -> ScalarUDF {
+    ScalarUDF::new_from_impl(CurrentKey { signature: Signature::variadic_any(Volatility::Volatile) })
+}
+
 pub fn all() -> Vec<Arc<ScalarUDF>> {
     vec![Arc::new(tumble()), Arc::new(hop()), Arc::new(session())]
 }

@@ -21,9 +21,11 @@
 //! A file can also ask, in a `-- sluice:` comment ([`directives`]), that late events
 //! correct the windows they belong to.
 
+mod current;
 pub mod directives;
 mod functions;
 mod slot;
+mod window;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -31,7 +33,7 @@ use std::sync::Arc;
 use arrow::datatypes::{DataType, SchemaRef};
 use datafusion::catalog::{CatalogProvider, MemoryCatalogProvider, MemorySchemaProvider};
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
-use datafusion::common::{ScalarValue, TableReference};
+use datafusion::common::TableReference;
 use datafusion::datasource::provider_as_source;
 use datafusion::execution::context::{SQLOptions, SessionState};
 use datafusion::execution::session_state::SessionStateBuilder;
@@ -43,8 +45,10 @@ use datafusion::physical_plan::{ExecutionPlan, PhysicalExpr};
 use datafusion::physical_planner::{DefaultPhysicalPlanner, PhysicalPlanner};
 use datafusion::prelude::{SessionConfig, SessionContext};
 
+pub use current::CurrentSpec;
 pub use functions::{window_type, WINDOW_FUNCTIONS};
 pub use slot::Slot;
+pub use window::WindowSpec;
 
 use crate::catalog::TablePath;
 use crate::error::{Error, Result};
@@ -146,36 +150,11 @@ pub enum Shape {
     /// Reads mirrors only: runs on their current rows whenever one of them changed,
     /// and the result replaces the table's rows.
     OverMirrors { plan: Arc<dyn ExecutionPlan> },
-}
-
-/// What the window operator needs to know of a windowed aggregate.
-#[derive(Clone)]
-pub struct WindowSpec {
-    /// Window length (width), µs.
-    pub size: i64,
-    /// How far apart windows start, µs: `size` for tumbling windows, less for hopping
-    /// ones, whose state is kept per slide-long pane and shared by the windows
-    /// overlapping it.
-    pub slide: i64,
-    /// The event time of a row of the aggregate's input.
-    pub time: Arc<dyn PhysicalExpr>,
-    /// For a session window, the gap (µs) that ends a session; `size` and `slide`
-    /// are then the gap too.
-    pub session_gap: Option<i64>,
-    /// For a session window, the input rows' `_offset`: a late event is found among
-    /// the aggregate's input rows and recorded from its message.
-    pub offset: Option<Arc<dyn PhysicalExpr>>,
-    /// The GROUP BY keys other than the window.
-    pub keys: Vec<Arc<dyn PhysicalExpr>>,
-    pub key_schema: SchemaRef,
-    pub aggregates: Vec<AggregateSpec>,
-    /// Where the `window` column sits among the aggregate's group columns.
-    pub window_index: usize,
-    /// The aggregate's result rows: group columns (with `window`), then aggregates.
-    pub schema: SchemaRef,
-    /// With corrections, how long after a window is emitted late events still
-    /// update it (µs): its state is kept that long.
-    pub corrections: Option<i64>,
+    /// `-- sluice: current state`: rows go through `input` into the current-state
+    /// operator, which keeps them per key; at each commit after a key changed, every
+    /// live key's aggregate goes through `output` (fed by `output_slot`) and replaces
+    /// the table's rows.
+    Current { input: Arc<dyn ExecutionPlan>, spec: CurrentSpec, output: Arc<dyn ExecutionPlan>, output_slot: Slot },
 }
 
 #[derive(Clone)]
@@ -233,8 +212,12 @@ pub async fn plan(file: &SqlFile, inputs: &[InputTable], udfs: &Udfs) -> Result<
 
     let options = SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false);
     let logical = ctx.sql_with_options(&file.sql, options).await.map_err(df_err)?.into_unoptimized_plan();
-    let logical = bind_windows_to_event_time(logical).map_err(df_err)?;
+    let logical = window::bind_windows_to_event_time(logical).map_err(df_err)?;
     let state = ctx.state();
+    let logical = match &directives.current_state {
+        Some(current) => current::bind(logical, current.removed_when.as_deref(), &state).map_err(df_err)?,
+        None => logical,
+    };
     let optimized = state.optimize(&logical).map_err(df_err)?;
 
     // The tables a plan reads, in a stable order.
@@ -265,8 +248,30 @@ pub async fn plan(file: &SqlFile, inputs: &[InputTable], udfs: &Udfs) -> Result<
 
     let task_ctx = ctx.task_ctx();
     let planner = DefaultPhysicalPlanner::default();
-    let windowed = find_windowed_aggregates(&optimized);
+    let windowed = window::find_windowed_aggregates(&optimized);
     let shape = match windowed.as_slice() {
+        _ if directives.current_state.is_some() => {
+            if !mirrors.is_empty() {
+                return Err(sql_err("a current-state query reads topics only, not mirrors".into()));
+            }
+            if used.is_empty() {
+                return Err(sql_err("a current-state query keeps the state of a topic's keys: name a topic in FROM".into()));
+            }
+            let Some(aggregate) = current::find(&optimized) else {
+                return Err(sql_err("a current-state query keeps one row per key: GROUP BY its key (`GROUP BY connection_id`)".into()));
+            };
+            refuse_unbounded(&aggregate.input).map_err(sql_err)?;
+            let input = planner.create_physical_plan(&aggregate.input, &state).await.map_err(df_err)?;
+            let removed_when = directives.current_state.as_ref().and_then(|c| c.removed_when.as_deref());
+            let spec = current::current_spec(&aggregate, &input.schema(), &state, removed_when).map_err(sql_err)?;
+            let output_slot = Slot::new(spec.schema.clone());
+            let output_plan = replace_aggregate(&optimized, &aggregate, &output_slot).map_err(df_err)?;
+            if let Some((topic, _)) = scanned(&output_plan).into_iter().find(|(i, _)| i.mirror.is_none()) {
+                return Err(sql_err(format!("topic {} is read outside the current-state aggregate: read topics below its GROUP BY", topic.topic)));
+            }
+            let output = planner.create_physical_plan(&output_plan, &state).await.map_err(df_err)?;
+            Shape::Current { input, spec, output, output_slot }
+        }
         _ if used.is_empty() => {
             if !windowed.is_empty() {
                 return Err(sql_err(
@@ -300,7 +305,7 @@ pub async fn plan(file: &SqlFile, inputs: &[InputTable], udfs: &Udfs) -> Result<
             }
             refuse_unbounded(&aggregate.input).map_err(sql_err)?;
             let input = planner.create_physical_plan(&aggregate.input, &state).await.map_err(df_err)?;
-            let mut window = window_spec(aggregate, &input.schema(), &state).map_err(sql_err)?;
+            let mut window = window::window_spec(aggregate, &input.schema(), &state).map_err(sql_err)?;
             window.corrections = directives.corrections;
             let output_slot = Slot::new(window.schema.clone());
             let output_plan = replace_aggregate(&optimized, aggregate, &output_slot).map_err(df_err)?;
@@ -338,7 +343,7 @@ pub async fn plan(file: &SqlFile, inputs: &[InputTable], udfs: &Udfs) -> Result<
     }
     let output_schema = match &shape {
         Shape::Stateless { plan } | Shape::OverMirrors { plan } => plan.schema(),
-        Shape::Windowed { output, .. } => output.schema(),
+        Shape::Windowed { output, .. } | Shape::Current { output, .. } => output.schema(),
     };
     let called = called_functions(&optimized);
     let udfs = udfs.names().filter(|n| called.iter().any(|c| c == n)).map(str::to_string).collect();
@@ -392,20 +397,6 @@ fn ensure_schema(ctx: &SessionContext, reference: &TableReference) {
     }
 }
 
-/// The aggregates grouping by a window function.
-fn find_windowed_aggregates(plan: &LogicalPlan) -> Vec<Aggregate> {
-    let mut found = Vec::new();
-    let _ = plan.apply(|node| {
-        if let LogicalPlan::Aggregate(a) = node {
-            if a.group_expr.iter().any(|e| matches!(window_shape(e), Ok(Some(_)) | Err(_))) {
-                found.push(a.clone());
-            }
-        }
-        Ok(TreeNodeRecursion::Continue)
-    });
-    found
-}
-
 /// The names of the functions a plan calls.
 fn called_functions(plan: &LogicalPlan) -> Vec<String> {
     let mut names = Vec::new();
@@ -446,7 +437,10 @@ fn refuse_unbounded(plan: &LogicalPlan) -> std::result::Result<(), String> {
             LogicalPlan::Window(_) => Some("a window function (OVER) needs a window: aggregate with GROUP BY tumble(...) first"),
             LogicalPlan::Distinct(_) => Some("DISTINCT on an unbounded stream needs a window: GROUP BY tumble(...)"),
             LogicalPlan::RecursiveQuery(_) => Some("recursive queries are not supported"),
-            LogicalPlan::Aggregate(_) => Some("an aggregate needs a window: GROUP BY tumble(interval '...'), ..."),
+            LogicalPlan::Aggregate(_) => Some(
+                "an aggregate needs a window: GROUP BY tumble(interval '...'), ...; or, for one row per key kept up to date, \
+                 the line `-- sluice: current state` (see the README)",
+            ),
             _ => None,
         };
         Ok(if refusal.is_some() { TreeNodeRecursion::Stop } else { TreeNodeRecursion::Continue })
@@ -457,174 +451,7 @@ fn refuse_unbounded(plan: &LogicalPlan) -> std::result::Result<(), String> {
     }
 }
 
-/// Reads the window, keys and aggregates of a `GROUP BY tumble(...)` aggregate.
-fn window_spec(agg: &Aggregate, input_schema: &SchemaRef, state: &SessionState) -> std::result::Result<WindowSpec, String> {
-    let df = |e: datafusion::error::DataFusionError| e.strip_backtrace().to_string();
-    let input_dfschema = agg.input.schema();
-    let mut window = None;
-    let mut keys = Vec::new();
-    let mut key_fields = Vec::new();
-    for (i, expr) in agg.group_expr.iter().enumerate() {
-        if let Some(shape) = window_shape(expr)? {
-            if window.is_some() {
-                return Err("GROUP BY has more than one window".into());
-            }
-            window = Some((i, shape));
-        } else {
-            keys.push(state.create_physical_expr(expr.clone(), input_dfschema).map_err(df)?);
-            key_fields.push(agg.schema.field(i).clone());
-        }
-    }
-    let Some((window_index, kind)) = window else {
-        return Err("an aggregate needs a window: GROUP BY tumble(interval '...'), ...".into());
-    };
-    let (slide, size, session_gap) = match kind {
-        WindowKind::Sliding { slide, width } => (slide, width, None),
-        WindowKind::Session { gap } => (gap, gap, Some(gap)),
-    };
-    let column = |name: &str| input_dfschema.fields().iter().position(|f| f.name() == name).map(|i| Expr::Column(input_dfschema.columns()[i].clone()));
-    let offset = match session_gap {
-        Some(_) => {
-            let offset = column(crate::schema::LINEAGE[2]).ok_or("a session window needs the `_offset` column in its input: keep it in subqueries")?;
-            if let Some(key) = agg.group_expr.iter().enumerate().find(|(i, e)| *i != window_index && !matches!(e, Expr::Column(_))) {
-                return Err(format!("session windows group by columns of the topic; `{}` is an expression: compute it in a subquery", key.1.schema_name()));
-            }
-            Some(state.create_physical_expr(offset, input_dfschema).map_err(df)?)
-        }
-        None => None,
-    };
-    if matches!(agg.group_expr.first(), Some(Expr::GroupingSet(_))) {
-        return Err("GROUPING SETS, CUBE and ROLLUP are not supported in streaming queries".into());
-    }
-    let time_column = input_dfschema
-        .fields()
-        .iter()
-        .position(|f| f.name() == crate::schema::EVENT_TIME)
-        .ok_or("a windowed query needs the event time column `ts` in its input: keep `ts` in subqueries")?;
-    let time_expr = Expr::Column(input_dfschema.columns()[time_column].clone());
-    let time = state.create_physical_expr(time_expr, input_dfschema).map_err(df)?;
-
-    let mut aggregates = Vec::new();
-    for expr in &agg.aggr_expr {
-        #[allow(deprecated)]
-        let (function, filter, order_by) = datafusion::physical_planner::create_aggregate_expr_and_maybe_filter(
-            expr,
-            input_dfschema,
-            input_schema,
-            state.execution_props(),
-        )
-        .map_err(df)?;
-        if !order_by.is_empty() && !function.fun().supports_within_group_clause() {
-            return Err(format!("ORDER BY inside {} is not supported in streaming queries", function.name()));
-        }
-        aggregates.push(AggregateSpec { function, filter });
-    }
-    let key_schema = Arc::new(arrow::datatypes::Schema::new(key_fields));
-    Ok(WindowSpec {
-        size,
-        slide,
-        session_gap,
-        offset,
-        time,
-        keys,
-        key_schema,
-        aggregates,
-        window_index,
-        schema: Arc::new(agg.schema.as_arrow().clone()),
-        corrections: None,
-    })
-}
-
-/// A window's shape, from its GROUP BY call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum WindowKind {
-    /// `tumble(width)` (slides by its width) or `hop(slide, width)`, µs.
-    Sliding { slide: i64, width: i64 },
-    /// `session(gap)`, µs.
-    Session { gap: i64 },
-}
-
-/// The window a `tumble`, `hop` or `session` group expression defines.
-fn window_shape(expr: &Expr) -> std::result::Result<Option<WindowKind>, String> {
-    let expr = match expr {
-        Expr::Alias(alias) => &*alias.expr,
-        e => e,
-    };
-    let Expr::ScalarFunction(call) = expr else { return Ok(None) };
-    let name = call.func.name();
-    if !WINDOW_FUNCTIONS.contains(&name) {
-        return Ok(None);
-    }
-    // The event time (and a session's `_offset`) were appended by `bind_windows_to_event_time`.
-    let bound = if name == "session" { 2 } else { 1 };
-    let given = &call.args[..call.args.len().saturating_sub(bound)];
-    let intervals: Option<Vec<i64>> = given.iter().map(fixed_interval).collect();
-    match (name, intervals.as_deref()) {
-        ("tumble", Some(&[width])) if width > 0 => Ok(Some(WindowKind::Sliding { slide: width, width })),
-        ("hop", Some(&[slide, width])) if slide > 0 && width >= slide && width % slide == 0 => Ok(Some(WindowKind::Sliding { slide, width })),
-        ("hop", Some(&[_, _])) => Err("hop(slide, width) needs 0 < slide <= width, with width a multiple of slide".into()),
-        ("hop", _) => Err("hop() takes two fixed intervals, e.g. hop(interval '1 minute', interval '5 minutes')".into()),
-        ("session", Some(&[gap])) if gap > 0 => Ok(Some(WindowKind::Session { gap })),
-        ("session", _) => Err("session() takes one fixed interval longer than zero, e.g. session(interval '30 minutes')".into()),
-        _ => Err("tumble() takes one fixed interval longer than zero, e.g. tumble(interval '1 minute') (months vary in length)".into()),
-    }
-}
-
-/// A literal interval of fixed length, µs (months vary in length: not fixed).
-fn fixed_interval(expr: &Expr) -> Option<i64> {
-    match expr {
-        Expr::Literal(ScalarValue::IntervalMonthDayNano(Some(i)), _) if i.months == 0 => {
-            Some(i64::from(i.days) * 86_400_000_000 + i.nanoseconds / 1000)
-        }
-        Expr::Literal(ScalarValue::IntervalDayTime(Some(i)), _) => Some(i64::from(i.days) * 86_400_000_000 + i64::from(i.milliseconds) * 1000),
-        _ => None,
-    }
-}
-
-/// Rewrites `GROUP BY tumble(i)` to `tumble(i, ts)` (keeping the column's name), so
-/// the optimizer keeps the event time in the aggregate's input.
-fn bind_windows_to_event_time(plan: LogicalPlan) -> datafusion::error::Result<LogicalPlan> {
-    plan.transform_up(|node| {
-        let LogicalPlan::Aggregate(agg) = node else { return Ok(Transformed::no(node)) };
-        let is_window = |e: &Expr| matches!(e, Expr::ScalarFunction(f) if WINDOW_FUNCTIONS.contains(&f.func.name()));
-        if !agg.group_expr.iter().any(is_window) {
-            return Ok(Transformed::no(LogicalPlan::Aggregate(agg)));
-        }
-        let columns = agg.input.schema().columns();
-        let Some(ts) = columns.iter().find(|c| c.name == crate::schema::EVENT_TIME) else {
-            return datafusion::common::plan_err!(
-                "a windowed query needs the event time column `ts` in its input: keep `ts` in subqueries"
-            );
-        };
-        let offset = columns.iter().find(|c| c.name == crate::schema::LINEAGE[2]);
-        let group_expr = agg
-            .group_expr
-            .iter()
-            .map(|e| match e {
-                Expr::ScalarFunction(f) if is_window(e) => {
-                    let mut call = f.clone();
-                    call.args.push(Expr::Column(ts.clone()));
-                    // A session finds its late events among the input rows, by offset.
-                    if f.func.name() == "session" {
-                        let Some(offset) = offset else {
-                            return datafusion::common::plan_err!(
-                                "a session window needs the `_offset` column in its input: keep it in subqueries"
-                            );
-                        };
-                        call.args.push(Expr::Column(offset.clone()));
-                    }
-                    Ok(Expr::ScalarFunction(call).alias(e.schema_name().to_string()))
-                }
-                other => Ok(other.clone()),
-            })
-            .collect::<datafusion::error::Result<Vec<_>>>()?;
-        let rebuilt = Aggregate::try_new(agg.input.clone(), group_expr, agg.aggr_expr.clone())?;
-        Ok(Transformed::yes(LogicalPlan::Aggregate(rebuilt)))
-    })
-    .map(|t| t.data)
-}
-
-/// The plan above the windowed aggregate, reading the aggregate's rows from `slot`.
+/// The plan above the windowed or current-state aggregate, reading the aggregate's rows from `slot`.
 fn replace_aggregate(plan: &LogicalPlan, windowed: &Aggregate, slot: &Slot) -> datafusion::error::Result<LogicalPlan> {
     let source = provider_as_source(Arc::new(slot.table()?));
     plan.clone()

@@ -176,7 +176,7 @@ impl Pipeline {
             let query = crate::plan::plan(file, &inputs, udfs).await?;
             let layout = TableLayout::for_result(&query.output_schema, query.window_column());
             let mut sink = TableSink::open(lake, query.table.clone(), layout, &options.pipeline).await?;
-            if matches!(query.shape, Shape::OverMirrors { .. }) {
+            if matches!(query.shape, Shape::OverMirrors { .. } | Shape::Current { .. }) {
                 sink = sink.overwriting();
             }
             sinks.insert(query.table.clone(), sink);
@@ -238,14 +238,12 @@ impl Pipeline {
             if let Some(windows) = q.windows.as_mut() {
                 windows.resume_after(saved.watermark);
             }
-            if let (Some(windows), Some(name)) = (q.windows.as_mut(), &saved.windows) {
+            if let Some(name) = &saved.windows {
                 for rows in self.lake.checkpoints().state(epoch, name).await? {
-                    windows
-                        .restore(&rows)
-                        .map_err(|e| {
-                            let e = if let Error::Checkpoint(message) = e { message } else { e.to_string() };
-                            Error::Checkpoint(format!("window state of {}: {e}", q.query.table))
-                        })?;
+                    q.restore(&rows).map_err(|e| {
+                        let e = if let Error::Checkpoint(message) = e { message } else { e.to_string() };
+                        Error::Checkpoint(format!("state of {}: {e}", q.query.table))
+                    })?;
                 }
             }
         }
@@ -419,8 +417,7 @@ impl Pipeline {
     /// the next epoch.
     pub async fn commit(&mut self) -> Result<()> {
         self.last_commit = Instant::now();
-        let windows = self.queries.iter().filter_map(|q| q.windows.as_ref());
-        let (open, bytes) = windows.fold((0, 0), |(o, b), w| (o + w.open_windows(), b + w.state_bytes()));
+        let (open, bytes) = self.queries.iter().map(RunningQuery::state_size).fold((0, 0), |(o, b), (qo, qb)| (o + qo, b + qb));
         self.stats.peak_open_windows = self.stats.peak_open_windows.max(open);
         self.stats.peak_state_bytes = self.stats.peak_state_bytes.max(bytes);
         if !self.dirty && !self.lake.has_pending() {
@@ -428,6 +425,9 @@ impl Pipeline {
         }
         let started = Instant::now();
         self.replace_changed_mirrors().await?;
+        for q in &mut self.queries {
+            q.rewrite_current(self.lake.sink(&q.query.table)?).await?;
+        }
         let state = self.epoch_state()?;
         let committed = self.lake.commit(state).await?;
         self.watermarks.pause(started.elapsed());
@@ -472,8 +472,8 @@ impl Pipeline {
     fn epoch_state(&mut self) -> Result<EpochState> {
         let mut queries = Vec::new();
         for q in &mut self.queries {
-            let windows = q.windows.as_mut().map(|w| w.snapshot()).transpose()?.flatten();
-            queries.push((q.query.table.clone(), q.clock.watermark(), windows));
+            let state = q.snapshot()?;
+            queries.push((q.query.table.clone(), q.clock.watermark(), state));
         }
         let mut mirrors = Vec::new();
         for mirror in self.mirrors.values_mut() {

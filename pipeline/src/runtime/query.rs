@@ -1,7 +1,7 @@
-//! One SQL file running: its plan, its clock and its window state, and the three
-//! things it does with them: take a batch of a topic it reads (judging which rows
-//! are late), emit the windows its watermark has passed, and (a query over mirrors
-//! alone) run again when a mirror changed.
+//! One SQL file running: its plan, its clock and its state (windows, or keys'
+//! current state), and what it does with them: take a batch of a topic it reads
+//! (judging which rows are late), emit the windows its watermark has passed, and
+//! at a commit, rewrite its table when its keys or the mirrors it reads changed.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -15,6 +15,7 @@ use datafusion::physical_plan::execution_plan::reset_plan_states;
 use super::event_times;
 use crate::catalog::TablePath;
 use crate::error::{Error, Result};
+use crate::keyed::CurrentState;
 use crate::mirror::Mirror;
 use crate::plan::{Shape, StreamingQuery};
 use crate::sink::{LateEvents, TableSink};
@@ -27,6 +28,8 @@ pub struct RunningQuery {
     pub query: StreamingQuery,
     pub clock: QueryClock,
     pub windows: Option<WindowOperator>,
+    /// A current-state query's keys.
+    pub current: Option<CurrentState>,
 }
 
 /// Where a batch's late rows are recorded: the rows for `late_events`, and per
@@ -41,9 +44,40 @@ impl RunningQuery {
         let clock = QueryClock::new(query.clock_topics());
         let windows = match &query.shape {
             Shape::Windowed { window, .. } => Some(WindowOperator::new(window.clone())?),
-            Shape::Stateless { .. } | Shape::OverMirrors { .. } => None,
+            Shape::Stateless { .. } | Shape::OverMirrors { .. } | Shape::Current { .. } => None,
         };
-        Ok(RunningQuery { query, clock, windows })
+        let current = match &query.shape {
+            Shape::Current { spec, .. } => Some(CurrentState::new(spec.clone())?),
+            _ => None,
+        };
+        Ok(RunningQuery { query, clock, windows, current })
+    }
+
+    /// The state a restart needs (windows, or keys), as rows.
+    pub fn snapshot(&mut self) -> Result<Option<RecordBatch>> {
+        match (self.windows.as_mut(), self.current.as_mut()) {
+            (Some(windows), _) => windows.snapshot(),
+            (_, Some(current)) => current.snapshot(),
+            _ => Ok(None),
+        }
+    }
+
+    /// Takes up state from [`snapshot`](Self::snapshot) rows.
+    pub fn restore(&mut self, rows: &RecordBatch) -> Result<()> {
+        match (self.windows.as_mut(), self.current.as_mut()) {
+            (Some(windows), _) => windows.restore(rows),
+            (_, Some(current)) => current.restore(rows),
+            _ => Ok(()),
+        }
+    }
+
+    /// Open windows (or live keys) and the bytes of their state.
+    pub fn state_size(&self) -> (usize, usize) {
+        match (&self.windows, &self.current) {
+            (Some(w), _) => (w.open_windows(), w.state_bytes()),
+            (_, Some(c)) => (c.live_keys(), c.state_bytes()),
+            _ => (0, 0),
+        }
     }
 
     pub fn table(&self) -> &TablePath {
@@ -76,6 +110,16 @@ impl RunningQuery {
                 return Ok(());
             }
             Shape::Windowed { input, window, .. } => (input.clone(), window.session_gap.is_some()),
+            // No event is late for a current-state query: every row goes to its key.
+            Shape::Current { input, .. } => {
+                slot.fill(vec![batch.clone()]);
+                if let Some(current) = self.current.as_mut() {
+                    for b in &collect(input.clone(), task_ctx).await? {
+                        current.update(b)?;
+                    }
+                }
+                return Ok(());
+            }
             // Reads no topic: runs at commits, when its mirrors changed.
             Shape::OverMirrors { .. } => return Ok(()),
         };
@@ -160,6 +204,20 @@ impl RunningQuery {
             }
         }
         Ok(Some(watermark))
+    }
+
+    /// A current-state query whose keys changed rewrites its table: every live
+    /// key's row, through the plan above the aggregate.
+    pub async fn rewrite_current(&mut self, sink: &mut TableSink) -> Result<()> {
+        let (Some(current), Shape::Current { output, output_slot, .. }) = (self.current.as_mut(), &self.query.shape) else { return Ok(()) };
+        let Some(rows) = current.take_rows()? else { return Ok(()) };
+        output_slot.fill(vec![rows]);
+        let rows = collect(reset_plan_states(output.clone())?, self.query.task_ctx.clone()).await?;
+        sink.begin_replacement();
+        for b in &rows {
+            sink.push(b)?;
+        }
+        Ok(())
     }
 
     /// A query over mirrors alone that reads one of the `changed` mirrors runs on

@@ -111,7 +111,7 @@ impl Windows {
         let mut args = Vec::with_capacity(spec.aggregates.len());
         let mut filters = Vec::with_capacity(spec.aggregates.len());
         for aggregate in &spec.aggregates {
-            args.push(evaluate_all(&aggregate.function.expressions(), batch)?);
+            args.push(evaluate_all(&crate::aggregate::arguments(&aggregate.function), batch)?);
             filters.push(match &aggregate.filter {
                 Some(f) => Some(f.evaluate(batch)?.into_array(batch.num_rows())?),
                 None => None,
@@ -605,6 +605,56 @@ mod tests {
         assert_eq!(windows.open_windows(), 5, "only windows ending by the watermark close");
         let rest = windows.close_until(i64::MAX).unwrap().unwrap();
         assert_same(&emitted(&[closed, rest], MINUTE), &expected);
+    }
+
+    /// `last_value(x ORDER BY ts)` and `first_value(x ORDER BY ts)` in tumbling and
+    /// hopping windows: rows arrive in any order and in any batches, pane states are
+    /// checkpointed and merged, and the answer is still the row with the latest
+    /// (earliest) time, found here by sorting.
+    #[tokio::test]
+    async fn an_order_sensitive_aggregate_finds_its_row_whatever_the_arrival_order() {
+        for (window, width, slide) in [("tumble(interval '1 minute')", MINUTE, MINUTE), ("hop(interval '1 minute', interval '3 minutes')", 3 * MINUTE, MINUTE)] {
+            let sql = format!(
+                "SELECT {window} AS window, service, last_value(duration_ms ORDER BY ts) AS latest, \
+                 first_value(duration_ms ORDER BY ts) AS earliest, max(duration_ms) AS worst, count(*) AS n, sum(duration_ms) AS total \
+                 FROM gateway.requests GROUP BY window, service"
+            );
+            let file = SqlFile { path: PathBuf::from("t.sql"), table: TablePath::new("a/b/c").unwrap(), sql };
+            let query = plan(&file, &crate::runtime::input_tables(&registry()), &Default::default()).await.unwrap();
+            let Shape::Windowed { window: spec, .. } = &query.shape else { panic!("not windowed") };
+            let mut windows = Windows::new(spec.clone());
+            let mut rng = SmallRng::seed_from_u64(13);
+            // Distinct times (no ties), in random order.
+            let mut times: Vec<i64> = (0..3000).map(|i| i * 200_000 + rng.random_range(0..100_000)).collect();
+            for i in (1..times.len()).rev() {
+                times.swap(i, rng.random_range(0..=i));
+            }
+            let rows: Vec<_> = times.iter().enumerate().map(|(i, t)| request(&mut rng, i, T0 + t)).collect();
+            let mut expected: BTreeMap<(i64, String), ((i64, f64), (i64, f64))> = BTreeMap::new();
+            for (ts, service, duration, _) in &rows {
+                let first_start = ts - ts.rem_euclid(slide) - (width - slide);
+                for start in (first_start..=*ts).step_by(slide as usize) {
+                    let e = expected.entry((start, service.clone())).or_insert(((i64::MIN, 0.0), (i64::MAX, 0.0)));
+                    if *ts > e.0 .0 {
+                        e.0 = (*ts, *duration);
+                    }
+                    if *ts < e.1 .0 {
+                        e.1 = (*ts, *duration);
+                    }
+                }
+            }
+            feed(&query, &mut windows, &rows, &mut rng).await;
+            let closed = windows.close_until(i64::MAX).unwrap().unwrap();
+            let w: &StructArray = closed.column(0).as_struct();
+            let starts = w.column(0).as_primitive::<TimestampMicrosecondType>();
+            assert_eq!(closed.num_rows(), expected.len(), "{window}");
+            for r in 0..closed.num_rows() {
+                let key = (starts.value(r), closed.column(1).as_string::<i32>().value(r).to_string());
+                let (latest, earliest) = expected[&key];
+                assert_eq!(closed.column(2).as_primitive::<Float64Type>().value(r), latest.1, "{window} latest {key:?}");
+                assert_eq!(closed.column(3).as_primitive::<Float64Type>().value(r), earliest.1, "{window} earliest {key:?}");
+            }
+        }
     }
 
     /// With corrections, late rows fold into emitted windows, which are emitted again

@@ -18,8 +18,6 @@ use arrow::array::{new_null_array, Array, ArrayRef, AsArray, BinaryArray, Int64A
 use arrow::compute::{interleave_record_batch, take};
 use arrow::datatypes::{DataType, Field, Int64Type, Schema, TimestampMicrosecondType};
 use arrow::row::{RowConverter, SortField};
-use datafusion::logical_expr::{EmitTo, GroupsAccumulator};
-use datafusion::physical_expr::GroupsAccumulatorAdapter;
 
 use crate::error::{Error, Result};
 use crate::plan::WindowSpec;
@@ -175,22 +173,7 @@ impl Sessions {
             columns.push(take(&key.evaluate(&rows)?.into_array(n)?, &firsts, None)?);
         }
         columns.insert(spec.window_index, self.window_array(sessions)?);
-        for aggregate in &spec.aggregates {
-            let f = &aggregate.function;
-            let mut accumulator: Box<dyn GroupsAccumulator> = if f.groups_accumulator_supported() {
-                f.create_groups_accumulator()?
-            } else {
-                let f = f.clone();
-                Box::new(GroupsAccumulatorAdapter::new(move || f.create_accumulator()))
-            };
-            let args: Vec<ArrayRef> = f.expressions().iter().map(|e| Ok(e.evaluate(&rows)?.into_array(n)?)).collect::<Result<_>>()?;
-            let filter = match &aggregate.filter {
-                Some(filter) => Some(filter.evaluate(&rows)?.into_array(n)?.as_boolean_opt().cloned().ok_or_else(|| Error::Internal("a FILTER that is not boolean".into()))?),
-                None => None,
-            };
-            accumulator.update_batch(&args, &group_ids, filter.as_ref(), sessions.len())?;
-            columns.push(accumulator.evaluate(EmitTo::All)?);
-        }
+        columns.extend(crate::aggregate::aggregate_groups(&spec.aggregates, &rows, &group_ids, sessions.len())?);
         let columns = columns
             .into_iter()
             .zip(spec.schema.fields())
@@ -400,6 +383,67 @@ mod tests {
             let (a_end, a_n, a_total) = actual[key];
             assert_eq!((a_end, a_n), (*end, *n), "{key:?}");
             assert!((a_total - total).abs() < 1e-6, "{key:?}");
+        }
+    }
+
+    /// saga_coordination_data: the outcome is the status of the last step by time,
+    /// ties going to the higher step_index, whatever order the steps arrive in.
+    #[tokio::test]
+    async fn the_last_step_by_time_and_index_decides_a_saga_whatever_the_order() {
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../sql/integration/event_bus/saga_coordination_data.sql");
+        let file = SqlFile { path: path.clone(), table: TablePath::new("integration/event_bus/saga_coordination_data").unwrap(), sql: std::fs::read_to_string(&path).unwrap() };
+        let query = plan(&file, &crate::runtime::input_tables(&registry()), &Default::default()).await.unwrap();
+        let Shape::Windowed { window, input, .. } = &query.shape else { panic!("not windowed") };
+        let mut rng = SmallRng::seed_from_u64(3);
+        let statuses = ["started", "completed", "failed", "compensated"];
+        let mut steps: Vec<(u32, i64, i32, &str)> = Vec::new();
+        let mut expected: BTreeMap<String, (i64, String)> = BTreeMap::new();
+        for saga in 0..60u32 {
+            let mut t = T0 + i64::from(saga) * 20 * MINUTE;
+            let mut mine = Vec::new();
+            for index in 0..rng.random_range(2..7) {
+                // Ties: a step's events at the instant of the previous one, now and then.
+                if !rng.random_bool(0.3) {
+                    t += rng.random_range(1..120) * 1_000_000;
+                }
+                mine.push((saga, t, index, statuses[rng.random_range(0..4)]));
+            }
+            let last = mine.iter().max_by_key(|(_, t, i, _)| (*t, *i)).unwrap();
+            expected.insert(format!("saga-{saga}"), (mine.len() as i64, last.3.to_string()));
+            steps.extend(mine);
+        }
+        for i in (1..steps.len()).rev() {
+            steps.swap(i, rng.random_range(0..=i));
+        }
+        let decoder = TopicDecoder::new(registry().get("eventbus.saga_steps").unwrap().clone());
+        let mut sessions = Sessions::new(window.clone(), window.session_gap.unwrap()).unwrap();
+        for (offset, chunk) in steps.chunks(37).enumerate() {
+            let lines: Vec<String> = chunk
+                .iter()
+                .map(|(saga, t, index, status)| {
+                    let iso = chrono::DateTime::from_timestamp_micros(*t).unwrap().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+                    format!(r#"{{"event_id":"e","ts":"{iso}","saga_id":"saga-{saga}","saga_type":"grading","step":"s{index}","step_index":{index},"status":"{status}","service":"assessment","correlation_id":"c"}}"#)
+                })
+                .collect();
+            let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
+            let mut raw = raw("eventbus.saga_steps", &lines);
+            for m in raw.messages.iter_mut() {
+                m.offset += (offset * 37) as i64;
+            }
+            query.inputs[0].1.fill(vec![decoder.decode(&raw).unwrap().batch]);
+            for b in collect(input.clone(), query.task_ctx.clone()).await.unwrap() {
+                assert!(sessions.update(&b, |_| i64::MIN).unwrap().is_empty());
+            }
+        }
+        let out = sessions.close_until(i64::MAX).unwrap().unwrap();
+        // The aggregate's columns: window, saga_id, saga_type, count(*), the two FILTERed counts, last_value, ...
+        let (ids, steps_col, outcomes) = (out.column(1).clone(), out.column(3).clone(), out.column(6).clone());
+        let ids = arrow::compute::cast(&ids, &DataType::Utf8).unwrap();
+        let outcomes = arrow::compute::cast(&outcomes, &DataType::Utf8).unwrap();
+        assert_eq!(out.num_rows(), expected.len());
+        for r in 0..out.num_rows() {
+            let id = ids.as_string::<i32>().value(r);
+            assert_eq!((steps_col.as_primitive::<Int64Type>().value(r), outcomes.as_string::<i32>().value(r).to_string()), expected[id].clone(), "{id}");
         }
     }
 
