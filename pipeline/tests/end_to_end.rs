@@ -12,6 +12,8 @@
 //! 1800 s).
 
 mod common;
+#[path = "end_to_end/rest_of_lake.rs"]
+mod rest_of_lake;
 mod stores;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -169,6 +171,84 @@ const CONNECTIONS: &[Fd] = &[
     req("action", Enum(&["open", "close", "message"])),
     opt("setup_ms", Dbl),
     opt("delivery_ms", Dbl),
+    opt("hub", Str),
+];
+const EXTERNAL_CALLS: &[Fd] = &[
+    req("call_id", Str),
+    req("ts", Ts),
+    req(
+        "provider",
+        Enum(&["azure_openai", "azure_speech", "phonetic_analysis", "third_party"]),
+    ),
+    req("service", Str),
+    req("operation", Str),
+    req("duration_ms", Dbl),
+    req("status", Int),
+    req("success", Bool),
+    opt("error", Str),
+    opt("model", Str),
+    opt("prompt_tokens", Int64),
+    opt("completion_tokens", Int64),
+    opt("audio_seconds", Dbl),
+    opt("cost_usd", Dbl),
+    opt("user_id", Str),
+    opt("org_id", Str),
+    req("correlation_id", Str),
+];
+const SAGA_STEPS: &[Fd] = &[
+    req("event_id", Str),
+    req("ts", Ts),
+    req("saga_id", Str),
+    req("saga_type", Str),
+    req("step", Str),
+    req("step_index", Int),
+    req(
+        "status",
+        Enum(&["started", "completed", "failed", "compensated"]),
+    ),
+    req("service", Str),
+    opt("duration_ms", Dbl),
+    req("correlation_id", Str),
+];
+const REPLAYS: &[Fd] = &[
+    req("replay_id", Str),
+    req("ts", Ts),
+    req("requested_by", Str),
+    req("event_type", Str),
+    req("from_ts", Ts),
+    req("to_ts", Ts),
+    req("events_replayed", Int64),
+    req("duration_ms", Dbl),
+    req("status", Enum(&["completed", "failed"])),
+];
+const HEALTH_CHECKS: &[Fd] = &[
+    req("check_id", Str),
+    req("ts", Ts),
+    req("service", Str),
+    req("dependency", Str),
+    req("status", Enum(&["healthy", "degraded", "unhealthy"])),
+    req("latency_ms", Dbl),
+];
+const COLLABORATION: &[Fd] = &[
+    req("event_id", Str),
+    req("ts", Ts),
+    req("collab_session_id", Str),
+    req("user_id", Str),
+    req("org_id", Str),
+    req("kind", Enum(&["join", "leave", "edit", "chat", "audio"])),
+    opt("topic_id", Str),
+];
+const DELIVERIES: &[Fd] = &[
+    req("delivery_id", Str),
+    req("ts", Ts),
+    req("kind", Enum(&["feedback", "notification"])),
+    req("user_id", Str),
+    opt("org_id", Str),
+    req("source_service", Str),
+    req("channel", Enum(&["websocket", "signalr", "email", "push"])),
+    req("status", Enum(&["sent", "delivered", "read", "failed"])),
+    opt("latency_ms", Dbl),
+    opt("error", Str),
 ];
 
 const T_GATEWAY: &str = "gateway.requests";
@@ -178,6 +258,12 @@ const T_ASSESS: &str = "assessment.completions";
 const T_INTER: &str = "interactions";
 const T_EXPO: &str = "experiments.exposures";
 const T_CONN: &str = "realtime.connections";
+const T_EXT: &str = "integration.external_calls";
+const T_SAGA: &str = "eventbus.saga_steps";
+const T_REPLAY: &str = "eventbus.replays";
+const T_HEALTH: &str = "monitoring.health_checks";
+const T_COLLAB: &str = "realtime.collaboration";
+const T_DELIVER: &str = "realtime.deliveries";
 const DOMAIN_TOPICS: &[&str] = &[T_PROGRESS, T_ASSESS, T_INTER, T_EXPO];
 
 const EVENT_TOPICS: &[(&str, &[Fd])] = &[
@@ -188,6 +274,12 @@ const EVENT_TOPICS: &[(&str, &[Fd])] = &[
     (T_INTER, INTERACTIONS),
     (T_EXPO, EXPOSURES),
     (T_CONN, CONNECTIONS),
+    (T_EXT, EXTERNAL_CALLS),
+    (T_SAGA, SAGA_STEPS),
+    (T_REPLAY, REPLAYS),
+    (T_HEALTH, HEALTH_CHECKS),
+    (T_COLLAB, COLLABORATION),
+    (T_DELIVER, DELIVERIES),
 ];
 
 /// (topic, primary key, fields of `after`).
@@ -340,6 +432,11 @@ struct WinTable {
     slide: i64,
     /// How long after a window's end late events still correct it (0: they are late).
     corrections: i64,
+    /// The table's `WHERE field = value`: other events are in none of its windows,
+    /// so they are late for none.
+    only: Option<(&'static str, &'static str)>,
+    /// Session windows: the fields whose values make a session's key.
+    session_key: &'static [&'static str],
 }
 
 const RRT: usize = 0;
@@ -361,6 +458,15 @@ const ACT: usize = 15;
 const EHR: usize = 16;
 const SLO: usize = 17;
 const SBD: usize = 18;
+const AOU: usize = 19;
+const SSU: usize = 20;
+const SAGA: usize = 21;
+const ESS: usize = 22;
+const DHC: usize = 23;
+const POD: usize = 24;
+const SCD: usize = 25;
+const SUD: usize = 26;
+const CSL: usize = 27;
 const MEMBERS: &str = "analytics/organization/members";
 const HOUR_US: i64 = 60 * MINUTE_US;
 
@@ -378,6 +484,8 @@ const WIN_TABLES: &[WinTable] = &[
         size: MINUTE_US,
         slide: MINUTE_US,
         corrections: 0,
+        only: None,
+        session_key: &[],
     },
     WinTable {
         path: "monitoring/api_performance/load_balancing_metrics",
@@ -386,6 +494,8 @@ const WIN_TABLES: &[WinTable] = &[
         size: MINUTE_US,
         slide: MINUTE_US,
         corrections: 0,
+        only: None,
+        session_key: &[],
     },
     WinTable {
         path: "integration/api_gateway/rate_limiting_data",
@@ -394,6 +504,8 @@ const WIN_TABLES: &[WinTable] = &[
         size: MINUTE_US,
         slide: MINUTE_US,
         corrections: 0,
+        only: None,
+        session_key: &[],
     },
     WinTable {
         path: "monitoring/api_performance/service_health_data",
@@ -402,6 +514,8 @@ const WIN_TABLES: &[WinTable] = &[
         size: MINUTE_US,
         slide: MINUTE_US,
         corrections: 0,
+        only: None,
+        session_key: &[],
     },
     WinTable {
         path: "monitoring/api_performance/circuit_breaker_logs",
@@ -410,6 +524,8 @@ const WIN_TABLES: &[WinTable] = &[
         size: MINUTE_US,
         slide: MINUTE_US,
         corrections: 0,
+        only: None,
+        session_key: &[],
     },
     WinTable {
         path: "integration/event_bus/event_processing_logs",
@@ -418,6 +534,8 @@ const WIN_TABLES: &[WinTable] = &[
         size: MINUTE_US,
         slide: MINUTE_US,
         corrections: 0,
+        only: None,
+        session_key: &[],
     },
     WinTable {
         path: "real_time/connection_management/websocket_performance",
@@ -426,6 +544,8 @@ const WIN_TABLES: &[WinTable] = &[
         size: MINUTE_US,
         slide: MINUTE_US,
         corrections: 0,
+        only: None,
+        session_key: &[],
     },
     WinTable {
         path: "analytics/learner/engagement_daily",
@@ -434,6 +554,8 @@ const WIN_TABLES: &[WinTable] = &[
         size: DAY_US,
         slide: DAY_US,
         corrections: 0,
+        only: None,
+        session_key: &[],
     },
     WinTable {
         path: "analytics/learner/velocity_daily",
@@ -442,6 +564,8 @@ const WIN_TABLES: &[WinTable] = &[
         size: DAY_US,
         slide: DAY_US,
         corrections: 0,
+        only: None,
+        session_key: &[],
     },
     WinTable {
         path: "analytics/learner/mastery_daily",
@@ -450,6 +574,8 @@ const WIN_TABLES: &[WinTable] = &[
         size: DAY_US,
         slide: DAY_US,
         corrections: 0,
+        only: None,
+        session_key: &[],
     },
     WinTable {
         path: "analytics/experiments/results_daily",
@@ -458,6 +584,8 @@ const WIN_TABLES: &[WinTable] = &[
         size: DAY_US,
         slide: DAY_US,
         corrections: 0,
+        only: None,
+        session_key: &[],
     },
     WinTable {
         path: "monitoring/api_performance/latency_5m_sliding",
@@ -466,6 +594,8 @@ const WIN_TABLES: &[WinTable] = &[
         size: 5 * MINUTE_US,
         slide: MINUTE_US,
         corrections: 0,
+        only: None,
+        session_key: &[],
     },
     WinTable {
         path: "analytics/learner/skill_gaps_daily",
@@ -474,6 +604,8 @@ const WIN_TABLES: &[WinTable] = &[
         size: DAY_US,
         slide: DAY_US,
         corrections: 0,
+        only: None,
+        session_key: &[],
     },
     WinTable {
         path: "analytics/trainer/student_progress_daily",
@@ -482,6 +614,8 @@ const WIN_TABLES: &[WinTable] = &[
         size: DAY_US,
         slide: DAY_US,
         corrections: 0,
+        only: None,
+        session_key: &[],
     },
     WinTable {
         path: "analytics/organization/kpis_daily",
@@ -490,6 +624,8 @@ const WIN_TABLES: &[WinTable] = &[
         size: DAY_US,
         slide: DAY_US,
         corrections: 0,
+        only: None,
+        session_key: &[],
     },
     WinTable {
         path: "analytics/learner/activity_sessions",
@@ -498,6 +634,8 @@ const WIN_TABLES: &[WinTable] = &[
         size: SESSION_GAP,
         slide: 0,
         corrections: 0,
+        only: None,
+        session_key: &["user_id"],
     },
     WinTable {
         path: "monitoring/api_performance/errors_hourly",
@@ -506,6 +644,8 @@ const WIN_TABLES: &[WinTable] = &[
         size: HOUR_US,
         slide: HOUR_US,
         corrections: HOUR_US,
+        only: None,
+        session_key: &[],
     },
     WinTable {
         path: "monitoring/api_performance/slo_classes_hourly",
@@ -514,6 +654,8 @@ const WIN_TABLES: &[WinTable] = &[
         size: HOUR_US,
         slide: HOUR_US,
         corrections: 0,
+        only: None,
+        session_key: &[],
     },
     WinTable {
         path: "analytics/learner/score_bands_daily",
@@ -522,6 +664,98 @@ const WIN_TABLES: &[WinTable] = &[
         size: DAY_US,
         slide: DAY_US,
         corrections: 0,
+        only: None,
+        session_key: &[],
+    },
+    WinTable {
+        path: "integration/external_services/azure_openai_usage",
+        topics: &[T_EXT],
+        joins: &[],
+        size: HOUR_US,
+        slide: HOUR_US,
+        corrections: 0,
+        only: Some(("provider", "azure_openai")),
+        session_key: &[],
+    },
+    WinTable {
+        path: "integration/external_services/speech_service_usage",
+        topics: &[T_EXT],
+        joins: &[],
+        size: HOUR_US,
+        slide: HOUR_US,
+        corrections: 0,
+        only: Some(("provider", "azure_speech")),
+        session_key: &[],
+    },
+    WinTable {
+        path: "integration/event_bus/saga_coordination_data",
+        topics: &[T_SAGA],
+        joins: &[],
+        size: 5 * MINUTE_US,
+        slide: 0,
+        corrections: 0,
+        only: None,
+        session_key: &["saga_id", "saga_type"],
+    },
+    WinTable {
+        path: "monitoring/integration_health/external_service_status",
+        topics: &[T_EXT],
+        joins: &[],
+        size: MINUTE_US,
+        slide: MINUTE_US,
+        corrections: 0,
+        only: None,
+        session_key: &[],
+    },
+    WinTable {
+        path: "monitoring/integration_health/dependency_health_checks",
+        topics: &[T_HEALTH],
+        joins: &[],
+        size: MINUTE_US,
+        slide: MINUTE_US,
+        corrections: 0,
+        only: None,
+        session_key: &[],
+    },
+    WinTable {
+        path: "monitoring/integration_health/performance_optimization_data",
+        topics: &[T_GATEWAY],
+        joins: &[],
+        size: HOUR_US,
+        slide: HOUR_US,
+        corrections: 0,
+        only: None,
+        session_key: &[],
+    },
+    WinTable {
+        path: "real_time/connection_management/session_coordination_data",
+        topics: &[T_CONN],
+        joins: &[],
+        size: SESSION_GAP,
+        slide: 0,
+        corrections: 0,
+        only: None,
+        session_key: &["session_id"],
+    },
+    WinTable {
+        path: "real_time/connection_management/signalr_usage_data",
+        topics: &[T_CONN],
+        joins: &[],
+        size: HOUR_US,
+        slide: HOUR_US,
+        corrections: 0,
+        only: Some(("transport", "signalr")),
+        session_key: &[],
+    },
+    WinTable {
+        path: "real_time/interaction_logs/collaborative_session_logs",
+        topics: &[T_COLLAB],
+        joins: &[],
+        size: SESSION_GAP,
+        slide: 0,
+        corrections: 0,
+        only: None,
+        session_key: &["collab_session_id"],
     },
 ];
 
@@ -939,7 +1173,7 @@ fn load_input(dir: &Path) -> Input {
 /// and marks each valid event late for the windowed tables whose watermark (min over
 /// the partitions of their event and CDC topics, just before the event) has reached
 /// the end of the event's window; for session windows, see [`Sessions`].
-fn simulate(input: &mut Input, batch: usize) -> Sessions {
+fn simulate(input: &mut Input, batch: usize) -> Vec<Sessions> {
     let n = input.files.len();
     let mut max_ts: Vec<Option<i64>> = vec![None; n];
     let mut finished = vec![false; n];
@@ -967,12 +1201,26 @@ fn simulate(input: &mut Input, batch: usize) -> Sessions {
                 .collect()
         })
         .collect();
-    let user_col: Vec<Option<usize>> = input
-        .files
-        .iter()
+    // Per file, the columns of each table's session key and of its filter's field.
+    let column = |f: usize, name: &str| {
+        input.files[f]
+            .fields
+            .and_then(|fs| fs.iter().position(|x| x.name == name))
+    };
+    let key_cols: Vec<Vec<Vec<usize>>> = (0..n)
         .map(|f| {
-            f.fields
-                .and_then(|fs| fs.iter().position(|x| x.name == "user_id"))
+            WIN_TABLES
+                .iter()
+                .map(|w| w.session_key.iter().filter_map(|k| column(f, k)).collect())
+                .collect()
+        })
+        .collect();
+    let only_col: Vec<Vec<Option<(usize, &str)>>> = (0..n)
+        .map(|f| {
+            WIN_TABLES
+                .iter()
+                .map(|w| w.only.and_then(|(field, value)| Some((column(f, field)?, value))))
+                .collect()
         })
         .collect();
     let wm_of = |f: usize, max_ts: &[Option<i64>], finished: &[bool]| -> i64 {
@@ -989,7 +1237,8 @@ fn simulate(input: &mut Input, batch: usize) -> Sessions {
             .min()
             .unwrap_or(i64::MAX)
     };
-    let mut sessions = Sessions::default();
+    let mut sessions: Vec<Sessions> = WIN_TABLES.iter().map(|w| Sessions::new(w.size)).collect();
+    let session_tables: Vec<usize> = (0..WIN_TABLES.len()).filter(|&t| WIN_TABLES[t].slide == 0).collect();
     loop {
         let mut visited = false;
         for f in 0..n {
@@ -1013,12 +1262,17 @@ fn simulate(input: &mut Input, batch: usize) -> Sessions {
                 for &t in &file_tables[f] {
                     let wm = table_wm(t, &max_ts, &finished);
                     let w = &WIN_TABLES[t];
+                    if let Some((col, value)) = only_col[f][t] {
+                        if ev.vals[col].as_str() != Some(value) {
+                            continue;
+                        }
+                    }
                     let late = if w.slide == 0 {
-                        let user = ev.vals[user_col[f].unwrap()].as_str().unwrap();
+                        let key = session_key(&key_cols[f][t].iter().map(|&c| ev.vals[c].as_str()).collect::<Vec<_>>());
                         let at = (file.topic.clone(), file.partition, offset);
-                        let late = sessions.late(user, ev.ts, wm, &at);
+                        let late = sessions[t].late(&key, ev.ts, wm, &at);
                         if !late {
-                            sessions.add(user, ev.ts, at);
+                            sessions[t].add(&key, ev.ts, at);
                         }
                         late
                     } else {
@@ -1041,19 +1295,28 @@ fn simulate(input: &mut Input, batch: usize) -> Sessions {
                 finished[f] = true;
             }
             // The engine emits windows after each batch.
-            sessions.close(table_wm(ACT, &max_ts, &finished), None);
+            for &t in &session_tables {
+                sessions[t].close(table_wm(t, &max_ts, &finished), None);
+            }
         }
         if !visited {
             break;
         }
     }
-    sessions.close(i64::MAX, None);
+    for s in &mut sessions {
+        s.close(i64::MAX, None);
+    }
     sessions
+}
+
+/// A session's key from its key fields' values (absent ones as the empty string).
+fn session_key(parts: &[Option<&str>]) -> String {
+    parts.iter().map(|p| p.unwrap_or("")).collect::<Vec<_>>().join("\u{1f}")
 }
 
 type Session = (i64, i64, i64); // first event, last event, events
 
-/// Session windows (`SESSION_GAP`) of `interactions` by user, as the simulation goes.
+/// A session table's windows by key, as the simulation goes.
 /// A session is emitted once the watermark reaches its end (last event + gap). An
 /// event is late when the table's watermark just before it has passed its time plus
 /// the gap, or when it lies before the end of its user's latest emitted session (it
@@ -1064,8 +1327,8 @@ type Session = (i64, i64, i64); // first event, last event, events
 /// have ended by that event's watermark, emitted yet or not, so that batch cuts do
 /// not matter: the same as emitting per event, which is what this does (the user's
 /// sessions are closed at the event's watermark before it is judged).
-#[derive(Default)]
 struct Sessions {
+    gap: i64,
     open: BTreeMap<String, Vec<Session>>,
     emitted: Vec<(String, Session)>,
     emitted_end: HashMap<String, i64>,
@@ -1079,8 +1342,20 @@ struct Sessions {
 }
 
 impl Sessions {
+    fn new(gap: i64) -> Sessions {
+        Sessions {
+            gap,
+            open: BTreeMap::new(),
+            emitted: Vec::new(),
+            emitted_end: HashMap::new(),
+            bridges: Vec::new(),
+            late_after_emitted: Vec::new(),
+            ended_in_batch: Vec::new(),
+        }
+    }
+
     fn late(&mut self, user: &str, t: i64, wm: i64, at: &Lineage) -> bool {
-        if t + SESSION_GAP <= wm {
+        if t + self.gap <= wm {
             return true;
         }
         let after = |s: &Self| s.emitted_end.get(user).is_some_and(|&end| t < end);
@@ -1098,9 +1373,9 @@ impl Sessions {
 
     fn add(&mut self, user: &str, t: i64, at: Lineage) {
         let open = self.open.entry(user.to_string()).or_default();
-        let (mut s, mut merged) = ((t, t, 1), 0);
+        let (mut s, mut merged, gap) = ((t, t, 1), 0, self.gap);
         open.retain(|&(first, last, n)| {
-            let joins = first - SESSION_GAP < t && t < last + SESSION_GAP;
+            let joins = first - gap < t && t < last + gap;
             if joins {
                 s = (s.0.min(first), s.1.max(last), s.2 + n);
                 merged += 1;
@@ -1120,8 +1395,9 @@ impl Sessions {
             .iter_mut()
             .filter(|(u, _)| only.is_none_or(|o| o == u.as_str()));
         for (user, open) in users {
+            let gap = self.gap;
             open.retain(|&s| {
-                let end = s.1 + SESSION_GAP;
+                let end = s.1 + gap;
                 if end > wm {
                     return true;
                 }
@@ -2008,6 +2284,7 @@ fn end_to_end_at(at: LakeAt) {
     );
     append_state_cases(&in_dir);
     append_edge_cases(&in_dir);
+    rest_of_lake::append_cases(&in_dir);
 
     let run_start_us = now_us();
     run_sluice_with(
@@ -2056,6 +2333,7 @@ fn end_to_end_at(at: LakeAt) {
     ];
     paths.extend(WIN_TABLES.iter().map(|t| t.path));
     paths.extend(mirror_paths.iter().map(String::as_str));
+    paths.extend(rest_of_lake::PATHS);
     let mut report = Report::default();
     let mut tables: HashMap<&str, TableData> = HashMap::new();
     for p in paths {
@@ -2084,6 +2362,7 @@ fn end_to_end_at(at: LakeAt) {
     check_joins(&mut report, &tables, &input);
     check_sessions(&mut report, &tables, &input, &sessions);
     check_throughput(&mut report, &tables, &input);
+    rest_of_lake::check(&mut report, &tables, &input, &sessions, run);
 
     eprintln!(
         "end_to_end: pipeline done after {:.1?}, checks done after {:.1?}",
@@ -3558,8 +3837,9 @@ fn check_sessions(
     report: &mut Report,
     tables: &HashMap<&str, TableData>,
     input: &Input,
-    sim: &Sessions,
+    sims: &[Sessions],
 ) {
+    let sim = &sims[ACT];
     // The on-time events of each user, split where the next comes a gap or more later:
     // what the sessions emitted while simulating must come to.
     let mut per_user: BTreeMap<&str, Vec<i64>> = BTreeMap::new();

@@ -390,7 +390,7 @@ fn rs256_tokens_verify_with_the_public_key_and_an_hs256_token_signed_with_it_is_
     let confused = encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(&std::fs::read(&public).unwrap()).unwrap()).unwrap();
     let out = served.psql("127.0.0.1", "ana", &confused, "disable", "SELECT 1");
     let (_, stderr) = text(&out);
-    assert!(!out.status.success() && stderr.contains("token algorithm HS256 is refused"), "{stderr}");
+    assert!(!out.status.success() && stderr.contains("token algorithm `HS256` is refused"), "{stderr}");
     // The server's HS256 secret is not a key here either.
     let out = served.psql("127.0.0.1", "ana", &token("ana", "analyst"), "disable", "SELECT 1");
     assert!(!out.status.success(), "an HS256 token on an RS256 server");

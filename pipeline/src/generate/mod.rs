@@ -18,10 +18,14 @@
 //! ```
 
 mod bad;
+mod bus;
 mod cdc;
+mod checks;
 mod dist;
+mod external;
 mod json;
 mod out;
+mod realtime;
 mod traffic;
 mod world;
 
@@ -152,7 +156,7 @@ fn run(registry: &SchemaRegistry, opts: &GenerateOptions, sink: &mut Sink<'_>) -
     let mut cdc = cdc::Cdc::new(&out, &world, stream(opts.seed, 2), start, end);
     cdc.snapshot(&mut out, &world, start);
     out.flush_until(start + 1, sink)?;
-    let mut traffic = traffic::Traffic::new(&out, &world, stream(opts.seed, 3), start, end);
+    let mut traffic = traffic::Traffic::new(&out, &world, opts.seed, start, end);
     for minute in 0..minutes {
         let t0 = start + minute as i64 * 60_000;
         cdc.minute(&mut out, &mut world, t0);
@@ -370,8 +374,97 @@ mod tests {
         assert!((0.0015..0.005).contains(&bad_share), "bad share {bad_share}");
         // Events of the last three hours cannot come back late within the period.
         assert!((0.0005..0.003).contains(&late_share), "late share {late_share}");
+        // The gateway carries the bulk of what users do; the bus, the probes, the
+        // providers and the realtime topics carry most of the rest.
         let gateway = summary.topics["gateway.requests"].messages as f64;
         let share = gateway / summary.total_messages() as f64;
-        assert!((0.5..0.7).contains(&share), "gateway share {share}");
+        assert!((0.3..0.6).contains(&share), "gateway share {share}");
+    }
+
+    /// The valid events of the topics §3.5's tables read, as JSON objects per topic.
+    fn valid_events(opts: &GenerateOptions) -> HashMap<String, Vec<serde_json::Map<String, Value>>> {
+        let registry = registry();
+        let mut events: HashMap<String, Vec<_>> = HashMap::new();
+        generate(&registry, opts, &mut |m| {
+            let schema = registry.get(m.topic).unwrap();
+            if let Some(payload) = m.payload.filter(|p| schema.kind == TopicKind::Event && check(schema, p).is_none()) {
+                if let Ok(Value::Object(obj)) = serde_json::from_slice(payload) {
+                    events.entry(m.topic.to_owned()).or_default().push(obj);
+                }
+            }
+            Ok(())
+        })
+        .unwrap();
+        events
+    }
+
+    fn text<'a>(e: &'a serde_json::Map<String, Value>, field: &str) -> &'a str {
+        e.get(field).and_then(Value::as_str).unwrap_or("")
+    }
+
+    fn millis(e: &serde_json::Map<String, Value>) -> i64 {
+        DateTime::parse_from_rfc3339(text(e, "ts")).unwrap().timestamp_millis()
+    }
+
+    /// What the new tables group, order and count must occur in the data, or their
+    /// tests would pass over nothing: failed sagas that compensate, steps that tie on
+    /// `ts`, collaboration that pauses past the session gap, deliveries of both kinds in
+    /// every status, priced AI calls and failures, probes in every state.
+    #[test]
+    fn the_new_topics_have_the_shapes_their_tables_need() {
+        let opts = GenerateOptions { seed: 5, users: 400, hours: 30, ..GenerateOptions::default() };
+        let events = valid_events(&opts);
+        let topic = |name: &str| events.get(name).map(Vec::as_slice).unwrap_or_default();
+
+        let calls = topic("integration.external_calls");
+        for provider in ["azure_openai", "azure_speech", "phonetic_analysis", "third_party"] {
+            let of: Vec<_> = calls.iter().filter(|c| text(c, "provider") == provider).collect();
+            assert!(of.iter().any(|c| c["success"] == true), "{provider} never succeeds");
+            assert!(of.iter().any(|c| c["success"] == false), "{provider} never fails");
+        }
+        let ai = calls.iter().filter(|c| text(c, "provider") == "azure_openai");
+        assert!(ai.clone().all(|c| !text(c, "model").is_empty()), "an AI call without its model");
+        assert!(ai.clone().any(|c| c.get("cost_usd").and_then(Value::as_f64).is_some_and(|x| x > 0.0)));
+        assert!(ai.clone().any(|c| c.get("prompt_tokens").and_then(Value::as_i64).is_some_and(|x| x > 0)));
+        assert!(ai.map(|c| text(c, "model")).collect::<BTreeSet<_>>().len() > 1, "one model only");
+
+        let mut sagas: HashMap<&str, Vec<&serde_json::Map<String, Value>>> = HashMap::new();
+        for step in topic("eventbus.saga_steps") {
+            sagas.entry(text(step, "saga_id")).or_default().push(step);
+        }
+        let compensated = sagas.values().filter(|steps| {
+            steps.iter().any(|s| text(s, "status") == "failed") && steps.iter().any(|s| text(s, "status") == "compensated")
+        });
+        assert!(compensated.count() > 0, "no saga failed and compensated");
+        assert!(sagas.values().any(|steps| steps.len() >= 6), "no saga of several steps");
+        let ties = sagas.values().filter(|steps| {
+            let times: BTreeSet<i64> = steps.iter().map(|s| millis(s)).collect();
+            times.len() < steps.len()
+        });
+        assert!(ties.count() > 0, "no saga whose steps tie on ts");
+
+        let checks = topic("monitoring.health_checks");
+        let states: BTreeSet<&str> = checks.iter().map(|c| text(c, "status")).collect();
+        assert_eq!(states.len(), 3, "{states:?}");
+        let probed: BTreeSet<(&str, &str)> = checks.iter().map(|c| (text(c, "service"), text(c, "dependency"))).collect();
+        assert!(probed.len() >= 18, "{} service-dependency pairs", probed.len());
+
+        let mut collab: HashMap<&str, Vec<i64>> = HashMap::new();
+        for e in topic("realtime.collaboration") {
+            collab.entry(text(e, "collab_session_id")).or_default().push(millis(e));
+        }
+        collab.values_mut().for_each(|times| times.sort_unstable());
+        let paused = collab.values().filter(|times| times.windows(2).any(|w| w[1] - w[0] > 30 * 60_000));
+        assert!(paused.count() > 0, "no collaboration pauses past the 30-minute gap");
+        let kinds: BTreeSet<&str> = topic("realtime.collaboration").iter().map(|e| text(e, "kind")).collect();
+        assert_eq!(kinds.len(), 5, "{kinds:?}");
+
+        let deliveries: BTreeSet<(&str, &str)> =
+            topic("realtime.deliveries").iter().map(|d| (text(d, "kind"), text(d, "status"))).collect();
+        assert_eq!(deliveries.len(), 8, "{deliveries:?}");
+
+        assert!(!topic("eventbus.replays").is_empty(), "no replay");
+        let hubs = topic("realtime.connections").iter().filter(|c| !text(c, "hub").is_empty()).count();
+        assert!(hubs > 0, "no connection names its hub");
     }
 }

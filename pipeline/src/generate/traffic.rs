@@ -9,9 +9,14 @@ use std::collections::{BinaryHeap, HashMap};
 use rand::rngs::SmallRng;
 use rand::Rng;
 
+use super::bus::{Bus, Saga};
+use super::checks::Checks;
 use super::dist::{beta, chance, exponential, lognormal, pick, poisson, Weighted};
+use super::external::External;
 use super::json::Obj;
 use super::out::{Key, Out, Tix};
+use super::realtime::{Realtime, HUBS};
+use super::stream;
 use super::world::{Role, World, EXPERIMENTS};
 
 /// Sessions a user (dormant ones included) starts per day on average.
@@ -42,16 +47,17 @@ pub(super) const SERVICES: [&str; 9] = [
     "rag_assistant",
     "auth",
 ];
-type Svc = usize;
-const DIRECTORY: Svc = 0;
-const COURSE_BUILDER: Svc = 1;
-const ASSESSMENT: Svc = 2;
-const SKILLS_ENGINE: Svc = 3;
-const LEARNER_AI: Svc = 4;
-const CONTENT_STUDIO: Svc = 5;
-const DEVLAB: Svc = 6;
-const RAG_ASSISTANT: Svc = 7;
-const AUTH: Svc = 8;
+/// A service, as an index into [`SERVICES`].
+pub(super) type Svc = usize;
+pub(super) const DIRECTORY: Svc = 0;
+pub(super) const COURSE_BUILDER: Svc = 1;
+pub(super) const ASSESSMENT: Svc = 2;
+pub(super) const SKILLS_ENGINE: Svc = 3;
+pub(super) const LEARNER_AI: Svc = 4;
+pub(super) const CONTENT_STUDIO: Svc = 5;
+pub(super) const DEVLAB: Svc = 6;
+pub(super) const RAG_ASSISTANT: Svc = 7;
+pub(super) const AUTH: Svc = 8;
 
 /// An API route: a path template and the status it answers when all goes well.
 #[derive(Debug)]
@@ -241,6 +247,11 @@ static PROFILES: [Profile; 9] = [
     },
 ];
 
+/// The services a service calls: what its health checks probe besides its infrastructure.
+pub(super) fn dependencies(svc: Svc) -> &'static [Svc] {
+    PROFILES[svc].deps
+}
+
 /// Where a learner's browsing goes, by service.
 const BROWSE_MIX: [f64; 9] = [0.10, 0.35, 0.08, 0.10, 0.12, 0.15, 0.04, 0.04, 0.02];
 /// Trainers and admins look at people and skills more.
@@ -249,7 +260,7 @@ const STAFF_BROWSE_MIX: [f64; 9] = [0.35, 0.25, 0.08, 0.2, 0.05, 0.05, 0.01, 0.0
 const BACKGROUND_CALLERS: [Svc; 5] = [LEARNER_AI, SKILLS_ENGINE, COURSE_BUILDER, CONTENT_STUDIO, ASSESSMENT];
 
 #[derive(Debug, Clone, Copy, PartialEq)]
-enum Breaker {
+pub(super) enum Breaker {
     Closed,
     Open,
     HalfOpen,
@@ -267,18 +278,18 @@ impl Breaker {
 
 /// A stretch of a service's health: its callers' breaker state and how often it fails.
 #[derive(Debug, Clone, Copy)]
-struct Phase {
-    start: i64,
-    end: i64,
-    breaker: Breaker,
-    fail: f64,
+pub(super) struct Phase {
+    pub start: i64,
+    pub end: i64,
+    pub breaker: Breaker,
+    pub fail: f64,
 }
 
-const HEALTHY: Phase = Phase { start: i64::MIN, end: i64::MAX, breaker: Breaker::Closed, fail: 0.003 };
+pub(super) const HEALTHY: Phase = Phase { start: i64::MIN, end: i64::MAX, breaker: Breaker::Closed, fail: 0.003 };
 
 /// Degradation episodes per service, drawn up front: a failing spell with the breaker
 /// closed, then OPEN / HALF_OPEN cycles until a probe succeeds and it closes again.
-struct Health {
+pub(super) struct Health {
     phases: Vec<Vec<Phase>>,
 }
 
@@ -314,13 +325,25 @@ impl Health {
         Health { phases }
     }
 
-    fn at(&self, svc: Svc, t: i64) -> Phase {
+    pub(super) fn at(&self, svc: Svc, t: i64) -> Phase {
         let phases = &self.phases[svc];
         let i = phases.partition_point(|p| p.start <= t);
         match i.checked_sub(1).map(|i| phases[i]) {
             Some(p) if t < p.end => p,
             _ => HEALTHY,
         }
+    }
+
+    /// A service's degradation episodes as `(start, end)`: runs of adjoining phases.
+    pub(super) fn episodes(&self, svc: Svc) -> Vec<(i64, i64)> {
+        let mut episodes: Vec<(i64, i64)> = Vec::new();
+        for p in &self.phases[svc] {
+            match episodes.last_mut() {
+                Some(last) if last.1 == p.start => last.1 = p.end,
+                _ => episodes.push((p.start, p.end)),
+            }
+        }
+        episodes
     }
 }
 
@@ -370,6 +393,8 @@ struct Session {
     id: u64,
     connection: u64,
     signalr: bool,
+    /// The SignalR hub of the connection (an index into `realtime::HUBS`), if `signalr`.
+    hub: usize,
     steps_left: u32,
     enrollment: Option<u32>,
     started: bool,
@@ -377,9 +402,9 @@ struct Session {
 
 /// Who made a request.
 #[derive(Debug, Clone, Copy)]
-struct Caller {
-    user: u32,
-    org: u32,
+pub(super) struct Caller {
+    pub user: u32,
+    pub org: u32,
 }
 
 pub(super) struct Traffic {
@@ -410,10 +435,21 @@ pub(super) struct Traffic {
     experiments: Vec<[u8; EXPERIMENTS]>,
     /// Exam attempts so far per (user, exam).
     attempts: HashMap<(u32, u32), i64>,
+    /// The status of the latest request through the gateway: what follows a request
+    /// (a saga) happens only if it succeeded.
+    last_status: i64,
+    /// The rest of the platform, each with its own random stream so that it leaves the
+    /// requests' draws alone: calls to external providers, the event bus's sagas and
+    /// replays, dependency health checks, and collaboration and deliveries.
+    external: External,
+    bus: Bus,
+    checks: Checks,
+    realtime: Realtime,
 }
 
 impl Traffic {
-    pub(super) fn new(out: &Out, world: &World, mut rng: SmallRng, start: i64, end: i64) -> Traffic {
+    pub(super) fn new(out: &Out, world: &World, seed: u64, start: i64, end: i64) -> Traffic {
+        let mut rng = stream(seed, 3);
         let topics = Topics {
             gateway: out.topic("gateway.requests"),
             calls: out.topic("integration.service_calls"),
@@ -424,7 +460,12 @@ impl Traffic {
             connections: out.topic("realtime.connections"),
         };
         let health = Health::build(&mut rng, start, end);
+        let users = world.users.len() as u32;
         Traffic {
+            external: External::new(out, world, stream(seed, 4), end),
+            bus: Bus::new(out, &health, stream(seed, 5), users, end),
+            checks: Checks::new(out, stream(seed, 6), users, end),
+            realtime: Realtime::new(out, world, stream(seed, 7), end),
             topics,
             rng,
             users: world.users.len() as u32,
@@ -446,6 +487,7 @@ impl Traffic {
             health,
             experiments: vec![[0; EXPERIMENTS]; world.users.len()],
             attempts: HashMap::new(),
+            last_status: 0,
         }
     }
 
@@ -475,6 +517,10 @@ impl Traffic {
             self.queue.pop();
             self.step(out, world, sid, at);
         }
+        self.external.minute(out, t0);
+        self.bus.minute(out, &self.health, t0);
+        self.checks.minute(out, &self.health, t0);
+        self.realtime.minute(out, world, t0);
     }
 
     fn start_session(&mut self, world: &World, at: i64) {
@@ -492,6 +538,7 @@ impl Traffic {
             id: self.next_session,
             connection: self.next_connection,
             signalr: chance(&mut self.rng, 0.15),
+            hub: self.realtime.hub(),
             steps_left: (exponential(&mut self.rng, 20.0) as u32).clamp(3, 150),
             enrollment: world.study_enrollment(&mut self.rng, user),
             started: false,
@@ -554,6 +601,7 @@ impl Traffic {
                 self.connection(out, end, who, &s, "close");
                 s.connection = self.next_connection;
                 s.signalr = chance(&mut self.rng, 0.15);
+                s.hub = self.realtime.hub();
                 self.next_connection += 1;
                 self.connection(out, end + 500, who, &s, "open");
             }
@@ -571,7 +619,11 @@ impl Traffic {
         for _ in 0..pages {
             let svc = self.browse[mix].sample(&mut self.rng).unwrap_or(COURSE_BUILDER);
             let route = &PROFILES[svc].routes[self.route_pick[svc].sample(&mut self.rng).unwrap_or(0)];
-            t = self.request(out, world, t, Some(who), svc, route) + self.rng.random_range(100..2_500);
+            let end = self.request(out, world, t, Some(who), svc, route);
+            if route.method == "POST" && route.path == "/api/v1/enrollments" && self.last_status == route.ok {
+                self.bus.saga(out, &self.health, Saga::Enrollment, end);
+            }
+            t = end + self.rng.random_range(100..2_500);
         }
         self.expose(out, t, who.user, world, Trigger::Browse);
         t
@@ -609,6 +661,11 @@ impl Traffic {
             (_, LEARNER_AI) => self.request(out, world, t, Some(who), svc, &AUDIO_EVAL),
             _ => self.request(out, world, t, Some(who), svc, &AUDIO_CONTENT),
         };
+        match kind {
+            "chat" => self.external.chat(out, t, who, svc),
+            "audio_practice" => self.external.audio_practice(out, t, who, svc),
+            _ => {}
+        }
         let rng = &mut self.rng;
         let latency = match kind {
             "chat" => Some(lognormal(rng, 1_200.0, 0.5)),
@@ -731,6 +788,8 @@ impl Traffic {
                 o.int("attempt", attempt);
             });
         }
+        self.bus.saga(out, &self.health, Saga::Grading, end);
+        self.realtime.feedback(out, end, who, s.signalr);
         self.expose(out, end, who.user, world, Trigger::Assess);
         end
     }
@@ -789,8 +848,14 @@ impl Traffic {
 
     /// A realtime connection event; `metric` is `setup_ms` on open, `delivery_ms` on a message.
     fn connection_metric(&mut self, out: &mut Out, t: i64, who: Caller, s: &Session, action: &'static str, metric: f64) {
+        match action {
+            "open" => self.realtime.online(who.user, Some(s.signalr)),
+            "close" => self.realtime.online(who.user, None),
+            _ => {}
+        }
         let Some(tix) = self.topics.connections else { return };
         let (event_id, omit) = (self.rng.random::<u128>(), self.rng.random_bool(0.5));
+        let (hub, omit_hub) = (s.signalr.then_some(HUBS[s.hub]), self.realtime.coin());
         let at = if action == "open" { t + metric as i64 } else { t };
         out.event(tix, at, Key::Id("u-", u64::from(who.user) + 1), |o: &mut Obj<'_>| {
             o.uuid("event_id", event_id);
@@ -813,6 +878,10 @@ impl Traffic {
                     o.none("setup_ms", omit);
                     o.none("delivery_ms", !omit);
                 }
+            }
+            match hub {
+                Some(hub) => o.str("hub", hub),
+                None => o.none("hub", omit_hub),
             }
         });
     }
@@ -916,6 +985,7 @@ impl Traffic {
             _ => rng_bytes(&mut self.rng, profile.bytes_median, 1.1),
         };
         let end = t + duration.ceil() as i64;
+        self.last_status = status;
         let Some(tix) = self.topics.gateway else { return end };
         let request_id = self.rng.random::<u128>();
         let omit = chance(&mut self.rng, 0.2);

@@ -9,7 +9,8 @@ use std::sync::Arc;
 use arrow::array::{AsArray, BooleanArray, RecordBatch};
 use arrow::compute::filter_record_batch;
 use arrow::datatypes::{Int64Type, TimestampMicrosecondType};
-use datafusion::physical_plan::collect;
+use datafusion::physical_plan::filter::FilterExec;
+use datafusion::physical_plan::{collect, ExecutionPlan};
 use datafusion::physical_plan::execution_plan::reset_plan_states;
 
 use super::event_times;
@@ -17,7 +18,7 @@ use crate::catalog::TablePath;
 use crate::error::{Error, Result};
 use crate::keyed::CurrentState;
 use crate::mirror::Mirror;
-use crate::plan::{Shape, StreamingQuery};
+use crate::plan::{Shape, Slot, StreamingQuery};
 use crate::sink::{LateEvents, TableSink};
 use crate::source::PartitionId;
 use crate::time::{QueryClock, Watermarks};
@@ -30,6 +31,9 @@ pub struct RunningQuery {
     pub windows: Option<WindowOperator>,
     /// A current-state query's keys.
     pub current: Option<CurrentState>,
+    /// The windowed query keeps only some of its topics' rows (a `WHERE`): a row
+    /// past its window is late for this table only if the filter keeps it.
+    filters_input: bool,
 }
 
 /// Where a batch's late rows are recorded: the rows for `late_events`, and per
@@ -50,7 +54,11 @@ impl RunningQuery {
             Shape::Current { spec, .. } => Some(CurrentState::new(spec.clone())?),
             _ => None,
         };
-        Ok(RunningQuery { query, clock, windows, current })
+        let filters_input = match &query.shape {
+            Shape::Windowed { input, .. } => has_filter(input.as_ref()),
+            _ => false,
+        };
+        Ok(RunningQuery { query, clock, windows, current, filters_input })
     }
 
     /// The state a restart needs (windows, or keys), as rows.
@@ -126,7 +134,13 @@ impl RunningQuery {
         let mut rows = batch.clone();
         match late.as_mut() {
             Some(late) if !sessions => {
-                if let Some(keep) = self.late_rows(id, batch, watermarks, row_watermarks, late)? {
+                if let Some((keep, late_rows)) = self.late_rows(id, batch, watermarks, row_watermarks)? {
+                    for row in late_rows {
+                        if !self.filters_input || self.keeps(&input, &slot, &batch.slice(row, 1)).await? {
+                            late.late_any[row] = true;
+                            late.events.push(row, row_watermarks[row], &self.query.table);
+                        }
+                    }
                     rows = filter_record_batch(batch, &keep)?;
                 }
             }
@@ -156,16 +170,15 @@ impl RunningQuery {
         Ok(())
     }
 
-    /// Marks the rows of `batch` whose tumbling or hopping window has closed;
-    /// returns the rows to keep, or `None` when none is late.
+    /// Finds the rows of `batch` whose tumbling or hopping window has closed;
+    /// returns the rows to keep and the late ones, or `None` when none is late.
     fn late_rows(
         &self,
         id: &PartitionId,
         batch: &RecordBatch,
         watermarks: &Watermarks,
         row_watermarks: &mut Vec<i64>,
-        late: &mut Lateness<'_>,
-    ) -> Result<Option<BooleanArray>> {
+    ) -> Result<Option<(BooleanArray, Vec<usize>)>> {
         let ts = event_times(batch)?;
         let Some(WindowOperator::Panes(windows)) = self.windows.as_ref() else { return Ok(None) };
         self.clock.row_watermarks(watermarks, id, ts.values().iter().copied(), row_watermarks);
@@ -173,11 +186,16 @@ impl RunningQuery {
         if !is_late.contains(&true) {
             return Ok(None);
         }
-        for (row, _) in is_late.iter().enumerate().filter(|(_, l)| **l) {
-            late.late_any[row] = true;
-            late.events.push(row, row_watermarks[row], &self.query.table);
-        }
-        Ok(Some(BooleanArray::from(is_late.into_iter().map(|l| !l).collect::<Vec<bool>>())))
+        let late_rows = is_late.iter().enumerate().filter(|(_, l)| **l).map(|(row, _)| row).collect();
+        Ok(Some((BooleanArray::from(is_late.into_iter().map(|l| !l).collect::<Vec<bool>>()), late_rows)))
+    }
+
+    /// Whether the query's `input` keeps anything of `row` (late rows only: they
+    /// are few, and each runs the input plan alone).
+    async fn keeps(&self, input: &Arc<dyn ExecutionPlan>, slot: &Slot, row: &RecordBatch) -> Result<bool> {
+        slot.fill(vec![row.clone()]);
+        let out = collect(input.clone(), self.query.task_ctx.clone()).await?;
+        Ok(out.iter().any(|b| b.num_rows() > 0))
     }
 
     /// Emits every window the watermarks have passed into `sink`, joined with the
@@ -237,6 +255,11 @@ impl RunningQuery {
         }
         Ok(())
     }
+}
+
+/// Whether `plan` drops rows by a predicate somewhere (a `WHERE`).
+fn has_filter(plan: &dyn ExecutionPlan) -> bool {
+    plan.name() == FilterExec::static_name() || plan.children().into_iter().any(|c| has_filter(c.as_ref()))
 }
 
 /// The mirror of CDC topic `topic` (one is kept for every CDC topic).
