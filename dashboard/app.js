@@ -167,7 +167,35 @@ function pivot(chart) {
       lines.get(name)[i] = row[v];
     }
   }
-  return { xs, lines };
+  if (xs.length === 1) {
+    // One time alone would stretch the axis over years: give it half an hour each
+    // side, with no value there.
+    xs.unshift(xs[0] - 1800);
+    xs.push(xs[1] + 1800);
+    for (const [name, ys] of lines) lines.set(name, [null, ...ys, null]);
+  }
+  return { xs, lines: split ? worstFew(chart, lines) : lines };
+}
+
+const KEEP_SERIES = 5;
+
+/// Many lines (nine services, 90 dependencies) make a wall of colour: keep the few
+/// with the highest peaks and draw the rest as one line, summed for counts and
+/// rates, their worst for shares and latencies.
+function worstFew(chart, lines) {
+  if (lines.size <= KEEP_SERIES + 1) return lines;
+  const peak = (ys) => Math.max(...ys.filter((y) => y !== null), -Infinity);
+  const ranked = [...lines.entries()].sort((a, b) => peak(b[1]) - peak(a[1]));
+  const kept = new Map(ranked.slice(0, KEEP_SERIES));
+  const rest = ranked.slice(KEEP_SERIES);
+  const worst = chart.unit === "share" || chart.unit === "ms";
+  const merged = rest[0][1].map((_, i) => {
+    const ys = rest.map(([, line]) => line[i]).filter((y) => y !== null);
+    if (!ys.length) return null;
+    return worst ? Math.max(...ys) : ys.reduce((a, b) => a + b, 0);
+  });
+  kept.set(`${rest.length} others (${worst ? "worst" : "sum"})`, merged);
+  return kept;
 }
 
 function drawLines(chart, fig, body) {
@@ -186,9 +214,8 @@ function drawLines(chart, fig, body) {
       width,
       height: 240,
       series,
-      // One time alone would stretch the axis over years: pad it by half a day.
-      scales: { x: { time: true, range: (u, min, max) => (min === max ? [min - 43200, max + 43200] : [min, max]) } },
-      axes: [{}, { label: chart.unit, size: 60, values: (u, ticks) => ticks.map(format) }],
+      scales: { x: { time: true }, y: { range: (u, min, max) => yRange(chart.unit, min, max) } },
+      axes: [{}, { label: chart.unit, size: 60, values: (u, ticks) => ticks.map(axisValue) }],
       legend: { live: true },
       cursor: { drag: { x: true, y: false } },
     }, data, body);
@@ -221,6 +248,21 @@ function readout(fig, xs, names, lines, x) {
     if (fig.plot) fig.plot.setCursor({ left: fig.plot.valToPos(x, "x"), top: 10 });
   }
   fig.append(dl);
+}
+
+/// The y axis from zero (or below, for negative values) to a little above the top; a
+/// flat line gets a unit of room, and a share never goes past 1.
+function yRange(unit, min, max) {
+  if (min === null || max === null) return [0, 1];
+  const low = Math.min(0, min);
+  const high = max > low ? max + (max - low) * 0.05 : low + 1;
+  return [low, unit === "share" ? Math.min(1, high) : high];
+}
+
+// An axis tick: short enough for the axis (2B rather than 2,000,000,000).
+const compact = new Intl.NumberFormat("en", { notation: "compact", maximumSignificantDigits: 4 });
+function axisValue(v) {
+  return typeof v === "number" && Math.abs(v) >= 10000 ? compact.format(v) : format(v);
 }
 
 function format(v) {

@@ -136,7 +136,7 @@ const CHARTS: &[Chart] = &[
         subject: Subject::None,
         table: "monitoring.api_performance.request_response_times",
         time: "window_start",
-        sql: "SELECT window_start, service AS series, max(p95_duration_ms) AS p95_ms FROM {table} WHERE {range} GROUP BY 1, 2 ORDER BY 1, 2",
+        sql: "SELECT {bucket} AS window_start, service AS series, max(p95_duration_ms) AS p95_ms FROM {table} WHERE {range} GROUP BY 1, 2 ORDER BY 1, 2",
         unit: "ms",
         target: Some(100.0),
     },
@@ -149,7 +149,7 @@ const CHARTS: &[Chart] = &[
         subject: Subject::None,
         table: "monitoring.api_performance.request_response_times",
         time: "window_start",
-        sql: "SELECT window_start, service AS series, sum(errors_4xx + errors_5xx) * 1.0 / sum(requests) AS error_rate FROM {table} WHERE {range} GROUP BY 1, 2 ORDER BY 1, 2",
+        sql: "SELECT {bucket} AS window_start, service AS series, sum(errors_4xx + errors_5xx) * 1.0 / sum(requests) AS error_rate FROM {table} WHERE {range} GROUP BY 1, 2 ORDER BY 1, 2",
         unit: "share",
         target: None,
     },
@@ -162,7 +162,7 @@ const CHARTS: &[Chart] = &[
         subject: Subject::None,
         table: "monitoring.api_performance.circuit_breaker_logs",
         time: "window_start",
-        sql: "SELECT window_start, service AS series, sum(CASE WHEN breaker_state = 'OPEN' THEN calls ELSE 0 END) * 1.0 / sum(calls) AS open_share FROM {table} WHERE {range} GROUP BY 1, 2 ORDER BY 1, 2",
+        sql: "SELECT {bucket} AS window_start, service AS series, sum(CASE WHEN breaker_state = 'OPEN' THEN calls ELSE 0 END) * 1.0 / sum(calls) AS open_share FROM {table} WHERE {range} GROUP BY 1, 2 ORDER BY 1, 2",
         unit: "share",
         target: None,
     },
@@ -182,15 +182,80 @@ const CHARTS: &[Chart] = &[
     Chart {
         id: "ws_delivery",
         section: "Platform",
-        title: "Websocket delivery p95, against 50 ms",
+        title: "Websocket delivery p95 (worst in each bucket), against 50 ms",
         kind: Kind::Lines,
         roles: ANALYST,
         subject: Subject::None,
         table: "real_time.connection_management.websocket_performance",
         time: "window_start",
-        sql: "SELECT window_start, transport AS series, p95_delivery_ms FROM {table} WHERE {range} ORDER BY 1, 2",
+        sql: "SELECT {bucket} AS window_start, transport AS series, max(p95_delivery_ms) AS p95_delivery_ms FROM {table} WHERE {range} GROUP BY 1, 2 ORDER BY 1, 2",
         unit: "ms",
         target: Some(50.0),
+    },
+    Chart {
+        id: "ai_tokens",
+        section: "Platform",
+        title: "Azure OpenAI tokens per hour, per model",
+        kind: Kind::Lines,
+        roles: ANALYST,
+        subject: Subject::None,
+        table: "integration.external_services.azure_openai_usage",
+        time: "window_start",
+        sql: "SELECT window_start, coalesce(model, '(none)') AS series, sum(total_tokens) AS tokens FROM {table} WHERE {range} GROUP BY 1, 2 ORDER BY 1, 2",
+        unit: "tokens",
+        target: None,
+    },
+    Chart {
+        id: "ai_spend",
+        section: "Platform",
+        title: "AI spend and failed calls per hour (Azure OpenAI and Speech)",
+        kind: Kind::Lines,
+        roles: ANALYST,
+        subject: Subject::None,
+        table: "integration.external_services.azure_openai_usage",
+        time: "window_start",
+        sql: "SELECT window_start, sum(cost_usd) AS cost_usd, sum(failures) AS failed_calls FROM (SELECT window_start, cost_usd, failures FROM {table} UNION ALL SELECT window_start, cost_usd, failures FROM integration.external_services.speech_service_usage) AS usage WHERE {range} GROUP BY 1 ORDER BY 1",
+        unit: "USD, calls",
+        target: None,
+    },
+    Chart {
+        id: "external_availability",
+        section: "Platform",
+        title: "Availability of external services (calls that succeed)",
+        kind: Kind::Lines,
+        roles: ANALYST,
+        subject: Subject::None,
+        table: "monitoring.integration_health.external_service_status",
+        time: "window_start",
+        sql: "SELECT {bucket} AS window_start, provider AS series, sum(calls - failures) * 1.0 / sum(calls) AS availability FROM {table} WHERE {range} GROUP BY 1, 2 ORDER BY 1, 2",
+        unit: "share",
+        target: None,
+    },
+    Chart {
+        id: "dependency_health",
+        section: "Platform",
+        title: "Dependency checks not healthy, per service and dependency",
+        kind: Kind::Lines,
+        roles: ANALYST,
+        subject: Subject::None,
+        table: "monitoring.integration_health.dependency_health_checks",
+        time: "window_start",
+        sql: "SELECT {bucket} AS window_start, service || ' → ' || dependency AS series, sum(degraded + unhealthy) * 1.0 / sum(checks) AS not_healthy FROM {table} WHERE {range} GROUP BY 1, 2 ORDER BY 1, 2",
+        unit: "share",
+        target: None,
+    },
+    Chart {
+        id: "saga_outcomes",
+        section: "Platform",
+        title: "Saga runs by outcome",
+        kind: Kind::Lines,
+        roles: ANALYST,
+        subject: Subject::None,
+        table: "integration.event_bus.saga_coordination_data",
+        time: "window_start",
+        sql: "SELECT {bucket} AS window_start, outcome AS series, count(*) AS runs FROM {table} WHERE {range} GROUP BY 1, 2 ORDER BY 1, 2",
+        unit: "runs",
+        target: None,
     },
     Chart {
         id: "velocity",
@@ -245,6 +310,32 @@ const CHARTS: &[Chart] = &[
         target: None,
     },
     Chart {
+        id: "feedback_deliveries",
+        section: "Learning",
+        title: "Latest feedback deliveries",
+        kind: Kind::Table,
+        roles: EVERYONE,
+        subject: Subject::User,
+        table: "real_time.interaction_logs.feedback_delivery_logs",
+        time: "ts",
+        sql: "SELECT ts, source_service, channel, status, latency_ms, error FROM {table} WHERE user_id = {id} AND {range} ORDER BY ts DESC, delivery_id LIMIT 10",
+        unit: "",
+        target: None,
+    },
+    Chart {
+        id: "notification_deliveries",
+        section: "Learning",
+        title: "Latest notifications",
+        kind: Kind::Table,
+        roles: EVERYONE,
+        subject: Subject::User,
+        table: "real_time.interaction_logs.notification_delivery_logs",
+        time: "ts",
+        sql: "SELECT ts, source_service, channel, status, latency_ms, error FROM {table} WHERE user_id = {id} AND {range} ORDER BY ts DESC, delivery_id LIMIT 10",
+        unit: "",
+        target: None,
+    },
+    Chart {
         id: "students",
         section: "Learning",
         title: "A trainer's students: active, topics completed, average score per day",
@@ -288,6 +379,18 @@ fn range_condition(range: Range, table: &str, time: &str) -> String {
     format!("{time} >= (SELECT max({time}) FROM {table}) - INTERVAL '{span}'")
 }
 
+/// The time bucket a per-minute chart is drawn in: minutes over an hour, a
+/// quarter of an hour over a day, hours over the whole lake, so that a chart has
+/// tens of points, not thousands.
+fn bucket(range: Range, time: &str) -> String {
+    let width = match range {
+        Range::Hour => "1 minute",
+        Range::Day => "15 minutes",
+        Range::All => "1 hour",
+    };
+    format!("date_bin(INTERVAL '{width}', {time}, TIMESTAMP '2000-01-01T00:00:00Z')")
+}
+
 fn range_name(range: Range) -> &'static str {
     match range {
         Range::Hour => "hour",
@@ -329,6 +432,7 @@ pub async fn charts(State(api): State<Arc<Api>>, headers: HeaderMap, RawQuery(qu
         let sql = chart
             .sql
             .replace("{range}", &range_condition(range, chart.table, chart.time))
+            .replace("{bucket}", &bucket(range, chart.time))
             .replace("{table}", chart.table)
             .replace("{id}", &id.as_deref().map(literal).unwrap_or_default());
         let (columns, rows, error) = match run(&session, &sql).await {
