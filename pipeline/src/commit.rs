@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use arrow::array::RecordBatch;
 
-use crate::catalog::storage::redact;
+use crate::catalog::storage::{is_transient, redact};
 use crate::catalog::TablePath;
 use crate::checkpoint::{Checkpoint, CheckpointStore, Position, QueryCheckpoint};
 use crate::error::{Error, Result};
@@ -266,7 +266,7 @@ impl LakeWriter {
                         }
                         break;
                     }
-                    Err(e) if e.is_transient() => outage.wait("maintaining the tables", e).await?,
+                    Err(e) if is_transient(&e) => outage.wait("maintaining the tables", e).await?,
                     Err(e) => {
                         tracing::warn!(table = %path, error = %redact(&e.to_string()), "maintenance failed; trying again after the next epoch");
                         break;
@@ -294,7 +294,7 @@ impl<'a> Outage<'a> {
     /// Returns after the backoff when `error` is an outage still within the limit;
     /// otherwise returns the error.
     async fn wait(&mut self, step: &str, error: Error) -> Result<()> {
-        if !error.is_transient() {
+        if !is_transient(&error) {
             self.since = None;
             return Err(error);
         }

@@ -60,9 +60,4 @@ impl Error {
     pub fn delta(table: impl Into<String>, source: deltalake::DeltaTableError) -> Self {
         Error::Delta { table: table.into(), source }
     }
-
-    /// Whether this is the lake's store being unreachable for a while (worth a retry).
-    pub fn is_transient(&self) -> bool {
-        crate::catalog::storage::is_transient(self)
-    }
 }

@@ -17,6 +17,7 @@ pub mod checkpoint;
 pub mod cli;
 pub mod commit;
 pub mod decode;
+pub mod dialect;
 pub mod error;
 pub mod mirror;
 pub mod generate;

@@ -17,7 +17,7 @@ use datafusion::logical_expr::expr::ScalarFunction;
 use datafusion::logical_expr::{Aggregate, Expr, LogicalPlan};
 use datafusion::physical_plan::PhysicalExpr;
 
-use super::functions::{current_key, CURRENT_KEY};
+use crate::dialect::{current_key, CURRENT_KEY};
 use super::window::ordered_in_any_order;
 use super::{AggregateSpec, WINDOW_FUNCTIONS};
 

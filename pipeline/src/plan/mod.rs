@@ -23,7 +23,6 @@
 
 mod current;
 pub mod directives;
-mod functions;
 mod slot;
 mod window;
 
@@ -46,7 +45,7 @@ use datafusion::physical_planner::{DefaultPhysicalPlanner, PhysicalPlanner};
 use datafusion::prelude::{SessionConfig, SessionContext};
 
 pub use current::CurrentSpec;
-pub use functions::{window_type, WINDOW_FUNCTIONS};
+pub use crate::dialect::{window_type, WINDOW_FUNCTIONS};
 pub use slot::Slot;
 pub use window::WindowSpec;
 
@@ -197,7 +196,7 @@ pub async fn plan(file: &SqlFile, inputs: &[InputTable], udfs: &Udfs) -> Result<
 
     let state = session_state();
     let ctx = SessionContext::new_with_state(state.clone());
-    for udf in functions::all() {
+    for udf in crate::dialect::all() {
         ctx.register_udf((*udf).clone());
     }
     udfs.register(&ctx);

@@ -10,12 +10,10 @@ use arrow::array::{AsArray, BooleanArray};
 use arrow::compute::filter_record_batch;
 use arrow::datatypes::TimestampMicrosecondType;
 use arrow::record_batch::RecordBatch;
-use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
+use deltalake::kernel::transaction::CommitBuilder;
 use deltalake::kernel::{Action, Add, Remove, Transaction};
 use deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use deltalake::parquet::basic::Compression;
 use deltalake::parquet::file::properties::WriterProperties;
-use deltalake::parquet::schema::types::ColumnPath;
 use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
 use deltalake::{DeltaTable, DeltaTableError};
@@ -23,6 +21,7 @@ use object_store::ObjectStoreExt;
 use serde::{Deserialize, Serialize};
 
 use super::maintain::{self, Maintained, MaintenancePolicy};
+use super::properties::{commit_properties, writer_properties};
 use super::{TableLayout, DATE};
 use crate::catalog::{Lake, TablePath};
 use crate::error::{Error, Result};
@@ -335,15 +334,6 @@ pub async fn committed_epoch(table: &DeltaTable, app_id: &str) -> Result<Option<
     state.transaction_version(table.log_store().as_ref(), app_id).await.map_err(|e| Error::delta(name(), e))
 }
 
-/// How every commit of Sluice's is made: no Delta checkpoint and no listing of
-/// `_delta_log` for expired logs after it; the maintenance step does both on its
-/// own schedule, so a commit's cost does not grow with the log.
-pub fn commit_properties() -> CommitProperties {
-    // No retry at the next version either: with one writer per table a conflict can
-    // only be this commit having landed already, which the caller checks by `txn`.
-    CommitProperties::default().with_create_checkpoint(false).with_cleanup_expired_logs(Some(false)).with_max_retries(0)
-}
-
 /// Whether a file whose statistics are `stats` (Delta's JSON) may hold rows of
 /// the windows starting at `starts` (µs): its `window_start` range overlaps one.
 /// Without statistics it may.
@@ -373,18 +363,6 @@ fn without_windows(batch: &RecordBatch, starts: &BTreeSet<i64>) -> Result<Record
 /// The `date` partition value (`YYYY-MM-DD`) of a window starting at `start` µs.
 fn date_of(start: i64) -> String {
     chrono::DateTime::from_timestamp_micros(start).map(|t| t.format("%Y-%m-%d").to_string()).unwrap_or_default()
-}
-
-/// Identifiers and raw messages are unique per row: dictionary-encoding them costs
-/// time and saves nothing, so only the other columns get dictionaries.
-pub fn writer_properties(schema: &arrow::datatypes::Schema) -> WriterProperties {
-    let unique = |name: &str| name.ends_with("_id") || matches!(name, "payload" | "raw" | "_raw" | "_offset");
-    schema
-        .fields()
-        .iter()
-        .filter(|f| unique(f.name()))
-        .fold(WriterProperties::builder().set_compression(Compression::SNAPPY), |b, f| b.set_column_dictionary_enabled(ColumnPath::from(f.name().as_str()), false))
-        .build()
 }
 
 /// An existing table must have the columns the SQL file now produces.

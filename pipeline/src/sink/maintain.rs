@@ -16,7 +16,7 @@ use deltalake::operations::vacuum::VacuumMode;
 use deltalake::parquet::file::properties::WriterProperties;
 use deltalake::DeltaTable;
 
-use super::delta::commit_properties;
+use super::properties::commit_properties;
 use crate::error::{Error, Result};
 
 /// When and how tables are maintained.

@@ -7,9 +7,11 @@
 mod delta;
 pub mod maintain;
 mod operational;
+mod properties;
 
-pub use delta::{commit_properties, committed_epoch, writer_properties, Staged, TableSink};
+pub use delta::{committed_epoch, Staged, TableSink};
 pub use maintain::{Maintained, MaintenancePolicy};
+pub use properties::{commit_properties, writer_properties};
 pub use operational::{dead_letter_schema, dead_letters_batch, late_event_schema, LateEvents, DEAD_LETTERS, LATE_EVENTS};
 
 use std::sync::Arc;

@@ -65,7 +65,7 @@ pub fn load_dir(dir: &Path) -> Result<Vec<UdfFile>> {
 /// The names SQL already has functions for: DataFusion's, and the windows'.
 fn built_in_functions() -> std::collections::HashSet<String> {
     let state = datafusion::execution::session_state::SessionStateBuilder::new().with_default_features().build();
-    let windows = crate::plan::WINDOW_FUNCTIONS.iter().map(|n| n.to_string());
+    let windows = crate::dialect::WINDOW_FUNCTIONS.iter().map(|n| n.to_string());
     let datafusion = state.scalar_functions().keys().chain(state.aggregate_functions().keys()).chain(state.window_functions().keys()).cloned();
     windows.chain(datafusion).collect()
 }

@@ -1,6 +1,9 @@
-//! Streaming SQL's window functions in the Arroyo dialect: `tumble(width)`,
-//! `hop(slide, width)` and `session(gap)` in a GROUP BY. The planner recognises the call and the window operator evaluates it;
-//! DataFusion never runs it, so invoking it directly is an error.
+//! What Sluice adds to DataFusion's SQL: the window functions of the Arroyo dialect,
+//! `tumble(width)`, `hop(slide, width)` and `session(gap)` in a GROUP BY, and the
+//! planner's own current-state key. The planner recognises the calls and the window
+//! and keyed operators evaluate them; DataFusion never runs them, so invoking one
+//! directly is an error. Its own module because both the [`crate::plan`]ner and the
+//! [`crate::udf`] loader (which keeps user functions off these names) need it.
 
 use std::sync::Arc;
 
@@ -95,6 +98,7 @@ pub fn current_key() -> ScalarUDF {
     ScalarUDF::new_from_impl(CurrentKey { signature: Signature::variadic_any(Volatility::Volatile) })
 }
 
+/// The window functions, for a planner's session.
 pub fn all() -> Vec<Arc<ScalarUDF>> {
     vec![Arc::new(tumble()), Arc::new(hop()), Arc::new(session())]
 }
