@@ -103,10 +103,13 @@ pub enum Command {
         #[command(flatten)]
         definitions: Definitions,
     },
-    /// List the lake's tables: rows, Delta version, live files and bytes, last Delta checkpoint.
+    /// List the lake's tables: rows, Delta version, live files and bytes, last Delta
+    /// checkpoint, and what defines each (its SQL file, a CDC topic, sluice, or none).
     Tables {
         #[arg(long)]
         lake: String,
+        #[command(flatten)]
+        definitions: Definitions,
     },
     /// Compact small files and vacuum old ones, for a lake whose pipeline is stopped
     /// (a running pipeline maintains its tables itself).
@@ -144,7 +147,7 @@ pub async fn main(cli: Cli) -> Result<()> {
         }
         Command::Run(args) => run::run(&args, &storage).await.map(|_| ()),
         Command::Query { lake, format, sql } => query::query(&lake, &sql, format, &storage).await,
-        Command::Tables { lake } => query::tables(&lake, &storage).await,
+        Command::Tables { lake, definitions } => query::tables(&lake, &definitions, &storage).await,
         Command::Maintain(args) => maintain::maintain(&args, &storage).await,
         Command::Serve(args) => serve::serve(&args, &storage).await,
         Command::Udfs { action, definitions } => udfs::udfs(action, &definitions),

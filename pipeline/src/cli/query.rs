@@ -1,10 +1,16 @@
 //! `sluice query` and `sluice tables`: the lake through SQL.
 
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
 use arrow::record_batch::RecordBatch;
 
-use super::Format;
-use crate::catalog::{Lake, StorageOptions};
+use super::{Definitions, Format};
+use crate::catalog::{Lake, StorageOptions, TablePath};
 use crate::error::{Error, Result};
+use crate::plan::load_sql_dir;
+use crate::runtime::Definition;
+use crate::schema::SchemaRegistry;
 
 pub async fn query(lake: &str, sql: &str, format: Format, storage: &StorageOptions) -> Result<()> {
     let batches = run_query(lake, sql, storage).await?;
@@ -43,14 +49,15 @@ pub fn render(batches: &[RecordBatch], format: Format) -> Result<String> {
     })
 }
 
-pub async fn tables(lake_location: &str, storage: &StorageOptions) -> Result<()> {
+pub async fn tables(lake_location: &str, definitions: &Definitions, storage: &StorageOptions) -> Result<()> {
     let lake = Lake::connect(lake_location, false, storage.clone()).await?;
     let tables = lake.tables().await?;
     if tables.is_empty() {
         eprintln!("no tables in {lake_location}");
         return Ok(());
     }
-    let mut out = format!("{:<58} {:>10} {:>8} {:>6} {:>10} {:>10}\n", "table", "rows", "version", "files", "bytes", "checkpoint");
+    let defined = defined_by(definitions)?;
+    let mut out = format!("{:<58} {:>10} {:>8} {:>6} {:>10} {:>10}  {}\n", "table", "rows", "version", "files", "bytes", "checkpoint", "defined by");
     for table in tables {
         let name = table.sql_name();
         let delta = lake.load_table(&table).await?;
@@ -65,9 +72,36 @@ pub async fn tables(lake_location: &str, storage: &StorageOptions) -> Result<()>
             None => scan_count(&delta, &table).await?,
         };
         let checkpoint = crate::sink::maintain::last_checkpoint(&delta).await.map_or_else(|| "-".to_string(), |v| v.to_string());
-        out.push_str(&format!("{name:<58} {rows:>10} {version:>8} {files:>6} {:>10} {checkpoint:>10}\n", human_bytes(bytes as u64)));
+        let definition = match &defined {
+            None => "?".to_string(),
+            Some((sql_dir, defined)) => match defined.get(&table) {
+                // As the user names the directory (`sql/` unless --sql said otherwise).
+                Some(Definition::Sql(path)) => {
+                    let shown = definitions.sql.as_deref().unwrap_or(Path::new("sql"));
+                    shown.join(path.strip_prefix(sql_dir).unwrap_or(path)).display().to_string()
+                }
+                Some(other) => other.to_string(),
+                None => "none (no SQL file: no longer updated)".to_string(),
+            },
+        };
+        out.push_str(&format!("{name:<58} {rows:>10} {version:>8} {files:>6} {:>10} {checkpoint:>10}  {definition}\n", human_bytes(bytes as u64)));
     }
     super::emit(&out)
+}
+
+/// What defines each table by the definitions of the project at hand, with the
+/// SQL directory; none when no `schemas/` and `sql/` are found and none were named
+/// (a lake can be listed from anywhere).
+fn defined_by(definitions: &Definitions) -> Result<Option<(PathBuf, BTreeMap<TablePath, Definition>)>> {
+    let named = definitions.schemas.is_some() || definitions.sql.is_some();
+    let (schemas, sql) = match (definitions.schemas_dir(), definitions.sql_dir()) {
+        (Ok(schemas), Ok(sql)) => (schemas, sql),
+        (Err(e), _) | (_, Err(e)) if named => return Err(e),
+        _ => return Ok(None),
+    };
+    let registry = SchemaRegistry::load(&schemas)?;
+    let defined = crate::runtime::definitions(&registry, &load_sql_dir(&sql)?)?;
+    Ok(Some((sql, defined)))
 }
 
 /// A table's rows, counted by reading it.

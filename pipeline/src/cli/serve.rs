@@ -51,9 +51,11 @@ pub struct ServeArgs {
     /// The most Postgres connections one user may hold at once.
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=10_000))]
     pub max_connections_per_user: u64,
-    /// The most statements one user may run at once (over Postgres and HTTP); more wait their turn.
-    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=1_000))]
-    pub max_statements_per_user: u64,
+    /// The most statements one user may run at once (over Postgres and HTTP); more
+    /// wait their turn. Default: half the cores, at least 1, so that one user's
+    /// runaway statements leave the other half of the machine to everyone else.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1_000))]
+    pub max_statements_per_user: Option<u64>,
     /// The longest statement taken, in bytes of SQL.
     #[arg(long, default_value = "1MiB", value_parser = super::run::size)]
     pub max_statement_bytes: u64,
@@ -84,13 +86,17 @@ pub async fn serve(args: &ServeArgs, storage: &StorageOptions) -> Result<()> {
         query_memory: bytes(args.query_memory),
         memory: bytes(args.memory),
         statement: StatementLimits { max_bytes: bytes(args.max_statement_bytes), max_depth: bytes(args.max_statement_depth), ..StatementLimits::default() },
-        statements_per_user: bytes(args.max_statements_per_user),
+        statements_per_user: args.max_statements_per_user.map_or_else(half_the_cores, bytes),
         max_connections: bytes(args.max_connections),
         connections_per_user: bytes(args.max_connections_per_user),
         auth_timeout: args.auth_timeout,
     };
     let server = Server { lake: Arc::new(ServedLake::new(lake, policy)), verifier, limits, tls };
     server.run(args.pg_addr, args.http_addr).await
+}
+
+fn half_the_cores() -> usize {
+    (std::thread::available_parallelism().map_or(2, |n| n.get()) / 2).max(1)
 }
 
 /// The one key tokens are verified with: an RS256 public key, or an HS256 secret.

@@ -166,6 +166,39 @@ pub fn input_tables(registry: &SchemaRegistry) -> Vec<InputTable> {
     inputs
 }
 
+/// What defines a table of the lake: a SQL file, a CDC topic (its mirror), or the
+/// pipeline itself (dead letters and late events).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Definition {
+    Sql(std::path::PathBuf),
+    Mirror(String),
+    Pipeline,
+}
+
+impl std::fmt::Display for Definition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Definition::Sql(path) => write!(f, "{}", path.display()),
+            Definition::Mirror(topic) => write!(f, "mirror of {topic}"),
+            Definition::Pipeline => write!(f, "sluice"),
+        }
+    }
+}
+
+/// Every table a pipeline of these definitions writes, with what defines it.
+pub fn definitions(registry: &SchemaRegistry, sql: &[SqlFile]) -> Result<BTreeMap<TablePath, Definition>> {
+    let mut tables: BTreeMap<TablePath, Definition> = sql.iter().map(|f| (f.table.clone(), Definition::Sql(f.path.clone()))).collect();
+    for topic in registry.topics() {
+        if let Some(table) = crate::mirror::table_of(topic) {
+            tables.insert(table, Definition::Mirror(topic.topic.clone()));
+        }
+    }
+    for name in [DEAD_LETTERS, LATE_EVENTS] {
+        tables.insert(TablePath::new(name).map_err(Error::Internal)?, Definition::Pipeline);
+    }
+    Ok(tables)
+}
+
 impl Pipeline {
     /// Plans every SQL file and opens (or creates) every table.
     pub async fn new(lake: &Lake, registry: &SchemaRegistry, sql: &[SqlFile], udfs: &Udfs, options: RunOptions) -> Result<Self> {
@@ -195,6 +228,10 @@ impl Pipeline {
             let sink = TableSink::open(lake, mirror.table().clone(), layout, &options.pipeline).await?.overwriting();
             sinks.insert(mirror.table().clone(), sink);
             mirrors.insert(mirror.topic().clone(), mirror);
+        }
+        // A table whose SQL file was removed stays as it was: said once, at start.
+        for table in lake.tables().await?.into_iter().filter(|t| !sinks.contains_key(t)) {
+            tracing::warn!(table = %table.sql_name(), "no SQL file defines this table any more: it stays in the lake as it was, no longer updated");
         }
         let decoders = registry.topics().map(|t| (Arc::from(t.topic.as_str()), TopicDecoder::new(t.clone()))).collect();
         let checkpoints = CheckpointStore::open(lake, &options.pipeline)?;

@@ -1,0 +1,101 @@
+//! A transformation's life on a running lake (issue 19): what happens to a table
+//! when its SQL file goes away.
+//!
+//! Two runs over one input, split in two halves: the first with every SQL file, the
+//! second, over the rest of the input, after one file was deleted.
+
+mod support;
+
+use std::path::Path;
+use std::process::Command;
+
+use support::{repo, sluice, SLUICE};
+
+/// Copies a directory tree.
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap().flatten() {
+        let target = to.join(entry.file_name());
+        if entry.path().is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+/// Splits every partition file of `input` at half its lines: the first halves go to
+/// `first`, and `input` keeps all of them (a file source resumes at its line).
+fn first_halves(input: &Path, first: &Path) {
+    for entry in std::fs::read_dir(input).unwrap().flatten() {
+        let path = entry.path();
+        let target = first.join(entry.file_name());
+        if path.is_dir() {
+            first_halves(&path, &target);
+        } else {
+            std::fs::create_dir_all(first).unwrap();
+            // Bytes, not text: some bad messages are not UTF-8.
+            let bytes = std::fs::read(&path).unwrap();
+            let lines: Vec<&[u8]> = bytes.split_inclusive(|b| *b == b'\n').collect();
+            std::fs::write(target, lines[..lines.len() / 2].concat()).unwrap();
+        }
+    }
+}
+
+/// `sluice tables`: each table's line, by its SQL name.
+fn tables(lake: &Path, schemas: &str, sql: &Path) -> std::collections::BTreeMap<String, String> {
+    let out = Command::new(SLUICE)
+        .args(["tables", "--lake", lake.to_str().unwrap(), "--schemas", schemas, "--sql", sql.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.lines().skip(1).filter_map(|l| Some((l.split_whitespace().next()?.to_string(), l.to_string()))).collect()
+}
+
+/// The `version` column of a `sluice tables` line.
+fn version(line: &str) -> u64 {
+    line.split_whitespace().nth(2).and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("no version in `{line}`"))
+}
+
+#[test]
+fn a_removed_sql_file_leaves_its_table_as_it_was_and_the_run_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let (input, first, lake, sql) = (dir.path().join("in"), dir.path().join("first"), dir.path().join("lake"), dir.path().join("sql"));
+    let schemas = repo("schemas");
+    sluice(&["generate", "--out", input.to_str().unwrap(), "--seed", "19", "--users", "200", "--hours", "6", "--schemas", &schemas]);
+    first_halves(&input, &first);
+    copy_tree(Path::new(&repo("sql")), &sql);
+    let run = |input: &Path| {
+        Command::new(SLUICE)
+            .args(["run", "--input", input.to_str().unwrap(), "--lake", lake.to_str().unwrap(), "--schemas", &schemas, "--sql", sql.to_str().unwrap()])
+            .output()
+            .unwrap()
+    };
+
+    let out = run(&first);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let before = tables(&lake, &schemas, &sql);
+    let removed = "analytics.learner.velocity_daily";
+    // A landing table: a file run emits every window at its end, so only rows
+    // without a window land from the second half.
+    let kept = "integration.api_gateway.request_logs";
+    assert!(before[removed].ends_with("analytics/learner/velocity_daily.sql"), "{}", before[removed]);
+    assert!(before[kept].ends_with("integration/api_gateway/request_logs.sql"), "{}", before[kept]);
+    assert!(before["monitoring.integration_health.dead_letters"].ends_with("  sluice"));
+    assert!(before["services.directory.users"].ends_with("  mirror of cdc.directory.users"));
+
+    std::fs::remove_file(sql.join("analytics/learner/velocity_daily.sql")).unwrap();
+    let out = run(&input);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let said: Vec<&str> = stderr.lines().filter(|l| l.contains("no SQL file defines this table any more")).collect();
+    assert_eq!(said.len(), 1, "said once, for the one table: {stderr}");
+    assert!(said[0].contains(removed), "{}", said[0]);
+
+    let after = tables(&lake, &schemas, &sql);
+    assert!(after[removed].ends_with("  none (no SQL file: no longer updated)"), "{}", after[removed]);
+    let columns = |line: &str| line.split_whitespace().take(6).map(String::from).collect::<Vec<_>>();
+    assert_eq!(columns(&after[removed]), columns(&before[removed]), "the table is as it was: rows, version, files, bytes");
+    assert!(version(&after[kept]) > version(&before[kept]), "the other tables went on: {} then {}", before[kept], after[kept]);
+}
