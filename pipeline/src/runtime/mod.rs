@@ -229,9 +229,15 @@ impl Pipeline {
             sinks.insert(mirror.table().clone(), sink);
             mirrors.insert(mirror.topic().clone(), mirror);
         }
-        // A table whose SQL file was removed stays as it was: said once, at start.
-        for table in lake.tables().await?.into_iter().filter(|t| !sinks.contains_key(t)) {
-            tracing::warn!(table = %table.sql_name(), "no SQL file defines this table any more: it stays in the lake as it was, no longer updated");
+        // A table whose SQL file was removed stays as it was: said once, at start. The
+        // listing only informs, so a store that cannot list now does not stop the run.
+        match lake.tables().await {
+            Ok(tables) => {
+                for table in tables.into_iter().filter(|t| !sinks.contains_key(t)) {
+                    tracing::warn!(table = %table.sql_name(), "no SQL file defines this table any more: it stays in the lake as it was, no longer updated");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "could not list the lake for tables without a SQL file"),
         }
         let decoders = registry.topics().map(|t| (Arc::from(t.topic.as_str()), TopicDecoder::new(t.clone()))).collect();
         let checkpoints = CheckpointStore::open(lake, &options.pipeline)?;
