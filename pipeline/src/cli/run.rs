@@ -187,7 +187,12 @@ pub async fn run(args: &RunArgs, storage: &StorageOptions) -> Result<RunStats> {
         eprintln!("serving http://{bound}/healthz and /metrics");
     }
     let mut pipeline = Pipeline::new(&lake, &registry, &sql, &udfs, options).await?;
+    // In the background: listing a lake on an object store takes a while.
+    let defined = crate::runtime::definitions(&registry, &sql)?.into_keys().collect();
+    let undefined = tokio::spawn(crate::runtime::say_undefined_tables(lake.clone(), defined));
     let stats = pipeline.run(source.as_mut()).await?;
+    // A short run still says it before its summary.
+    let _ = undefined.await;
     print_summary(&stats);
     Ok(stats)
 }

@@ -199,6 +199,20 @@ pub fn definitions(registry: &SchemaRegistry, sql: &[SqlFile]) -> Result<BTreeMa
     Ok(tables)
 }
 
+/// Says which tables of the lake no definition writes any more (their SQL file was
+/// deleted): they stay as they were. Only informs, so a store that cannot be listed
+/// now is logged and nothing more.
+pub async fn say_undefined_tables(lake: Lake, defined: std::collections::BTreeSet<TablePath>) {
+    match lake.tables().await {
+        Ok(tables) => {
+            for table in tables.into_iter().filter(|t| !defined.contains(t)) {
+                tracing::warn!(table = %table.sql_name(), "no SQL file defines this table any more: it stays in the lake as it was, no longer updated");
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "could not list the lake for tables without a SQL file"),
+    }
+}
+
 impl Pipeline {
     /// Plans every SQL file and opens (or creates) every table.
     pub async fn new(lake: &Lake, registry: &SchemaRegistry, sql: &[SqlFile], udfs: &Udfs, options: RunOptions) -> Result<Self> {
@@ -228,16 +242,6 @@ impl Pipeline {
             let sink = TableSink::open(lake, mirror.table().clone(), layout, &options.pipeline).await?.overwriting();
             sinks.insert(mirror.table().clone(), sink);
             mirrors.insert(mirror.topic().clone(), mirror);
-        }
-        // A table whose SQL file was removed stays as it was: said once, at start. The
-        // listing only informs, so a store that cannot list now does not stop the run.
-        match lake.tables().await {
-            Ok(tables) => {
-                for table in tables.into_iter().filter(|t| !sinks.contains_key(t)) {
-                    tracing::warn!(table = %table.sql_name(), "no SQL file defines this table any more: it stays in the lake as it was, no longer updated");
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "could not list the lake for tables without a SQL file"),
         }
         let decoders = registry.topics().map(|t| (Arc::from(t.topic.as_str()), TopicDecoder::new(t.clone()))).collect();
         let checkpoints = CheckpointStore::open(lake, &options.pipeline)?;
