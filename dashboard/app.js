@@ -184,8 +184,8 @@ const KEEP_SERIES = 5;
 /// rates, their worst for shares and latencies.
 function worstFew(chart, lines) {
   if (lines.size <= KEEP_SERIES + 1) return lines;
-  const peak = (ys) => Math.max(...ys.filter((y) => y !== null), -Infinity);
-  const ranked = [...lines.entries()].sort((a, b) => peak(b[1]) - peak(a[1]));
+  const peaks = new Map([...lines].map(([name, ys]) => [name, Math.max(...ys.filter((y) => y !== null), -Infinity)]));
+  const ranked = [...lines.entries()].sort((a, b) => peaks.get(b[0]) - peaks.get(a[0]));
   const kept = new Map(ranked.slice(0, KEEP_SERIES));
   const rest = ranked.slice(KEEP_SERIES);
   const worst = chart.unit === "share" || chart.unit === "ms";
