@@ -154,8 +154,13 @@ async fn a_30s_outage_of_the_s3_store_is_waited_out() {
     let log = dir.path().join("outage.log");
     command.envs(env.iter().map(|(k, v)| (k, v))).stdout(Stdio::null()).stderr(std::fs::File::create(&log).unwrap());
     let mut child = command.spawn().expect("sluice starts");
-    std::thread::sleep(Duration::from_secs(3));
-    assert!(child.try_wait().unwrap().is_none(), "the run ended before the outage: more traffic needed");
+    // The outage starts once the run has committed, however long a loaded machine takes to get there.
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while try_scrape(&metrics).and_then(|m| metric(&m, "sluice_commits_total")).unwrap_or(0.0) < 1.0 {
+        assert!(child.try_wait().unwrap().is_none(), "the run ended before the outage: more traffic needed");
+        assert!(std::time::Instant::now() < deadline, "no commit within 120 s:\n{}", std::fs::read_to_string(&log).unwrap_or_default());
+        std::thread::sleep(Duration::from_millis(100));
+    }
     proxy.down();
     std::thread::sleep(Duration::from_secs(15));
     let during = scrape(&metrics);
@@ -171,11 +176,15 @@ async fn a_30s_outage_of_the_s3_store_is_waited_out() {
 }
 
 fn scrape(addr: &str) -> String {
-    let mut stream = TcpStream::connect(addr).expect("the metrics server answers");
-    stream.write_all(format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes()).unwrap();
+    try_scrape(addr).expect("the metrics server answers")
+}
+
+fn try_scrape(addr: &str) -> Option<String> {
+    let mut stream = TcpStream::connect(addr).ok()?;
+    stream.write_all(format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes()).ok()?;
     let mut text = String::new();
-    stream.read_to_string(&mut text).unwrap();
-    text
+    stream.read_to_string(&mut text).ok()?;
+    Some(text)
 }
 
 fn metric(text: &str, name: &str) -> Option<f64> {

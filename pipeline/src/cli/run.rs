@@ -151,9 +151,14 @@ pub async fn run(args: &RunArgs, storage: &StorageOptions) -> Result<RunStats> {
     let registry = SchemaRegistry::load(&args.definitions.schemas_dir()?)?;
     let sql = load_sql_dir(&args.definitions.sql_dir()?)?;
     let udfs = args.definitions.udfs()?;
+    let observed = Arc::new(Observed::default());
+    // Served before the lake is opened, so a store that is down at start shows in /metrics.
+    if let Some(addr) = args.metrics_addr {
+        let bound = crate::runtime::serve(addr, observed.clone()).await?;
+        eprintln!("serving http://{bound}/healthz and /metrics");
+    }
     let lake = Lake::connect(&args.lake, true, storage.clone()).await?;
     let batch_size = args.batch_size as usize;
-    let observed = Arc::new(Observed::default());
     let (mut source, progress): (Box<dyn Source>, _) = match (&args.input, &args.kafka) {
         (Some(input), _) => {
             if !input.is_dir() {
@@ -182,10 +187,6 @@ pub async fn run(args: &RunArgs, storage: &StorageOptions) -> Result<RunStats> {
         outage_limit: args.outage_limit,
         ..RunOptions::default()
     };
-    if let Some(addr) = args.metrics_addr {
-        let bound = crate::runtime::serve(addr, options.observed.clone()).await?;
-        eprintln!("serving http://{bound}/healthz and /metrics");
-    }
     let mut pipeline = Pipeline::new(&lake, &registry, &sql, &udfs, options).await?;
     // In the background: listing a lake on an object store takes a while.
     let defined = crate::runtime::definitions(&registry, &sql)?.into_keys().collect();
