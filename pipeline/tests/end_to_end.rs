@@ -2363,6 +2363,9 @@ fn end_to_end_at(at: LakeAt) {
     check_sessions(&mut report, &tables, &input, &sessions);
     check_throughput(&mut report, &tables, &input);
     rest_of_lake::check(&mut report, &tables, &input, &sessions, run);
+    if at.url.is_none() {
+        check_outside_readers(&mut report, &tables, &local_lake);
+    }
 
     eprintln!(
         "end_to_end: pipeline done after {:.1?}, checks done after {:.1?}",
@@ -2370,6 +2373,37 @@ fn end_to_end_at(at: LakeAt) {
         test_start.elapsed()
     );
     report.finish();
+}
+
+/// Analysts read the lake with DuckDB and polars: each must read every table, row for
+/// row, as delta-rs does (readers.py compares them), and delta-rs must see the rows this
+/// test checked.
+fn check_outside_readers(report: &mut Report, tables: &HashMap<&str, TableData>, lake: &Path) {
+    let mut paths: Vec<&str> = tables.keys().copied().collect();
+    paths.sort();
+    let out = Command::new(python())
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/end_to_end/readers.py"))
+        .arg(lake)
+        .args(&paths)
+        .output()
+        .expect("python runs");
+    for problem in String::from_utf8_lossy(&out.stderr).lines().filter(|l| !l.trim().is_empty()) {
+        report.diff("DuckDB and polars", problem.to_string());
+    }
+    let mut read = 0;
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("readers.py printed {line:?}: {e}"));
+        let (path, rows) = (v["path"].as_str().unwrap_or_default(), v["rows"].as_u64().unwrap_or(u64::MAX));
+        if let Some(t) = tables.get(path) {
+            read += 1;
+            if rows != t.rows.len() as u64 {
+                report.diff(path, format!("Python's deltalake reads {rows} rows, this test {}", t.rows.len()));
+            }
+        }
+    }
+    if read != paths.len() || !out.status.success() {
+        report.diff("DuckDB and polars", format!("readers.py read {read} of {} tables (exit {:?})", paths.len(), out.status.code()));
+    }
 }
 
 /// The expectation must exercise what the test is about: bad lines of every kind,

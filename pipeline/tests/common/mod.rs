@@ -939,3 +939,13 @@ pub fn check_ingested_at(
         ),
     }
 }
+
+/// The Python of the client tests (psycopg, deltalake, DuckDB, polars): `SLUICE_PYCLIENTS`,
+/// which infra/test.sh sets, or infra/pyclients.sh's venv.
+pub fn python() -> String {
+    std::env::var("SLUICE_PYCLIENTS").unwrap_or_else(|_| {
+        let out = std::process::Command::new("bash").arg(concat!(env!("CARGO_MANIFEST_DIR"), "/../infra/pyclients.sh")).output().unwrap();
+        assert!(out.status.success(), "infra/pyclients.sh: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or_default().trim().to_string()
+    })
+}

@@ -158,21 +158,13 @@ pub fn text(out: &Output) -> (String, String) {
     (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
-pub fn python() -> String {
-    std::env::var("SLUICE_PYCLIENTS").unwrap_or_else(|_| {
-        let out = Command::new("bash").arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../infra/pyclients.sh")).output().unwrap();
-        assert!(out.status.success(), "infra/pyclients.sh: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or_default().trim().to_string()
-    })
-}
-
 pub fn clients(args: &[&str]) -> Output {
     script("clients.py", args)
 }
 
 /// One of the Python scripts of `tests/serve/`, with the clients' venv.
 pub fn script(name: &str, args: &[&str]) -> Output {
-    Command::new(python()).arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/serve").join(name)).args(args).output().unwrap()
+    Command::new(common::python()).arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/serve").join(name)).args(args).output().unwrap()
 }
 
 pub fn assert_clients(args: &[&str], served: &Served) {
