@@ -118,11 +118,12 @@ fn a_statement_stopped_by_its_time_limit_a_cancel_or_its_client_leaving_stops_us
     assert!(after < 0.3, "the server used {after:.2} s of CPU in the 2 s after the statement was stopped");
 
     // A CancelRequest (psql sends one on SIGINT), and a client that goes away (SIGKILL):
-    // each stops the statement within a second, and its CPU with it.
-    for (signal, what) in [("INT", "a cancel request"), ("KILL", "the client leaving")] {
+    // each stops the statement within a second, and its CPU with it. Other users: Ana
+    // ran long, so her statements now run behind everyone's (below).
+    for (signal, what, user) in [("INT", "a cancel request", "ben"), ("KILL", "the client leaving", "cy")] {
         let mut psql = Command::new("psql")
-            .args(["-X", "-h", "127.0.0.1", "-p", &served.pg.to_string(), "-U", "ana", "-d", "lake", "-c", &cross])
-            .env("PGPASSWORD", &analyst)
+            .args(["-X", "-h", "127.0.0.1", "-p", &served.pg.to_string(), "-U", user, "-d", "lake", "-c", &cross])
+            .env("PGPASSWORD", token(user, "analyst"))
             .env("PGSSLMODE", "disable")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -144,6 +145,16 @@ fn a_statement_stopped_by_its_time_limit_a_cancel_or_its_client_leaving_stops_us
         let after = cpu_over(&served, 2.0);
         assert!(after < 0.3, "{what}: the server used {after:.2} s of CPU in 2 s, a second after it");
     }
+
+    // Ana's statement ran past a second: her next one runs on the low-priority threads,
+    // and stops there at its time limit as well.
+    let heavy_before = served.thread_cpu_seconds("sluice-heavy");
+    let out = served.psql("127.0.0.1", "ana", &analyst, "disable", &format!("SET statement_timeout = 3000; {cross}"));
+    assert!(text(&out).1.contains("statement timeout (3000 ms)"), "{}", text(&out).1);
+    let heavy = served.thread_cpu_seconds("sluice-heavy") - heavy_before;
+    assert!(heavy > 0.0, "a heavy user's statement runs on the sluice-heavy threads");
+    let after = cpu_over(&served, 2.0);
+    assert!(after < 0.3, "a heavy user's statement: the server used {after:.2} s of CPU in the 2 s after it was stopped");
     answers(&mut served);
 }
 

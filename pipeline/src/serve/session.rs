@@ -30,6 +30,7 @@ use sluice_gate::token::{Identity, Role};
 use super::guard::guarded_scan;
 use super::information_schema::{InformationSchema, Listing};
 use super::lake::ServedLake;
+use super::limits::priority::Prioritize;
 use super::limits::{Budget, Limits};
 use super::policy::{access, Access};
 use super::stop::{Stop, Stopped};
@@ -99,6 +100,7 @@ impl Session {
             .with_runtime_env(runtime)
             .with_default_features()
             .with_physical_optimizer_rule(Arc::new(super::stop::YieldEverywhere))
+            .with_physical_optimizer_rule(Arc::new(Prioritize { budget: budget.clone(), user: identity.user.clone() }))
             .with_catalog_list(Arc::new(Catalogs(view.clone())))
             .build();
         let listing: Arc<dyn Listing> = view.clone();

@@ -120,6 +120,20 @@ impl Served {
         (ticks(11) + ticks(12)) / 100.0
     }
 
+    /// CPU seconds of the server's threads named `name` (their `comm`).
+    pub fn thread_cpu_seconds(&self, name: &str) -> f64 {
+        let tasks = std::fs::read_dir(format!("/proc/{}/task", self.pid())).into_iter().flatten().flatten();
+        tasks
+            .filter(|task| std::fs::read_to_string(task.path().join("comm")).is_ok_and(|comm| comm.trim() == name))
+            .map(|task| {
+                let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+                let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or_default().split_whitespace().collect();
+                let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+                (ticks(11) + ticks(12)) / 100.0
+            })
+            .sum()
+    }
+
     /// Resident memory, MiB.
     pub fn rss_mib(&self) -> f64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();

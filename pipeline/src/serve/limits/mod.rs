@@ -3,7 +3,8 @@
 //! before planning), time, memory (each session's, and all sessions' together:
 //! [`memory`]), statements at once per user, connections (all, and per user),
 //! the time to authenticate, and functions whose results grow with their
-//! arguments ([`functions`]).
+//! arguments ([`functions`]), and who runs first when the CPU is short
+//! ([`priority`]: users whose statements ran long wait behind the others).
 //!
 //! A statement holds a [`StatementSlot`] from its start until its last row is
 //! sent or it is stopped; stopping it (its time limit, a cancel request, its
@@ -12,6 +13,7 @@
 
 pub mod functions;
 pub mod memory;
+pub mod priority;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -69,6 +71,8 @@ pub struct Budget {
 struct PerUser {
     statements: Arc<Semaphore>,
     connections: Arc<Semaphore>,
+    /// Until when the user counts as heavy (see [`priority`]).
+    heavy_until: Mutex<Option<Instant>>,
 }
 
 /// A connection's place, held until it closes.
@@ -80,6 +84,27 @@ pub struct ConnectionSlot {
 /// A statement's turn, held until its last row is sent or it is stopped.
 pub struct StatementSlot {
     _permit: OwnedSemaphorePermit,
+    user: Arc<PerUser>,
+    started: Instant,
+}
+
+impl Drop for StatementSlot {
+    fn drop(&mut self) {
+        let now = Instant::now();
+        self.user.statement_ended(now.duration_since(self.started), now);
+    }
+}
+
+impl PerUser {
+    fn statement_ended(&self, ran: Duration, now: Instant) {
+        if ran > priority::LONG_STATEMENT {
+            *self.heavy_until.lock().unwrap_or_else(|p| p.into_inner()) = Some(now + priority::HEAVY_FOR);
+        }
+    }
+
+    fn heavy_at(&self, now: Instant) -> bool {
+        self.heavy_until.lock().unwrap_or_else(|p| p.into_inner()).is_some_and(|until| now < until)
+    }
 }
 
 /// Why a connection or statement was not let in: a message and its SQLSTATE.
@@ -115,7 +140,8 @@ impl Budget {
         // Users with nothing running are forgotten, so the map stays as small as the active users.
         if users.len() > 1024 {
             let (statements, connections) = (self.limits.statements_per_user, self.limits.connections_per_user);
-            users.retain(|_, u| u.statements.available_permits() < statements || u.connections.available_permits() < connections);
+            let now = Instant::now();
+            users.retain(|_, u| u.heavy_at(now) || u.statements.available_permits() < statements || u.connections.available_permits() < connections);
         }
         users
             .entry(user.to_string())
@@ -123,6 +149,7 @@ impl Budget {
                 Arc::new(PerUser {
                     statements: Arc::new(Semaphore::new(self.limits.statements_per_user)),
                     connections: Arc::new(Semaphore::new(self.limits.connections_per_user)),
+                    heavy_until: Mutex::new(None),
                 })
             })
             .clone()
@@ -144,9 +171,9 @@ impl Budget {
     /// A turn for one of `user`'s statements, waiting for one of theirs to end
     /// if they already run as many as they may, until `deadline`.
     pub async fn statement(&self, user: &str, deadline: Instant) -> Result<StatementSlot, Full> {
-        let statements = self.user(user).statements.clone();
-        match tokio::time::timeout_at(deadline, statements.acquire_owned()).await {
-            Ok(Ok(permit)) => Ok(StatementSlot { _permit: permit }),
+        let per_user = self.user(user);
+        match tokio::time::timeout_at(deadline, per_user.statements.clone().acquire_owned()).await {
+            Ok(Ok(permit)) => Ok(StatementSlot { _permit: permit, user: per_user, started: Instant::now() }),
             _ => Err(Full {
                 code: CANCELED,
                 message: format!(
@@ -155,6 +182,16 @@ impl Budget {
                 ),
             }),
         }
+    }
+
+    /// Whether `user` ran a long statement lately (their plans then run behind the others').
+    pub fn is_heavy(&self, user: &str) -> bool {
+        self.heavy_at(user, Instant::now())
+    }
+
+    fn heavy_at(&self, user: &str, now: Instant) -> bool {
+        let users = self.users.lock().unwrap_or_else(|p| p.into_inner());
+        users.get(user).is_some_and(|u| u.heavy_at(now))
     }
 
     /// A new session's memory pool.
