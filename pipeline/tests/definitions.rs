@@ -1,9 +1,8 @@
-//! A transformation's life on a running lake (issue 19): what happens to a table
-//! when its SQL file goes away.
-//!
-//! Two runs over one input, split in two halves: the first with every SQL file, the
-//! second, over the rest of the input, after one file was deleted.
+//! A transformation's life on a running lake (issue 19): the raw archive every
+//! table can be computed again from, and what happens to a table when its SQL
+//! file goes away.
 
+mod stores;
 mod support;
 
 use std::path::Path;
@@ -58,6 +57,8 @@ fn version(line: &str) -> u64 {
     line.split_whitespace().nth(2).and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("no version in `{line}`"))
 }
 
+/// Two runs over one input, split in two halves: the first with every SQL file, the
+/// second, over the rest of the input, after one file was deleted.
 #[test]
 fn a_removed_sql_file_leaves_its_table_as_it_was_and_the_run_says_so() {
     let dir = tempfile::tempdir().unwrap();
@@ -98,4 +99,73 @@ fn a_removed_sql_file_leaves_its_table_as_it_was_and_the_run_says_so() {
     let columns = |line: &str| line.split_whitespace().take(6).map(String::from).collect::<Vec<_>>();
     assert_eq!(columns(&after[removed]), columns(&before[removed]), "the table is as it was: rows, version, files, bytes");
     assert!(version(&after[kept]) > version(&before[kept]), "the other tables went on: {} then {}", before[kept], after[kept]);
+}
+
+/// What the archive must hold, read from the input files themselves: each
+/// non-blank line of `<topic>/<partition>.jsonl` at its line number as offset,
+/// its bytes as they are (bad ones too), `null` as a tombstone (no value).
+fn archive_model(input: &Path) -> std::collections::BTreeMap<String, Vec<String>> {
+    let mut topics: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for topic in std::fs::read_dir(input).unwrap().flatten().filter(|e| e.path().is_dir()) {
+        let topic_name = topic.file_name().to_string_lossy().into_owned();
+        for file in std::fs::read_dir(topic.path()).unwrap().flatten() {
+            let partition: i32 = file.path().file_stem().unwrap().to_string_lossy().parse().unwrap();
+            let bytes = std::fs::read(file.path()).unwrap();
+            for (offset, line) in bytes.split(|b| *b == b'\n').enumerate() {
+                let line = line.strip_suffix(b"\r").unwrap_or(line);
+                if line.iter().all(u8::is_ascii_whitespace) {
+                    continue;
+                }
+                let value: String = if line == b"null" { String::new() } else { line.iter().map(|b| format!("{b:02x}")).collect() };
+                topics.entry(topic_name.clone()).or_default().push(format!("_topic={topic_name};_partition={partition};_offset={offset};value={value};"));
+            }
+        }
+    }
+    topics.values_mut().for_each(|rows| rows.sort());
+    topics
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_message_is_archived_once_as_it_came_and_the_archive_can_be_turned_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let (input, lake, unarchived) = (dir.path().join("in"), dir.path().join("lake"), dir.path().join("unarchived"));
+    let schemas = repo("schemas");
+    sluice(&["generate", "--out", input.to_str().unwrap(), "--seed", "7", "--users", "100", "--hours", "4", "--schemas", &schemas]);
+    // A tombstone, a blank line and bytes that are no UTF-8, beside the generator's bad messages.
+    let users = input.join("cdc.directory.users/0.jsonl");
+    let mut text = std::fs::read(&users).unwrap();
+    text.extend_from_slice(b"null\n\n\xff\xfe not json\n");
+    std::fs::write(&users, text).unwrap();
+    let model = archive_model(&input);
+    assert!(model.len() >= 20, "every topic has input: {:?}", model.keys());
+
+    let run = |lake: &Path, extra: &[&str]| {
+        let out = Command::new(SLUICE)
+            .args(["run", "--input", input.to_str().unwrap(), "--lake", lake.to_str().unwrap(), "--schemas", &schemas, "--sql", &repo("sql"), "--batch-size", "500"])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    };
+    run(&lake, &[]);
+    let listed = tables(&lake, &schemas, Path::new(&repo("sql")));
+    let skip = |c: &str| matches!(c, "_ingested_at" | "_kafka_timestamp" | "date");
+    for (topic, expected) in &model {
+        let name: String = topic.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
+        let url = format!("file://{}/archive/raw/{name}", lake.display());
+        let archived = stores::table_rows(&url, &Default::default(), skip).await;
+        if &archived != expected {
+            let missing: Vec<_> = expected.iter().filter(|r| !archived.contains(r)).take(2).collect();
+            let extra: Vec<_> = archived.iter().filter(|r| !expected.contains(r)).take(2).collect();
+            panic!("{topic}: {} archived, {} in the input; missing e.g. {missing:?}; extra e.g. {extra:?}", archived.len(), expected.len());
+        }
+        let line = &listed[&format!("archive.raw.{name}")];
+        assert!(line.ends_with(&format!("  archive of {topic}")), "{line}");
+    }
+
+    run(&unarchived, &["--archive-retention", "off"]);
+    assert!(!unarchived.join("archive").exists(), "--archive-retention off writes no archive");
+    let refused = Command::new(SLUICE).args(["run", "--input", "x", "--lake", "y", "--archive-retention", "soon"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && stderr.contains("--archive-retention") && stderr.contains("forever"), "{stderr}");
 }

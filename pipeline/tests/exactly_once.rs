@@ -57,16 +57,11 @@ async fn lake_rows(lake: &Path) -> BTreeMap<String, Vec<String>> {
                     c.file_name().to_string_lossy()
                 );
                 let url = url::Url::from_directory_path(c.path()).expect("absolute path").to_string();
-                tables.insert(name, stores::table_rows(&url, &Default::default(), by_processing_time).await);
+                tables.insert(name, stores::table_rows(&url, &Default::default(), stores::by_processing_time).await);
             }
         }
     }
     tables
-}
-
-/// Columns that measure when the pipeline read a message, which no two runs share.
-fn by_processing_time(column: &str) -> bool {
-    column == "_ingested_at" || column.contains("ingest_lag")
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -13,10 +13,6 @@ use std::time::{Duration, SystemTime};
 use stores::{assert_lakes_equal, local_tables};
 use support::{repo, sluice};
 
-fn by_processing_time(column: &str) -> bool {
-    column == "_ingested_at" || column.contains("ingest_lag")
-}
-
 /// Live files per `date` partition (or the whole table), from the Delta log.
 async fn live_files(table: &Path) -> HashMap<String, usize> {
     let url = url::Url::from_directory_path(table).unwrap();
@@ -57,7 +53,7 @@ async fn compaction_keeps_every_row_and_few_files() {
         "--max-small-files", "4", "--checkpoint-every", "20", "--schemas", &schemas, "--sql", &sql,
     ]);
     let lake_url = url::Url::from_directory_path(&lake).unwrap().to_string();
-    assert_lakes_equal(&reference, lake_url.trim_end_matches('/'), &HashMap::new(), by_processing_time).await;
+    assert_lakes_equal(&reference, lake_url.trim_end_matches('/'), &HashMap::new(), stores::by_processing_time).await;
 
     let request_logs = lake.join("integration/api_gateway/request_logs");
     let versions = std::fs::read_dir(request_logs.join("_delta_log")).unwrap().filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "json")).count();

@@ -19,11 +19,6 @@ use rand::{Rng, SeedableRng};
 use stores::{assert_lakes_equal, options, Server};
 use support::{repo, sluice, SLUICE};
 
-/// Columns no two runs share: when the pipeline read a message.
-fn by_processing_time(column: &str) -> bool {
-    column == "_ingested_at" || column.contains("ingest_lag")
-}
-
 /// Generated traffic in `dir/in`, and the lake a local run makes of it in `dir/reference`.
 fn traffic_and_reference(dir: &Path, hours: &str, batch: &str) -> (String, std::path::PathBuf) {
     let input = dir.join("in");
@@ -66,7 +61,7 @@ async fn a_lake_on_s3_lands_what_a_local_lake_lands() {
     // Configured by the environment alone, as object_store's clients are.
     let out = sluice_with(&run_args(&input, "s3://lake/platform", "2000"), &env);
     assert_ok(&out, "run on s3");
-    assert_lakes_equal(&reference, "s3://lake/platform", &options(&env), by_processing_time).await;
+    assert_lakes_equal(&reference, "s3://lake/platform", &options(&env), stores::by_processing_time).await;
 
     let tables = sluice_with(&["tables", "--lake", "s3://lake/platform"], &env);
     assert_ok(&tables, "tables on s3");
@@ -94,7 +89,7 @@ async fn a_lake_on_azure_blob_lands_what_a_local_lake_lands() {
     std::env::set_var("AZURITE_BLOB_STORAGE_URL", azurite.endpoint());
     let out = sluice_with(&run_args(&input, "az://lake/platform", "2000"), &env);
     assert_ok(&out, "run on azurite");
-    assert_lakes_equal(&reference, "az://lake/platform", &options(&env), by_processing_time).await;
+    assert_lakes_equal(&reference, "az://lake/platform", &options(&env), stores::by_processing_time).await;
     let tables = sluice_with(&["tables", "--lake", "az://lake/platform"], &env);
     assert_ok(&tables, "tables on azurite");
 }
@@ -136,7 +131,7 @@ async fn killed_and_restarted_runs_on_s3_land_what_an_uninterrupted_run_lands() 
     let last = sluice_with(&run_args(&input, "s3://lake/killed", "200"), &env);
     assert_ok(&last, "the last run");
     assert!(String::from_utf8_lossy(&last.stderr).contains("carried on from the lake's checkpoint"), "the last run resumed");
-    assert_lakes_equal(&reference, "s3://lake/killed", &options(&env), by_processing_time).await;
+    assert_lakes_equal(&reference, "s3://lake/killed", &options(&env), stores::by_processing_time).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -172,7 +167,7 @@ async fn a_30s_outage_of_the_s3_store_is_waited_out() {
     assert!(stderr.contains("unreachable; retrying"), "the outage is logged:\n{stderr}");
     assert!(metric(&during, "sluice_store_unavailable") == Some(1.0), "/metrics shows the outage:\n{during}");
     assert!(metric(&during, "sluice_store_retries_total").unwrap_or(0.0) >= 1.0, "/metrics counts retries:\n{during}");
-    assert_lakes_equal(&reference, "s3://lake/outage", &options(&env), by_processing_time).await;
+    assert_lakes_equal(&reference, "s3://lake/outage", &options(&env), stores::by_processing_time).await;
 }
 
 fn scrape(addr: &str) -> String {

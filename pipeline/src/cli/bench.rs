@@ -40,6 +40,9 @@ pub struct BenchArgs {
     /// object store to compare with the local disk.
     #[arg(long)]
     pub lake: Option<String>,
+    /// The raw archive, as `run --archive-retention` (`off` measures without it).
+    #[arg(long, default_value = "forever", value_parser = crate::sink::ArchiveRetention::parse)]
+    pub archive_retention: crate::sink::ArchiveRetention,
     #[command(flatten)]
     pub maintenance: super::run::MaintenanceArgs,
     #[command(flatten)]
@@ -57,6 +60,7 @@ pub async fn bench(bench: &BenchArgs, storage: &StorageOptions) -> Result<()> {
         batch_size,
         commit_interval: bench.commit_interval,
         maintenance: bench.maintenance.clone(),
+        archive_retention: bench.archive_retention,
         ..RunArgs::files(&input, &lake, &bench.definitions)
     };
     let stats = super::run::run(&args, storage).await?;
@@ -73,10 +77,28 @@ pub async fn bench(bench: &BenchArgs, storage: &StorageOptions) -> Result<()> {
         peak_rss_kib().unwrap_or(0) / 1024,
         rss_before.unwrap_or(0) / 1024,
     ))?;
+    let archive = std::path::Path::new(&lake).join(crate::sink::ARCHIVE);
+    if archive.is_dir() {
+        let bytes = directory_bytes(&archive);
+        super::emit(&format!("archive: {:.1} MB on disk, {:.0} bytes per message\n", bytes as f64 / 1e6, bytes as f64 / stats.messages.max(1) as f64))?;
+    }
     if stats.commit_ms.len() >= 200 {
         super::emit(&aging_report(&stats, &lake, storage).await?)?;
     }
     Ok(())
+}
+
+/// The bytes of every file under `dir` (a local lake's part).
+fn directory_bytes(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => directory_bytes(&e.path()),
+            _ => e.metadata().map_or(0, |m| m.len()),
+        })
+        .sum()
 }
 
 /// How commits aged over a long run: commit time by hundred commits, the live
@@ -129,6 +151,7 @@ pub async fn bench_kafka(brokers: &str, bench: &BenchArgs, storage: &StorageOpti
         kafka: Some(brokers.to_string()),
         stop_when_idle: Some(IDLE),
         batch_size,
+        archive_retention: bench.archive_retention,
         ..RunArgs::files(dir.path(), &dir.path().join("lake").display().to_string(), definitions)
     };
     let options = traffic.options();

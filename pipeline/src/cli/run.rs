@@ -47,6 +47,10 @@ pub struct RunArgs {
     /// backoff) before the run stops with an error.
     #[arg(long, default_value = "10m", value_parser = duration)]
     pub outage_limit: std::time::Duration,
+    /// How long the raw archive (archive/raw/<topic>: every message as read, bad
+    /// ones included) keeps a day: `forever`, a duration such as `30d`, or `off`.
+    #[arg(long, default_value = "forever", value_parser = crate::sink::ArchiveRetention::parse)]
+    pub archive_retention: crate::sink::ArchiveRetention,
     #[command(flatten)]
     pub maintenance: MaintenanceArgs,
     #[command(flatten)]
@@ -131,6 +135,7 @@ impl RunArgs {
             idle_timeout: crate::time::DEFAULT_IDLE_TIMEOUT,
             metrics_addr: None,
             outage_limit: RunOptions::default().outage_limit,
+            archive_retention: Default::default(),
             maintenance: MaintenanceArgs::default(),
             definitions: definitions.clone(),
         }
@@ -185,6 +190,7 @@ pub async fn run(args: &RunArgs, storage: &StorageOptions) -> Result<RunStats> {
         observed,
         maintenance: args.maintenance.policy()?,
         outage_limit: args.outage_limit,
+        archive: args.archive_retention,
         ..RunOptions::default()
     };
     let mut pipeline = Pipeline::new(&lake, &registry, &sql, &udfs, options).await?;

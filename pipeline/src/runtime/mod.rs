@@ -24,7 +24,7 @@ use crate::decode::TopicDecoder;
 use crate::error::{Error, Result};
 use crate::plan::{InputTable, Shape, SqlFile};
 use crate::schema::{SchemaRegistry, EVENT_TIME};
-use crate::sink::{dead_letter_schema, dead_letters_batch, late_event_schema, LateEvents, MaintenancePolicy, TableLayout, TableSink, DEAD_LETTERS, LATE_EVENTS};
+use crate::sink::{archive_batch, archive_layout, archive_table, ArchiveRetention, dead_letter_schema, dead_letters_batch, late_event_schema, LateEvents, MaintenancePolicy, TableLayout, TableSink, DEAD_LETTERS, LATE_EVENTS};
 use crate::source::{PartitionId, RawBatch, Source};
 use crate::time::Watermarks;
 use crate::mirror::Mirror;
@@ -51,6 +51,8 @@ pub struct RunOptions {
     pub maintenance: MaintenancePolicy,
     /// How long a commit waits for an unreachable store before the run stops.
     pub outage_limit: Duration,
+    /// What the raw archive (`archive/raw/<topic>`) keeps.
+    pub archive: ArchiveRetention,
 }
 
 impl Default for RunOptions {
@@ -63,6 +65,7 @@ impl Default for RunOptions {
             progress: indicatif::ProgressBar::hidden(),
             observed: Arc::default(),
             maintenance: MaintenancePolicy::default(),
+            archive: ArchiveRetention::default(),
             outage_limit: Duration::from_secs(600),
         }
     }
@@ -105,6 +108,8 @@ pub struct Pipeline {
     /// Every table's sink, the checkpoints, and the epoch's commit.
     lake: LakeWriter,
     dead_letters: TablePath,
+    /// Each topic's raw archive table (none when the archive is off).
+    archives: HashMap<Arc<str>, TablePath>,
     late_events: TablePath,
     /// Per partition, the offset to read next: what the next checkpoint records.
     positions: BTreeMap<PartitionId, i64>,
@@ -172,6 +177,7 @@ pub fn input_tables(registry: &SchemaRegistry) -> Vec<InputTable> {
 pub enum Definition {
     Sql(std::path::PathBuf),
     Mirror(String),
+    Archive(String),
     Pipeline,
 }
 
@@ -180,6 +186,7 @@ impl std::fmt::Display for Definition {
         match self {
             Definition::Sql(path) => write!(f, "{}", path.display()),
             Definition::Mirror(topic) => write!(f, "mirror of {topic}"),
+            Definition::Archive(topic) => write!(f, "archive of {topic}"),
             Definition::Pipeline => write!(f, "sluice"),
         }
     }
@@ -191,6 +198,9 @@ pub fn definitions(registry: &SchemaRegistry, sql: &[SqlFile]) -> Result<BTreeMa
     for topic in registry.topics() {
         if let Some(table) = crate::mirror::table_of(topic) {
             tables.insert(table, Definition::Mirror(topic.topic.clone()));
+        }
+        if let Some(other) = tables.insert(archive_table(&topic.topic)?, Definition::Archive(topic.topic.clone())) {
+            return Err(Error::Config(format!("topic `{}` would share its archive table with {other}: rename one", topic.topic)));
         }
     }
     for name in [DEAD_LETTERS, LATE_EVENTS] {
@@ -243,6 +253,15 @@ impl Pipeline {
             sinks.insert(mirror.table().clone(), sink);
             mirrors.insert(mirror.topic().clone(), mirror);
         }
+        let mut archives = HashMap::new();
+        if options.archive != ArchiveRetention::Off {
+            for topic in registry.topics() {
+                let table = archive_table(&topic.topic)?;
+                let sink = TableSink::open(lake, table.clone(), archive_layout(), &options.pipeline).await?.keeping_for(options.archive.keep());
+                sinks.insert(table.clone(), sink);
+                archives.insert(Arc::from(topic.topic.as_str()), table);
+            }
+        }
         let decoders = registry.topics().map(|t| (Arc::from(t.topic.as_str()), TopicDecoder::new(t.clone()))).collect();
         let checkpoints = CheckpointStore::open(lake, &options.pipeline)?;
         let outage = OutagePolicy { lake: lake.root().to_string(), limit: options.outage_limit, health: options.observed.store_health() };
@@ -255,6 +274,7 @@ impl Pipeline {
             mirrors,
             dead_letters,
             late_events,
+            archives,
             positions: BTreeMap::new(),
             dirty: false,
             produced_at: Vec::new(),
@@ -375,6 +395,9 @@ impl Pipeline {
         self.stats.bytes += raw.data.len() as u64;
         self.stats.bad += decoded.dead_letters.len() as u64;
         self.stats.tombstones += decoded.tombstones as u64;
+        if let Some(archive) = self.archives.get(&raw.partition.topic).cloned() {
+            self.sink(&archive)?.push_table_rows(archive_batch(&raw)?);
+        }
         if !decoded.dead_letters.is_empty() {
             let rows = dead_letters_batch(&raw, &decoded.dead_letters)?;
             self.sink(&self.dead_letters.clone())?.push_table_rows(rows);

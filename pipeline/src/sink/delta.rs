@@ -47,6 +47,8 @@ pub struct TableSink {
     commit_failed: bool,
     /// The table version of the last Delta checkpoint, if it has one.
     last_checkpoint: Option<u64>,
+    /// Days older than this are dropped at vacuum time (a table partitioned by `date`).
+    retention: Option<std::time::Duration>,
 }
 
 /// What one epoch writes to a table before committing it: new files, and the files
@@ -95,6 +97,7 @@ impl TableSink {
             replaced_windows: BTreeSet::new(),
             commit_failed: false,
             last_checkpoint,
+            retention: None,
         })
     }
 
@@ -102,6 +105,12 @@ impl TableSink {
     /// when they change, so the table is always one row per live key.
     pub fn overwriting(mut self) -> Self {
         self.overwrite = true;
+        self
+    }
+
+    /// Drops the table's days older than `keep` (the archive's retention), at vacuum time.
+    pub fn keeping_for(mut self, keep: Option<std::time::Duration>) -> Self {
+        self.retention = keep;
         self
     }
 
@@ -147,6 +156,10 @@ impl TableSink {
             compacted: maintain::compact(&mut self.table, partition.as_deref(), policy, &self.writer_properties, false, false).await?,
             ..Maintained::default()
         };
+        if let (true, Some(keep)) = (vacuum, self.retention) {
+            let before = (chrono::Utc::now() - keep).date_naive();
+            done.expired = maintain::expire(&mut self.table, before, false).await?;
+        }
         if vacuum {
             done.vacuumed = maintain::vacuum(&mut self.table, policy.vacuum_retention, false).await?;
         }

@@ -55,6 +55,8 @@ pub struct Maintained {
     /// Per compacted partition (`None`: an unpartitioned table): files in, files out.
     pub compacted: BTreeMap<Option<String>, (u64, u64)>,
     pub vacuumed: usize,
+    /// Files of days past the table's retention, removed.
+    pub expired: usize,
 }
 
 impl Maintained {
@@ -212,6 +214,32 @@ async fn rewrite(
         .map_err(err)?;
     table.state = Some(finalized.snapshot());
     Ok(added.len() as u64)
+}
+
+/// Drops the days of a table partitioned by `date` that are older than `before`:
+/// whole partitions' files, removed in one commit (operation DELETE) and left
+/// for vacuum to delete. Returns the files removed (or, dry, that would be).
+pub async fn expire(table: &mut DeltaTable, before: chrono::NaiveDate, dry_run: bool) -> Result<usize> {
+    use deltalake::kernel::transaction::CommitBuilder;
+    use deltalake::kernel::Action;
+    use deltalake::protocol::DeltaOperation;
+
+    let old = |date: &Option<String>| date.as_deref().and_then(|d| chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d").ok()).is_some_and(|d| d < before);
+    let expired: Vec<LogicalFileView> = files_by_partition(table, Some(super::DATE))?.into_iter().filter(|(date, _)| old(date)).flat_map(|(_, files)| files).collect();
+    if expired.is_empty() || dry_run {
+        return Ok(expired.len());
+    }
+    let name = table_name(table);
+    let err = |e: deltalake::DeltaTableError| Error::delta(name.clone(), e);
+    let actions: Vec<Action> = expired.iter().map(|f| Action::Remove(f.remove_action(true))).collect();
+    let operation = DeltaOperation::Delete { predicate: Some(format!("{} < '{before}'", super::DATE)) };
+    let finalized = CommitBuilder::from(commit_properties())
+        .with_actions(actions)
+        .build(Some(table.snapshot().map_err(err)?), table.log_store(), operation)
+        .await
+        .map_err(err)?;
+    table.state = Some(finalized.snapshot());
+    Ok(expired.len())
 }
 
 /// Rows read back from a data file (which leaves the partition column out) with

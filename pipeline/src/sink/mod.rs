@@ -4,11 +4,13 @@
 //! commit carrying an application transaction (`txn`): app id `sluice:<table>` with
 //! the pipeline's epoch as version, the bookkeeping exactly-once recovery reads back.
 
+mod archive;
 mod delta;
 pub mod maintain;
 mod operational;
 mod properties;
 
+pub use archive::{archive_batch, archive_layout, archive_table, ArchiveRetention, ARCHIVE};
 pub use delta::{committed_epoch, Staged, TableSink};
 pub use maintain::{Maintained, MaintenancePolicy};
 pub use properties::{commit_properties, writer_properties};
@@ -22,7 +24,8 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimestampMicrosecondT
 use crate::error::Result;
 use crate::schema::timestamp_type;
 
-/// The partition column of every windowed table: the UTC date of `window_start`.
+/// The partition column of every windowed table (the UTC date of `window_start`)
+/// and of the archive (of `_ingested_at`).
 pub const DATE: &str = "date";
 
 /// How a query's result rows are laid out in its Delta table.
@@ -32,6 +35,8 @@ pub struct TableLayout {
     pub partition_columns: Vec<String>,
     /// Index of the result's `window` struct column, if windowed.
     window: Option<usize>,
+    /// The timestamp column whose UTC date is the partition column `date`.
+    date_of: Option<&'static str>,
 }
 
 impl TableLayout {
@@ -54,12 +59,18 @@ impl TableLayout {
             fields.push(Field::new(DATE, DataType::Date32, true));
             partition_columns.push(DATE.to_string());
         }
-        TableLayout { schema: Arc::new(Schema::new(fields)), partition_columns, window }
+        let date_of = window.map(|_| "window_start");
+        TableLayout { schema: Arc::new(Schema::new(fields)), partition_columns, window, date_of }
     }
 
     /// A fixed-schema table (the operational ones), not partitioned.
     pub fn fixed(schema: SchemaRef) -> Self {
-        TableLayout { schema, partition_columns: vec![], window: None }
+        TableLayout { schema, partition_columns: vec![], window: None, date_of: None }
+    }
+
+    /// A fixed-schema table partitioned by `date`, the UTC date of `column`.
+    pub fn partitioned_by_date_of(schema: SchemaRef, column: &'static str) -> Self {
+        TableLayout { schema, partition_columns: vec![DATE.to_string()], window: None, date_of: Some(column) }
     }
 
     /// Converts a result batch to the table's layout.
@@ -102,11 +113,12 @@ impl TableLayout {
             .map(|f| match stored.column_by_name(f.name()) {
                 Some(c) if c.data_type() == f.data_type() => Ok(c.clone()),
                 Some(c) => Ok(arrow::compute::cast(c, f.data_type())?),
-                None if f.name() == DATE => {
-                    let start = stored.column_by_name("window_start").ok_or_else(|| {
-                        arrow::error::ArrowError::SchemaError("a windowed table's file without window_start".into())
-                    })?;
-                    Ok(Arc::new(dates(start)) as ArrayRef)
+                None if f.name() == DATE && self.date_of.is_some() => {
+                    let of = self.date_of.unwrap_or("window_start");
+                    let timestamps = stored
+                        .column_by_name(of)
+                        .ok_or_else(|| arrow::error::ArrowError::SchemaError(format!("a file of a table partitioned by the date of {of} lacks {of}")))?;
+                    Ok(Arc::new(dates(timestamps)) as ArrayRef)
                 }
                 None => Err(arrow::error::ArrowError::SchemaError(format!("a file of the table lacks column `{}`", f.name())).into()),
             })
