@@ -27,6 +27,10 @@ pub enum Error {
     #[error("input: {0}")]
     Input(String),
 
+    /// `sluice test` ran, and some of its tests failed (each is printed above).
+    #[error("data tests: {0}")]
+    TestsFailed(String),
+
     #[error("lake table {table}: {source}")]
     Delta { table: String, source: deltalake::DeltaTableError },
 

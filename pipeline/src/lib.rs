@@ -10,12 +10,14 @@
 //! writes the results through the [`sink`] into Delta tables (then maintains
 //! them), next to a [`checkpoint`], on the lake's store, which the [`catalog`]
 //! opens for SQL and [`serve`] opens to clients (Postgres protocol, the
-//! analytics API) with row-level security.
+//! analytics API) with row-level security; [`data_tests`] check the tables
+//! against what their authors declared.
 pub mod aggregate;
 pub mod catalog;
 pub mod checkpoint;
 pub mod cli;
 pub mod commit;
+pub mod data_tests;
 pub mod decode;
 pub mod dialect;
 pub mod error;

@@ -169,3 +169,67 @@ async fn every_message_is_archived_once_as_it_came_and_the_archive_can_be_turned
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(!refused.status.success() && stderr.contains("--archive-retention") && stderr.contains("forever"), "{stderr}");
 }
+
+/// A column's value in a row as `stores::table_rows` writes it.
+fn field<'a>(row: &'a str, name: &str) -> &'a str {
+    row.split(';').find_map(|cell| cell.strip_prefix(name)?.strip_prefix('=')).unwrap_or_else(|| panic!("no {name} in {row}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_tests_pass_on_a_sound_lake_and_each_failure_lists_its_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let (input, lake, broken) = (dir.path().join("in"), dir.path().join("lake"), dir.path().join("broken"));
+    let schemas = repo("schemas");
+    sluice(&["generate", "--out", input.to_str().unwrap(), "--seed", "5", "--users", "150", "--hours", "6", "--schemas", &schemas]);
+    sluice(&["run", "--input", input.to_str().unwrap(), "--lake", lake.to_str().unwrap(), "--schemas", &schemas, "--sql", &repo("sql")]);
+    let test = |sql: &str| Command::new(SLUICE).args(["test", "--lake", lake.to_str().unwrap(), "--sql", sql]).output().unwrap();
+
+    // The tests shipped beside sql/ hold on a lake the pipeline made.
+    let out = test(&repo("sql"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    let passed = stdout.lines().filter(|l| l.starts_with("PASS  ")).count();
+    assert!(passed >= 15 && stdout.contains(&format!("{passed} data tests: {passed} passed, 0 failed")), "{stdout}");
+
+    // Expectations the data breaks; what breaks them is counted here from the table
+    // as deltalake reads it.
+    let requests = stores::table_rows(&format!("file://{}/integration/api_gateway/request_logs", lake.display()), &Default::default(), |_| false).await;
+    let unheard = requests.iter().filter(|r| field(r, "auth_outcome") == "missing").count();
+    let server_errors = requests.iter().filter(|r| field(r, "status").parse::<i64>().unwrap() >= 500).count();
+    let mut per_service: std::collections::BTreeMap<&str, usize> = Default::default();
+    requests.iter().for_each(|r| *per_service.entry(field(r, "service")).or_default() += 1);
+    let repeated_services = per_service.values().filter(|n| **n > 1).count();
+    assert!(unheard > 0 && server_errors > 0 && repeated_services > 1, "the traffic has what the tests look for");
+
+    let declared = broken.join("integration/api_gateway");
+    std::fs::create_dir_all(&declared).unwrap();
+    std::fs::write(
+        declared.join("request_logs.tests.toml"),
+        r#"
+        not_null = ["no_such_column"]
+        unique = ["service"]
+        accepted_values = { auth_outcome = ["ok", "denied", "expired"] }
+        relationships = [{ column = "user_id", to = "services.directory.nowhere" }]
+        no_rows = [{ name = "no server errors", sql = "SELECT request_id, status FROM {table} WHERE status >= 500" }]
+        "#,
+    )
+    .unwrap();
+    let out = test(broken.to_str().unwrap());
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    assert!(stderr.contains("5 of 5 failed"), "{stderr}");
+    let line = |name: &str| stdout.lines().find(|l| l.starts_with("FAIL  ") && l.contains(name)).unwrap_or_else(|| panic!("no FAIL line for {name}:\n{stdout}"));
+    assert!(line("not_null(no_such_column)").contains("could not run") && line("not_null(no_such_column)").contains("no_such_column"), "{stdout}");
+    assert!(line("relationships(user_id").contains("could not run") && line("relationships(user_id").contains("nowhere"), "{stdout}");
+    let failing = |n: usize| format!(": {n} failing {}", if n == 1 { "row" } else { "rows" });
+    assert!(line("unique(service)").contains(&failing(repeated_services)), "{stdout}");
+    assert!(line("no server errors").contains(&failing(server_errors)), "{stdout}");
+    assert!(line("accepted_values(auth_outcome)").ends_with(": 1 failing row"), "one value is not accepted: {stdout}");
+    let shown = stdout.lines().find(|l| l.contains("| missing")).unwrap_or_else(|| panic!("the failing value and its rows are shown:\n{stdout}"));
+    assert!(shown.contains(&format!("| {unheard} ")), "{shown}");
+
+    std::fs::write(declared.join("request_logs.tests.toml"), "not_nul = [\"x\"]\n").unwrap();
+    let out = test(broken.to_str().unwrap());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("request_logs.tests.toml") && stderr.contains("not_nul"), "{stderr}");
+}

@@ -7,6 +7,7 @@ mod maintain;
 mod query;
 mod run;
 mod serve;
+mod test;
 mod udfs;
 mod validate;
 
@@ -111,6 +112,14 @@ pub enum Command {
         #[command(flatten)]
         definitions: Definitions,
     },
+    /// Run the data tests declared beside the SQL files (<table>.tests.toml: not_null,
+    /// unique, accepted_values, relationships, no_rows) over a lake; exit 1 if any fails.
+    Test {
+        #[arg(long)]
+        lake: String,
+        #[command(flatten)]
+        definitions: Definitions,
+    },
     /// Compact small files and vacuum old ones, for a lake whose pipeline is stopped
     /// (a running pipeline maintains its tables itself).
     Maintain(maintain::MaintainArgs),
@@ -148,6 +157,7 @@ pub async fn main(cli: Cli) -> Result<()> {
         Command::Run(args) => run::run(&args, &storage).await.map(|_| ()),
         Command::Query { lake, format, sql } => query::query(&lake, &sql, format, &storage).await,
         Command::Tables { lake, definitions } => query::tables(&lake, &definitions, &storage).await,
+        Command::Test { lake, definitions } => test::test(&lake, &definitions, &storage).await,
         Command::Maintain(args) => maintain::maintain(&args, &storage).await,
         Command::Serve(args) => serve::serve(&args, &storage).await,
         Command::Udfs { action, definitions } => udfs::udfs(action, &definitions),

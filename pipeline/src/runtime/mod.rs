@@ -511,7 +511,7 @@ impl Pipeline {
             self.options.observed.source_watermark(&topic, watermark);
         }
         for (table, done) in &committed.maintained {
-            tracing::info!(%table, checkpoint = ?done.checkpoint, compacted = ?done.compacted, vacuumed = done.vacuumed, logs_cleaned = done.logs_cleaned, "maintained");
+            tracing::info!(%table, checkpoint = ?done.checkpoint, compacted = ?done.compacted, vacuumed = done.vacuumed, expired = done.expired, logs_cleaned = done.logs_cleaned, "maintained");
         }
         self.options.observed.maintained(&committed.maintained);
         self.stats.commits += 1;

@@ -94,8 +94,9 @@ struct State {
     commit_seconds_sum: f64,
     /// Kafka timestamp to the commit that made the message's rows visible.
     freshness: Latencies,
-    /// Maintenance done: Delta checkpoints, files compacted away, files vacuumed.
-    maintenance: [u64; 3],
+    /// Maintenance done: Delta checkpoints, files compacted away, files vacuumed,
+    /// files of days past the archive's retention removed.
+    maintenance: [u64; 4],
 }
 
 impl Observed {
@@ -147,6 +148,7 @@ impl Observed {
                 s.maintenance[0] += done.checkpoint.is_some() as u64;
                 s.maintenance[1] += done.compacted.values().map(|(removed, _)| removed).sum::<u64>();
                 s.maintenance[2] += done.vacuumed as u64;
+                s.maintenance[3] += done.expired as u64;
             }
         });
     }
@@ -217,6 +219,7 @@ impl Observed {
                 ("sluice_delta_checkpoints_total", "Delta checkpoints written.", s.maintenance[0]),
                 ("sluice_files_compacted_total", "Small files rewritten by compaction.", s.maintenance[1]),
                 ("sluice_files_vacuumed_total", "Removed or orphaned files deleted by vacuum.", s.maintenance[2]),
+                ("sluice_files_expired_total", "Files of days past --archive-retention removed from the archive.", s.maintenance[3]),
             ];
             for (name, help, value) in counters {
                 let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}");
