@@ -177,6 +177,13 @@ fn describe(query: &StreamingQuery, registry: &SchemaRegistry, udfs: &Udfs) -> S
             out.push_str(&format!("udf      {signature} ({}, {})\n", signature.kind.label(), source.display()));
         }
     }
+    let table = query.table.sql_name();
+    for chart in crate::serve::dashboard::charts_reading(&table) {
+        out.push_str(&format!("read by  the dashboard's chart \"{chart}\"\n"));
+    }
+    for answer in crate::serve::analytics::answers_reading(&table) {
+        out.push_str(&format!("read by  the analytics API: {answer}\n"));
+    }
     let layout = TableLayout::for_result(&query.output_schema, query.window_column());
     out.push_str("columns\n");
     for f in layout.schema.fields() {

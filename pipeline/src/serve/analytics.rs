@@ -93,6 +93,30 @@ pub const LEARNER: &str = "/api/v1/analytics/learner";
 pub const TRAINER: &str = "/api/v1/analytics/trainer";
 pub const ORGANIZATION: &str = "/api/v1/analytics/organization";
 
+const VELOCITY: &str = "analytics.learner.velocity_daily";
+const MASTERY: &str = "analytics.learner.mastery_daily";
+const SKILL_GAPS: &str = "analytics.learner.skill_gaps_daily";
+const ENGAGEMENT: &str = "analytics.learner.engagement_daily";
+const TEACHING: &str = "services.directory.teaching_assignments";
+const PROGRESS: &str = "analytics.trainer.student_progress_daily";
+const KPIS: &str = "analytics.organization.kpis_daily";
+
+/// What each answer of the API reads: (endpoint, field of the answer, table).
+const READS: &[(&str, &str, &str)] = &[
+    (LEARNER, "velocity", VELOCITY),
+    (LEARNER, "mastery", MASTERY),
+    (LEARNER, "skillGaps", SKILL_GAPS),
+    (LEARNER, "engagement", ENGAGEMENT),
+    (TRAINER, "students", TEACHING),
+    (TRAINER, "progress", PROGRESS),
+    (ORGANIZATION, "kpis", KPIS),
+];
+
+/// The answers that read `table` (`catalog.schema.table`): "GET endpoint (field)".
+pub fn answers_reading(table: &str) -> Vec<String> {
+    READS.iter().filter(|(_, _, t)| *t == table).map(|(endpoint, field, _)| format!("GET {endpoint} ({field})")).collect()
+}
+
 /// A user's velocity, mastery, skill gaps and engagement (the token's user unless `user_id`).
 pub async fn learner(State(api): State<Arc<Api>>, headers: HeaderMap, RawQuery(query): RawQuery) -> Result<Json<Value>, Failure> {
     let request = Request::open(&api, &headers, query, LEARNER, &[Role::Learner, Role::Trainer, Role::OrgAdmin, Role::Analyst]).await?;
@@ -102,10 +126,10 @@ pub async fn learner(State(api): State<Arc<Api>>, headers: HeaderMap, RawQuery(q
         "userId": user,
         "from": from,
         "to": to,
-        "velocity": request.rows("analytics.learner.velocity_daily", "user_id", &user, "date, course_id").await?,
-        "mastery": request.rows("analytics.learner.mastery_daily", "user_id", &user, "date, skill_id").await?,
-        "skillGaps": request.rows("analytics.learner.skill_gaps_daily", "user_id", &user, "date, skill_id").await?,
-        "engagement": request.rows("analytics.learner.engagement_daily", "user_id", &user, "date, org_id").await?,
+        "velocity": request.rows(VELOCITY, "user_id", &user, "date, course_id").await?,
+        "mastery": request.rows(MASTERY, "user_id", &user, "date, skill_id").await?,
+        "skillGaps": request.rows(SKILL_GAPS, "user_id", &user, "date, skill_id").await?,
+        "engagement": request.rows(ENGAGEMENT, "user_id", &user, "date, org_id").await?,
     })))
 }
 
@@ -113,7 +137,7 @@ pub async fn learner(State(api): State<Arc<Api>>, headers: HeaderMap, RawQuery(q
 pub async fn trainer(State(api): State<Arc<Api>>, headers: HeaderMap, RawQuery(query): RawQuery) -> Result<Json<Value>, Failure> {
     let request = Request::open(&api, &headers, query, TRAINER, &[Role::Trainer, Role::OrgAdmin, Role::Analyst]).await?;
     let trainer = request.params.ids.trainer_id.clone().unwrap_or_else(|| request.session.identity.user.clone());
-    let students = match request.session.ctx.table("services.directory.teaching_assignments").await {
+    let students = match request.session.ctx.table(TEACHING).await {
         Ok(_) => {
             let sql = "SELECT DISTINCT student_id AS \"studentId\" FROM services.directory.teaching_assignments WHERE trainer_id = $1 AND student_id IS NOT NULL ORDER BY 1";
             let rows = to_json(&request.query(sql, &trainer).await?)?;
@@ -127,7 +151,7 @@ pub async fn trainer(State(api): State<Arc<Api>>, headers: HeaderMap, RawQuery(q
         "from": from,
         "to": to,
         "students": students,
-        "progress": request.rows("analytics.trainer.student_progress_daily", "trainer_id", &trainer, "date").await?,
+        "progress": request.rows(PROGRESS, "trainer_id", &trainer, "date").await?,
     })))
 }
 
@@ -146,7 +170,7 @@ pub async fn organization(State(api): State<Arc<Api>>, headers: HeaderMap, RawQu
         "orgId": org,
         "from": from,
         "to": to,
-        "kpis": request.rows("analytics.organization.kpis_daily", "org_id", &org, "date").await?,
+        "kpis": request.rows(KPIS, "org_id", &org, "date").await?,
     })))
 }
 
