@@ -96,6 +96,16 @@ impl LakeWriter {
         self.sinks.get_mut(table).ok_or_else(|| Error::Internal(format!("no sink for {table}")))
     }
 
+    /// A table a reloaded SQL file added.
+    pub fn add_sink(&mut self, sink: TableSink) {
+        self.sinks.insert(sink.path().clone(), sink);
+    }
+
+    /// A table whose SQL file was removed: no longer committed to.
+    pub fn remove_sink(&mut self, table: &TablePath) {
+        self.sinks.remove(table);
+    }
+
     pub fn sinks(&self) -> &BTreeMap<TablePath, TableSink> {
         &self.sinks
     }

@@ -40,6 +40,8 @@ fn main() -> std::process::ExitCode {
             tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_log)),
         )
         .with_writer(std::io::stderr)
+        // Colours for a terminal; a log file or a collector gets plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     // Deep recursion in planning (a statement nested a thousand levels deep, which
     // `sluice serve` admits) needs more than tokio's 2 MiB; it is address space,

@@ -2,6 +2,7 @@
 //! table can be computed again from, and what happens to a table when its SQL
 //! file goes away.
 
+mod broker;
 mod stores;
 mod support;
 
@@ -232,4 +233,119 @@ async fn data_tests_pass_on_a_sound_lake_and_each_failure_lists_its_rows() {
     let out = test(broken.to_str().unwrap());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && stderr.contains("request_logs.tests.toml") && stderr.contains("not_nul"), "{stderr}");
+}
+
+/// Sends SIGHUP to the run and waits until its log has `count` lines containing `marker`.
+fn hang_up_and_wait(child: &mut std::process::Child, log: &Path, marker: &str, count: usize) -> String {
+    Command::new("kill").args(["-HUP", &child.id().to_string()]).status().unwrap();
+    let started = std::time::Instant::now();
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if text.lines().filter(|l| l.contains(marker)).count() >= count {
+            return text;
+        }
+        assert!(child.try_wait().unwrap().is_none(), "the run ended:\n{text}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(60), "no `{marker}` in the log after SIGHUP:\n{text}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// A running pipeline (through Kafka) takes up SQL files on SIGHUP: a file that does
+/// not plan and a changed stateful file are refused with their message while the
+/// rest goes on; then an added file computes its table from the next message on, a
+/// removed one leaves its table as it was, and a comment changes nothing. The
+/// gateway's requests are produced only after that reload, so the added table must
+/// hold all of them, as a fresh run over the same traffic does, and the removed none.
+#[tokio::test(flavor = "multi_thread")]
+async fn sql_files_are_taken_up_on_sighup_without_a_restart() {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    use rdkafka::ClientConfig;
+    const REQUESTS: &str = "gateway.requests";
+    let (added, removed, kept) = ("integration/api_gateway/authentication_logs", "integration/api_gateway/service_routing_data", "integration/api_gateway/request_logs");
+
+    let broker = broker::Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (input, reference, lake, sql, log) =
+        (dir.path().join("in"), dir.path().join("reference"), dir.path().join("lake"), dir.path().join("sql"), dir.path().join("run.log"));
+    let schemas = repo("schemas");
+    let traffic = ["--seed", "29", "--users", "120", "--hours", "4"];
+    sluice(&[&["generate", "--out", input.to_str().unwrap(), "--schemas", &schemas][..], &traffic[..]].concat());
+    sluice(&["run", "--input", input.to_str().unwrap(), "--lake", reference.to_str().unwrap(), "--schemas", &schemas, "--sql", &repo("sql")]);
+    // Every topic but the requests on the broker before the run.
+    let others = dir.path().join("schemas-without-requests");
+    std::fs::create_dir_all(&others).unwrap();
+    for entry in std::fs::read_dir(&schemas).unwrap().flatten() {
+        if entry.file_name() != format!("{REQUESTS}.toml").as_str() {
+            std::fs::copy(entry.path(), others.join(entry.file_name())).unwrap();
+        }
+    }
+    sluice(&[&["generate", "--kafka", &broker.address, "--schemas", others.to_str().unwrap()][..], &traffic[..]].concat());
+
+    copy_tree(Path::new(&repo("sql")), &sql);
+    let added_sql = std::fs::read_to_string(sql.join(format!("{added}.sql"))).unwrap();
+    std::fs::remove_file(sql.join(format!("{added}.sql"))).unwrap();
+    let mut child = Command::new(SLUICE)
+        .args(["run", "--kafka", &broker.address, "--stop-when-idle", "10s", "--commit-interval", "200ms"])
+        .args(["--lake", lake.to_str().unwrap(), "--schemas", &schemas, "--sql", sql.to_str().unwrap()])
+        .env("SLUICE_LOG", "warn,buoyant_kernel=off,delta_kernel=off,sluice::runtime=info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while !std::fs::read_to_string(&log).unwrap_or_default().contains("committed") {
+        assert!(started.elapsed() < std::time::Duration::from_secs(60) && child.try_wait().unwrap().is_none(), "no commit:\n{}", std::fs::read_to_string(&log).unwrap_or_default());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+
+    // Refused: a file that does not plan, then a changed windowed file.
+    let broken = sql.join("analytics/learner/broken.sql");
+    std::fs::write(&broken, "SELECT no_such_column FROM gateway.requests\n").unwrap();
+    let text = hang_up_and_wait(&mut child, &log, "not taken up", 1);
+    let refusal = text.lines().find(|l| l.contains("not taken up")).unwrap();
+    assert!(refusal.contains("broken.sql") && refusal.contains("no_such_column"), "{refusal}");
+    std::fs::remove_file(&broken).unwrap();
+    let times = sql.join("monitoring/api_performance/request_response_times.sql");
+    let original = std::fs::read_to_string(&times).unwrap();
+    std::fs::write(&times, original.replace("count(*) AS requests,", "count(*) AS requests, min(duration_ms) AS min_duration_ms,")).unwrap();
+    let text = hang_up_and_wait(&mut child, &log, "not taken up", 2);
+    let refusal = text.lines().filter(|l| l.contains("not taken up")).nth(1).unwrap();
+    assert!(refusal.contains("request_response_times.sql") && refusal.contains("keeps state"), "{refusal}");
+
+    // Taken up: one added, one removed, a comment.
+    std::fs::write(&times, original).unwrap();
+    std::fs::write(sql.join(format!("{added}.sql")), &added_sql).unwrap();
+    std::fs::remove_file(sql.join(format!("{removed}.sql"))).unwrap();
+    let kept_sql = std::fs::read_to_string(sql.join(format!("{kept}.sql"))).unwrap();
+    std::fs::write(sql.join(format!("{kept}.sql")), format!("-- a comment changes nothing\n{kept_sql}\n\n")).unwrap();
+    let text = hang_up_and_wait(&mut child, &log, "SQL files read again", 1);
+    let summary = text.lines().find(|l| l.contains("SQL files read again")).unwrap();
+    assert!(summary.contains("added=1") && summary.contains("removed=1") && summary.contains("changed=0"), "{summary}");
+
+    // Now the requests.
+    let producer: FutureProducer = ClientConfig::new().set("bootstrap.servers", &broker.address).set("linger.ms", "20").create().unwrap();
+    let mut deliveries = Vec::new();
+    for entry in std::fs::read_dir(input.join(REQUESTS)).unwrap().flatten() {
+        let partition: i32 = entry.path().file_stem().unwrap().to_string_lossy().parse().unwrap();
+        let bytes = std::fs::read(entry.path()).unwrap();
+        for line in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+            let mut record = FutureRecord::<(), [u8]>::to(REQUESTS).partition(partition);
+            if line != b"null" {
+                record = record.payload(line);
+            }
+            deliveries.push(producer.send_result(record).map_err(|(e, _)| e).unwrap());
+        }
+    }
+    for delivery in deliveries {
+        delivery.await.unwrap().map_err(|(e, _)| e).unwrap();
+    }
+    let status = child.wait().unwrap();
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(status.success(), "{text}");
+
+    let expected = support::rows(&reference, added).await;
+    assert!(!expected.is_empty(), "the traffic has requests that were not authenticated");
+    support::assert_same_rows(added, &support::rows(&lake, added).await, &expected);
+    support::assert_same_rows(kept, &support::rows(&lake, kept).await, &support::rows(&reference, kept).await);
+    assert!(support::rows(&lake, removed).await.is_empty(), "the removed file's table got rows after its removal");
 }

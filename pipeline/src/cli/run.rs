@@ -191,6 +191,12 @@ pub async fn run(args: &RunArgs, storage: &StorageOptions) -> Result<RunStats> {
         maintenance: args.maintenance.policy()?,
         outage_limit: args.outage_limit,
         archive: args.archive_retention,
+        live: Some(crate::runtime::LiveDefinitions {
+            sql_dir: args.definitions.sql_dir()?,
+            registry: registry.clone(),
+            udfs: udfs.clone(),
+            lake: lake.clone(),
+        }),
         ..RunOptions::default()
     };
     let mut pipeline = Pipeline::new(&lake, &registry, &sql, &udfs, options).await?;

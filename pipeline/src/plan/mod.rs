@@ -130,6 +130,9 @@ pub struct StreamingQuery {
     /// The user-defined functions it calls, by name.
     pub udfs: Vec<String>,
     pub task_ctx: Arc<TaskContext>,
+    /// A hash of the logical plan and the file's directives: two files with the
+    /// same fingerprint compute the same table, whatever their comments and spacing.
+    pub fingerprint: String,
 }
 
 pub enum Shape {
@@ -211,6 +214,7 @@ pub async fn plan(file: &SqlFile, inputs: &[InputTable], udfs: &Udfs) -> Result<
 
     let options = SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false);
     let logical = ctx.sql_with_options(&file.sql, options).await.map_err(df_err)?.into_unoptimized_plan();
+    let fingerprint = fingerprint(&format!("{}\n{directives:?}", logical.display_indent_schema()));
     let logical = window::bind_windows_to_event_time(logical).map_err(df_err)?;
     let state = ctx.state();
     let logical = match &directives.current_state {
@@ -355,7 +359,15 @@ pub async fn plan(file: &SqlFile, inputs: &[InputTable], udfs: &Udfs) -> Result<
         output_schema,
         udfs,
         task_ctx,
+        fingerprint,
     })
+}
+
+/// FNV-1a of the plan's text: stable across builds and machines, so it can be
+/// kept in the lake and compared by a later run.
+fn fingerprint(text: &str) -> String {
+    let hash = text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3));
+    format!("{hash:016x}")
 }
 
 /// One partition, no repartitioning: a batch goes through a plan as one stream.

@@ -4,6 +4,7 @@
 mod metrics;
 mod observe;
 mod query;
+mod reload;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -16,6 +17,7 @@ pub use metrics::{metrics_schema, BatchMetrics, METRICS_TOPIC};
 pub use observe::{serve, Latencies, Observed};
 
 use query::{Lateness, RunningQuery};
+pub use reload::{LiveDefinitions, Reloaded};
 
 use crate::catalog::{Lake, TablePath};
 use crate::checkpoint::{Checkpoint, CheckpointStore, Position};
@@ -53,6 +55,8 @@ pub struct RunOptions {
     pub outage_limit: Duration,
     /// What the raw archive (`archive/raw/<topic>`) keeps.
     pub archive: ArchiveRetention,
+    /// Where SIGHUP reads the SQL files again; `None`: SIGHUP is not listened to.
+    pub live: Option<LiveDefinitions>,
 }
 
 impl Default for RunOptions {
@@ -66,6 +70,7 @@ impl Default for RunOptions {
             observed: Arc::default(),
             maintenance: MaintenancePolicy::default(),
             archive: ArchiveRetention::default(),
+            live: None,
             outage_limit: Duration::from_secs(600),
         }
     }
@@ -334,11 +339,26 @@ impl Pipeline {
         self.watermarks.add_partition(self.metrics_partition.clone(), 0);
         source.seek(&self.positions)?;
         let mut stop = std::pin::pin!(stop_signal());
+        let mut hangups = match &self.options.live {
+            Some(_) => tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok(),
+            None => None,
+        };
         let ended = loop {
             let until_commit = self.options.commit_interval.saturating_sub(self.last_commit.elapsed());
             let raw = tokio::select! {
                 batch = source.next_batch() => batch?,
                 () = &mut stop => break false,
+                Some(()) = async { hangups.as_mut()?.recv().await } => {
+                    let Some(live) = self.options.live.clone() else { continue };
+                    // What was read so far is committed under the old definitions.
+                    self.close_windows().await?;
+                    self.commit().await?;
+                    match self.reload(&live).await {
+                        Ok(r) => tracing::info!(added = r.added.len(), removed = r.removed.len(), changed = r.changed.len(), "SQL files read again"),
+                        Err(e) => tracing::error!("SQL files not taken up, the running definitions go on: {e}"),
+                    }
+                    continue;
+                }
                 // A quiet input still gets what it sent committed, and idle
                 // partitions may have let windows close.
                 () = tokio::time::sleep(until_commit) => {

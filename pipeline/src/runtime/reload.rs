@@ -1,0 +1,132 @@
+//! Live definitions: on SIGHUP a running pipeline reads its SQL directory again
+//! and takes up what changed, between two epochs, without a restart.
+//!
+//! - An added file starts its table from the next message on (the rows read before
+//!   are not computed for it: backfill from the archive is not built yet).
+//! - A removed file stops its table, which stays in the lake as it was.
+//! - A changed file whose fingerprint (its plan) is the same, such as a new comment
+//!   or spacing, changes nothing. A changed landing (stateless) file is swapped in
+//!   from the next message on. A changed windowed, keyed or over-mirrors file is
+//!   refused: its state belongs to the old definition.
+//! - Any file that fails to load or plan, or a refused change, refuses the whole
+//!   reload with its message; the running definitions go on untouched.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use super::{input_tables, Pipeline, RunningQuery};
+use crate::catalog::{Lake, TablePath};
+use crate::error::{Error, Result};
+use crate::plan::{load_sql_dir, plan, Shape, StreamingQuery};
+use crate::schema::SchemaRegistry;
+use crate::sink::{TableLayout, TableSink};
+use crate::udf::Udfs;
+
+/// Where a running pipeline reads its definitions again.
+#[derive(Debug, Clone)]
+pub struct LiveDefinitions {
+    pub sql_dir: PathBuf,
+    pub registry: SchemaRegistry,
+    pub udfs: Udfs,
+    pub lake: Lake,
+}
+
+/// What a reload did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Reloaded {
+    pub added: Vec<TablePath>,
+    pub removed: Vec<TablePath>,
+    pub changed: Vec<TablePath>,
+}
+
+impl LiveDefinitions {
+    /// Every SQL file of the directory, planned; the first failure refuses them all.
+    async fn plan_all(&self) -> Result<BTreeMap<TablePath, StreamingQuery>> {
+        let inputs = input_tables(&self.registry);
+        let mut planned = BTreeMap::new();
+        for file in load_sql_dir(&self.sql_dir)? {
+            planned.insert(file.table.clone(), plan(&file, &inputs, &self.udfs).await?);
+        }
+        Ok(planned)
+    }
+}
+
+/// Whether a query keeps state across batches.
+fn stateful(query: &StreamingQuery) -> bool {
+    !matches!(query.shape, Shape::Stateless { .. })
+}
+
+impl Pipeline {
+    /// Reads the SQL directory again and takes up what changed (see the module
+    /// comment); called between epochs. Nothing changes unless all of it can.
+    pub(super) async fn reload(&mut self, live: &LiveDefinitions) -> Result<Reloaded> {
+        let mut planned = live.plan_all().await?;
+        let running: BTreeMap<TablePath, &RunningQuery> = self.queries.iter().map(|q| (q.query.table.clone(), q)).collect();
+        let mut reloaded = Reloaded::default();
+        for (table, query) in &planned {
+            let Some(old) = running.get(table) else {
+                reloaded.added.push(table.clone());
+                continue;
+            };
+            if old.query.fingerprint == query.fingerprint {
+                continue;
+            }
+            if stateful(&old.query) || stateful(query) {
+                return Err(Error::Sql {
+                    path: query.path.clone(),
+                    message: format!(
+                        "its definition changed (plan {} → {}), and the table keeps state (windows, keys or mirrors) that belongs to the old one: \
+                         a change of a stateful table is not taken up while running (rebuilding it from the archive is not built yet)",
+                        old.query.fingerprint, query.fingerprint
+                    ),
+                });
+            }
+            if old.query.output_schema != query.output_schema {
+                return Err(Error::Sql {
+                    path: query.path.clone(),
+                    message: "its columns changed: the table's rows so far have the old ones, so the change is not taken up while running".into(),
+                });
+            }
+            reloaded.changed.push(table.clone());
+        }
+        reloaded.removed = running.keys().filter(|t| !planned.contains_key(*t)).cloned().collect();
+
+        // What can fail first (opening the new tables), then the swap.
+        let mut sinks = Vec::new();
+        let mut started = Vec::new();
+        let mut fill_from_mirrors: Vec<Arc<str>> = Vec::new();
+        for table in reloaded.added.iter().chain(&reloaded.changed) {
+            let Some(query) = planned.remove(table) else { continue };
+            if reloaded.added.contains(table) {
+                let layout = TableLayout::for_result(&query.output_schema, query.window_column());
+                let mut sink = TableSink::open(&live.lake, table.clone(), layout, &self.options.pipeline).await?;
+                if matches!(query.shape, Shape::OverMirrors { .. } | Shape::Current { .. }) {
+                    sink = sink.overwriting();
+                }
+                if matches!(query.shape, Shape::OverMirrors { .. }) {
+                    fill_from_mirrors.extend(query.mirrors.iter().map(|m| m.topic.clone()));
+                }
+                sinks.push(sink);
+            }
+            started.push(RunningQuery::new(query)?);
+        }
+        let gone: BTreeSet<&TablePath> = reloaded.removed.iter().chain(&reloaded.changed).collect();
+        self.queries.retain(|q| !gone.contains(&q.query.table));
+        for table in &reloaded.removed {
+            self.lake.remove_sink(table);
+            tracing::warn!(table = %table.sql_name(), "its SQL file was removed: the table stays in the lake as it was, no longer updated");
+        }
+        for sink in sinks {
+            self.lake.add_sink(sink);
+        }
+        for query in started {
+            let what = if reloaded.added.contains(&query.query.table) { "a new SQL file" } else { "a changed SQL file" };
+            tracing::info!(table = %query.query.table.sql_name(), file = %query.query.path.display(), plan = %query.query.fingerprint, "took up {what}: its table is computed from the next message on");
+            self.queries.push(query);
+        }
+        // A table over mirrors is computed from their current rows at once.
+        self.rerun_over_mirrors(&fill_from_mirrors).await?;
+        Ok(reloaded)
+    }
+}
