@@ -93,6 +93,7 @@ fn find<'a>(files: &'a [SqlFile], which: &str) -> Result<&'a SqlFile> {
 
 fn describe(query: &StreamingQuery, registry: &SchemaRegistry, udfs: &Udfs) -> String {
     let mut out = format!("table    {} (in SQL: {})\nfile     {}\n", query.table, query.table.sql_name(), query.path.display());
+    out.push_str(&format!("plan     fingerprint {} (unchanged by comments and spacing)\n", query.fingerprint));
     for topic in query.topics() {
         let detail = match registry.get(topic) {
             Some(t) => format!("{} partitions, out-of-orderness {:?}", t.partitions, t.out_of_orderness),

@@ -490,7 +490,6 @@ pub fn is_window_column(data_type: &DataType) -> bool {
     *data_type == window_type()
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -508,6 +507,17 @@ mod tests {
             sql: sql.into(),
         };
         plan(&file, &inputs(), &Udfs::default()).await
+    }
+
+    #[tokio::test]
+    async fn the_fingerprint_follows_the_plan_not_the_text() {
+        let base = "SELECT tumble(interval '1 minute') AS window, service, count(*) AS n FROM gateway.requests GROUP BY window, service";
+        let fingerprint = |sql: String| async move { plan_sql(&sql).await.unwrap().fingerprint };
+        let same = fingerprint(base.into()).await;
+        assert_eq!(fingerprint(format!("-- why\n{}\n\n", base.replace(", ", " ,  "))).await, same, "comments and spacing");
+        assert_ne!(fingerprint(base.replace("count(*)", "sum(duration_ms)")).await, same, "an aggregate");
+        assert_ne!(fingerprint(base.replace("1 minute", "2 minutes")).await, same, "the window");
+        assert_ne!(fingerprint(format!("-- sluice: late events update windows for 1 hour\n{base}")).await, same, "a directive");
     }
 
     async fn refusal(sql: &str) -> String {
