@@ -42,7 +42,9 @@ export SLUICE_AZURITE="${SLUICE_CACHE:-$HOME/.cache/sluice}/azurite/node_modules
 SLUICE_PYCLIENTS=$(infra/pyclients.sh | tail -n 1)
 export SLUICE_PYCLIENTS
 cargo nextest run --workspace --no-fail-fast "$@"
-# Only for the whole suite (no arguments): the door's parsers under libFuzzer.
+# Only for the whole suite (no arguments): every SQL file's fixtures, as an engineer
+# runs them (`sluice test`), and the door's parsers under libFuzzer.
 if [ $# -eq 0 ]; then
+  cargo run --quiet -p sluice -- test
   infra/fuzz.sh "${SLUICE_CARGO_FUZZ_SECONDS:-30}"
 fi

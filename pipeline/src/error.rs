@@ -28,7 +28,7 @@ pub enum Error {
     Input(String),
 
     /// `sluice test` ran, and some of its tests failed (each is printed above).
-    #[error("data tests: {0}")]
+    #[error("tests: {0}")]
     TestsFailed(String),
 
     #[error("lake table {table}: {source}")]

@@ -10,8 +10,9 @@
 //! writes the results through the [`sink`] into Delta tables (then maintains
 //! them), next to a [`checkpoint`], on the lake's store, which the [`catalog`]
 //! opens for SQL and [`serve`] opens to clients (Postgres protocol, the
-//! analytics API) with row-level security; [`data_tests`] check the tables
-//! against what their authors declared.
+//! analytics API) with row-level security; [`fixtures`] run one SQL file over
+//! example events and [`data_tests`] check a lake's tables against what their
+//! authors declared.
 pub mod aggregate;
 pub mod catalog;
 pub mod checkpoint;
@@ -21,6 +22,7 @@ pub mod data_tests;
 pub mod decode;
 pub mod dialect;
 pub mod error;
+pub mod fixtures;
 pub mod mirror;
 pub mod generate;
 pub mod keyed;

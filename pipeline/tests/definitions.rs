@@ -185,12 +185,13 @@ async fn data_tests_pass_on_a_sound_lake_and_each_failure_lists_its_rows() {
     sluice(&["run", "--input", input.to_str().unwrap(), "--lake", lake.to_str().unwrap(), "--schemas", &schemas, "--sql", &repo("sql")]);
     let test = |sql: &str| Command::new(SLUICE).args(["test", "--lake", lake.to_str().unwrap(), "--sql", sql]).output().unwrap();
 
-    // The tests shipped beside sql/ hold on a lake the pipeline made.
+    // The fixtures and data tests shipped beside sql/ hold, the latter on a lake the pipeline made.
     let out = test(&repo("sql"));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
     let passed = stdout.lines().filter(|l| l.starts_with("PASS  ")).count();
-    assert!(passed >= 15 && stdout.contains(&format!("{passed} data tests: {passed} passed, 0 failed")), "{stdout}");
+    assert!(passed >= 19 && stdout.contains(&format!("{passed} tests: {passed} passed, 0 failed")), "{stdout}");
+    assert!(stdout.contains("request_response_times  fixture late_and_bad"), "{stdout}");
 
     // Expectations the data breaks; what breaks them is counted here from the table
     // as deltalake reads it.
@@ -204,6 +205,13 @@ async fn data_tests_pass_on_a_sound_lake_and_each_failure_lists_its_rows() {
 
     let declared = broken.join("integration/api_gateway");
     std::fs::create_dir_all(&declared).unwrap();
+    std::fs::copy(Path::new(&repo("sql")).join("integration/api_gateway/request_logs.sql"), declared.join("request_logs.sql")).unwrap();
+    // A fixture whose expected row is wrong: its status is 200, not 201.
+    let fixture = declared.join("request_logs.fixtures/wrong_status");
+    std::fs::create_dir_all(fixture.join("input")).unwrap();
+    let request = r#"{"request_id":"r1","correlation_id":"c1","ts":"2026-03-01T10:00:05Z","service":"auth","upstream_instance":"auth-1","method":"POST","route":"/login","status":200,"duration_ms":50,"user_id":"u-1","org_id":"org-1","auth_outcome":"ok","rate_limited":false,"bytes_out":100}"#;
+    std::fs::write(fixture.join("input/gateway.requests.jsonl"), format!("{request}\n")).unwrap();
+    std::fs::write(fixture.join("expected.jsonl"), "{\"request_id\":\"r1\",\"status\":201}\n").unwrap();
     std::fs::write(
         declared.join("request_logs.tests.toml"),
         r#"
@@ -218,8 +226,10 @@ async fn data_tests_pass_on_a_sound_lake_and_each_failure_lists_its_rows() {
     let out = test(broken.to_str().unwrap());
     let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
-    assert!(stderr.contains("5 of 5 failed"), "{stderr}");
+    assert!(stderr.contains("6 of 6 failed"), "{stderr}");
     let line = |name: &str| stdout.lines().find(|l| l.starts_with("FAIL  ") && l.contains(name)).unwrap_or_else(|| panic!("no FAIL line for {name}:\n{stdout}"));
+    assert!(line("fixture wrong_status").contains("1 expected rows missing, 1 rows not expected"), "{stdout}");
+    assert!(stdout.contains(r#"      - {"request_id":"r1","status":201}"#) && stdout.contains(r#"      + {"request_id":"r1","status":200}"#), "{stdout}");
     assert!(line("not_null(no_such_column)").contains("could not run") && line("not_null(no_such_column)").contains("no_such_column"), "{stdout}");
     assert!(line("relationships(user_id").contains("could not run") && line("relationships(user_id").contains("nowhere"), "{stdout}");
     let failing = |n: usize| format!(": {n} failing {}", if n == 1 { "row" } else { "rows" });

@@ -112,11 +112,13 @@ pub enum Command {
         #[command(flatten)]
         definitions: Definitions,
     },
-    /// Run the data tests declared beside the SQL files (<table>.tests.toml: not_null,
-    /// unique, accepted_values, relationships, no_rows) over a lake; exit 1 if any fails.
+    /// Run every SQL file's fixtures (<table>.fixtures/<case>/: input events and the
+    /// expected rows) through the engine, and with --lake the data tests declared
+    /// beside the SQL files (<table>.tests.toml) over that lake; exit 1 if any fails.
     Test {
+        /// Also run the data tests over this lake.
         #[arg(long)]
-        lake: String,
+        lake: Option<String>,
         #[command(flatten)]
         definitions: Definitions,
     },
@@ -157,7 +159,7 @@ pub async fn main(cli: Cli) -> Result<()> {
         Command::Run(args) => run::run(&args, &storage).await.map(|_| ()),
         Command::Query { lake, format, sql } => query::query(&lake, &sql, format, &storage).await,
         Command::Tables { lake, definitions } => query::tables(&lake, &definitions, &storage).await,
-        Command::Test { lake, definitions } => test::test(&lake, &definitions, &storage).await,
+        Command::Test { lake, definitions } => test::test(lake.as_deref(), &definitions, &storage).await,
         Command::Maintain(args) => maintain::maintain(&args, &storage).await,
         Command::Serve(args) => serve::serve(&args, &storage).await,
         Command::Udfs { action, definitions } => udfs::udfs(action, &definitions),
