@@ -359,3 +359,55 @@ async fn sql_files_are_taken_up_on_sighup_without_a_restart() {
     support::assert_same_rows(kept, &support::rows(&lake, kept).await, &support::rows(&reference, kept).await);
     assert!(support::rows(&lake, removed).await.is_empty(), "the removed file's table got rows after its removal");
 }
+
+/// A lake runs over the first half of the traffic without three SQL files; then they
+/// are added and the run goes on over the rest. Each added table is backfilled from
+/// the archive, so it holds what a lake that had the file from the start holds: a
+/// landing table (`authentication_logs`), keyed current state (`active_connections`)
+/// and daily windows (`velocity_daily`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_added_to_a_lake_with_history_is_backfilled_from_the_archive() {
+    let added = ["integration/api_gateway/authentication_logs", "real_time/connection_management/active_connections", "analytics/learner/velocity_daily"];
+    let dir = tempfile::tempdir().unwrap();
+    let (input, first, reference, lake, sql, without) =
+        (dir.path().join("in"), dir.path().join("first"), dir.path().join("reference"), dir.path().join("lake"), dir.path().join("sql"), dir.path().join("without"));
+    let schemas = repo("schemas");
+    sluice(&["generate", "--out", input.to_str().unwrap(), "--seed", "31", "--users", "150", "--hours", "6", "--schemas", &schemas]);
+    first_halves(&input, &first);
+    copy_tree(Path::new(&repo("sql")), &sql);
+    copy_tree(Path::new(&repo("sql")), &without);
+    for table in added {
+        std::fs::remove_file(without.join(format!("{table}.sql"))).unwrap();
+    }
+    let run = |input: &Path, lake: &Path, sql: &Path| {
+        let out = Command::new(SLUICE)
+            .args(["run", "--input", input.to_str().unwrap(), "--lake", lake.to_str().unwrap(), "--schemas", &schemas, "--sql", sql.to_str().unwrap()])
+            .env("SLUICE_LOG", "warn,sluice::runtime=info")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{stderr}");
+        stderr
+    };
+    // The same two runs, with every file from the start.
+    run(&first, &reference, &sql);
+    run(&input, &reference, &sql);
+    run(&first, &lake, &without);
+    let stderr = run(&input, &lake, &sql);
+    for table in added {
+        let name = table.replace('/', ".");
+        assert!(stderr.lines().any(|l| l.contains("backfilled: the table joins the live stream") && l.contains(&name)), "{name} was not backfilled:\n{stderr}");
+    }
+    for table in added {
+        let options = std::collections::HashMap::new();
+        let (here, there) = (format!("file://{}/{table}", lake.display()), format!("file://{}/{table}", reference.display()));
+        let got = stores::table_rows(&here, &options, stores::by_processing_time).await;
+        let want = stores::table_rows(&there, &options, stores::by_processing_time).await;
+        assert!(!want.is_empty(), "{table}: the traffic gives it rows");
+        if got != want {
+            let missing: Vec<_> = want.iter().filter(|r| !got.contains(r)).take(2).collect();
+            let extra: Vec<_> = got.iter().filter(|r| !want.contains(r)).take(2).collect();
+            panic!("{table}: {} rows backfilled and carried on, {} from the start; missing e.g. {missing:?}; extra e.g. {extra:?}", got.len(), want.len());
+        }
+    }
+}

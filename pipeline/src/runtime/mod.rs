@@ -1,6 +1,7 @@
 //! The run loop: raw batches in, decoded, through every query, windows closed as
 //! watermarks pass, and the lake committed on an interval.
 
+mod backfill;
 mod metrics;
 mod observe;
 mod query;
@@ -290,10 +291,31 @@ impl Pipeline {
             metrics_partition: PartitionId { topic: Arc::from(METRICS_TOPIC), partition: 0 },
         };
         match pipeline.lake.checkpoints().latest().await? {
-            Some(checkpoint) => pipeline.recover(checkpoint).await?,
+            Some(checkpoint) => {
+                let new: Vec<usize> = (0..pipeline.queries.len()).filter(|&i| !checkpoint.queries.contains_key(pipeline.queries[i].query.table.as_str())).collect();
+                pipeline.recover(checkpoint).await?;
+                for i in new {
+                    pipeline.backfill_if_new(i, lake).await?;
+                }
+            }
             None => pipeline.lake.check_fresh_lake(&pipeline.options.pipeline).await?,
         }
         Ok(pipeline)
+    }
+
+    /// Backfills the `i`th query if its table has never been committed to (a table
+    /// that was written before, whose file was removed and added again, goes on from
+    /// the next message instead).
+    async fn backfill_if_new(&mut self, i: usize, lake: &Lake) -> Result<()> {
+        let table = self.queries[i].query.table.clone();
+        if self.lake.sink(&table)?.committed_epoch().await?.is_some() {
+            tracing::info!(table = %table.sql_name(), "the table has rows from before: it goes on from the next message, not backfilled");
+            return Ok(());
+        }
+        let mut query = self.queries.remove(i);
+        let replayed = self.backfill(&mut query, lake).await;
+        self.queries.insert(i, query);
+        replayed.map(|_| ())
     }
 
     /// Carries on from a checkpoint: finishes the commits its epoch did not get to,

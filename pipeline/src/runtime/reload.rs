@@ -1,8 +1,8 @@
 //! Live definitions: on SIGHUP a running pipeline reads its SQL directory again
 //! and takes up what changed, between two epochs, without a restart.
 //!
-//! - An added file starts its table from the next message on (the rows read before
-//!   are not computed for it: backfill from the archive is not built yet).
+//! - An added file's table is backfilled from the archive (see `backfill`), then
+//!   joins the live stream.
 //! - A removed file stops its table, which stays in the lake as it was.
 //! - A changed file whose fingerprint (its plan) is the same, such as a new comment
 //!   or spacing, changes nothing. A changed landing (stateless) file is swapped in
@@ -121,9 +121,13 @@ impl Pipeline {
             self.lake.add_sink(sink);
         }
         for query in started {
-            let what = if reloaded.added.contains(&query.query.table) { "a new SQL file" } else { "a changed SQL file" };
-            tracing::info!(table = %query.query.table.sql_name(), file = %query.query.path.display(), plan = %query.query.fingerprint, "took up {what}: its table is computed from the next message on");
+            let table = query.query.table.clone();
+            let what = if reloaded.added.contains(&table) { "a new SQL file" } else { "a changed SQL file" };
+            tracing::info!(table = %table.sql_name(), file = %query.query.path.display(), plan = %query.query.fingerprint, "took up {what}");
             self.queries.push(query);
+            if reloaded.added.contains(&table) {
+                self.backfill_if_new(self.queries.len() - 1, &live.lake).await?;
+            }
         }
         // A table over mirrors is computed from their current rows at once.
         self.rerun_over_mirrors(&fill_from_mirrors).await?;
