@@ -5,7 +5,7 @@ use clap::Parser;
 /// Warnings, without the Delta kernel's complaints about tables that do not exist
 /// yet, nor the AWS SDK's about each credential source it tried (a missing
 /// credential is one error line of ours).
-const DEFAULT_LOG: &str = "warn,buoyant_kernel=off,delta_kernel=off,aws_config=error";
+const DEFAULT_LOG: &str = "warn,sluice::runtime::backfill=info,buoyant_kernel=off,delta_kernel=off,aws_config=error";
 /// A long-running Kafka pipeline also logs one line per commit; a server, where it listens.
 const SERVICE_LOG: &str = "warn,sluice=info,buoyant_kernel=off,delta_kernel=off,aws_config=error";
 

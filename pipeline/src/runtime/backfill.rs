@@ -15,7 +15,6 @@
 //!   far), nor one over `sluice.metrics` (not archived): they start from the next
 //!   message on, and the run says so.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -87,16 +86,17 @@ impl Pipeline {
         let ordered = format!("SELECT * FROM ({union}) ORDER BY _ingested_at, _topic, _partition, _offset");
         let mut rows = ctx.sql(&ordered).await.map_err(query_err)?.execute_stream().await.map_err(query_err)?;
 
+        // Every partition read so far holds the watermark back from the start, as
+        // in the run that first read them.
         let mut marks = Watermarks::new(self.options.idle_timeout);
-        let mut known: BTreeMap<PartitionId, ()> = BTreeMap::new();
+        for id in self.positions.keys().filter(|id| sources.iter().any(|(topic, _)| *topic == id.topic)) {
+            let delay = self.decoders.get(&id.topic).map_or(0, |d| d.schema().out_of_orderness.as_micros() as i64);
+            marks.add_partition(id.clone(), delay);
+        }
         let (started, mut logged, mut done) = (Instant::now(), Instant::now(), 0u64);
         while let Some(batch) = rows.next().await {
             let batch = batch.map_err(query_err)?;
             for raw in raw_batches(&batch)? {
-                if known.insert(raw.partition.clone(), ()).is_none() {
-                    let delay = self.decoders.get(&raw.partition.topic).map_or(0, |d| d.schema().out_of_orderness.as_micros() as i64);
-                    marks.add_partition(raw.partition.clone(), delay);
-                }
                 done += raw.messages.len() as u64;
                 self.replay(q, &raw, &mut marks).await?;
             }
