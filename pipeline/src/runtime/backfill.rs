@@ -14,6 +14,8 @@
 //! - A query that joins mirrors is not backfilled (the mirrors' past is not kept that
 //!   far), nor one over `sluice.metrics` (not archived): they start from the next
 //!   message on, and the run says so.
+//! - Progress: in the log every few seconds, and in `/metrics`
+//!   (`sluice_backfill_messages` of `sluice_backfill_messages_to_replay`).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -83,6 +85,7 @@ impl Pipeline {
             return Ok(0);
         }
         tracing::info!(table, messages = total, "backfilling a new table from the archive");
+        self.options.observed.backfill(&table, 0, total);
         let ordered = format!("SELECT * FROM ({union}) ORDER BY _ingested_at, _topic, _partition, _offset");
         let mut rows = ctx.sql(&ordered).await.map_err(query_err)?.execute_stream().await.map_err(query_err)?;
 
@@ -100,6 +103,7 @@ impl Pipeline {
                 done += raw.messages.len() as u64;
                 self.replay(q, &raw, &mut marks).await?;
             }
+            self.options.observed.backfill(&table, done, total);
             if logged.elapsed() >= PROGRESS_EVERY {
                 logged = Instant::now();
                 let rate = done as f64 / started.elapsed().as_secs_f64().max(1e-9);

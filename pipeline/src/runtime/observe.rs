@@ -82,6 +82,8 @@ struct State {
     watermarks: BTreeMap<String, i64>,
     /// Per source topic: its watermark (over partitions not idle), µs.
     source_watermarks: BTreeMap<String, i64>,
+    /// Per new table, the archived messages its backfill replayed and has to replay.
+    backfills: BTreeMap<String, (u64, u64)>,
     /// Per partition: the next offset the pipeline reads, and the broker's high
     /// watermark (from librdkafka's statistics); their difference is the lag.
     positions: BTreeMap<(String, i32), i64>,
@@ -118,6 +120,10 @@ impl Observed {
 
     pub fn watermark(&self, table: &str, watermark: i64) {
         self.with(|s| s.watermarks.insert(table.to_string(), watermark));
+    }
+
+    pub fn backfill(&self, table: &str, done: u64, total: u64) {
+        self.with(|s| s.backfills.insert(table.to_string(), (done, total)));
     }
 
     pub fn source_watermark(&self, topic: &str, watermark: i64) {
@@ -184,6 +190,16 @@ impl Observed {
             for (table, wm) in &s.watermarks {
                 if *wm != i64::MIN && *wm != i64::MAX {
                     let _ = writeln!(out, "sluice_watermark_seconds{{table=\"{table}\"}} {}", *wm as f64 / 1e6);
+                }
+            }
+            if !s.backfills.is_empty() {
+                let _ = writeln!(out, "# HELP sluice_backfill_messages Archived messages a new table's backfill replayed, of sluice_backfill_messages_to_replay.\n# TYPE sluice_backfill_messages gauge");
+                for (table, (done, _)) in &s.backfills {
+                    let _ = writeln!(out, "sluice_backfill_messages{{table=\"{table}\"}} {done}");
+                }
+                let _ = writeln!(out, "# HELP sluice_backfill_messages_to_replay Archived messages a new table's backfill replays in all.\n# TYPE sluice_backfill_messages_to_replay gauge");
+                for (table, (_, total)) in &s.backfills {
+                    let _ = writeln!(out, "sluice_backfill_messages_to_replay{{table=\"{table}\"}} {total}");
                 }
             }
             let _ = writeln!(out, "# HELP sluice_source_watermark_seconds Event-time watermark of each topic.\n# TYPE sluice_source_watermark_seconds gauge");
