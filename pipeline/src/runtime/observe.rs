@@ -347,6 +347,7 @@ mod tests {
         observed.high_watermark("gateway.requests", 1, 7);
         observed.source_watermark("gateway.requests", 1_772_323_100_000_000);
         observed.watermark("a/b/c", 1_772_323_200_000_000);
+        observed.backfill("a.b.new", 700, 2000);
         observed.commit(12, 0.25, 3, 4096);
         observed.visible(&[10_000, 9_700, 8_500], 10_000);
         let addr = serve("127.0.0.1:0".parse().unwrap(), observed).await.unwrap();
@@ -368,6 +369,8 @@ mod tests {
             "sluice_open_windows 3",
             "sluice_commits_total 1",
             "sluice_rows_committed_total 12",
+            "sluice_backfill_messages{table=\"a.b.new\"} 700",
+            "sluice_backfill_messages_to_replay{table=\"a.b.new\"} 2000",
         ] {
             assert!(metrics.lines().any(|l| l == line), "missing `{line}` in\n{metrics}");
         }
