@@ -18,7 +18,7 @@ pub use metrics::{metrics_schema, BatchMetrics, METRICS_TOPIC};
 pub use observe::{serve, Latencies, Observed};
 
 use query::{Lateness, RunningQuery};
-pub use reload::{LiveDefinitions, Reloaded};
+pub use reload::LiveDefinitions;
 
 use crate::catalog::{Lake, TablePath};
 use crate::checkpoint::{Checkpoint, CheckpointStore, Position};
