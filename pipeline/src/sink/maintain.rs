@@ -173,7 +173,6 @@ async fn rewrite(
     target: u64,
     writer_properties: &WriterProperties,
 ) -> Result<u64> {
-    use deltalake::kernel::transaction::CommitBuilder;
     use deltalake::kernel::Action;
     use deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
     use deltalake::protocol::DeltaOperation;
@@ -207,20 +206,27 @@ async fn rewrite(
         Action::Add(add)
     }));
     let operation = DeltaOperation::Optimize { predicate: None, target_size: target as i64 };
-    let finalized = CommitBuilder::from(commit_properties())
+    commit_actions(table, actions, operation).await?;
+    Ok(added.len() as u64)
+}
+
+/// One commit of `actions` outside the epochs (no `txn`), the table then at its new version.
+async fn commit_actions(table: &mut DeltaTable, actions: Vec<deltalake::kernel::Action>, operation: deltalake::protocol::DeltaOperation) -> Result<()> {
+    let name = table_name(table);
+    let err = |e: deltalake::DeltaTableError| Error::delta(name.clone(), e);
+    let finalized = deltalake::kernel::transaction::CommitBuilder::from(commit_properties())
         .with_actions(actions)
         .build(Some(table.snapshot().map_err(err)?), table.log_store(), operation)
         .await
         .map_err(err)?;
     table.state = Some(finalized.snapshot());
-    Ok(added.len() as u64)
+    Ok(())
 }
 
 /// Drops the days of a table partitioned by `date` that are older than `before`:
 /// whole partitions' files, removed in one commit (operation DELETE) and left
 /// for vacuum to delete. Returns the files removed (or, dry, that would be).
 pub async fn expire(table: &mut DeltaTable, before: chrono::NaiveDate, dry_run: bool) -> Result<usize> {
-    use deltalake::kernel::transaction::CommitBuilder;
     use deltalake::kernel::Action;
     use deltalake::protocol::DeltaOperation;
 
@@ -229,16 +235,9 @@ pub async fn expire(table: &mut DeltaTable, before: chrono::NaiveDate, dry_run: 
     if expired.is_empty() || dry_run {
         return Ok(expired.len());
     }
-    let name = table_name(table);
-    let err = |e: deltalake::DeltaTableError| Error::delta(name.clone(), e);
     let actions: Vec<Action> = expired.iter().map(|f| Action::Remove(f.remove_action(true))).collect();
     let operation = DeltaOperation::Delete { predicate: Some(format!("{} < '{before}'", super::DATE)) };
-    let finalized = CommitBuilder::from(commit_properties())
-        .with_actions(actions)
-        .build(Some(table.snapshot().map_err(err)?), table.log_store(), operation)
-        .await
-        .map_err(err)?;
-    table.state = Some(finalized.snapshot());
+    commit_actions(table, actions, operation).await?;
     Ok(expired.len())
 }
 
