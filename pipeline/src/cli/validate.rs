@@ -47,12 +47,25 @@ pub async fn validate(definitions: &Definitions) -> Result<()> {
     if !problems.is_empty() {
         return Err(Error::Config(format!("the row-level security policy has {} problems", problems.len())));
     }
+    // The tests beside the SQL files: each file parses, and tests a table the pipeline writes.
+    let data_tests = crate::data_tests::load(&definitions.sql_dir()?)?;
+    let untested: std::collections::BTreeSet<String> =
+        data_tests.iter().map(|t| t.table.sql_name()).filter(|t| !tables.iter().any(|(written, _)| written == t)).collect();
+    for table in &untested {
+        eprintln!("error: data tests: `{table}` is not a table the pipeline writes (no SQL file of that path)");
+    }
+    if !untested.is_empty() {
+        return Err(Error::Config(format!("{} tests files are for tables the pipeline does not write", untested.len())));
+    }
+    let fixtures = crate::fixtures::load(&files)?;
     super::emit(&format!(
-        "{} topic schemas, {} SQL files, {} UDFs and the policy of {} tables: all valid\n",
+        "{} topic schemas, {} SQL files, {} UDFs and the policy of {} tables: all valid; {} fixtures and {} data tests declared (sluice test)\n",
         registry.topics().count(),
         files.len(),
         udf_files.len(),
-        tables.len()
+        tables.len(),
+        fixtures.len(),
+        data_tests.len()
     ))
 }
 
@@ -227,6 +240,19 @@ mod tests {
         assert!(err.contains("2 of 3 SQL files cannot run"), "{err}");
         let err = explain("a.b.nope", &definitions).await.unwrap_err().to_string();
         assert!(err.contains("`a.b.nope` is neither"), "{err}");
+
+        // Tests files: one that does not parse, one for a table no SQL file writes.
+        std::fs::remove_file(sql.join("join.sql")).unwrap();
+        std::fs::remove_file(sql.join("typo.sql")).unwrap();
+        std::fs::write(sql.join("good.tests.toml"), "not_nul = [\"request_id\"]").unwrap();
+        let err = validate(&definitions).await.unwrap_err().to_string();
+        assert!(err.contains("good.tests.toml") && err.contains("not_nul"), "{err}");
+        std::fs::write(sql.join("good.tests.toml"), "not_null = [\"request_id\"]").unwrap();
+        std::fs::write(sql.join("gone.tests.toml"), "not_null = [\"request_id\"]").unwrap();
+        let err = validate(&definitions).await.unwrap_err().to_string();
+        assert!(err.contains("1 tests files are for tables the pipeline does not write"), "{err}");
+        std::fs::remove_file(sql.join("gone.tests.toml")).unwrap();
+        assert!(validate(&definitions).await.is_ok());
     }
 
     #[tokio::test]
