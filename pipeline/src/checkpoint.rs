@@ -57,6 +57,10 @@ pub struct QueryCheckpoint {
     pub watermark: i64,
     /// The open windows' state (Arrow IPC) in the epoch's directory, if any are open.
     pub windows: Option<String>,
+    /// The fingerprint of the plan that wrote the table: a later run with another
+    /// rebuilds the table (checkpoints from before it have none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
 }
 
 impl Checkpoint {

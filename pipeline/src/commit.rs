@@ -45,8 +45,8 @@ pub struct EpochState {
     /// Per partition, the offset to read next.
     pub positions: Vec<Position>,
     pub watermarks: Vec<PartitionMark>,
-    /// Per query's table: its watermark and open windows' state, if any.
-    pub queries: Vec<(TablePath, i64, Option<RecordBatch>)>,
+    /// Per query's table: its plan's fingerprint, watermark and open windows' state, if any.
+    pub queries: Vec<(TablePath, String, i64, Option<RecordBatch>)>,
     /// Per mirror table: its retained changes.
     pub mirrors: Vec<(TablePath, RecordBatch)>,
 }
@@ -235,12 +235,13 @@ impl LakeWriter {
 
     async fn save_checkpoint(&self, epoch: i64, state: &EpochState, staged: &BTreeMap<String, Staged>) -> Result<Checkpoint> {
         let mut queries = BTreeMap::new();
-        for (table, watermark, windows) in &state.queries {
+        for (table, fingerprint, watermark, windows) in &state.queries {
             let windows = match windows {
                 Some(rows) => Some(self.checkpoints.put_state(epoch, table, rows).await?),
                 None => None,
             };
-            queries.insert(table.as_str().to_string(), QueryCheckpoint { watermark: *watermark, windows });
+            let fingerprint = Some(fingerprint.clone());
+            queries.insert(table.as_str().to_string(), QueryCheckpoint { watermark: *watermark, windows, fingerprint });
         }
         let mut mirrors = BTreeMap::new();
         for (table, rows) in &state.mirrors {

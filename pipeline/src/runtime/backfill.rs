@@ -37,6 +37,12 @@ const BATCH: usize = 8192;
 /// How often progress is logged.
 const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// Whether `query` can be computed from the archive: it reads only archived topics
+/// and joins no mirror.
+pub(super) fn can_backfill(query: &crate::plan::StreamingQuery, archives: &std::collections::HashMap<Arc<str>, crate::catalog::TablePath>) -> bool {
+    !matches!(query.shape, Shape::OverMirrors { .. }) && query.mirrors.is_empty() && query.topics().all(|t| archives.contains_key(t))
+}
+
 impl Pipeline {
     /// Replays the archive into `q`, a query whose table is new to the lake;
     /// returns the messages replayed (0 if it cannot be backfilled).

@@ -291,11 +291,25 @@ impl Pipeline {
             metrics_partition: PartitionId { topic: Arc::from(METRICS_TOPIC), partition: 0 },
         };
         match pipeline.lake.checkpoints().latest().await? {
-            Some(checkpoint) => {
+            Some(mut checkpoint) => {
                 let new: Vec<usize> = (0..pipeline.queries.len()).filter(|&i| !checkpoint.queries.contains_key(pipeline.queries[i].query.table.as_str())).collect();
+                // A file whose plan changed since the checkpoint: its old state is not taken up.
+                let changed: Vec<(usize, String)> = (0..pipeline.queries.len())
+                    .filter_map(|i| {
+                        let query = &pipeline.queries[i].query;
+                        let saved = checkpoint.queries.get(query.table.as_str())?.fingerprint.clone()?;
+                        (saved != query.fingerprint).then_some((i, saved))
+                    })
+                    .collect();
+                for (i, _) in &changed {
+                    checkpoint.queries.remove(pipeline.queries[*i].query.table.as_str());
+                }
                 pipeline.recover(checkpoint).await?;
                 for i in new {
                     pipeline.backfill_if_new(i, lake).await?;
+                }
+                for (i, was) in changed {
+                    pipeline.rebuild(i, &was, lake).await?;
                 }
             }
             None => pipeline.lake.check_fresh_lake(&pipeline.options.pipeline).await?,
@@ -315,6 +329,39 @@ impl Pipeline {
         let mut query = self.queries.remove(i);
         let replayed = self.backfill(&mut query, lake).await;
         self.queries.insert(i, query);
+        replayed.map(|_| ())
+    }
+
+    /// Computes the `i`th query's table again from the archive, its plan having
+    /// changed from `was`: the next commit swaps the new rows for the old in one
+    /// Delta commit. A query that cannot be backfilled cannot be rebuilt: refused.
+    async fn rebuild(&mut self, i: usize, was: &str, lake: &Lake) -> Result<()> {
+        let query = &self.queries[i].query;
+        let (table, path, now) = (query.table.clone(), query.path.clone(), query.fingerprint.clone());
+        if let Shape::OverMirrors { .. } = query.shape {
+            // Computed from the mirrors' current rows, which replace the table's at once.
+            let topics: Vec<Arc<str>> = query.mirrors.iter().map(|m| m.topic.clone()).collect();
+            tracing::warn!(table = %table.sql_name(), "its definition changed (plan {was} → {now}): computed again from the mirrors");
+            return self.rerun_over_mirrors(&topics).await;
+        }
+        if !backfill::can_backfill(query, &self.archives) && matches!(query.shape, Shape::Stateless { .. }) {
+            tracing::warn!(table = %table.sql_name(), "its definition changed (plan {was} → {now}) and there is no archive to rebuild it from: the new definition writes from the next message on, beside the old rows");
+            return Ok(());
+        }
+        if !backfill::can_backfill(query, &self.archives) {
+            return Err(Error::Sql {
+                path,
+                message: format!(
+                    "its definition changed (plan {was} → {now}), and its table cannot be rebuilt from the archive (it joins mirrors, reads sluice.metrics, or the archive is off): \
+                     restore the old file, or remove the table to start it afresh"
+                ),
+            });
+        }
+        tracing::warn!(table = %table.sql_name(), file = %path.display(), "rebuilding the table from the archive: its definition changed (plan {was} → {now}); readers keep the old rows until the swap");
+        self.lake.sink(&table)?.rebuild();
+        let mut running = self.queries.remove(i);
+        let replayed = self.backfill(&mut running, lake).await;
+        self.queries.insert(i, running);
         replayed.map(|_| ())
     }
 
@@ -585,7 +632,7 @@ impl Pipeline {
         let mut queries = Vec::new();
         for q in &mut self.queries {
             let state = q.snapshot()?;
-            queries.push((q.query.table.clone(), q.clock.watermark(), state));
+            queries.push((q.query.table.clone(), q.query.fingerprint.clone(), q.clock.watermark(), state));
         }
         let mut mirrors = Vec::new();
         for mirror in self.mirrors.values_mut() {

@@ -49,6 +49,8 @@ pub struct TableSink {
     last_checkpoint: Option<u64>,
     /// Days older than this are dropped at vacuum time (a table partitioned by `date`).
     retention: Option<std::time::Duration>,
+    /// The next commit takes out every row the table had (a rebuild from the archive).
+    rebuilding: bool,
 }
 
 /// What one epoch writes to a table before committing it: new files, and the files
@@ -98,6 +100,7 @@ impl TableSink {
             commit_failed: false,
             last_checkpoint,
             retention: None,
+            rebuilding: false,
         })
     }
 
@@ -120,6 +123,15 @@ impl TableSink {
         self.pending.clear();
         self.pending_rows = 0;
         self.replacing = true;
+    }
+
+    /// Makes the next commit replace every row the table had with the rows pushed
+    /// from now on: a rebuild, swapped in by one Delta commit (readers see the old
+    /// rows until then).
+    pub fn rebuild(&mut self) {
+        self.pending.clear();
+        self.pending_rows = 0;
+        self.rebuilding = true;
     }
 
     /// Makes the windows starting at `starts` (µs) be emitted again: their rows
@@ -197,7 +209,7 @@ impl TableSink {
 
     /// Whether the next epoch has anything to commit to this table.
     pub fn has_pending(&self) -> bool {
-        self.pending_rows > 0 || self.replacing || !self.replaced_windows.is_empty()
+        self.pending_rows > 0 || self.replacing || self.rebuilding || !self.replaced_windows.is_empty()
     }
 
     pub fn rows_written(&self) -> u64 {
@@ -218,11 +230,19 @@ impl TableSink {
     /// that fails (the store away) can be tried again. The encoding runs as a task
     /// of its own, so the tables of an epoch are written in parallel.
     pub async fn stage(&mut self) -> Result<Staged> {
-        let (removes, rewritten) = self.take_out_replaced_windows().await?;
+        let (removes, rewritten) = match self.rebuilding {
+            // Every file goes: the corrected windows' old rows with the rest.
+            true => {
+                let snapshot = self.table.snapshot().map_err(|e| Error::delta(self.path.as_str(), e))?;
+                (snapshot.log_data().iter().map(|f| f.remove_action(true)).collect(), Vec::new())
+            }
+            false => self.take_out_replaced_windows().await?,
+        };
         let batches: Vec<RecordBatch> = self.pending.iter().chain(&rewritten).filter(|b| b.num_rows() > 0).cloned().collect();
         let adds = if batches.is_empty() { Vec::new() } else { self.write_files(batches).await? };
         self.pending.clear();
         self.replacing = false;
+        self.rebuilding = false;
         self.replaced_windows.clear();
         self.staged_rows += std::mem::take(&mut self.pending_rows);
         Ok(Staged { adds, removes })
