@@ -7,7 +7,7 @@
 //! - A changed file whose fingerprint (its plan) is the same, such as a new comment
 //!   or spacing, changes nothing. A changed landing (stateless) file is swapped in
 //!   from the next message on. A changed windowed, keyed or over-mirrors file is
-//!   refused: its state belongs to the old definition.
+//!   refused: its state belongs to the old definition (a restart rebuilds it).
 //! - Any file that fails to load or plan, or a refused change, refuses the whole
 //!   reload with its message; the running definitions go on untouched.
 
@@ -77,7 +77,7 @@ impl Pipeline {
                     path: query.path.clone(),
                     message: format!(
                         "its definition changed (plan {} → {}), and the table keeps state (windows, keys or mirrors) that belongs to the old one: \
-                         a change of a stateful table is not taken up while running (rebuilding it from the archive is not built yet)",
+                         a change of a stateful table is not taken up while running; restart the run to rebuild the table from the archive",
                         old.query.fingerprint, query.fingerprint
                     ),
                 });
