@@ -360,6 +360,31 @@ async fn sql_files_are_taken_up_on_sighup_without_a_restart() {
     assert!(support::rows(&lake, removed).await.is_empty(), "the removed file's table got rows after its removal");
 }
 
+/// `sluice run` over files with the repository's schemas, logging at `log`; its stderr.
+fn run_logged(input: &Path, lake: &Path, sql: &Path, log: &str) -> String {
+    let out = Command::new(SLUICE)
+        .args(["run", "--input", input.to_str().unwrap(), "--lake", lake.to_str().unwrap(), "--schemas", &repo("schemas"), "--sql", sql.to_str().unwrap()])
+        .env("SLUICE_LOG", log)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{stderr}");
+    stderr
+}
+
+/// `table` holds the same rows in both lakes (processing times aside), and some.
+async fn assert_same_table(lake: &Path, reference: &Path, table: &str, here: &str, there: &str) {
+    let options = std::collections::HashMap::new();
+    let got = stores::table_rows(&format!("file://{}/{table}", lake.display()), &options, stores::by_processing_time).await;
+    let want = stores::table_rows(&format!("file://{}/{table}", reference.display()), &options, stores::by_processing_time).await;
+    assert!(!want.is_empty(), "{table}: the traffic gives it rows");
+    if got != want {
+        let missing: Vec<_> = want.iter().filter(|r| !got.contains(r)).take(2).collect();
+        let extra: Vec<_> = got.iter().filter(|r| !want.contains(r)).take(2).collect();
+        panic!("{table}: {} rows {here}, {} {there}; missing e.g. {missing:?}; extra e.g. {extra:?}", got.len(), want.len());
+    }
+}
+
 /// A lake runs over the first half of the traffic without three SQL files; then they
 /// are added and the run goes on over the rest. Each added table is backfilled from
 /// the archive, so it holds what a lake that had the file from the start holds: a
@@ -379,16 +404,7 @@ async fn a_table_added_to_a_lake_with_history_is_backfilled_from_the_archive() {
     for table in added {
         std::fs::remove_file(without.join(format!("{table}.sql"))).unwrap();
     }
-    let run = |input: &Path, lake: &Path, sql: &Path| {
-        let out = Command::new(SLUICE)
-            .args(["run", "--input", input.to_str().unwrap(), "--lake", lake.to_str().unwrap(), "--schemas", &schemas, "--sql", sql.to_str().unwrap()])
-            .env("SLUICE_LOG", "warn,sluice::runtime=info")
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-        assert!(out.status.success(), "{stderr}");
-        stderr
-    };
+    let run = |input: &Path, lake: &Path, sql: &Path| run_logged(input, lake, sql, "warn,sluice::runtime=info");
     // The same two runs, with every file from the start.
     run(&first, &reference, &sql);
     run(&input, &reference, &sql);
@@ -399,16 +415,7 @@ async fn a_table_added_to_a_lake_with_history_is_backfilled_from_the_archive() {
         assert!(stderr.lines().any(|l| l.contains("backfilled: the table joins the live stream") && l.contains(&name)), "{name} was not backfilled:\n{stderr}");
     }
     for table in added {
-        let options = std::collections::HashMap::new();
-        let (here, there) = (format!("file://{}/{table}", lake.display()), format!("file://{}/{table}", reference.display()));
-        let got = stores::table_rows(&here, &options, stores::by_processing_time).await;
-        let want = stores::table_rows(&there, &options, stores::by_processing_time).await;
-        assert!(!want.is_empty(), "{table}: the traffic gives it rows");
-        if got != want {
-            let missing: Vec<_> = want.iter().filter(|r| !got.contains(r)).take(2).collect();
-            let extra: Vec<_> = got.iter().filter(|r| !want.contains(r)).take(2).collect();
-            panic!("{table}: {} rows backfilled and carried on, {} from the start; missing e.g. {missing:?}; extra e.g. {extra:?}", got.len(), want.len());
-        }
+        assert_same_table(&lake, &reference, table, "backfilled and carried on", "from the start").await;
     }
 }
 
@@ -434,15 +441,7 @@ async fn a_changed_sql_file_is_rebuilt_from_the_archive_and_a_comment_changes_no
     std::fs::write(&file, text.replace("sum(minutes_spent) AS minutes_spent", "max(minutes_spent) AS minutes_spent")).unwrap();
     let file = new_sql.join(format!("{commented}.sql"));
     std::fs::write(&file, format!("-- a comment\n{}", std::fs::read_to_string(&file).unwrap())).unwrap();
-    let run = |input: &Path, lake: &Path, sql: &Path| {
-        let out = Command::new(SLUICE)
-            .args(["run", "--input", input.to_str().unwrap(), "--lake", lake.to_str().unwrap(), "--schemas", &schemas, "--sql", sql.to_str().unwrap()])
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-        assert!(out.status.success(), "{stderr}");
-        stderr
-    };
+    let run = |input: &Path, lake: &Path, sql: &Path| run_logged(input, lake, sql, "warn");
     run(&first, &reference, &new_sql);
     run(&input, &reference, &new_sql);
     run(&first, &lake, &old_sql);
@@ -451,16 +450,7 @@ async fn a_changed_sql_file_is_rebuilt_from_the_archive_and_a_comment_changes_no
     assert_eq!(rebuilt.len(), 1, "{stderr}");
     assert!(rebuilt[0].contains(&changed.replace('/', ".")) && rebuilt[0].contains("plan "), "{}", rebuilt[0]);
     for table in [changed, commented] {
-        let options = std::collections::HashMap::new();
-        let (here, there) = (format!("file://{}/{table}", lake.display()), format!("file://{}/{table}", reference.display()));
-        let got = stores::table_rows(&here, &options, stores::by_processing_time).await;
-        let want = stores::table_rows(&there, &options, stores::by_processing_time).await;
-        assert!(!want.is_empty(), "{table}: the traffic gives it rows");
-        if got != want {
-            let missing: Vec<_> = want.iter().filter(|r| !got.contains(r)).take(2).collect();
-            let extra: Vec<_> = got.iter().filter(|r| !want.contains(r)).take(2).collect();
-            panic!("{table}: {} rows after the change, {} with the new file from the start; missing e.g. {missing:?}; extra e.g. {extra:?}", got.len(), want.len());
-        }
+        assert_same_table(&lake, &reference, table, "after the change", "with the new file from the start").await;
     }
     let again = run(&input, &lake, &new_sql);
     assert!(!again.contains("rebuilding"), "the fingerprint was kept: nothing to rebuild\n{again}");

@@ -199,9 +199,14 @@ impl Lake {
 
     /// A DataFusion session with every table of the lake registered.
     pub async fn session(&self) -> Result<SessionContext> {
+        self.session_of(&self.tables().await?).await
+    }
+
+    /// A DataFusion session with `tables` registered (each must exist).
+    pub async fn session_of(&self, tables: &[TablePath]) -> Result<SessionContext> {
         let ctx = SessionContext::new();
-        for table in self.tables().await? {
-            let delta = self.load_table(&table).await?;
+        for table in tables {
+            let delta = self.load_table(table).await?;
             delta.update_datafusion_session(&ctx.state()).map_err(|e| Error::delta(table.as_str(), e))?;
             let provider = delta.table_provider().await.map_err(|e| Error::delta(table.as_str(), e.into()))?;
             let [catalog_name, schema_name, table_name] = table.parts();

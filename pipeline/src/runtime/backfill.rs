@@ -65,11 +65,13 @@ impl Pipeline {
                 }
             }
         }
-        let ctx = lake.session().await?;
-        if sources.iter().any(|(_, archive)| ctx.table_exist(archive.as_str()).ok() != Some(true)) {
+        let archives: Vec<_> = lake.tables().await?.into_iter().filter(|t| sources.iter().any(|(_, a)| *a == t.sql_name())).collect();
+        if archives.len() < sources.len() {
             tracing::warn!(table, "the lake has no archive of its topics yet (it was written without one): the new table is computed from the next message on");
             return Ok(0);
         }
+        // The archives alone: loading every table of the lake is not needed.
+        let ctx = lake.session_of(&archives).await?;
         // Only what the last epoch read: the live stream goes on from there.
         let branches: Vec<String> = sources
             .iter()

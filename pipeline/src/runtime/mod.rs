@@ -326,6 +326,11 @@ impl Pipeline {
             tracing::info!(table = %table.sql_name(), "the table has rows from before: it goes on from the next message, not backfilled");
             return Ok(());
         }
+        self.backfill_at(i, lake).await
+    }
+
+    /// Backfills the `i`th query, taken out of the running ones meanwhile.
+    async fn backfill_at(&mut self, i: usize, lake: &Lake) -> Result<()> {
         let mut query = self.queries.remove(i);
         let replayed = self.backfill(&mut query, lake).await;
         self.queries.insert(i, query);
@@ -359,10 +364,7 @@ impl Pipeline {
         }
         tracing::warn!(table = %table.sql_name(), file = %path.display(), "rebuilding the table from the archive: its definition changed (plan {was} → {now}); readers keep the old rows until the swap");
         self.lake.sink(&table)?.rebuild();
-        let mut running = self.queries.remove(i);
-        let replayed = self.backfill(&mut running, lake).await;
-        self.queries.insert(i, running);
-        replayed.map(|_| ())
+        self.backfill_at(i, lake).await
     }
 
     /// Carries on from a checkpoint: finishes the commits its epoch did not get to,

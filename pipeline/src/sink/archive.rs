@@ -70,12 +70,19 @@ pub fn archive_table(topic: &str) -> Result<TablePath> {
 /// The archive's columns: lineage, the broker's timestamp, the bytes, and the
 /// partition column `date` (of `_ingested_at`).
 pub fn archive_layout() -> TableLayout {
-    let mut fields = lineage_fields();
-    fields.push(Field::new(KAFKA_TIMESTAMP, timestamp_type(), true));
-    fields.push(Field::new(VALUE, DataType::Binary, true));
-    fields.push(Field::new(DATE, DataType::Date32, true));
-    let schema: SchemaRef = Arc::new(Schema::new(fields.into_iter().map(|f| f.with_nullable(true)).collect::<Vec<_>>()));
-    TableLayout::partitioned_by_date_of(schema, LINEAGE[3])
+    TableLayout::partitioned_by_date_of(archive_schema().clone(), LINEAGE[3])
+}
+
+/// Built once: every raw batch's archive rows carry it.
+fn archive_schema() -> &'static SchemaRef {
+    static SCHEMA: std::sync::LazyLock<SchemaRef> = std::sync::LazyLock::new(|| {
+        let mut fields = lineage_fields();
+        fields.push(Field::new(KAFKA_TIMESTAMP, timestamp_type(), true));
+        fields.push(Field::new(VALUE, DataType::Binary, true));
+        fields.push(Field::new(DATE, DataType::Date32, true));
+        Arc::new(Schema::new(fields.into_iter().map(|f| f.with_nullable(true)).collect::<Vec<_>>()))
+    });
+    &SCHEMA
 }
 
 /// One raw batch's archive rows.
@@ -91,7 +98,7 @@ pub fn archive_batch(raw: &RawBatch) -> Result<RecordBatch> {
         Arc::new(BinaryArray::from_iter(raw.messages.iter().map(|m| raw.payload(m)))),
         Arc::new(Date32Array::from_value(date, n)),
     ];
-    Ok(RecordBatch::try_new(archive_layout().schema, columns)?)
+    Ok(RecordBatch::try_new(archive_schema().clone(), columns)?)
 }
 
 #[cfg(test)]

@@ -113,14 +113,15 @@ impl TableLayout {
             .map(|f| match stored.column_by_name(f.name()) {
                 Some(c) if c.data_type() == f.data_type() => Ok(c.clone()),
                 Some(c) => Ok(arrow::compute::cast(c, f.data_type())?),
-                None if f.name() == DATE && self.date_of.is_some() => {
-                    let of = self.date_of.unwrap_or("window_start");
-                    let timestamps = stored
-                        .column_by_name(of)
-                        .ok_or_else(|| arrow::error::ArrowError::SchemaError(format!("a file of a table partitioned by the date of {of} lacks {of}")))?;
-                    Ok(Arc::new(dates(timestamps)) as ArrayRef)
-                }
-                None => Err(arrow::error::ArrowError::SchemaError(format!("a file of the table lacks column `{}`", f.name())).into()),
+                None => match self.date_of.filter(|_| f.name() == DATE) {
+                    Some(of) => {
+                        let timestamps = stored
+                            .column_by_name(of)
+                            .ok_or_else(|| arrow::error::ArrowError::SchemaError(format!("a file of a table partitioned by the date of {of} lacks {of}")))?;
+                        Ok(Arc::new(dates(timestamps)) as ArrayRef)
+                    }
+                    None => Err(arrow::error::ArrowError::SchemaError(format!("a file of the table lacks column `{}`", f.name())).into()),
+                },
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(RecordBatch::try_new(self.schema.clone(), columns)?)

@@ -114,10 +114,7 @@ impl Served {
 
     /// CPU seconds (user + system) the server has used so far.
     pub fn cpu_seconds(&self) -> f64 {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
-        let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or_default().split_whitespace().collect();
-        let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-        (ticks(11) + ticks(12)) / 100.0
+        stat_cpu_seconds(&std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default())
     }
 
     /// CPU seconds of the server's threads named `name` (their `comm`).
@@ -125,12 +122,7 @@ impl Served {
         let tasks = std::fs::read_dir(format!("/proc/{}/task", self.pid())).into_iter().flatten().flatten();
         tasks
             .filter(|task| std::fs::read_to_string(task.path().join("comm")).is_ok_and(|comm| comm.trim() == name))
-            .map(|task| {
-                let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
-                let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or_default().split_whitespace().collect();
-                let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-                (ticks(11) + ticks(12)) / 100.0
-            })
+            .map(|task| stat_cpu_seconds(&std::fs::read_to_string(task.path().join("stat")).unwrap_or_default()))
             .sum()
     }
 
@@ -229,3 +221,10 @@ pub fn dechunk(body: &str) -> String {
     out
 }
 
+
+/// User plus system CPU seconds from a `/proc/.../stat` line (clock ticks of 1/100 s).
+fn stat_cpu_seconds(stat: &str) -> f64 {
+    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or_default().split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
+}
