@@ -18,7 +18,7 @@ use datafusion::logical_expr::{Aggregate, Expr, LogicalPlan};
 use datafusion::physical_plan::PhysicalExpr;
 
 use crate::dialect::{current_key, CURRENT_KEY};
-use super::window::ordered_in_any_order;
+use super::window::{ordered_in_any_order, ties_to_the_later_message};
 use super::{AggregateSpec, WINDOW_FUNCTIONS};
 
 /// What the current-state operator needs to know of the aggregate.
@@ -122,7 +122,7 @@ pub(super) fn current_spec(agg: &Aggregate, input_schema: &SchemaRef, state: &Se
     for expr in &agg.aggr_expr {
         #[allow(deprecated)]
         let (function, filter, order_by) =
-            datafusion::physical_planner::create_aggregate_expr_and_maybe_filter(expr, input, input_schema, state.execution_props()).map_err(df)?;
+            datafusion::physical_planner::create_aggregate_expr_and_maybe_filter(&ties_to_the_later_message(expr, input), input, input_schema, state.execution_props()).map_err(df)?;
         ordered_in_any_order(&function, &order_by)?;
         aggregates.push(AggregateSpec { function, filter });
     }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use arrow::datatypes::SchemaRef;
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
-use datafusion::common::ScalarValue;
+use datafusion::common::{DFSchema, ScalarValue};
 use datafusion::execution::context::SessionState;
 use datafusion::logical_expr::{Aggregate, Expr, LogicalPlan};
 use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
@@ -109,7 +109,7 @@ pub(super) fn window_spec(agg: &Aggregate, input_schema: &SchemaRef, state: &Ses
     for expr in &agg.aggr_expr {
         #[allow(deprecated)]
         let (function, filter, order_by) = datafusion::physical_planner::create_aggregate_expr_and_maybe_filter(
-            expr,
+            &ties_to_the_later_message(expr, input_dfschema),
             input_dfschema,
             input_schema,
             state.execution_props(),
@@ -223,6 +223,32 @@ pub(super) fn bind_windows_to_event_time(plan: LogicalPlan) -> datafusion::error
     .map(|t| t.data)
 }
 
+
+/// Ties on an order-sensitive aggregate's ORDER BY values (two steps of a saga
+/// spelled at the same instant) go to the later message: `_partition`, then
+/// `_offset`, are appended to its ORDER BY where its input has them. Without them
+/// the pick would follow the order rows reach the accumulator, which a restart
+/// from a checkpoint changes. The expression keeps its name.
+pub(super) fn ties_to_the_later_message(expr: &Expr, input: &DFSchema) -> Expr {
+    let name = expr.schema_name().to_string();
+    let (aggregate, alias) = match expr {
+        Expr::Alias(alias) => (alias.expr.as_ref(), alias.name.clone()),
+        other => (other, name),
+    };
+    let Expr::AggregateFunction(call) = aggregate else { return expr.clone() };
+    if call.params.order_by.is_empty() || call.func.supports_within_group_clause() {
+        return expr.clone();
+    }
+    let mut call = call.clone();
+    for lineage in [crate::schema::LINEAGE[1], crate::schema::LINEAGE[2]] {
+        let Some(i) = input.fields().iter().position(|f| f.name() == lineage) else { continue };
+        let column = Expr::Column(input.columns()[i].clone());
+        if !call.params.order_by.iter().any(|sort| sort.expr == column) {
+            call.params.order_by.push(column.sort(true, false));
+        }
+    }
+    Expr::AggregateFunction(call).alias(alias)
+}
 
 /// An aggregate with `ORDER BY` (`last_value(status ORDER BY ts)`) runs in a
 /// streaming query when its accumulator orders the rows itself, whatever order

@@ -1,6 +1,7 @@
 -- One row per saga run: its steps less than 5 minutes apart. The outcome is the
 -- status of its last step by time (between steps at the same instant, the later
--- step); duration_ms runs from its first step to its last.
+-- step; within a step, the later message); duration_ms runs from its first step
+-- to its last.
 SELECT session(interval '5 minutes') AS window,
        saga_id,
        saga_type,
