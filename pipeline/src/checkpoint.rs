@@ -61,6 +61,21 @@ pub struct QueryCheckpoint {
     /// rebuilds the table (checkpoints from before it have none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fingerprint: Option<String>,
+    /// While the table is backfilled from the archive, how far it got.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backfill: Option<BackfillProgress>,
+}
+
+/// A backfill's progress: per partition, the next archived offset to replay, and
+/// its own watermarks.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct BackfillProgress {
+    pub positions: Vec<Position>,
+    pub watermarks: Vec<PartitionMark>,
+    /// Until the replay reaches them, the positions and watermarks of the run when
+    /// the backfill began: there its watermarks take up the live ones.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub began: Option<(Vec<Position>, Vec<PartitionMark>)>,
 }
 
 impl Checkpoint {

@@ -25,7 +25,7 @@ use arrow::array::RecordBatch;
 
 use crate::catalog::storage::{is_transient, redact};
 use crate::catalog::TablePath;
-use crate::checkpoint::{Checkpoint, CheckpointStore, Position, QueryCheckpoint};
+use crate::checkpoint::{BackfillProgress, Checkpoint, CheckpointStore, Position, QueryCheckpoint};
 use crate::error::{Error, Result};
 use crate::sink::{Maintained, MaintenancePolicy, Staged, TableSink};
 use crate::time::PartitionMark;
@@ -45,10 +45,20 @@ pub struct EpochState {
     /// Per partition, the offset to read next.
     pub positions: Vec<Position>,
     pub watermarks: Vec<PartitionMark>,
-    /// Per query's table: its plan's fingerprint, watermark and open windows' state, if any.
-    pub queries: Vec<(TablePath, String, i64, Option<RecordBatch>)>,
+    pub queries: Vec<QueryState>,
     /// Per mirror table: its retained changes.
     pub mirrors: Vec<(TablePath, RecordBatch)>,
+}
+
+/// A query's table in an epoch: its plan's fingerprint, watermark, open windows'
+/// state if any, and how far its backfill got if it is backfilled.
+#[derive(Debug)]
+pub struct QueryState {
+    pub table: TablePath,
+    pub fingerprint: String,
+    pub watermark: i64,
+    pub windows: Option<RecordBatch>,
+    pub backfill: Option<BackfillProgress>,
 }
 
 /// What an epoch's commit did.
@@ -235,13 +245,13 @@ impl LakeWriter {
 
     async fn save_checkpoint(&self, epoch: i64, state: &EpochState, staged: &BTreeMap<String, Staged>) -> Result<Checkpoint> {
         let mut queries = BTreeMap::new();
-        for (table, fingerprint, watermark, windows) in &state.queries {
-            let windows = match windows {
-                Some(rows) => Some(self.checkpoints.put_state(epoch, table, rows).await?),
+        for q in &state.queries {
+            let windows = match &q.windows {
+                Some(rows) => Some(self.checkpoints.put_state(epoch, &q.table, rows).await?),
                 None => None,
             };
-            let fingerprint = Some(fingerprint.clone());
-            queries.insert(table.as_str().to_string(), QueryCheckpoint { watermark: *watermark, windows, fingerprint });
+            let (fingerprint, backfill) = (Some(q.fingerprint.clone()), q.backfill.clone());
+            queries.insert(q.table.as_str().to_string(), QueryCheckpoint { watermark: q.watermark, windows, fingerprint, backfill });
         }
         let mut mirrors = BTreeMap::new();
         for (table, rows) in &state.mirrors {

@@ -22,7 +22,7 @@ pub use reload::LiveDefinitions;
 
 use crate::catalog::{Lake, TablePath};
 use crate::checkpoint::{Checkpoint, CheckpointStore, Position};
-use crate::commit::{EpochState, LakeWriter, OutagePolicy};
+use crate::commit::{EpochState, LakeWriter, OutagePolicy, QueryState};
 use crate::decode::TopicDecoder;
 use crate::error::{Error, Result};
 use crate::plan::{InputTable, Shape, SqlFile};
@@ -119,6 +119,11 @@ pub struct Pipeline {
     late_events: TablePath,
     /// Per partition, the offset to read next: what the next checkpoint records.
     positions: BTreeMap<PartitionId, i64>,
+    /// The positions of the last commit: what the archive holds.
+    committed: BTreeMap<PartitionId, i64>,
+    /// New tables computed from the archive beside the live stream, out of `queries`
+    /// until they join it.
+    backfills: Vec<backfill::Backfill>,
     /// Input was read since the last checkpoint.
     dirty: bool,
     /// Kafka timestamps (ms) of the messages read since the last commit.
@@ -132,6 +137,10 @@ pub struct Pipeline {
     /// The one partition of the `sluice.metrics` stream.
     metrics_partition: PartitionId,
 }
+
+/// While tables are backfilled, how long the run loop waits for a live batch
+/// before replaying more.
+const BACKFILL_TURN: Duration = Duration::from_millis(10);
 
 /// The µs event-time column every topic's batch carries.
 fn event_times(batch: &RecordBatch) -> Result<&arrow::array::TimestampMicrosecondArray> {
@@ -282,6 +291,8 @@ impl Pipeline {
             late_events,
             archives,
             positions: BTreeMap::new(),
+            committed: BTreeMap::new(),
+            backfills: Vec::new(),
             dirty: false,
             produced_at: Vec::new(),
             started: Instant::now(),
@@ -304,12 +315,23 @@ impl Pipeline {
                 for (i, _) in &changed {
                     checkpoint.queries.remove(pipeline.queries[*i].query.table.as_str());
                 }
+                let backfilling: BTreeMap<TablePath, _> = pipeline
+                    .queries
+                    .iter()
+                    .filter_map(|q| Some((q.query.table.clone(), checkpoint.queries.get(q.query.table.as_str())?.backfill.clone()?)))
+                    .collect();
                 pipeline.recover(checkpoint).await?;
-                for i in new {
-                    pipeline.backfill_if_new(i, lake).await?;
+                // Rebuilds first: they replay at once, before anything is read.
+                for (i, was) in &changed {
+                    pipeline.rebuild(*i, was, lake).await?;
                 }
-                for (i, was) in changed {
-                    pipeline.rebuild(i, &was, lake).await?;
+                let tables: Vec<TablePath> = new.iter().map(|&i| pipeline.queries[i].query.table.clone()).collect();
+                for table in tables.iter().chain(backfilling.keys()) {
+                    let Some(i) = pipeline.queries.iter().position(|q| q.query.table == *table) else { continue };
+                    match backfilling.get(table) {
+                        Some(progress) => pipeline.resume_backfill(i, progress, lake),
+                        None => pipeline.backfill_if_new(i, lake).await?,
+                    }
                 }
             }
             None => pipeline.lake.check_fresh_lake(&pipeline.options.pipeline).await?,
@@ -326,15 +348,7 @@ impl Pipeline {
             tracing::info!(table = %table.sql_name(), "the table has rows from before: it goes on from the next message, not backfilled");
             return Ok(());
         }
-        self.backfill_at(i, lake).await
-    }
-
-    /// Backfills the `i`th query, taken out of the running ones meanwhile.
-    async fn backfill_at(&mut self, i: usize, lake: &Lake) -> Result<()> {
-        let mut query = self.queries.remove(i);
-        let replayed = self.backfill(&mut query, lake).await;
-        self.queries.insert(i, query);
-        replayed.map(|_| ())
+        self.start_backfill(i, lake).await
     }
 
     /// Computes the `i`th query's table again from the archive, its plan having
@@ -364,7 +378,9 @@ impl Pipeline {
         }
         tracing::warn!(table = %table.sql_name(), file = %path.display(), "rebuilding the table from the archive: its definition changed (plan {was} → {now}); readers keep the old rows until the swap");
         self.lake.sink(&table)?.rebuild();
-        self.backfill_at(i, lake).await
+        // At once, before anything is read: the swap is the next commit.
+        self.start_backfill(i, lake).await?;
+        self.join_backfills(true).await
     }
 
     /// Carries on from a checkpoint: finishes the commits its epoch did not get to,
@@ -397,6 +413,7 @@ impl Pipeline {
             mirror.restore(arrow::compute::concat_batches(&schema, &saved)?)?;
         }
         self.positions = checkpoint.positions();
+        self.committed = self.positions.clone();
         self.stats.resumed_after = Some(epoch);
         tracing::info!(epoch, partitions = self.positions.len(), "resuming from checkpoint");
         Ok(())
@@ -415,7 +432,17 @@ impl Pipeline {
             None => None,
         };
         let ended = loop {
-            let until_commit = self.options.commit_interval.saturating_sub(self.last_commit.elapsed());
+            if !self.backfills.is_empty() {
+                self.step_backfills().await?;
+                if self.should_commit() {
+                    self.commit().await?;
+                }
+            }
+            let mut until_commit = self.options.commit_interval.saturating_sub(self.last_commit.elapsed());
+            if !self.backfills.is_empty() {
+                // Back to the backfills soon, whether or not a live batch comes.
+                until_commit = until_commit.min(BACKFILL_TURN);
+            }
             let raw = tokio::select! {
                 batch = source.next_batch() => batch?,
                 () = &mut stop => break false,
@@ -433,8 +460,10 @@ impl Pipeline {
                 // A quiet input still gets what it sent committed, and idle
                 // partitions may have let windows close.
                 () = tokio::time::sleep(until_commit) => {
-                    self.close_windows().await?;
-                    self.commit().await?;
+                    if self.last_commit.elapsed() >= self.options.commit_interval {
+                        self.close_windows().await?;
+                        self.commit().await?;
+                    }
                     continue;
                 }
             };
@@ -448,7 +477,12 @@ impl Pipeline {
         };
         self.options.progress.finish_and_clear();
         if ended {
-            // A bounded source is exhausted: every window can close.
+            // A bounded source is exhausted: backfills finish first (from an archive
+            // that holds everything read), then every window can close.
+            if !self.backfills.is_empty() {
+                self.commit().await?;
+                self.join_backfills(true).await?;
+            }
             self.watermarks.finish_all();
             self.close_windows().await?;
         } else {
@@ -582,11 +616,11 @@ impl Pipeline {
         self.stats.peak_open_windows = self.stats.peak_open_windows.max(open);
         self.stats.peak_state_bytes = self.stats.peak_state_bytes.max(bytes);
         if !self.dirty && !self.lake.has_pending() {
-            return Ok(());
+            return self.join_backfills(false).await;
         }
         let started = Instant::now();
         self.replace_changed_mirrors().await?;
-        for q in &mut self.queries {
+        for q in self.queries.iter_mut().chain(self.backfills.iter_mut().map(|b| &mut b.query)) {
             q.rewrite_current(self.lake.sink(&q.query.table)?).await?;
         }
         let state = self.epoch_state()?;
@@ -610,7 +644,8 @@ impl Pipeline {
         let ms = started.elapsed().as_millis() as u64;
         self.options.observed.commit(committed.rows as u64, started.elapsed().as_secs_f64(), open, bytes);
         tracing::info!(epoch = committed.epoch, rows = committed.rows, ms, write_ms = committed.write_ms, state_ms = committed.state_ms, maintain_ms = committed.maintain_ms, "committed");
-        Ok(())
+        self.committed = self.positions.clone();
+        self.join_backfills(false).await
     }
 
     /// Rewrites the mirrors that changed since the last epoch, and the tables
@@ -632,9 +667,10 @@ impl Pipeline {
     /// query's window state, every mirror's retained changes (pruned first).
     fn epoch_state(&mut self) -> Result<EpochState> {
         let mut queries = Vec::new();
-        for q in &mut self.queries {
-            let state = q.snapshot()?;
-            queries.push((q.query.table.clone(), q.query.fingerprint.clone(), q.clock.watermark(), state));
+        let backfilling = self.backfills.iter_mut().map(|b| (b.progress(), &mut b.query));
+        for (backfill, q) in self.queries.iter_mut().map(|q| (None, q)).chain(backfilling.map(|(p, q)| (Some(p), q))) {
+            let (table, fingerprint, watermark) = (q.query.table.clone(), q.query.fingerprint.clone(), q.clock.watermark());
+            queries.push(QueryState { table, fingerprint, watermark, windows: q.snapshot()?, backfill });
         }
         let mut mirrors = Vec::new();
         for mirror in self.mirrors.values_mut() {

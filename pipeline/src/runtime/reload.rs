@@ -62,7 +62,8 @@ impl Pipeline {
     /// comment); called between epochs. Nothing changes unless all of it can.
     pub(super) async fn reload(&mut self, live: &LiveDefinitions) -> Result<Reloaded> {
         let mut planned = live.plan_all().await?;
-        let running: BTreeMap<TablePath, &RunningQuery> = self.queries.iter().map(|q| (q.query.table.clone(), q)).collect();
+        let backfilling: Vec<&RunningQuery> = self.backfills.iter().map(|b| &b.query).collect();
+        let running: BTreeMap<TablePath, &RunningQuery> = self.queries.iter().chain(backfilling.iter().copied()).map(|q| (q.query.table.clone(), q)).collect();
         let mut reloaded = Reloaded::default();
         for (table, query) in &planned {
             let Some(old) = running.get(table) else {
@@ -71,6 +72,12 @@ impl Pipeline {
             };
             if old.query.fingerprint == query.fingerprint {
                 continue;
+            }
+            if backfilling.iter().any(|b| b.query.table == *table) {
+                return Err(Error::Sql {
+                    path: query.path.clone(),
+                    message: "its definition changed while its table is backfilled from the archive: change it again once the backfill is done (the log says `backfilled`)".into(),
+                });
             }
             if stateful(&old.query) || stateful(query) {
                 return Err(Error::Sql {
@@ -113,6 +120,7 @@ impl Pipeline {
         }
         let gone: BTreeSet<&TablePath> = reloaded.removed.iter().chain(&reloaded.changed).collect();
         self.queries.retain(|q| !gone.contains(&q.query.table));
+        self.backfills.retain(|b| !gone.contains(b.table()));
         for table in &reloaded.removed {
             self.lake.remove_sink(table);
             tracing::warn!(table = %table.sql_name(), "its SQL file was removed: the table stays in the lake as it was, no longer updated");
