@@ -455,3 +455,71 @@ async fn a_changed_sql_file_is_rebuilt_from_the_archive_and_a_comment_changes_no
     let again = run(&input, &lake, &new_sql);
     assert!(!again.contains("rebuilding"), "the fingerprint was kept: nothing to rebuild\n{again}");
 }
+
+/// A large backfill beside the live stream is killed (SIGKILL) after a commit, twice;
+/// each restart resumes it where its last commit left it, and the added tables, a
+/// landing (`authentication_logs`) and one-minute windows with percentiles
+/// (`request_response_times`), equal those of a lake that had the files from the
+/// start. The run commits every 200 ms, so the other tables commit while it runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_backfill_resumes_where_its_last_commit_left_it() {
+    let added = ["integration/api_gateway/authentication_logs", "monitoring/api_performance/request_response_times"];
+    let dir = tempfile::tempdir().unwrap();
+    let (input, first, reference, lake, sql, without, log) = (
+        dir.path().join("in"),
+        dir.path().join("first"),
+        dir.path().join("reference"),
+        dir.path().join("lake"),
+        dir.path().join("sql"),
+        dir.path().join("without"),
+        dir.path().join("run.log"),
+    );
+    let schemas = repo("schemas");
+    sluice(&["generate", "--out", input.to_str().unwrap(), "--seed", "7", "--users", "3000", "--hours", "12", "--schemas", &schemas]);
+    first_halves(&input, &first);
+    copy_tree(Path::new(&repo("sql")), &sql);
+    copy_tree(Path::new(&repo("sql")), &without);
+    for table in added {
+        std::fs::remove_file(without.join(format!("{table}.sql"))).unwrap();
+    }
+    let run = |input: &Path, lake: &Path, sql: &Path| run_logged(input, lake, sql, "warn");
+    run(&first, &reference, &sql);
+    run(&input, &reference, &sql);
+    run(&first, &lake, &without);
+
+    let start = || {
+        let file = std::fs::File::create(&log).unwrap();
+        Command::new(SLUICE)
+            .args(["run", "--input", input.to_str().unwrap(), "--lake", lake.to_str().unwrap(), "--schemas", &schemas, "--sql", sql.to_str().unwrap()])
+            .args(["--commit-interval", "200ms"])
+            .env("SLUICE_LOG", "warn,buoyant_kernel=off,delta_kernel=off,sluice::runtime=info")
+            .stderr(file)
+            .spawn()
+            .unwrap()
+    };
+    let mut resumed = 0;
+    for _ in 0..2 {
+        let mut child = start();
+        // Killed at the second commit after a backfill (begun or resumed) is under way.
+        let started = std::time::Instant::now();
+        let text = loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let under_way = text.lines().position(|l| l.contains("backfilling a new table") || l.contains("resuming the backfill"));
+            if under_way.is_some_and(|at| text.lines().skip(at).filter(|l| l.contains("committed")).count() >= 2) || child.try_wait().unwrap().is_some() {
+                break text;
+            }
+            assert!(started.elapsed() < std::time::Duration::from_secs(120), "no backfill under way:\n{text}");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        let _ = child.kill();
+        let _ = child.wait();
+        resumed += text.lines().filter(|l| l.contains("resuming the backfill")).count();
+        assert!(!text.contains("backfilled: the table joins") || text.contains("backfilling a new table"), "{text}");
+    }
+    let stderr = run_logged(&input, &lake, &sql, "warn,buoyant_kernel=off,delta_kernel=off,sluice::runtime=info");
+    resumed += stderr.lines().filter(|l| l.contains("resuming the backfill")).count();
+    assert!(resumed >= 2, "the backfill was not resumed after a kill ({resumed} times):\n{stderr}");
+    for table in added {
+        assert_same_table(&lake, &reference, table, "backfilled through kills", "from the start").await;
+    }
+}
