@@ -363,10 +363,33 @@ async function tick() {
       sql: "-- not SQL: the run's own counters, from GET /api/v1/pipeline (/metrics has them for Prometheus)",
     };
   });
+  charts.push(...liveTables(now));
   state.charts = charts;
   render(charts);
   status(`Live: ${now.commits} commits, ${now.rows_committed.toLocaleString("en")} rows committed, ${now.open_windows} open windows` +
     (now.store_unavailable ? ": the lake's store is not answering, commits are being retried" : "."));
+}
+
+/// The live view's tables: backfills under way, and each table's lineage.
+function liveTables(now) {
+  const table = (id, title, rows, columns, sql) => ({
+    id, title, unit: "", section: "Pipeline", kind: "table", target: null, subject: null, rows, columns, sql,
+    error: rows.length ? null : "no data yet: " + (id === "live_backfills" ? "no table is being backfilled" : "no tables"),
+  });
+  const backfills = (now.backfills || []).map((b) => ({
+    table: b.table,
+    done: b.done,
+    total: b.total,
+    share: b.total ? Math.round((100 * b.done) / b.total) + " %" : "",
+    events_per_second: b.events_per_second,
+    seconds_left: b.done >= b.total ? "joined" : b.seconds_left,
+  }));
+  return [
+    table("live_backfills", "Backfills from the archive", backfills, ["table", "done", "total", "share", "events_per_second", "seconds_left"],
+      "-- not SQL: the run's backfill progress, from GET /api/v1/pipeline (/metrics: sluice_backfill_messages)"),
+    table("live_tables", "Tables: what each reads and what reads it", now.tables || [], ["table", "reads", "read_by"],
+      "-- not SQL: the running definitions' lineage, from GET /api/v1/pipeline (sluice explain TABLE shows the same)"),
+  ];
 }
 
 async function start() {

@@ -420,13 +420,15 @@ async fn a_table_added_to_a_lake_with_history_is_backfilled_from_the_archive() {
 }
 
 /// A lake runs over the first half of the traffic; then one SQL file's aggregate
-/// changes and another gets a comment, and the run goes on over the rest. The changed
-/// table is rebuilt from the archive, so it equals that of a lake that had the new
-/// definition from the start; the commented one is not rebuilt; a third run with the
-/// same files rebuilds nothing.
+/// changes and it gets a column, a landing file loses a column and gets a computed
+/// one, another gets a comment, and the run goes on over the rest. The changed
+/// tables are rebuilt from the archive, in their new columns, so they equal those
+/// of a lake that had the new definitions from the start; the commented one is not
+/// rebuilt; a third run with the same files rebuilds nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_changed_sql_file_is_rebuilt_from_the_archive_and_a_comment_changes_nothing() {
     let (changed, commented) = ("analytics/learner/velocity_daily", "integration/api_gateway/request_logs");
+    let new_columns = "integration/api_gateway/authentication_logs";
     let dir = tempfile::tempdir().unwrap();
     let (input, first, reference, lake, old_sql, new_sql) =
         (dir.path().join("in"), dir.path().join("first"), dir.path().join("reference"), dir.path().join("lake"), dir.path().join("old"), dir.path().join("new"));
@@ -438,7 +440,11 @@ async fn a_changed_sql_file_is_rebuilt_from_the_archive_and_a_comment_changes_no
     let file = new_sql.join(format!("{changed}.sql"));
     let text = std::fs::read_to_string(&file).unwrap();
     assert!(text.contains("sum(minutes_spent) AS minutes_spent"), "{text}");
-    std::fs::write(&file, text.replace("sum(minutes_spent) AS minutes_spent", "max(minutes_spent) AS minutes_spent")).unwrap();
+    std::fs::write(&file, text.replace("sum(minutes_spent) AS minutes_spent", "max(minutes_spent) AS minutes_spent, count(DISTINCT topic_id) AS topics")).unwrap();
+    let file = new_sql.join(format!("{new_columns}.sql"));
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(text.contains("upstream_instance, ") && text.contains("bytes_out,"), "{text}");
+    std::fs::write(&file, text.replace("upstream_instance, ", "").replace("bytes_out,", "bytes_out, status >= 500 AS server_error,")).unwrap();
     let file = new_sql.join(format!("{commented}.sql"));
     std::fs::write(&file, format!("-- a comment\n{}", std::fs::read_to_string(&file).unwrap())).unwrap();
     let run = |input: &Path, lake: &Path, sql: &Path| run_logged(input, lake, sql, "warn");
@@ -447,9 +453,11 @@ async fn a_changed_sql_file_is_rebuilt_from_the_archive_and_a_comment_changes_no
     run(&first, &lake, &old_sql);
     let stderr = run(&input, &lake, &new_sql);
     let rebuilt: Vec<&str> = stderr.lines().filter(|l| l.contains("rebuilding the table from the archive")).collect();
-    assert_eq!(rebuilt.len(), 1, "{stderr}");
-    assert!(rebuilt[0].contains(&changed.replace('/', ".")) && rebuilt[0].contains("plan "), "{}", rebuilt[0]);
-    for table in [changed, commented] {
+    assert_eq!(rebuilt.len(), 2, "{stderr}");
+    for table in [changed, new_columns] {
+        assert!(rebuilt.iter().any(|l| l.contains(&table.replace('/', ".")) && l.contains("plan ")), "{rebuilt:?}");
+    }
+    for table in [changed, new_columns, commented] {
         assert_same_table(&lake, &reference, table, "after the change", "with the new file from the start").await;
     }
     let again = run(&input, &lake, &new_sql);
@@ -522,4 +530,265 @@ async fn a_killed_backfill_resumes_where_its_last_commit_left_it() {
     for table in added {
         assert_same_table(&lake, &reference, table, "backfilled through kills", "from the start").await;
     }
+}
+
+/// Produces each partition file's lines of `dir` (`<topic>/<partition>.jsonl`) to
+/// its partition, `null` as a tombstone.
+async fn produce_files(address: &str, dir: &Path) {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    use rdkafka::ClientConfig;
+    let producer: FutureProducer = ClientConfig::new().set("bootstrap.servers", address).set("linger.ms", "20").create().unwrap();
+    let mut deliveries = Vec::new();
+    for topic in std::fs::read_dir(dir).unwrap().flatten() {
+        let name = topic.file_name().to_string_lossy().into_owned();
+        for file in std::fs::read_dir(topic.path()).unwrap().flatten() {
+            let partition: i32 = file.path().file_stem().unwrap().to_string_lossy().parse().unwrap();
+            let bytes = std::fs::read(file.path()).unwrap();
+            for line in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+                let mut record = FutureRecord::<(), [u8]>::to(&name).partition(partition);
+                if line != b"null" {
+                    record = record.payload(line);
+                }
+                deliveries.push(producer.send_result(record).map_err(|(e, _)| e).unwrap());
+            }
+        }
+    }
+    for delivery in deliveries {
+        delivery.await.unwrap().map_err(|(e, _)| e).unwrap();
+    }
+}
+
+/// The second half of each partition file of `input` into `second` (as `first_halves`).
+fn second_halves(input: &Path, second: &Path) {
+    for entry in std::fs::read_dir(input).unwrap().flatten() {
+        let (path, target) = (entry.path(), second.join(entry.file_name()));
+        if path.is_dir() {
+            second_halves(&path, &target);
+        } else {
+            std::fs::create_dir_all(second).unwrap();
+            let bytes = std::fs::read(&path).unwrap();
+            let lines: Vec<&[u8]> = bytes.split_inclusive(|b| *b == b'\n').collect();
+            std::fs::write(target, lines[lines.len() / 2..].concat()).unwrap();
+        }
+    }
+}
+
+/// Waits until the log at `log` has a line containing `marker` after its `after`th
+/// line; returns the log. The run must not end meanwhile (unless `may_end`).
+fn wait_for(child: &mut std::process::Child, log: &Path, marker: &str, after: usize) -> String {
+    let started = std::time::Instant::now();
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if text.lines().skip(after).any(|l| l.contains(marker)) {
+            return text;
+        }
+        assert!(child.try_wait().unwrap().is_none(), "the run ended before `{marker}`:\n{text}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(120), "no `{marker}` in the log:\n{text}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// Waits until the run has committed and then not committed for two seconds: it
+/// has read what there was to read.
+fn wait_until_quiet(child: &mut std::process::Child, log: &Path) {
+    let started = std::time::Instant::now();
+    let (mut commits, mut since) = (0, std::time::Instant::now());
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        let now = text.lines().filter(|l| l.contains("committed")).count();
+        if now != commits {
+            (commits, since) = (now, std::time::Instant::now());
+        } else if commits > 0 && since.elapsed() > std::time::Duration::from_secs(2) {
+            return;
+        }
+        assert!(child.try_wait().unwrap().is_none(), "the run ended:\n{text}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(180), "the run never went quiet:\n{text}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// The line number of the first line containing `marker`.
+fn line_of(text: &str, marker: &str) -> usize {
+    text.lines().position(|l| l.contains(marker)).unwrap_or_else(|| panic!("no `{marker}`:\n{text}"))
+}
+
+/// Through Kafka, on a lake built by a first half of traffic: two SQL files added
+/// while the pipeline runs (a landing and daily windows) are backfilled, the run is
+/// killed during the backfill and the restart resumes it while the second half
+/// arrives; then a windowed file's aggregate changes, and the run is killed during
+/// its rebuild, before the swap's commit (the old rows stay), and the next run
+/// rebuilds it again and swaps. The three tables equal those of one fresh run over
+/// all the traffic with the final files. (Minute windows would not: which events
+/// are late depends on how the reads of partitions interleave, and a Kafka run's
+/// differ from a file run's.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_kafka_an_added_and_a_changed_file_land_what_a_fresh_run_lands_through_kills() {
+    let (added, changed) = (["integration/api_gateway/authentication_logs", "analytics/learner/engagement_daily"], "analytics/learner/velocity_daily");
+    let broker = broker::Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name);
+    let (input, first, second, lake, reference, sql, log) = (path("in"), path("first"), path("second"), path("lake"), path("reference"), path("sql"), path("run.log"));
+    let schemas = repo("schemas");
+    sluice(&["generate", "--out", input.to_str().unwrap(), "--seed", "43", "--users", "1500", "--hours", "24", "--schemas", &schemas]);
+    first_halves(&input, &first);
+    second_halves(&input, &second);
+    copy_tree(Path::new(&repo("sql")), &sql);
+    let added_sql = added.map(|table| std::fs::read_to_string(sql.join(format!("{table}.sql"))).unwrap());
+    for table in added {
+        std::fs::remove_file(sql.join(format!("{table}.sql"))).unwrap();
+    }
+    produce_files(&broker.address, &first).await;
+
+    let start = |extra: &[&str]| {
+        Command::new(SLUICE)
+            .args(["run", "--kafka", &broker.address, "--commit-interval", "200ms", "--lake", lake.to_str().unwrap(), "--schemas", &schemas, "--sql", sql.to_str().unwrap()])
+            .args(extra)
+            .env("SLUICE_LOG", "warn,buoyant_kernel=off,delta_kernel=off,sluice::runtime=info")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::options().append(true).create(true).open(&log).unwrap())
+            .spawn()
+            .unwrap()
+    };
+    let lines = || std::fs::read_to_string(&log).unwrap_or_default().lines().count();
+    // The first half, read live; then the file is added and taken up on SIGHUP.
+    let mut child = start(&[]);
+    wait_until_quiet(&mut child, &log);
+    for (table, text) in added.iter().zip(&added_sql) {
+        std::fs::write(sql.join(format!("{table}.sql")), text).unwrap();
+    }
+    let at = lines();
+    Command::new("kill").args(["-HUP", &child.id().to_string()]).status().unwrap();
+    let text = wait_for(&mut child, &log, "backfilling a new table", at);
+    // Killed at a commit of the backfill, before it joins.
+    wait_for(&mut child, &log, "committed", line_of(&text[..], "backfilling a new table") + 1);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let text = std::fs::read_to_string(&log).unwrap();
+    let joined = |text: &str, table: &str| text.contains(&format!("joins the live stream table=\"{}\"", table.replace('/', ".")));
+    // A small table joins at once; the landing's backfill is cut short.
+    let cut: Vec<&str> = added.into_iter().filter(|t| !joined(&text, t)).collect();
+    assert!(!cut.is_empty(), "every backfill ended before the kill: make them longer\n{text}");
+
+    // The restart resumes it while the second half arrives.
+    let at = lines();
+    let mut child = start(&[]);
+    produce_files(&broker.address, &second).await;
+    let started = std::time::Instant::now();
+    let text = loop {
+        let text = wait_for(&mut child, &log, "backfilled: the table joins", at);
+        let after: String = text.lines().skip(at).collect::<Vec<_>>().join("\n");
+        if cut.iter().all(|t| joined(&after, t)) {
+            break text;
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(120), "{text}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(text.lines().skip(at).any(|l| l.contains("resuming the backfill")), "{text}");
+    Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(child.wait().unwrap().success(), "{}", std::fs::read_to_string(&log).unwrap());
+
+    // A changed aggregate: killed while it is rebuilt, before the swap's commit.
+    let file = sql.join(format!("{changed}.sql"));
+    let text = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(&file, text.replace("sum(minutes_spent) AS minutes_spent", "max(minutes_spent) AS minutes_spent")).unwrap();
+    let before = stores::table_rows(&format!("file://{}/{changed}", lake.display()), &Default::default(), stores::by_processing_time).await;
+    let at = lines();
+    let mut child = start(&[]);
+    wait_for(&mut child, &log, "rebuilding the table from the archive", at);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let text = std::fs::read_to_string(&log).unwrap();
+    if !text.lines().skip(at).any(|l| l.contains("committed")) {
+        let after = stores::table_rows(&format!("file://{}/{changed}", lake.display()), &Default::default(), stores::by_processing_time).await;
+        assert_eq!(after, before, "killed before the swap: readers still see the old rows");
+    }
+    let at = lines();
+    let mut child = start(&["--stop-when-idle", "3s"]);
+    let status = child.wait().unwrap();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(status.success() && text.lines().skip(at).any(|l| l.contains("rebuilding the table from the archive")), "{text}");
+
+    // One fresh run over all the traffic with the final files (from the files: a
+    // fresh Kafka run may read a partition before it knows the others, and then
+    // find their first events late).
+    sluice(&["run", "--input", input.to_str().unwrap(), "--lake", reference.to_str().unwrap(), "--schemas", &schemas, "--sql", sql.to_str().unwrap()]);
+    for table in added.into_iter().chain([changed]) {
+        assert_same_table(&lake, &reference, table, "through the kills", "in one fresh run").await;
+    }
+}
+
+/// A UDF whose code changes is taken up on SIGHUP: the running pipeline builds it
+/// again and swaps in the landing file that calls it, from the next message on.
+/// Requests read before the reload carry the old function's value, those after the
+/// new one's, and none is lost or landed twice.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_changed_udf_is_taken_up_on_sighup() {
+    const REQUESTS: &str = "gateway.requests";
+    let broker = broker::Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name);
+    let (input, first, second, lake, sql, udfs, log) = (path("in"), path("first"), path("second"), path("lake"), path("sql"), path("udfs"), path("run.log"));
+    let schemas = repo("schemas");
+    sluice(&["generate", "--out", input.to_str().unwrap(), "--seed", "47", "--users", "60", "--hours", "2", "--schemas", &schemas]);
+    for entry in std::fs::read_dir(&input).unwrap().flatten() {
+        if entry.file_name() != REQUESTS {
+            std::fs::remove_dir_all(entry.path()).unwrap();
+        }
+    }
+    first_halves(&input, &first);
+    second_halves(&input, &second);
+    std::fs::create_dir_all(sql.join("monitoring/api_performance")).unwrap();
+    std::fs::write(sql.join("monitoring/api_performance/bumped.sql"), "SELECT status, bump(status) AS bumped, _topic, _partition, _offset, _ingested_at FROM gateway.requests\n").unwrap();
+    std::fs::create_dir_all(&udfs).unwrap();
+    let bump = |by: i32| format!("use arroyo_udf_plugin::udf;\n\n#[udf]\nfn bump(x: i32) -> i32 {{\n    x + {by}\n}}\n");
+    std::fs::write(udfs.join("bump.rs"), bump(1)).unwrap();
+
+    let mut child = Command::new(SLUICE)
+        .args(["run", "--kafka", &broker.address, "--stop-when-idle", "10s", "--commit-interval", "200ms", "--lake", lake.to_str().unwrap()])
+        .args(["--schemas", &schemas, "--sql", sql.to_str().unwrap(), "--udfs", udfs.to_str().unwrap()])
+        .env("SLUICE_LOG", "warn,buoyant_kernel=off,delta_kernel=off,sluice::runtime=info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    produce_files(&broker.address, &first).await;
+    // Everything produced so far is committed before the reload.
+    let first_count: usize = std::fs::read_dir(first.join(REQUESTS)).unwrap().flatten().map(|f| std::fs::read(f.path()).unwrap().split(|b| *b == b'\n').filter(|l| !l.is_empty()).count()).sum();
+    let started = std::time::Instant::now();
+    let landed = || async {
+        match lake.join("monitoring/api_performance/bumped/_delta_log").is_dir() {
+            true => support::rows(&lake, "monitoring/api_performance/bumped").await.values().map(Vec::len).sum::<usize>(),
+            false => 0,
+        }
+    };
+    while landed().await < first_count * 9 / 10 {
+        assert!(started.elapsed() < std::time::Duration::from_secs(60), "{}", std::fs::read_to_string(&log).unwrap_or_default());
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    std::fs::write(udfs.join("bump.rs"), bump(2)).unwrap();
+    let text = hang_up_and_wait(&mut child, &log, "SQL files read again", 1);
+    let summary = text.lines().find(|l| l.contains("SQL files read again")).unwrap();
+    assert!(summary.contains("changed=1"), "{text}");
+    assert!(text.contains("the code of the UDF it calls changed (bump)"), "{text}");
+    produce_files(&broker.address, &second).await;
+    assert!(child.wait().unwrap().success(), "{}", std::fs::read_to_string(&log).unwrap());
+
+    // Per partition, the offsets of the first half got +1, the rest +2.
+    let mut boundary = std::collections::HashMap::new();
+    for file in std::fs::read_dir(first.join(REQUESTS)).unwrap().flatten() {
+        let partition: i32 = file.path().file_stem().unwrap().to_string_lossy().parse().unwrap();
+        boundary.insert(partition, std::fs::read(file.path()).unwrap().split(|b| *b == b'\n').filter(|l| !l.is_empty()).count() as i64);
+    }
+    let rows = stores::table_rows(&format!("file://{}/monitoring/api_performance/bumped", lake.display()), &Default::default(), stores::by_processing_time).await;
+    let (mut old, mut new) = (0, 0);
+    for row in &rows {
+        let (status, bumped): (i32, i32) = (field(row, "status").parse().unwrap(), field(row, "bumped").parse().unwrap());
+        let (partition, offset): (i32, i64) = (field(row, "_partition").parse().unwrap(), field(row, "_offset").parse().unwrap());
+        let by = if offset < boundary[&partition] { old += 1; 1 } else { new += 1; 2 };
+        assert_eq!(bumped - status, by, "{row}");
+    }
+    let offsets: std::collections::BTreeSet<(String, String)> = rows.iter().map(|r| (field(r, "_partition").to_string(), field(r, "_offset").to_string())).collect();
+    assert_eq!(offsets.len(), rows.len(), "a request landed twice");
+    assert!(old > 0 && new > 0, "{old} rows before the reload, {new} after");
 }

@@ -7,7 +7,9 @@
 //! From Kafka (`--kafka`, best on an empty broker): without `--rate`, preloads the
 //! traffic, then times the pipeline from start until every message is committed;
 //! with `--rate N`, starts the pipeline, produces N messages a second, and reports
-//! freshness (Kafka timestamp to the commit that made the rows visible).
+//! freshness (Kafka timestamp to the commit that made the rows visible). With
+//! `--lake` over a lake that has history and an SQL directory with a new file, it
+//! measures the other tables' freshness while the new table is backfilled.
 
 use std::time::Duration;
 
@@ -152,7 +154,7 @@ pub async fn bench_kafka(brokers: &str, bench: &BenchArgs, storage: &StorageOpti
         stop_when_idle: Some(IDLE),
         batch_size,
         archive_retention: bench.archive_retention,
-        ..RunArgs::files(dir.path(), &dir.path().join("lake").display().to_string(), definitions)
+        ..RunArgs::files(dir.path(), &bench.lake.clone().unwrap_or_else(|| dir.path().join("lake").display().to_string()), definitions)
     };
     let options = traffic.options();
     let stats = match rate {

@@ -195,6 +195,11 @@ impl Definitions {
     }
 
     /// The UDF files, read and checked; none without a udfs directory.
+    /// The udfs directory, if there is one.
+    pub fn udfs_dir(&self) -> Option<PathBuf> {
+        locate(self.udfs.as_deref(), "udfs").ok()
+    }
+
     pub fn udf_files(&self) -> Result<Vec<crate::udf::UdfFile>> {
         match locate(self.udfs.as_deref(), "udfs") {
             Ok(dir) => crate::udf::load_dir(&dir),

@@ -195,6 +195,7 @@ pub async fn run(args: &RunArgs, storage: &StorageOptions) -> Result<RunStats> {
             sql_dir: args.definitions.sql_dir()?,
             registry: registry.clone(),
             udfs: udfs.clone(),
+            udfs_dir: args.definitions.udfs_dir(),
             lake: lake.clone(),
         }),
         ..RunOptions::default()

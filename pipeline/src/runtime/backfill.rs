@@ -51,9 +51,9 @@ const BATCH: usize = 8192;
 /// How often progress is logged.
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 /// Replay time per turn of the run loop: live batches wait no longer than this.
-const SLICE: Duration = Duration::from_millis(50);
+pub(super) const SLICE: Duration = Duration::from_millis(50);
 /// Messages left that are replayed at once, right after a commit, to join.
-const TAIL: u64 = 50_000;
+const TAIL: u64 = 20_000;
 /// Ordered archive batches a phase's reader keeps ready.
 const READ_AHEAD: usize = 4;
 
@@ -128,9 +128,14 @@ impl Backfill {
         self.mine(positions).all(|(id, next)| self.replayed.get(id).is_some_and(|r| r >= next))
     }
 
-    /// Starts a phase up to `positions` (the last commit's): a task reads the
-    /// archive's messages in between, ordered, a day at a time.
+    /// Starts a phase up to `positions` (the last commit's), or up to where the
+    /// backfill began if it has not got there (its watermarks change there): a task
+    /// reads the archive's messages in between, ordered, a day at a time.
     fn start_phase(&mut self, positions: &BTreeMap<PartitionId, i64>) {
+        let positions = match &self.began {
+            Some((began, _)) if !self.caught_up(began) => began,
+            _ => positions,
+        };
         let until: BTreeMap<PartitionId, i64> = self.mine(positions).map(|(id, &next)| (id.clone(), next)).collect();
         let branches: Vec<String> = self
             .sources
@@ -181,12 +186,12 @@ impl Backfill {
 
     fn log_progress(&mut self, observed: &super::Observed) {
         let table = self.table().sql_name();
-        observed.backfill(&table, self.done, self.total);
+        let rate = self.done as f64 / self.started.elapsed().as_secs_f64().max(1e-9);
+        observed.backfill(&table, self.done, self.total, rate);
         if self.logged.elapsed() < PROGRESS_EVERY {
             return;
         }
         self.logged = Instant::now();
-        let rate = self.done as f64 / self.started.elapsed().as_secs_f64().max(1e-9);
         let left = self.total.saturating_sub(self.done) as f64 / rate.max(1.0);
         let share = format!("{:.0}%", 100.0 * self.done as f64 / self.total.max(1) as f64);
         tracing::info!(table, done = self.done, total = self.total, share, events_per_second = rate as u64, seconds_left = left as u64, "backfilling");
@@ -334,7 +339,7 @@ impl Pipeline {
 
     fn join(&mut self, b: Backfill) {
         let table = b.table().sql_name();
-        self.options.observed.backfill(&table, b.done, b.done);
+        self.options.observed.backfill(&table, b.done, b.done, 0.0);
         let secs = b.started.elapsed().as_secs_f64();
         tracing::info!(table, messages = b.done, seconds = format!("{secs:.1}"), "backfilled: the table joins the live stream");
         self.queries.push(b.query);

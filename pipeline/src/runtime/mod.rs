@@ -242,12 +242,19 @@ impl Pipeline {
     /// Plans every SQL file and opens (or creates) every table.
     pub async fn new(lake: &Lake, registry: &SchemaRegistry, sql: &[SqlFile], udfs: &Udfs, options: RunOptions) -> Result<Self> {
         let inputs = input_tables(registry);
+        let checkpoints = CheckpointStore::open(lake, &options.pipeline)?;
+        let latest = checkpoints.latest().await?;
         let mut queries = Vec::new();
         let mut sinks = BTreeMap::new();
         for file in sql {
             let query = crate::plan::plan(file, &inputs, udfs).await?;
             let layout = TableLayout::for_result(&query.output_schema, query.window_column());
-            let mut sink = TableSink::open(lake, query.table.clone(), layout, &options.pipeline).await?;
+            let saved = latest.as_ref().and_then(|c| c.queries.get(query.table.as_str())?.fingerprint.clone());
+            let mut sink = match saved.is_some_and(|f| f != query.fingerprint) {
+                // A rebuild may change the columns.
+                true => TableSink::open_to_rebuild(lake, query.table.clone(), layout, &options.pipeline).await?,
+                false => TableSink::open(lake, query.table.clone(), layout, &options.pipeline).await?,
+            };
             if matches!(query.shape, Shape::OverMirrors { .. } | Shape::Current { .. }) {
                 sink = sink.overwriting();
             }
@@ -278,7 +285,6 @@ impl Pipeline {
             }
         }
         let decoders = registry.topics().map(|t| (Arc::from(t.topic.as_str()), TopicDecoder::new(t.clone()))).collect();
-        let checkpoints = CheckpointStore::open(lake, &options.pipeline)?;
         let outage = OutagePolicy { lake: lake.root().to_string(), limit: options.outage_limit, health: options.observed.store_health() };
         let mut pipeline = Pipeline {
             watermarks: Watermarks::new(options.idle_timeout),
@@ -301,19 +307,22 @@ impl Pipeline {
             row_watermarks: Vec::new(),
             metrics_partition: PartitionId { topic: Arc::from(METRICS_TOPIC), partition: 0 },
         };
-        match pipeline.lake.checkpoints().latest().await? {
+        match latest {
             Some(mut checkpoint) => {
                 let new: Vec<usize> = (0..pipeline.queries.len()).filter(|&i| !checkpoint.queries.contains_key(pipeline.queries[i].query.table.as_str())).collect();
                 // A file whose plan changed since the checkpoint: its old state is not taken up.
-                let changed: Vec<(usize, String)> = (0..pipeline.queries.len())
-                    .filter_map(|i| {
-                        let query = &pipeline.queries[i].query;
-                        let saved = checkpoint.queries.get(query.table.as_str())?.fingerprint.clone()?;
-                        (saved != query.fingerprint).then_some((i, saved))
+                // By table: rebuilds and backfills move queries about.
+                let new: Vec<TablePath> = new.iter().map(|&i| pipeline.queries[i].query.table.clone()).collect();
+                let changed: Vec<(TablePath, String)> = pipeline
+                    .queries
+                    .iter()
+                    .filter_map(|q| {
+                        let saved = checkpoint.queries.get(q.query.table.as_str())?.fingerprint.clone()?;
+                        (saved != q.query.fingerprint).then(|| (q.query.table.clone(), saved))
                     })
                     .collect();
-                for (i, _) in &changed {
-                    checkpoint.queries.remove(pipeline.queries[*i].query.table.as_str());
+                for (table, _) in &changed {
+                    checkpoint.queries.remove(table.as_str());
                 }
                 let backfilling: BTreeMap<TablePath, _> = pipeline
                     .queries
@@ -322,11 +331,10 @@ impl Pipeline {
                     .collect();
                 pipeline.recover(checkpoint).await?;
                 // Rebuilds first: they replay at once, before anything is read.
-                for (i, was) in &changed {
-                    pipeline.rebuild(*i, was, lake).await?;
+                for (table, was) in &changed {
+                    pipeline.rebuild(table, was, lake).await?;
                 }
-                let tables: Vec<TablePath> = new.iter().map(|&i| pipeline.queries[i].query.table.clone()).collect();
-                for table in tables.iter().chain(backfilling.keys()) {
+                for table in new.iter().chain(backfilling.keys()) {
                     let Some(i) = pipeline.queries.iter().position(|q| q.query.table == *table) else { continue };
                     match backfilling.get(table) {
                         Some(progress) => pipeline.resume_backfill(i, progress, lake),
@@ -336,7 +344,27 @@ impl Pipeline {
             }
             None => pipeline.lake.check_fresh_lake(&pipeline.options.pipeline).await?,
         }
+        pipeline.publish_lineage();
         Ok(pipeline)
+    }
+
+    /// Tells the live view what each running table reads (topics, mirrors, UDFs)
+    /// and what reads it (the dashboard's charts, the analytics API's answers).
+    fn publish_lineage(&self) {
+        let running = self.queries.iter().chain(self.backfills.iter().map(|b| &b.query));
+        let lineage = running
+            .map(|q| {
+                let q = &q.query;
+                let mut reads: Vec<String> = q.topics().map(|t| format!("topic {t}")).collect();
+                reads.extend(q.mirrors.iter().map(|m| format!("mirror {}", m.table.sql_name())));
+                reads.extend(q.udfs.iter().map(|u| format!("udf {u}")));
+                let table = q.table.sql_name();
+                let mut read_by: Vec<String> = crate::serve::dashboard::charts_reading(&table).into_iter().map(|c| format!("chart \"{c}\"")).collect();
+                read_by.extend(crate::serve::analytics::answers_reading(&table));
+                (table, (reads, read_by))
+            })
+            .collect();
+        self.options.observed.lineage(lineage);
     }
 
     /// Backfills the `i`th query if its table has never been committed to (a table
@@ -351,17 +379,28 @@ impl Pipeline {
         self.start_backfill(i, lake).await
     }
 
-    /// Computes the `i`th query's table again from the archive, its plan having
+    /// Computes `table` again from the archive, its query's plan having
     /// changed from `was`: the next commit swaps the new rows for the old in one
     /// Delta commit. A query that cannot be backfilled cannot be rebuilt: refused.
-    async fn rebuild(&mut self, i: usize, was: &str, lake: &Lake) -> Result<()> {
+    async fn rebuild(&mut self, table: &TablePath, was: &str, lake: &Lake) -> Result<()> {
+        let Some(i) = self.queries.iter().position(|q| q.query.table == *table) else { return Ok(()) };
         let query = &self.queries[i].query;
         let (table, path, now) = (query.table.clone(), query.path.clone(), query.fingerprint.clone());
         if let Shape::OverMirrors { .. } = query.shape {
             // Computed from the mirrors' current rows, which replace the table's at once.
             let topics: Vec<Arc<str>> = query.mirrors.iter().map(|m| m.topic.clone()).collect();
             tracing::warn!(table = %table.sql_name(), "its definition changed (plan {was} → {now}): computed again from the mirrors");
+            self.lake.sink(&table)?.rebuild();
             return self.rerun_over_mirrors(&topics).await;
+        }
+        if !backfill::can_backfill(query, &self.archives) && self.lake.sink(&table)?.changes_columns() {
+            return Err(Error::Sql {
+                path,
+                message: format!(
+                    "its columns changed (plan {was} → {now}), and its table cannot be rebuilt from the archive (it joins mirrors, reads sluice.metrics, or the archive is off): \
+                     restore the old file, or remove the table to start it afresh"
+                ),
+            });
         }
         if !backfill::can_backfill(query, &self.archives) && matches!(query.shape, Shape::Stateless { .. }) {
             tracing::warn!(table = %table.sql_name(), "its definition changed (plan {was} → {now}) and there is no archive to rebuild it from: the new definition writes from the next message on, beside the old rows");
@@ -431,12 +470,16 @@ impl Pipeline {
             Some(_) => tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok(),
             None => None,
         };
+        // Backfills replay a slice when the input is quiet, and otherwise after as
+        // long again of live work: the live tables keep at least half the time.
+        let (mut quiet, mut live_since) = (false, Instant::now());
         let ended = loop {
-            if !self.backfills.is_empty() {
+            if !self.backfills.is_empty() && (quiet || live_since.elapsed() >= backfill::SLICE) {
                 self.step_backfills().await?;
                 if self.should_commit() {
                     self.commit().await?;
                 }
+                (quiet, live_since) = (false, Instant::now());
             }
             let mut until_commit = self.options.commit_interval.saturating_sub(self.last_commit.elapsed());
             if !self.backfills.is_empty() {
@@ -452,7 +495,10 @@ impl Pipeline {
                     self.close_windows().await?;
                     self.commit().await?;
                     match self.reload(&live).await {
-                        Ok(r) => tracing::info!(added = r.added.len(), removed = r.removed.len(), changed = r.changed.len(), "SQL files read again"),
+                        Ok(r) => {
+                            self.publish_lineage();
+                            tracing::info!(added = r.added.len(), removed = r.removed.len(), changed = r.changed.len(), "SQL files read again");
+                        }
                         Err(e) => tracing::error!("SQL files not taken up, the running definitions go on: {e}"),
                     }
                     continue;
@@ -460,6 +506,7 @@ impl Pipeline {
                 // A quiet input still gets what it sent committed, and idle
                 // partitions may have let windows close.
                 () = tokio::time::sleep(until_commit) => {
+                    quiet = true;
                     if self.last_commit.elapsed() >= self.options.commit_interval {
                         self.close_windows().await?;
                         self.commit().await?;

@@ -82,8 +82,12 @@ struct State {
     watermarks: BTreeMap<String, i64>,
     /// Per source topic: its watermark (over partitions not idle), µs.
     source_watermarks: BTreeMap<String, i64>,
-    /// Per new table, the archived messages its backfill replayed and has to replay.
-    backfills: BTreeMap<String, (u64, u64)>,
+    /// Per new table, the archived messages its backfill replayed and has to
+    /// replay, and how fast it goes (events per second).
+    backfills: BTreeMap<String, (u64, u64, f64)>,
+    /// Per table: what it reads (topics, mirrors, UDFs), and what reads it
+    /// (dashboard charts, API answers).
+    lineage: BTreeMap<String, (Vec<String>, Vec<String>)>,
     /// Per partition: the next offset the pipeline reads, and the broker's high
     /// watermark (from librdkafka's statistics); their difference is the lag.
     positions: BTreeMap<(String, i32), i64>,
@@ -122,8 +126,13 @@ impl Observed {
         self.with(|s| s.watermarks.insert(table.to_string(), watermark));
     }
 
-    pub fn backfill(&self, table: &str, done: u64, total: u64) {
-        self.with(|s| s.backfills.insert(table.to_string(), (done, total)));
+    pub fn backfill(&self, table: &str, done: u64, total: u64, events_per_second: f64) {
+        self.with(|s| s.backfills.insert(table.to_string(), (done, total, events_per_second)));
+    }
+
+    /// The running tables' lineage, replacing what was there.
+    pub fn lineage(&self, tables: BTreeMap<String, (Vec<String>, Vec<String>)>) {
+        self.with(|s| s.lineage = tables);
     }
 
     pub fn source_watermark(&self, topic: &str, watermark: i64) {
@@ -194,12 +203,16 @@ impl Observed {
             }
             if !s.backfills.is_empty() {
                 let _ = writeln!(out, "# HELP sluice_backfill_messages Archived messages a new table's backfill replayed, of sluice_backfill_messages_to_replay.\n# TYPE sluice_backfill_messages gauge");
-                for (table, (done, _)) in &s.backfills {
+                for (table, (done, _, _)) in &s.backfills {
                     let _ = writeln!(out, "sluice_backfill_messages{{table=\"{table}\"}} {done}");
                 }
                 let _ = writeln!(out, "# HELP sluice_backfill_messages_to_replay Archived messages a new table's backfill replays in all.\n# TYPE sluice_backfill_messages_to_replay gauge");
-                for (table, (_, total)) in &s.backfills {
+                for (table, (_, total, _)) in &s.backfills {
                     let _ = writeln!(out, "sluice_backfill_messages_to_replay{{table=\"{table}\"}} {total}");
+                }
+                let _ = writeln!(out, "# HELP sluice_backfill_events_per_second How fast each backfill replays.\n# TYPE sluice_backfill_events_per_second gauge");
+                for (table, (_, _, rate)) in &s.backfills {
+                    let _ = writeln!(out, "sluice_backfill_events_per_second{{table=\"{table}\"}} {rate:.0}");
                 }
             }
             let _ = writeln!(out, "# HELP sluice_source_watermark_seconds Event-time watermark of each topic.\n# TYPE sluice_source_watermark_seconds gauge");
@@ -266,9 +279,24 @@ impl Observed {
                     serde_json::json!({ "records": records, "bytes": bytes, "bad": bad, "late": late, "lag": lag, "watermark_s": watermark }),
                 );
             }
+            let backfills: Vec<serde_json::Value> = s
+                .backfills
+                .iter()
+                .map(|(table, &(done, total, rate))| {
+                    let left = (rate > 0.0 && done < total).then(|| (total - done) as f64 / rate);
+                    serde_json::json!({ "table": table, "done": done, "total": total, "events_per_second": rate.round(), "seconds_left": left.map(f64::round) })
+                })
+                .collect();
+            let tables: Vec<serde_json::Value> = s
+                .lineage
+                .iter()
+                .map(|(table, (reads, read_by))| serde_json::json!({ "table": table, "reads": reads.join(", "), "read_by": read_by.join(", ") }))
+                .collect();
             serde_json::json!({
                 "now_s": chrono::Utc::now().timestamp_millis() as f64 / 1e3,
                 "topics": topics,
+                "backfills": backfills,
+                "tables": tables,
                 "commits": s.commits,
                 "commit_seconds_sum": s.commit_seconds_sum,
                 "last_commit_seconds": s.last_commit_seconds,
@@ -347,7 +375,9 @@ mod tests {
         observed.high_watermark("gateway.requests", 1, 7);
         observed.source_watermark("gateway.requests", 1_772_323_100_000_000);
         observed.watermark("a/b/c", 1_772_323_200_000_000);
-        observed.backfill("a.b.new", 700, 2000);
+        observed.backfill("a.b.new", 700, 2000, 100.0);
+        let reads = (vec!["topic gateway.requests".to_string()], vec!["the dashboard's chart \"Pipeline: x\"".to_string()]);
+        observed.lineage([("a.b.new".to_string(), reads)].into());
         observed.commit(12, 0.25, 3, 4096);
         observed.visible(&[10_000, 9_700, 8_500], 10_000);
         let addr = serve("127.0.0.1:0".parse().unwrap(), observed).await.unwrap();
@@ -371,6 +401,7 @@ mod tests {
             "sluice_rows_committed_total 12",
             "sluice_backfill_messages{table=\"a.b.new\"} 700",
             "sluice_backfill_messages_to_replay{table=\"a.b.new\"} 2000",
+            "sluice_backfill_events_per_second{table=\"a.b.new\"} 100",
         ] {
             assert!(metrics.lines().any(|l| l == line), "missing `{line}` in\n{metrics}");
         }
@@ -381,6 +412,9 @@ mod tests {
         assert_eq!((topic["records"].as_u64(), topic["bad"].as_u64(), topic["lag"].as_i64()), (Some(15), Some(1), Some(32)), "{body}");
         assert_eq!(topic["watermark_s"].as_f64(), Some(1_772_323_100.0));
         assert_eq!((body["commits"].as_u64(), body["rows_committed"].as_u64()), (Some(1), Some(12)));
+        let backfill = &body["backfills"][0];
+        assert_eq!((backfill["table"].as_str(), backfill["done"].as_u64(), backfill["seconds_left"].as_f64()), (Some("a.b.new"), Some(700), Some(13.0)), "{body}");
+        assert_eq!(body["tables"][0]["reads"].as_str(), Some("topic gateway.requests"), "{body}");
         let page = get(addr, "/").await;
         assert!(page.starts_with("HTTP/1.1 200") && page.contains("/static/app.js"), "{page}");
     }

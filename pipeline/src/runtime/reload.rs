@@ -8,8 +8,11 @@
 //!   or spacing, changes nothing. A changed landing (stateless) file is swapped in
 //!   from the next message on. A changed windowed, keyed or over-mirrors file is
 //!   refused: its state belongs to the old definition (a restart rebuilds it).
-//! - Any file that fails to load or plan, or a refused change, refuses the whole
-//!   reload with its message; the running definitions go on untouched.
+//! - The UDFs are read again too, and a changed one built (the stream waits for
+//!   the build): a file calling a UDF whose code changed counts as changed.
+//! - Any file that fails to load or plan, a UDF that does not build, or a refused
+//!   change, refuses the whole reload with its message; the running definitions go
+//!   on untouched.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -28,7 +31,9 @@ use crate::udf::Udfs;
 pub struct LiveDefinitions {
     pub sql_dir: PathBuf,
     pub registry: SchemaRegistry,
+    /// The UDFs the running definitions call, and where they are read again.
     pub udfs: Udfs,
+    pub udfs_dir: Option<PathBuf>,
     pub lake: Lake,
 }
 
@@ -41,12 +46,20 @@ pub struct Reloaded {
 }
 
 impl LiveDefinitions {
-    /// Every SQL file of the directory, planned; the first failure refuses them all.
-    async fn plan_all(&self) -> Result<BTreeMap<TablePath, StreamingQuery>> {
+    /// Every UDF of the directory, built where its code changed.
+    fn udfs_again(&self) -> Result<Udfs> {
+        let Some(dir) = &self.udfs_dir else { return Ok(self.udfs.clone()) };
+        let hidden = indicatif::MultiProgress::with_draw_target(indicatif::ProgressDrawTarget::hidden());
+        Udfs::build_and_load(&crate::udf::load_dir(dir)?, &crate::udf::build::cache_dir(), &hidden)
+    }
+
+    /// Every SQL file of the directory, planned with `udfs`; the first failure
+    /// refuses them all.
+    async fn plan_all(&self, udfs: &Udfs) -> Result<BTreeMap<TablePath, StreamingQuery>> {
         let inputs = input_tables(&self.registry);
         let mut planned = BTreeMap::new();
         for file in load_sql_dir(&self.sql_dir)? {
-            planned.insert(file.table.clone(), plan(&file, &inputs, &self.udfs).await?);
+            planned.insert(file.table.clone(), plan(&file, &inputs, udfs).await?);
         }
         Ok(planned)
     }
@@ -61,7 +74,10 @@ impl Pipeline {
     /// Reads the SQL directory again and takes up what changed (see the module
     /// comment); called between epochs. Nothing changes unless all of it can.
     pub(super) async fn reload(&mut self, live: &LiveDefinitions) -> Result<Reloaded> {
-        let mut planned = live.plan_all().await?;
+        let udfs = live.udfs_again()?;
+        let mut planned = live.plan_all(&udfs).await?;
+        // The UDFs a query calls whose code changed since the running plans were made.
+        let rebuilt = |query: &StreamingQuery| -> Vec<String> { query.udfs.iter().filter(|u| live.udfs.library_of(u) != udfs.library_of(u)).cloned().collect() };
         let backfilling: Vec<&RunningQuery> = self.backfills.iter().map(|b| &b.query).collect();
         let running: BTreeMap<TablePath, &RunningQuery> = self.queries.iter().chain(backfilling.iter().copied()).map(|q| (q.query.table.clone(), q)).collect();
         let mut reloaded = Reloaded::default();
@@ -70,9 +86,14 @@ impl Pipeline {
                 reloaded.added.push(table.clone());
                 continue;
             };
-            if old.query.fingerprint == query.fingerprint {
+            let changed_udfs = rebuilt(query);
+            if old.query.fingerprint == query.fingerprint && changed_udfs.is_empty() {
                 continue;
             }
+            let why = match changed_udfs.is_empty() {
+                true => format!("its definition changed (plan {} → {})", old.query.fingerprint, query.fingerprint),
+                false => format!("the code of the UDF it calls changed ({})", changed_udfs.join(", ")),
+            };
             if backfilling.iter().any(|b| b.query.table == *table) {
                 return Err(Error::Sql {
                     path: query.path.clone(),
@@ -83,9 +104,8 @@ impl Pipeline {
                 return Err(Error::Sql {
                     path: query.path.clone(),
                     message: format!(
-                        "its definition changed (plan {} → {}), and the table keeps state (windows, keys or mirrors) that belongs to the old one: \
-                         a change of a stateful table is not taken up while running; restart the run to rebuild the table from the archive",
-                        old.query.fingerprint, query.fingerprint
+                        "{why}, and the table keeps state (windows, keys or mirrors) that belongs to the old one: \
+                         a change of a stateful table is not taken up while running; restart the run to rebuild the table from the archive"
                     ),
                 });
             }
@@ -95,6 +115,7 @@ impl Pipeline {
                     message: "its columns changed: the table's rows so far have the old ones, so the change is not taken up while running".into(),
                 });
             }
+            tracing::info!(table = %table.sql_name(), "{why}: a landing, swapped in from the next message on");
             reloaded.changed.push(table.clone());
         }
         reloaded.removed = running.keys().filter(|t| !planned.contains_key(*t)).cloned().collect();
@@ -139,6 +160,9 @@ impl Pipeline {
         }
         // A table over mirrors is computed from their current rows at once.
         self.rerun_over_mirrors(&fill_from_mirrors).await?;
+        if let Some(running) = self.options.live.as_mut() {
+            running.udfs = udfs;
+        }
         Ok(reloaded)
     }
 }

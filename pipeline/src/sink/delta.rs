@@ -1,8 +1,9 @@
 //! One Delta table: create it if missing, check its schema, append a commit per epoch.
 //!
-//! Two kinds of commit also remove rows: a mirror's (or a query over mirrors) replaces
-//! the whole table; a corrected window's replaces that window's rows, by rewriting
-//! the files of the window's `date` that hold them without them.
+//! Three kinds of commit also remove rows: a mirror's (or a query over mirrors)
+//! replaces the whole table; a corrected window's replaces that window's rows, by
+//! rewriting the files of the window's `date` that hold them without them; a
+//! rebuild's replaces every row, and may change the columns in the same commit.
 
 use std::collections::BTreeSet;
 
@@ -11,7 +12,8 @@ use arrow::compute::filter_record_batch;
 use arrow::datatypes::TimestampMicrosecondType;
 use arrow::record_batch::RecordBatch;
 use deltalake::kernel::transaction::CommitBuilder;
-use deltalake::kernel::{Action, Add, Remove, Transaction};
+use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
+use deltalake::kernel::{Action, Add, Metadata, Remove, Transaction};
 use deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use deltalake::parquet::file::properties::WriterProperties;
 use deltalake::protocol::{DeltaOperation, SaveMode};
@@ -51,6 +53,11 @@ pub struct TableSink {
     retention: Option<std::time::Duration>,
     /// The next commit takes out every row the table had (a rebuild from the archive).
     rebuilding: bool,
+    /// The table's metadata with the columns its SQL now produces, which differ from
+    /// those it has: the rebuild's commit changes them.
+    new_columns: Option<Metadata>,
+    /// The store's options, for a writer in new columns.
+    storage_options: std::collections::HashMap<String, String>,
 }
 
 /// What one epoch writes to a table before committing it: new files, and the files
@@ -60,11 +67,24 @@ pub struct Staged {
     pub adds: Vec<Add>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub removes: Vec<Remove>,
+    /// A rebuild that changes the columns: the table's new metadata.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<Metadata>,
 }
 
 impl TableSink {
     /// Opens the table, creating it (empty, with its schema) if it does not exist.
     pub async fn open(lake: &Lake, path: TablePath, layout: TableLayout, pipeline: &str) -> Result<Self> {
+        Self::open_with(lake, path, layout, pipeline, false).await
+    }
+
+    /// Opens a table to rebuild ([`rebuild`](Self::rebuild)): if its columns differ
+    /// from `layout`'s, the rebuild's commit changes them.
+    pub async fn open_to_rebuild(lake: &Lake, path: TablePath, layout: TableLayout, pipeline: &str) -> Result<Self> {
+        Self::open_with(lake, path, layout, pipeline, true).await
+    }
+
+    async fn open_with(lake: &Lake, path: TablePath, layout: TableLayout, pipeline: &str, rebuilt: bool) -> Result<Self> {
         let err = |e| Error::delta(path.as_str(), e);
         let layout_schema = layout.schema.clone();
         let url = lake.table_url(&path)?;
@@ -80,9 +100,12 @@ impl TableSink {
                 .with_partition_columns(layout.partition_columns.clone())
                 .await
                 .map_err(err)?;
-        } else {
-            check_schema(&path, &table, &layout)?;
         }
+        let new_columns = match check_schema(&path, &table, &layout) {
+            Ok(()) => None,
+            Err(_) if rebuilt => Some(metadata_with(&path, &table, &layout)?),
+            Err(e) => return Err(e),
+        };
         let last_checkpoint = maintain::last_checkpoint(&table).await;
         Ok(TableSink {
             app_id: format!("{pipeline}:{path}"),
@@ -101,7 +124,14 @@ impl TableSink {
             last_checkpoint,
             retention: None,
             rebuilding: false,
+            new_columns,
+            storage_options: lake.options().map().clone(),
         })
+    }
+
+    /// Whether the rebuild changes the table's columns.
+    pub fn changes_columns(&self) -> bool {
+        self.new_columns.is_some()
     }
 
     /// Makes every commit replace the table's rows: for mirrors, rewritten whole
@@ -230,8 +260,9 @@ impl TableSink {
     /// that fails (the store away) can be tried again. The encoding runs as a task
     /// of its own, so the tables of an epoch are written in parallel.
     pub async fn stage(&mut self) -> Result<Staged> {
-        let (removes, rewritten) = match self.rebuilding {
-            // Every file goes: the corrected windows' old rows with the rest.
+        let (removes, rewritten) = match self.rebuilding && !self.overwrite {
+            // Every file goes: the corrected windows' old rows with the rest (an
+            // overwriting sink's commit takes them out anyway).
             true => {
                 let snapshot = self.table.snapshot().map_err(|e| Error::delta(self.path.as_str(), e))?;
                 (snapshot.log_data().iter().map(|f| f.remove_action(true)).collect(), Vec::new())
@@ -239,19 +270,31 @@ impl TableSink {
             false => self.take_out_replaced_windows().await?,
         };
         let batches: Vec<RecordBatch> = self.pending.iter().chain(&rewritten).filter(|b| b.num_rows() > 0).cloned().collect();
-        let adds = if batches.is_empty() { Vec::new() } else { self.write_files(batches).await? };
+        let metadata = if self.rebuilding { self.new_columns.clone() } else { None };
+        let adds = if batches.is_empty() { Vec::new() } else { self.write_files(batches, metadata.is_some()).await? };
         self.pending.clear();
         self.replacing = false;
         self.rebuilding = false;
         self.replaced_windows.clear();
         self.staged_rows += std::mem::take(&mut self.pending_rows);
-        Ok(Staged { adds, removes })
+        Ok(Staged { adds, removes, metadata })
     }
 
-    async fn write_files(&self, batches: Vec<RecordBatch>) -> Result<Vec<Add>> {
+    /// Writes `batches` as files of the table, in its columns or, with
+    /// `new_columns`, in those of its layout (a rebuild that changes them).
+    async fn write_files(&self, batches: Vec<RecordBatch>, new_columns: bool) -> Result<Vec<Add>> {
         let table = self.path.to_string();
         let err = move |e| Error::delta(table.clone(), e);
-        let mut writer = RecordBatchWriter::for_table(&self.table).map_err(&err)?.with_writer_properties(self.writer_properties.clone());
+        let writer = match new_columns {
+            false => RecordBatchWriter::for_table(&self.table),
+            true => RecordBatchWriter::try_new(
+                self.table.table_url().as_str(),
+                self.layout.schema.clone(),
+                Some(self.layout.partition_columns.clone()),
+                Some(self.storage_options.clone()),
+            ),
+        };
+        let mut writer = writer.map_err(&err)?.with_writer_properties(self.writer_properties.clone());
         let task = tokio::spawn(async move {
             for batch in batches {
                 writer.write(batch).await.map_err(&err)?;
@@ -311,7 +354,7 @@ impl TableSink {
     /// Safe to call again after a failure: a commit that reached the store before
     /// the answer was lost is found by its `txn` and not made twice.
     pub async fn commit(&mut self, epoch: i64, staged: Staged) -> Result<usize> {
-        if staged.adds.is_empty() && staged.removes.is_empty() && !self.overwrite {
+        if staged.adds.is_empty() && staged.removes.is_empty() && staged.metadata.is_none() && !self.overwrite {
             return Ok(0);
         }
         let err = |e| Error::delta(self.path.as_str(), e);
@@ -333,6 +376,8 @@ impl TableSink {
             predicate: None,
         };
         let mut actions: Vec<Action> = Vec::new();
+        let new_columns = staged.metadata.is_some();
+        actions.extend(staged.metadata.map(Action::Metadata));
         if self.overwrite {
             let snapshot = table.snapshot().map_err(err)?;
             actions.extend(snapshot.log_data().iter().map(|f| Action::Remove(f.remove_action(true))));
@@ -353,6 +398,9 @@ impl TableSink {
             }
         };
         table.state = Some(finalized.snapshot());
+        if new_columns {
+            self.new_columns = None;
+        }
         let rows = std::mem::take(&mut self.staged_rows);
         self.rows_written += rows as u64;
         Ok(rows)
@@ -396,6 +444,24 @@ fn without_windows(batch: &RecordBatch, starts: &BTreeSet<i64>) -> Result<Record
 /// The `date` partition value (`YYYY-MM-DD`) of a window starting at `start` µs.
 fn date_of(start: i64) -> String {
     chrono::DateTime::from_timestamp_micros(start).map(|t| t.format("%Y-%m-%d").to_string()).unwrap_or_default()
+}
+
+/// The table's metadata with `layout`'s columns and partition columns instead of its own.
+fn metadata_with(path: &TablePath, table: &DeltaTable, layout: &TableLayout) -> Result<Metadata> {
+    let err = |e| Error::delta(path.as_str(), e);
+    let old = table.snapshot().map_err(err)?.metadata().clone();
+    let schema: deltalake::kernel::StructType = layout.schema.as_ref().try_into_kernel().map_err(|e| err(e.into()))?;
+    let value = serde_json::json!({
+        "id": old.id(),
+        "name": old.name(),
+        "description": old.description(),
+        "format": { "provider": "parquet", "options": {} },
+        "schemaString": serde_json::to_string(&schema).map_err(|e| Error::Internal(format!("the schema of {path}: {e}")))?,
+        "partitionColumns": layout.partition_columns,
+        "configuration": old.configuration(),
+        "createdTime": old.created_time(),
+    });
+    serde_json::from_value(value).map_err(|e| Error::Internal(format!("the new metadata of {path}: {e}")))
 }
 
 /// An existing table must have the columns the SQL file now produces.

@@ -76,12 +76,15 @@ pub struct Udfs {
     plugins: Vec<Plugin>,
     /// Each plugin's source file.
     sources: Vec<PathBuf>,
+    /// Each plugin's built library (named by its source's hash), if built.
+    libraries: Vec<Option<PathBuf>>,
 }
 
 impl Udfs {
     /// Builds what is stale (with a progress line per build) and loads every UDF of `files`.
     pub fn build_and_load(files: &[UdfFile], cache: &Path, progress: &indicatif::MultiProgress) -> Result<Udfs> {
         let mut plugins = Vec::with_capacity(files.len());
+        let mut libraries = Vec::with_capacity(files.len());
         let sources = files.iter().map(|f| f.path.clone()).collect();
         for file in files {
             let cached = build::library_path(cache, file).is_file();
@@ -96,12 +99,14 @@ impl Udfs {
             }
             let library = build::build(cache, file);
             bar.finish_and_clear();
-            let library = ffi::Library::load(&library?, matches!(file.signature.kind, Kind::Async(_)))
+            let library = library?;
+            libraries.push(Some(library.clone()));
+            let library = ffi::Library::load(&library, matches!(file.signature.kind, Kind::Async(_)))
                 .map_err(|message| Error::Udf { path: file.path.clone(), message })?;
             tracing::info!(udf = %file.signature, built = !cached, "loaded UDF");
             plugins.push(Plugin::new(file.signature.clone(), Some(library)));
         }
-        Ok(Udfs { plugins, sources })
+        Ok(Udfs { plugins, sources, libraries })
     }
 
     /// The functions as declared, not built: enough to plan (`sluice validate`), not to run.
@@ -109,7 +114,14 @@ impl Udfs {
         Udfs {
             plugins: files.iter().map(|f| Plugin::new(f.signature.clone(), None)).collect(),
             sources: files.iter().map(|f| f.path.clone()).collect(),
+            libraries: vec![None; files.len()],
         }
+    }
+
+    /// The built library of the function `name`: another one means its code changed.
+    pub fn library_of(&self, name: &str) -> Option<&Path> {
+        let i = self.plugins.iter().position(|p| p.signature().name == name)?;
+        self.libraries.get(i)?.as_deref()
     }
 
     pub fn names(&self) -> impl Iterator<Item = &str> {
