@@ -61,6 +61,9 @@ pub struct QueryCheckpoint {
     /// rebuilds the table (checkpoints from before it have none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fingerprint: Option<String>,
+    /// The fingerprints of its plan's parts, which say what a change changed.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub parts: BTreeMap<String, String>,
     /// While the table is backfilled from the archive, how far it got.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backfill: Option<BackfillProgress>,

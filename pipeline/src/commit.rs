@@ -56,6 +56,7 @@ pub struct EpochState {
 pub struct QueryState {
     pub table: TablePath,
     pub fingerprint: String,
+    pub parts: std::collections::BTreeMap<String, String>,
     pub watermark: i64,
     pub windows: Option<RecordBatch>,
     pub backfill: Option<BackfillProgress>,
@@ -250,8 +251,8 @@ impl LakeWriter {
                 Some(rows) => Some(self.checkpoints.put_state(epoch, &q.table, rows).await?),
                 None => None,
             };
-            let (fingerprint, backfill) = (Some(q.fingerprint.clone()), q.backfill.clone());
-            queries.insert(q.table.as_str().to_string(), QueryCheckpoint { watermark: q.watermark, windows, fingerprint, backfill });
+            let (fingerprint, parts, backfill) = (Some(q.fingerprint.clone()), q.parts.clone(), q.backfill.clone());
+            queries.insert(q.table.as_str().to_string(), QueryCheckpoint { watermark: q.watermark, windows, fingerprint, parts, backfill });
         }
         let mut mirrors = BTreeMap::new();
         for (table, rows) in &state.mirrors {

@@ -26,6 +26,7 @@ pub mod directives;
 mod slot;
 mod window;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -133,6 +134,9 @@ pub struct StreamingQuery {
     /// A hash of the logical plan and the file's directives: two files with the
     /// same fingerprint compute the same table, whatever their comments and spacing.
     pub fingerprint: String,
+    /// Fingerprints of the plan's parts (sources, filters, grouping, aggregates,
+    /// joins, columns, directives), which say what a change changed.
+    pub parts: BTreeMap<String, String>,
 }
 
 pub enum Shape {
@@ -215,6 +219,7 @@ pub async fn plan(file: &SqlFile, inputs: &[InputTable], udfs: &Udfs) -> Result<
     let options = SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false);
     let logical = ctx.sql_with_options(&file.sql, options).await.map_err(df_err)?.into_unoptimized_plan();
     let fingerprint = fingerprint(&format!("{}\n{directives:?}", logical.display_indent_schema()));
+    let parts = parts_of(&logical, &format!("{directives:?}"));
     let logical = window::bind_windows_to_event_time(logical).map_err(df_err)?;
     let state = ctx.state();
     let logical = match &directives.current_state {
@@ -360,7 +365,47 @@ pub async fn plan(file: &SqlFile, inputs: &[InputTable], udfs: &Udfs) -> Result<
         udfs,
         task_ctx,
         fingerprint,
+        parts,
     })
+}
+
+/// The fingerprint of each part of an unoptimized plan a change may touch.
+fn parts_of(plan: &LogicalPlan, directives: &str) -> BTreeMap<String, String> {
+    let mut text: BTreeMap<&str, String> = BTreeMap::new();
+    let mut add = |part: &'static str, what: String| text.entry(part).or_default().push_str(&format!("{what}\n"));
+    let _ = plan.apply(|node| {
+        match node {
+            LogicalPlan::TableScan(scan) => add("sources", scan.table_name.to_string()),
+            LogicalPlan::Filter(filter) => add("filters", filter.predicate.to_string()),
+            LogicalPlan::Aggregate(a) => {
+                add("grouping", a.group_expr.iter().map(|e| e.to_string()).collect::<Vec<_>>().join(", "));
+                add("aggregates", a.aggr_expr.iter().map(|e| e.to_string()).collect::<Vec<_>>().join(", "));
+            }
+            LogicalPlan::Join(join) => add("joins", format!("{:?} {:?} {:?}", join.join_type, join.on, join.filter)),
+            _ => {}
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    let columns = plan.schema().fields().iter().map(|f| format!("{} {}", f.name(), f.data_type())).collect::<Vec<_>>().join(", ");
+    text.insert("columns", columns);
+    text.insert("directives", directives.to_string());
+    text.into_iter().map(|(part, what)| (part.to_string(), fingerprint(&what))).collect()
+}
+
+/// What differs between two plans' parts, for a person: "its aggregates and
+/// columns changed", or "its plan changed" when no part says (an old checkpoint, or a
+/// change elsewhere in the plan).
+pub fn what_changed(before: &BTreeMap<String, String>, after: &BTreeMap<String, String>) -> String {
+    let keys: std::collections::BTreeSet<&String> = before.keys().chain(after.keys()).collect();
+    let changed: Vec<&str> = match before.is_empty() {
+        true => Vec::new(),
+        false => keys.into_iter().filter(|k| before.get(*k) != after.get(*k)).map(String::as_str).collect(),
+    };
+    match changed.as_slice() {
+        [] => "its plan changed".to_string(),
+        [one] => format!("its {one} changed"),
+        [rest @ .., last] => format!("its {} and {last} changed", rest.join(", ")),
+    }
 }
 
 /// FNV-1a of the plan's text: stable across builds and machines, so it can be
@@ -518,6 +563,20 @@ mod tests {
         assert_ne!(fingerprint(base.replace("count(*)", "sum(duration_ms)")).await, same, "an aggregate");
         assert_ne!(fingerprint(base.replace("1 minute", "2 minutes")).await, same, "the window");
         assert_ne!(fingerprint(format!("-- sluice: late events update windows for 1 hour\n{base}")).await, same, "a directive");
+    }
+
+    #[tokio::test]
+    async fn a_change_is_named_by_the_parts_of_the_plan_it_touches() {
+        let base = "SELECT tumble(interval '1 minute') AS window, service, count(*) AS n FROM gateway.requests GROUP BY window, service";
+        let parts = |sql: String| async move { plan_sql(&sql).await.unwrap().parts };
+        let before = parts(base.into()).await;
+        let why = |after| what_changed(&before, &after);
+        assert_eq!(why(parts(base.replace("count(*)", "sum(duration_ms)")).await), "its aggregates and columns changed");
+        assert_eq!(why(parts(base.replace("count(*) AS n", "count(*) AS requests")).await), "its columns changed");
+        assert_eq!(why(parts(base.replace("FROM gateway.requests", "FROM gateway.requests WHERE status >= 500")).await), "its filters changed");
+        assert_eq!(why(parts(base.replace("1 minute", "2 minutes")).await), "its grouping changed");
+        assert_eq!(why(parts(format!("-- sluice: late events update windows for 1 hour\n{base}")).await), "its directives changed");
+        assert_eq!(what_changed(&BTreeMap::new(), &before), "its plan changed", "a checkpoint from before parts were kept");
     }
 
     async fn refusal(sql: &str) -> String {

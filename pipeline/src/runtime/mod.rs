@@ -313,15 +313,17 @@ impl Pipeline {
                 // A file whose plan changed since the checkpoint: its old state is not taken up.
                 // By table: rebuilds and backfills move queries about.
                 let new: Vec<TablePath> = new.iter().map(|&i| pipeline.queries[i].query.table.clone()).collect();
-                let changed: Vec<(TablePath, String)> = pipeline
+                let changed: Vec<(TablePath, String, String)> = pipeline
                     .queries
                     .iter()
                     .filter_map(|q| {
-                        let saved = checkpoint.queries.get(q.query.table.as_str())?.fingerprint.clone()?;
-                        (saved != q.query.fingerprint).then(|| (q.query.table.clone(), saved))
+                        let saved = checkpoint.queries.get(q.query.table.as_str())?;
+                        let was = saved.fingerprint.clone()?;
+                        let why = crate::plan::what_changed(&saved.parts, &q.query.parts);
+                        (was != q.query.fingerprint).then(|| (q.query.table.clone(), was, why))
                     })
                     .collect();
-                for (table, _) in &changed {
+                for (table, _, _) in &changed {
                     checkpoint.queries.remove(table.as_str());
                 }
                 let backfilling: BTreeMap<TablePath, _> = pipeline
@@ -331,8 +333,8 @@ impl Pipeline {
                     .collect();
                 pipeline.recover(checkpoint).await?;
                 // Rebuilds first: they replay at once, before anything is read.
-                for (table, was) in &changed {
-                    pipeline.rebuild(table, was, lake).await?;
+                for (table, was, why) in &changed {
+                    pipeline.rebuild(table, was, why, lake).await?;
                 }
                 for table in new.iter().chain(backfilling.keys()) {
                     let Some(i) = pipeline.queries.iter().position(|q| q.query.table == *table) else { continue };
@@ -380,16 +382,16 @@ impl Pipeline {
     }
 
     /// Computes `table` again from the archive, its query's plan having
-    /// changed from `was`: the next commit swaps the new rows for the old in one
+    /// changed from `was` (`why` says how): the next commit swaps the new rows for the old in one
     /// Delta commit. A query that cannot be backfilled cannot be rebuilt: refused.
-    async fn rebuild(&mut self, table: &TablePath, was: &str, lake: &Lake) -> Result<()> {
+    async fn rebuild(&mut self, table: &TablePath, was: &str, why: &str, lake: &Lake) -> Result<()> {
         let Some(i) = self.queries.iter().position(|q| q.query.table == *table) else { return Ok(()) };
         let query = &self.queries[i].query;
         let (table, path, now) = (query.table.clone(), query.path.clone(), query.fingerprint.clone());
         if let Shape::OverMirrors { .. } = query.shape {
             // Computed from the mirrors' current rows, which replace the table's at once.
             let topics: Vec<Arc<str>> = query.mirrors.iter().map(|m| m.topic.clone()).collect();
-            tracing::warn!(table = %table.sql_name(), "its definition changed (plan {was} → {now}): computed again from the mirrors");
+            tracing::warn!(table = %table.sql_name(), "{why} (plan {was} → {now}): computed again from the mirrors");
             self.lake.sink(&table)?.rebuild();
             return self.rerun_over_mirrors(&topics).await;
         }
@@ -403,19 +405,19 @@ impl Pipeline {
             });
         }
         if !backfill::can_backfill(query, &self.archives) && matches!(query.shape, Shape::Stateless { .. }) {
-            tracing::warn!(table = %table.sql_name(), "its definition changed (plan {was} → {now}) and there is no archive to rebuild it from: the new definition writes from the next message on, beside the old rows");
+            tracing::warn!(table = %table.sql_name(), "{why} (plan {was} → {now}) and there is no archive to rebuild it from: the new definition writes from the next message on, beside the old rows");
             return Ok(());
         }
         if !backfill::can_backfill(query, &self.archives) {
             return Err(Error::Sql {
                 path,
                 message: format!(
-                    "its definition changed (plan {was} → {now}), and its table cannot be rebuilt from the archive (it joins mirrors, reads sluice.metrics, or the archive is off): \
+                    "{why} (plan {was} → {now}), and its table cannot be rebuilt from the archive (it joins mirrors, reads sluice.metrics, or the archive is off): \
                      restore the old file, or remove the table to start it afresh"
                 ),
             });
         }
-        tracing::warn!(table = %table.sql_name(), file = %path.display(), "rebuilding the table from the archive: its definition changed (plan {was} → {now}); readers keep the old rows until the swap");
+        tracing::warn!(table = %table.sql_name(), file = %path.display(), "rebuilding the table from the archive: {why} (plan {was} → {now}); readers keep the old rows until the swap");
         self.lake.sink(&table)?.rebuild();
         // At once, before anything is read: the swap is the next commit.
         self.start_backfill(i, lake).await?;
@@ -716,8 +718,8 @@ impl Pipeline {
         let mut queries = Vec::new();
         let backfilling = self.backfills.iter_mut().map(|b| (b.progress(), &mut b.query));
         for (backfill, q) in self.queries.iter_mut().map(|q| (None, q)).chain(backfilling.map(|(p, q)| (Some(p), q))) {
-            let (table, fingerprint, watermark) = (q.query.table.clone(), q.query.fingerprint.clone(), q.clock.watermark());
-            queries.push(QueryState { table, fingerprint, watermark, windows: q.snapshot()?, backfill });
+            let (table, fingerprint, parts, watermark) = (q.query.table.clone(), q.query.fingerprint.clone(), q.query.parts.clone(), q.clock.watermark());
+            queries.push(QueryState { table, fingerprint, parts, watermark, windows: q.snapshot()?, backfill });
         }
         let mut mirrors = Vec::new();
         for mirror in self.mirrors.values_mut() {

@@ -91,7 +91,7 @@ impl Pipeline {
                 continue;
             }
             let why = match changed_udfs.is_empty() {
-                true => format!("its definition changed (plan {} → {})", old.query.fingerprint, query.fingerprint),
+                true => format!("{} (plan {} → {})", crate::plan::what_changed(&old.query.parts, &query.parts), old.query.fingerprint, query.fingerprint),
                 false => format!("the code of the UDF it calls changed ({})", changed_udfs.join(", ")),
             };
             if backfilling.iter().any(|b| b.query.table == *table) {
