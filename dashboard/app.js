@@ -378,16 +378,16 @@ function liveTables(now) {
   });
   const backfills = (now.backfills || []).map((b) => ({
     table: b.table,
-    done: b.done,
-    total: b.total,
+    "events replayed": b.done,
+    of: b.total,
     share: b.total ? Math.round((100 * b.done) / b.total) + " %" : "",
-    events_per_second: b.events_per_second,
-    seconds_left: b.done >= b.total ? "joined" : b.seconds_left,
+    "events/s": b.events_per_second,
+    "time left": b.done >= b.total ? "joined" : b.seconds_left === null ? "" : b.seconds_left + " s",
   }));
   return [
-    table("live_backfills", "Backfills from the archive", backfills, ["table", "done", "total", "share", "events_per_second", "seconds_left"],
+    table("live_backfills", "Backfills from the archive", backfills, ["table", "events replayed", "of", "share", "events/s", "time left"],
       "-- not SQL: the run's backfill progress, from GET /api/v1/pipeline (/metrics: sluice_backfill_messages)"),
-    table("live_tables", "Tables: what each reads and what reads it", now.tables || [], ["table", "reads", "read_by"],
+    table("live_tables", "Tables: what each reads and what reads it", (now.tables || []).map((t) => ({ table: t.table, reads: t.reads, "read by": t.read_by })), ["table", "reads", "read by"],
       "-- not SQL: the running definitions' lineage, from GET /api/v1/pipeline (sluice explain TABLE shows the same)"),
   ];
 }
