@@ -574,7 +574,7 @@ fn second_halves(input: &Path, second: &Path) {
 }
 
 /// Waits until the log at `log` has a line containing `marker` after its `after`th
-/// line; returns the log. The run must not end meanwhile (unless `may_end`).
+/// line; returns the log. The run must not end meanwhile.
 fn wait_for(child: &mut std::process::Child, log: &Path, marker: &str, after: usize) -> String {
     let started = std::time::Instant::now();
     loop {
