@@ -4,7 +4,8 @@
 # delta-rs's Python package `deltalake` with pyarrow (to read the lake as the
 # independent ground truth), and DuckDB (with its Delta extension, packaged for pip so
 # that nothing downloads at test time; the pin is the release it ships for) and polars,
-# the readers analysts use (pipeline/tests/end_to_end/readers.py); installed from PyPI
+# the readers analysts use (pipeline/tests/end_to_end/readers.py), and
+# kubernetes-validate (deploy/k8s against Kubernetes' schemas); installed from PyPI
 # into a venv cached outside the clone.
 # Idempotent: reinstalls only when the venv is missing or its package list changed.
 #
@@ -14,7 +15,7 @@ set -euo pipefail
 cache="${SLUICE_CACHE:-$HOME/.cache/sluice}"
 venv="$cache/pyclients"
 python="$venv/bin/python"
-specs=('psycopg[binary]>=3.2' 'deltalake>=0.18' 'pyarrow>=14' 'duckdb==1.4.4' 'duckdb-ext-delta==1.4.4.20260205' 'polars>=1.0')
+specs=('psycopg[binary]>=3.2' 'deltalake>=0.18' 'pyarrow>=14' 'duckdb==1.4.4' 'duckdb-ext-delta==1.4.4.20260205' 'polars>=1.0' 'kubernetes-validate==1.37.0')
 spec="${specs[*]}"
 log="$cache/pyclients-install.log"
 

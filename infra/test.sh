@@ -43,8 +43,11 @@ SLUICE_PYCLIENTS=$(infra/pyclients.sh | tail -n 1)
 export SLUICE_PYCLIENTS
 cargo nextest run --workspace --no-fail-fast "$@"
 # Only for the whole suite (no arguments): every SQL file's fixtures, as an engineer
-# runs them (`sluice test`), and the door's parsers under libFuzzer.
+# runs them (`sluice test`), the deployment manifests, and the door's parsers under
+# libFuzzer.
 if [ $# -eq 0 ]; then
   cargo run --quiet -p sluice -- test
+  # The Kubernetes manifests against the API's schemas (unknown fields are errors).
+  "$(dirname "$SLUICE_PYCLIENTS")/kubernetes-validate" --strict deploy/k8s/*.yaml
   infra/fuzz.sh "${SLUICE_CARGO_FUZZ_SECONDS:-30}"
 fi

@@ -281,3 +281,36 @@ async fn a_topic_created_while_running_is_read() {
     assert!(!expected.is_empty(), "the file run found no bad requests");
     assert_same_rows(&format!("{dead_letters} ({REQUESTS})"), &bad(rows(&lake, dead_letters).await), &expected);
 }
+
+/// A second pipeline started on a lake another one writes refuses at once, naming
+/// the holder, and writes nothing; once the first is killed, a restart takes its
+/// lease over at once and carries on from its checkpoint.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_pipeline_on_a_held_lake_refuses_and_a_killed_ones_lease_is_taken_over() {
+    let broker = broker::Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (lake, log, input) = (dir.path().join("lake"), dir.path().join("first.log"), dir.path().join("in"));
+    let schemas = repo("schemas");
+    generate(&["--kafka", &broker.address], "53", "40", "2", &schemas);
+    generate(&["--out", input.to_str().unwrap()], "53", "40", "2", &schemas);
+    let mut first = spawn_run(&broker.address, "60s", &[], &lake, &log);
+    wait_for_rows(&mut first, &lake, REQUEST_LOGS, &log);
+
+    let second = Command::new(SLUICE)
+        .args(["run", "--input", input.to_str().unwrap(), "--lake", lake.to_str().unwrap(), "--schemas", &schemas, "--sql", &repo("sql")])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert_eq!(second.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("another pipeline holds the lake") && stderr.contains(&format!("process {}", first.id())), "{stderr}");
+    assert!(!stderr.contains("rows written") && second.stdout.is_empty(), "the refused run read or wrote: {stderr}");
+
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let third = Command::new(SLUICE)
+        .args(["run", "--kafka", &broker.address, "--stop-when-idle", "3s", "--lake", lake.to_str().unwrap(), "--schemas", &schemas, "--sql", &repo("sql")])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&third.stderr);
+    assert!(third.status.success() && stderr.contains("carried on from the lake's checkpoint"), "{stderr}");
+}

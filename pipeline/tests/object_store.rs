@@ -108,17 +108,22 @@ async fn killed_and_restarted_runs_on_s3_land_what_an_uninterrupted_run_lands() 
             break;
         }
         let mut command = Command::new(SLUICE);
-        command.args(run_args(&input, "s3://lake/killed", "200"));
+        command.args(run_args(&input, "s3://lake/killed", "200")).env("SLUICE_LOG", "warn,sluice::runtime=info");
         let log = dir.path().join(format!("run-{attempt}.log"));
         command.envs(env.iter().map(|(k, v)| (k, v))).stdout(Stdio::null()).stderr(std::fs::File::create(&log).unwrap());
         let mut child = command.spawn().expect("sluice starts");
-        let deadline = Instant::now() + Duration::from_millis(rng.random_range(800..3000));
+        // Killed at a random moment after the run's first commit, however slow the
+        // machine: every restart then has a checkpoint to carry on from.
+        let mut deadline = None;
         loop {
             if let Some(status) = child.try_wait().unwrap() {
                 assert!(status.success(), "run {attempt} failed:\n{}", std::fs::read_to_string(&log).unwrap());
                 break;
             }
-            if Instant::now() >= deadline {
+            if deadline.is_none() && std::fs::read_to_string(&log).unwrap_or_default().contains("committed") {
+                deadline = Some(Instant::now() + Duration::from_millis(rng.random_range(0..2200)));
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
                 child.kill().unwrap(); // SIGKILL
                 child.wait().unwrap();
                 killed += 1;

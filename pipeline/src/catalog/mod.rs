@@ -2,6 +2,7 @@
 //! `catalog.schema.table` after its path (`integration/api_gateway/request_logs` is
 //! `integration.api_gateway.request_logs`).
 
+pub mod lease;
 pub mod storage;
 
 use std::fmt;

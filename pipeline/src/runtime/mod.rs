@@ -20,6 +20,7 @@ pub use observe::{serve, Latencies, Observed};
 use query::{Lateness, RunningQuery};
 pub use reload::LiveDefinitions;
 
+use crate::catalog::lease::Lease;
 use crate::catalog::{Lake, TablePath};
 use crate::checkpoint::{Checkpoint, CheckpointStore, Position};
 use crate::commit::{EpochState, LakeWriter, OutagePolicy, QueryState};
@@ -136,6 +137,8 @@ pub struct Pipeline {
     row_watermarks: Vec<i64>,
     /// The one partition of the `sluice.metrics` stream.
     metrics_partition: PartitionId,
+    /// This run's hold on the lake: no other pipeline writes it meanwhile.
+    lease: Lease,
 }
 
 /// While tables are backfilled, how long the run loop waits for a live batch
@@ -241,6 +244,8 @@ pub async fn say_undefined_tables(lake: Lake, defined: std::collections::BTreeSe
 impl Pipeline {
     /// Plans every SQL file and opens (or creates) every table.
     pub async fn new(lake: &Lake, registry: &SchemaRegistry, sql: &[SqlFile], udfs: &Udfs, options: RunOptions) -> Result<Self> {
+        // Before anything is written: a second pipeline on the lake stops here.
+        let lease = Lease::acquire(lake, &options.pipeline).await?;
         let inputs = input_tables(registry);
         let checkpoints = CheckpointStore::open(lake, &options.pipeline)?;
         let latest = checkpoints.latest().await?;
@@ -306,6 +311,7 @@ impl Pipeline {
             last_commit: Instant::now(),
             row_watermarks: Vec::new(),
             metrics_partition: PartitionId { topic: Arc::from(METRICS_TOPIC), partition: 0 },
+            lease,
         };
         match latest {
             Some(mut checkpoint) => {
@@ -661,6 +667,7 @@ impl Pipeline {
     /// the next epoch.
     pub async fn commit(&mut self) -> Result<()> {
         self.last_commit = Instant::now();
+        self.lease.renew().await?;
         let (open, bytes) = self.queries.iter().map(RunningQuery::state_size).fold((0, 0), |(o, b), (qo, qb)| (o + qo, b + qb));
         self.stats.peak_open_windows = self.stats.peak_open_windows.max(open);
         self.stats.peak_state_bytes = self.stats.peak_state_bytes.max(bytes);

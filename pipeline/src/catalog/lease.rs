@@ -1,0 +1,164 @@
+//! Who writes a lake: a lease in `_sluice/<pipeline>/lease.json`, so that a second
+//! pipeline started on the same lake by mistake refuses to start, naming the one
+//! that holds it, instead of failing at its first Delta commit.
+//!
+//! - The holder renews it every 10 s (between commits); it lapses 30 s after the
+//!   last renewal.
+//! - A holder on this host whose process is gone (killed) is taken over at once; a
+//!   live one never. A holder on another host is taken over once its lease lapsed.
+//! - A renewal that finds another holder stops the run: it was taken over while
+//!   this one was stalled, and two writers must not both commit. A store that does
+//!   not answer is the commit's business (it waits out outages), not the lease's.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use serde::{Deserialize, Serialize};
+
+use super::Lake;
+use crate::error::{Error, Result};
+
+/// How long a lease holds after its last renewal.
+const TTL: Duration = Duration::from_secs(30);
+/// How often the holder renews it.
+const RENEW_EVERY: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+struct Holder {
+    /// Host, process and start time: unique to one run.
+    id: String,
+    host: String,
+    pid: u32,
+    /// Unix ms of the last renewal.
+    renewed_ms: i64,
+}
+
+impl Holder {
+    fn describe(&self) -> String {
+        let ago = (now_ms() - self.renewed_ms).max(0) / 1000;
+        format!("process {} on {}, renewed {ago} s ago", self.pid, self.host)
+    }
+
+    /// Whether a run may take the lease from this holder.
+    fn gone(&self, me: &Holder) -> bool {
+        match self.host == me.host {
+            // This process (a pipeline opened again), or one that no longer runs.
+            true => self.pid == me.pid || !process_alive(self.pid),
+            false => now_ms() - self.renewed_ms > TTL.as_millis() as i64,
+        }
+    }
+}
+
+/// A pipeline's hold on its lake.
+pub struct Lease {
+    store: Arc<dyn ObjectStore>,
+    path: Path,
+    location: String,
+    me: Holder,
+    renewed: Instant,
+}
+
+impl Lease {
+    /// Takes the lease of `pipeline` on `lake`, or refuses if another run holds it.
+    pub async fn acquire(lake: &Lake, pipeline: &str) -> Result<Lease> {
+        let url = lake.root().join(&format!("_sluice/{pipeline}/")).map_err(|e| Error::Config(format!("pipeline name `{pipeline}`: {e}")))?;
+        let store = lake.store_at(url.clone())?;
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "this host".into());
+        let pid = std::process::id();
+        let me = Holder { id: format!("{host}:{pid}:{}", now_ms()), host, pid, renewed_ms: now_ms() };
+        let mut lease = Lease { store, path: Path::from("lease.json"), location: format!("{url}lease.json"), me, renewed: Instant::now() };
+        if let Some(holder) = lease.holder().await? {
+            if !holder.gone(&lease.me) {
+                return Err(Error::Config(format!(
+                    "another pipeline holds the lake {} ({}; {}): stop it first, or give this one another lake",
+                    lake.root(),
+                    holder.describe(),
+                    lease.location
+                )));
+            }
+            tracing::info!(previous = %holder.describe(), "taking over the lake's lease from a run that is gone");
+        }
+        lease.write().await?;
+        Ok(lease)
+    }
+
+    /// Renews the lease if it is due; fails if another run has taken it.
+    pub async fn renew(&mut self) -> Result<()> {
+        if self.renewed.elapsed() < RENEW_EVERY {
+            return Ok(());
+        }
+        match self.holder().await {
+            Ok(Some(holder)) if holder.id != self.me.id => {
+                return Err(Error::Config(format!(
+                    "another pipeline took over the lake ({}; {}) while this one was stalled: this one stops, so that two do not write",
+                    holder.describe(),
+                    self.location
+                )))
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "could not read the lake's lease; trying again at the next renewal");
+                return Ok(());
+            }
+        }
+        self.me.renewed_ms = now_ms();
+        if let Err(e) = self.write().await {
+            tracing::warn!(error = %e, "could not renew the lake's lease; trying again at the next renewal");
+        }
+        Ok(())
+    }
+
+    async fn holder(&self) -> Result<Option<Holder>> {
+        let bytes = match self.store.get(&self.path).await {
+            Ok(found) => found.bytes().await.map_err(|e| self.error("reading", e))?,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(self.error("reading", e)),
+        };
+        // A lease that does not parse was not written by a running pipeline.
+        Ok(serde_json::from_slice(&bytes).ok())
+    }
+
+    async fn write(&mut self) -> Result<()> {
+        let body = serde_json::to_vec_pretty(&self.me).map_err(|e| Error::Internal(format!("the lease: {e}")))?;
+        self.store.put(&self.path, PutPayload::from(body)).await.map_err(|e| self.error("writing", e))?;
+        self.renewed = Instant::now();
+        Ok(())
+    }
+
+    fn error(&self, what: &str, e: object_store::Error) -> Error {
+        Error::Config(format!("{what} the lake's lease {}: {e}", self.location))
+    }
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// Whether process `pid` of this host runs (Linux's /proc; elsewhere, assume so).
+fn process_alive(pid: u32) -> bool {
+    match std::path::Path::new("/proc/self").exists() {
+        true => std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        false => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn holder(host: &str, pid: u32, ago_ms: i64) -> Holder {
+        Holder { id: format!("{host}:{pid}"), host: host.into(), pid, renewed_ms: now_ms() - ago_ms }
+    }
+
+    #[test]
+    fn a_lease_is_taken_from_a_gone_process_or_a_lapsed_remote_one_only() {
+        let me = holder("a", std::process::id(), 0);
+        assert!(holder("a", std::process::id(), 0).gone(&me), "this very process, opening the lake again");
+        assert!(holder("a", u32::MAX - 1, 0).gone(&me), "a process of this host that is not running");
+        assert!(!holder("a", 1, 60_000).gone(&me), "pid 1 runs: however old its lease, it holds");
+        assert!(!holder("b", 1, 5_000).gone(&me), "another host's fresh lease holds");
+        assert!(holder("b", 1, 31_000).gone(&me), "another host's lapsed lease is taken");
+    }
+}
