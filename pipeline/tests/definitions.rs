@@ -11,6 +11,36 @@ use std::process::Command;
 
 use support::{repo, sluice, SLUICE};
 
+/// A run in the background, killed when dropped: a failed assertion must not
+/// leave it running.
+struct Running(std::process::Child);
+
+impl From<std::process::Child> for Running {
+    fn from(child: std::process::Child) -> Self {
+        Running(child)
+    }
+}
+
+impl std::ops::Deref for Running {
+    type Target = std::process::Child;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Running {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Copies a directory tree.
 fn copy_tree(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
@@ -294,14 +324,14 @@ async fn sql_files_are_taken_up_on_sighup_without_a_restart() {
     copy_tree(Path::new(&repo("sql")), &sql);
     let added_sql = std::fs::read_to_string(sql.join(format!("{added}.sql"))).unwrap();
     std::fs::remove_file(sql.join(format!("{added}.sql"))).unwrap();
-    let mut child = Command::new(SLUICE)
+    let mut child = Running::from(Command::new(SLUICE)
         .args(["run", "--kafka", &broker.address, "--stop-when-idle", "10s", "--commit-interval", "200ms"])
         .args(["--lake", lake.to_str().unwrap(), "--schemas", &schemas, "--sql", sql.to_str().unwrap()])
         .env("SLUICE_LOG", "warn,buoyant_kernel=off,delta_kernel=off,sluice::runtime=info")
         .stdout(std::process::Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
-        .unwrap();
+        .unwrap());
     let started = std::time::Instant::now();
     while !std::fs::read_to_string(&log).unwrap_or_default().contains("committed") {
         assert!(started.elapsed() < std::time::Duration::from_secs(60) && child.try_wait().unwrap().is_none(), "no commit:\n{}", std::fs::read_to_string(&log).unwrap_or_default());
@@ -497,13 +527,13 @@ async fn a_killed_backfill_resumes_where_its_last_commit_left_it() {
 
     let start = || {
         let file = std::fs::File::create(&log).unwrap();
-        Command::new(SLUICE)
+        Running::from(Command::new(SLUICE)
             .args(["run", "--input", input.to_str().unwrap(), "--lake", lake.to_str().unwrap(), "--schemas", &schemas, "--sql", sql.to_str().unwrap()])
             .args(["--commit-interval", "200ms"])
             .env("SLUICE_LOG", "warn,buoyant_kernel=off,delta_kernel=off,sluice::runtime=info")
             .stderr(file)
             .spawn()
-            .unwrap()
+            .unwrap())
     };
     let mut resumed = 0;
     for _ in 0..2 {
@@ -640,14 +670,14 @@ async fn through_kafka_an_added_and_a_changed_file_land_what_a_fresh_run_lands_t
     produce_files(&broker.address, &first).await;
 
     let start = |extra: &[&str]| {
-        Command::new(SLUICE)
+        Running::from(Command::new(SLUICE)
             .args(["run", "--kafka", &broker.address, "--commit-interval", "200ms", "--lake", lake.to_str().unwrap(), "--schemas", &schemas, "--sql", sql.to_str().unwrap()])
             .args(extra)
             .env("SLUICE_LOG", "warn,buoyant_kernel=off,delta_kernel=off,sluice::runtime=info")
             .stdout(std::process::Stdio::null())
             .stderr(std::fs::File::options().append(true).create(true).open(&log).unwrap())
             .spawn()
-            .unwrap()
+            .unwrap())
     };
     let lines = || std::fs::read_to_string(&log).unwrap_or_default().lines().count();
     // The first half, read live; then the file is added and taken up on SIGHUP.
@@ -743,14 +773,14 @@ async fn a_changed_udf_is_taken_up_on_sighup() {
     let bump = |by: i32| format!("use arroyo_udf_plugin::udf;\n\n#[udf]\nfn bump(x: i32) -> i32 {{\n    x + {by}\n}}\n");
     std::fs::write(udfs.join("bump.rs"), bump(1)).unwrap();
 
-    let mut child = Command::new(SLUICE)
+    let mut child = Running::from(Command::new(SLUICE)
         .args(["run", "--kafka", &broker.address, "--stop-when-idle", "10s", "--commit-interval", "200ms", "--lake", lake.to_str().unwrap()])
         .args(["--schemas", &schemas, "--sql", sql.to_str().unwrap(), "--udfs", udfs.to_str().unwrap()])
         .env("SLUICE_LOG", "warn,buoyant_kernel=off,delta_kernel=off,sluice::runtime=info")
         .stdout(std::process::Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
-        .unwrap();
+        .unwrap());
     produce_files(&broker.address, &first).await;
     // Everything produced so far is committed before the reload.
     let first_count: usize = std::fs::read_dir(first.join(REQUESTS)).unwrap().flatten().map(|f| std::fs::read(f.path()).unwrap().split(|b| *b == b'\n').filter(|l| !l.is_empty()).count()).sum();
