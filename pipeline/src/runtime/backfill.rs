@@ -10,7 +10,7 @@
 //!   live stream's positions are. A phase replays from there up to the positions of
 //!   the last commit (the archive is committed in the same epochs); a task of its
 //!   own reads and orders the archive, a day at a time, while the run loop replays
-//!   a slice between live batches.
+//!   [`SLICE`]s between live batches (the live tables keep at least half the loop).
 //! - Once a phase ends and less than [`TAIL`] messages are left, the rest is
 //!   replayed right after a commit, before the next live message: then the replayed
 //!   positions are the live ones and the table joins the live stream. No message is
@@ -25,8 +25,9 @@
 //! - A query that joins mirrors is not backfilled (the mirrors' past is not kept that
 //!   far), nor one over `sluice.metrics` (not archived): they start from the next
 //!   message on, and the run says so.
-//! - Progress: in the log every few seconds, and in `/metrics`
-//!   (`sluice_backfill_messages` of `sluice_backfill_messages_to_replay`).
+//! - Progress (events per second, share done, time left): in the log every few
+//!   seconds, in `/metrics` (`sluice_backfill_messages` of
+//!   `sluice_backfill_messages_to_replay`) and on the run's live dashboard.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -104,6 +105,18 @@ pub(super) fn can_backfill(query: &StreamingQuery, archives: &HashMap<Arc<str>, 
 }
 
 impl Backfill {
+    fn new(
+        query: RunningQuery,
+        marks: Watermarks,
+        replayed: BTreeMap<PartitionId, i64>,
+        began: Option<(BTreeMap<PartitionId, i64>, Vec<PartitionMark>)>,
+        sources: Vec<(Arc<str>, TablePath)>,
+        lake: Lake,
+    ) -> Self {
+        let now = Instant::now();
+        Backfill { query, marks, replayed, began, sources, lake, phase: None, done: 0, total: 0, started: now, logged: now }
+    }
+
     pub(super) fn table(&self) -> &TablePath {
         &self.query.query.table
     }
@@ -422,19 +435,6 @@ impl Pipeline {
     }
 }
 
-impl Backfill {
-    fn new(
-        query: RunningQuery,
-        marks: Watermarks,
-        replayed: BTreeMap<PartitionId, i64>,
-        began: Option<(BTreeMap<PartitionId, i64>, Vec<PartitionMark>)>,
-        sources: Vec<(Arc<str>, TablePath)>,
-        lake: Lake,
-    ) -> Self {
-        let now = Instant::now();
-        Backfill { query, marks, replayed, began, sources, lake, phase: None, done: 0, total: 0, started: now, logged: now }
-    }
-}
 
 fn listed(positions: &BTreeMap<PartitionId, i64>) -> Vec<Position> {
     positions.iter().map(|(id, &next_offset)| Position { topic: id.topic.to_string(), partition: id.partition, next_offset }).collect()
