@@ -283,8 +283,9 @@ async fn a_topic_created_while_running_is_read() {
 }
 
 /// A second pipeline started on a lake another one writes refuses at once, naming
-/// the holder, and writes nothing; once the first is killed, a restart takes its
-/// lease over at once and carries on from its checkpoint.
+/// the holder, and writes nothing, as does `sluice maintain`; once the first is
+/// killed, a restart takes its lease over at once and carries on from its
+/// checkpoint, and gives the lease up when it ends.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_second_pipeline_on_a_held_lake_refuses_and_a_killed_ones_lease_is_taken_over() {
     let broker = broker::Broker::start();
@@ -304,6 +305,10 @@ async fn a_second_pipeline_on_a_held_lake_refuses_and_a_killed_ones_lease_is_tak
     assert_eq!(second.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("another pipeline holds the lake") && stderr.contains(&format!("process {}", first.id())), "{stderr}");
     assert!(!stderr.contains("rows written") && second.stdout.is_empty(), "the refused run read or wrote: {stderr}");
+    // Nor may maintenance rewrite the files of a lake a pipeline writes.
+    let maintain = Command::new(SLUICE).args(["maintain", "--lake", lake.to_str().unwrap()]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&maintain.stderr);
+    assert!(maintain.status.code() == Some(1) && stderr.contains("another pipeline holds the lake"), "{stderr}");
 
     first.kill().unwrap();
     first.wait().unwrap();
@@ -313,4 +318,8 @@ async fn a_second_pipeline_on_a_held_lake_refuses_and_a_killed_ones_lease_is_tak
         .unwrap();
     let stderr = String::from_utf8_lossy(&third.stderr);
     assert!(third.status.success() && stderr.contains("carried on from the lake's checkpoint"), "{stderr}");
+    // A run that ended gave its lease up: maintenance may run, and a run elsewhere need not wait.
+    assert!(!lake.join("_sluice/sluice/lease.json").exists(), "the ended run kept its lease");
+    let maintain = Command::new(SLUICE).args(["maintain", "--lake", lake.to_str().unwrap()]).output().unwrap();
+    assert!(maintain.status.success(), "{}", String::from_utf8_lossy(&maintain.stderr));
 }

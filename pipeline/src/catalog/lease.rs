@@ -9,6 +9,8 @@
 //! - A renewal that finds another holder stops the run: it was taken over while
 //!   this one was stalled, and two writers must not both commit. A store that does
 //!   not answer is the commit's business (it waits out outages), not the lease's.
+//! - A run that ends (its input, or a signal) releases it, so a run elsewhere can
+//!   start at once; `sluice maintain` holds it while it rewrites files.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -108,6 +110,17 @@ impl Lease {
             tracing::warn!(error = %e, "could not renew the lake's lease; trying again at the next renewal");
         }
         Ok(())
+    }
+
+    /// Gives the lease up, if this run still holds it.
+    pub async fn release(&mut self) {
+        if let Ok(Some(holder)) = self.holder().await {
+            if holder.id == self.me.id {
+                if let Err(e) = self.store.delete(&self.path).await {
+                    tracing::warn!(error = %e, "could not release the lake's lease; it lapses in 30 s");
+                }
+            }
+        }
     }
 
     async fn holder(&self) -> Result<Option<Holder>> {

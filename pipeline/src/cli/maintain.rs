@@ -51,6 +51,11 @@ pub async fn maintain(args: &MaintainArgs, storage: &StorageOptions) -> Result<(
         }
         None => lake.tables().await?,
     };
+    // A running pipeline maintains its tables itself: this refuses while one holds the lake.
+    let mut lease = match args.dry_run {
+        true => None,
+        false => Some(crate::catalog::lease::Lease::acquire(&lake, &args.pipeline).await?),
+    };
     refuse_unfinished_epoch(&lake, &args.pipeline, &tables).await?;
     let verb = if args.dry_run { "would" } else { "did" };
     let mut out = String::new();
@@ -87,6 +92,9 @@ pub async fn maintain(args: &MaintainArgs, storage: &StorageOptions) -> Result<(
         let bytes: i64 = snapshot.log_data().iter().map(|f| f.size()).sum();
         let summary = if said.is_empty() { "nothing to do".to_string() } else { said.join("; ") };
         out.push_str(&format!("{}: {summary} ({} live files, {})\n", path.sql_name(), snapshot.log_data().num_files(), human_bytes(bytes as u64)));
+    }
+    if let Some(lease) = lease.as_mut() {
+        lease.release().await;
     }
     super::emit(&out)
 }

@@ -544,6 +544,7 @@ impl Pipeline {
             tracing::info!("stopping on a signal: committing; open windows go into the checkpoint");
         }
         self.commit().await?;
+        self.lease.release().await;
         self.stats.elapsed = self.started.elapsed();
         self.stats.rows = self.lake.sinks().iter().map(|(p, s)| (p.clone(), s.rows_written())).collect();
         self.stats.freshness = self.options.observed.freshness();
