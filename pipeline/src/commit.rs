@@ -56,7 +56,7 @@ pub struct EpochState {
 pub struct QueryState {
     pub table: TablePath,
     pub fingerprint: String,
-    pub parts: std::collections::BTreeMap<String, String>,
+    pub parts: BTreeMap<String, String>,
     pub watermark: i64,
     pub windows: Option<RecordBatch>,
     pub backfill: Option<BackfillProgress>,

@@ -194,12 +194,12 @@ impl Definitions {
         crate::serve::Policy::load(&path)
     }
 
-    /// The UDF files, read and checked; none without a udfs directory.
     /// The udfs directory, if there is one.
     pub fn udfs_dir(&self) -> Option<PathBuf> {
         locate(self.udfs.as_deref(), "udfs").ok()
     }
 
+    /// The UDF files, read and checked; none without a udfs directory.
     pub fn udf_files(&self) -> Result<Vec<crate::udf::UdfFile>> {
         match locate(self.udfs.as_deref(), "udfs") {
             Ok(dir) => crate::udf::load_dir(&dir),

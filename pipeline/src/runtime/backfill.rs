@@ -320,6 +320,9 @@ impl Pipeline {
     /// messages behind replays the rest and joins the live stream; with `all`
     /// (the input ended), every backfill does, however far behind.
     pub(super) async fn join_backfills(&mut self, all: bool) -> Result<()> {
+        if self.backfills.is_empty() {
+            return Ok(());
+        }
         let positions = self.positions.clone();
         let mut backfills = std::mem::take(&mut self.backfills);
         let mut kept = Vec::new();

@@ -141,6 +141,21 @@ pub struct Pipeline {
     lease: Lease,
 }
 
+/// Opens (or creates) the table `query` writes: replaced whole at each commit for
+/// a query over mirrors or a current state; with `rebuilt`, the next rebuild may
+/// change its columns.
+async fn open_sink(lake: &Lake, query: &crate::plan::StreamingQuery, pipeline: &str, rebuilt: bool) -> Result<TableSink> {
+    let layout = TableLayout::for_result(&query.output_schema, query.window_column());
+    let sink = match rebuilt {
+        true => TableSink::open_to_rebuild(lake, query.table.clone(), layout, pipeline).await?,
+        false => TableSink::open(lake, query.table.clone(), layout, pipeline).await?,
+    };
+    Ok(match query.shape {
+        Shape::OverMirrors { .. } | Shape::Current { .. } => sink.overwriting(),
+        _ => sink,
+    })
+}
+
 /// While tables are backfilled, how long the run loop waits for a live batch
 /// before replaying more.
 const BACKFILL_TURN: Duration = Duration::from_millis(10);
@@ -251,19 +266,19 @@ impl Pipeline {
         let latest = checkpoints.latest().await?;
         let mut queries = Vec::new();
         let mut sinks = BTreeMap::new();
+        // Per table whose plan changed since the checkpoint: the fingerprint it had, and what changed.
+        let mut changed: Vec<(TablePath, String, String)> = Vec::new();
         for file in sql {
             let query = crate::plan::plan(file, &inputs, udfs).await?;
-            let layout = TableLayout::for_result(&query.output_schema, query.window_column());
-            let saved = latest.as_ref().and_then(|c| c.queries.get(query.table.as_str())?.fingerprint.clone());
-            let mut sink = match saved.is_some_and(|f| f != query.fingerprint) {
-                // A rebuild may change the columns.
-                true => TableSink::open_to_rebuild(lake, query.table.clone(), layout, &options.pipeline).await?,
-                false => TableSink::open(lake, query.table.clone(), layout, &options.pipeline).await?,
+            let saved = latest.as_ref().and_then(|c| c.queries.get(query.table.as_str()));
+            let rebuilt = match saved.and_then(|s| Some((s, s.fingerprint.clone()?))) {
+                Some((saved, was)) if was != query.fingerprint => {
+                    changed.push((query.table.clone(), was, crate::plan::what_changed(&saved.parts, &query.parts)));
+                    true
+                }
+                _ => false,
             };
-            if matches!(query.shape, Shape::OverMirrors { .. } | Shape::Current { .. }) {
-                sink = sink.overwriting();
-            }
-            sinks.insert(query.table.clone(), sink);
+            sinks.insert(query.table.clone(), open_sink(lake, &query, &options.pipeline, rebuilt).await?);
             queries.push(RunningQuery::new(query)?);
         }
         let dead_letters = TablePath::new(DEAD_LETTERS).map_err(Error::Internal)?;
@@ -315,20 +330,9 @@ impl Pipeline {
         };
         match latest {
             Some(mut checkpoint) => {
-                let new: Vec<usize> = (0..pipeline.queries.len()).filter(|&i| !checkpoint.queries.contains_key(pipeline.queries[i].query.table.as_str())).collect();
+                // By table, not index: rebuilds and backfills move queries about.
+                let new: Vec<TablePath> = pipeline.queries.iter().map(|q| q.query.table.clone()).filter(|t| !checkpoint.queries.contains_key(t.as_str())).collect();
                 // A file whose plan changed since the checkpoint: its old state is not taken up.
-                // By table: rebuilds and backfills move queries about.
-                let new: Vec<TablePath> = new.iter().map(|&i| pipeline.queries[i].query.table.clone()).collect();
-                let changed: Vec<(TablePath, String, String)> = pipeline
-                    .queries
-                    .iter()
-                    .filter_map(|q| {
-                        let saved = checkpoint.queries.get(q.query.table.as_str())?;
-                        let was = saved.fingerprint.clone()?;
-                        let why = crate::plan::what_changed(&saved.parts, &q.query.parts);
-                        (was != q.query.fingerprint).then(|| (q.query.table.clone(), was, why))
-                    })
-                    .collect();
                 for (table, _, _) in &changed {
                     checkpoint.queries.remove(table.as_str());
                 }
@@ -401,20 +405,12 @@ impl Pipeline {
             self.lake.sink(&table)?.rebuild();
             return self.rerun_over_mirrors(&topics).await;
         }
-        if !backfill::can_backfill(query, &self.archives) && self.lake.sink(&table)?.changes_columns() {
-            return Err(Error::Sql {
-                path,
-                message: format!(
-                    "its columns changed (plan {was} → {now}), and its table cannot be rebuilt from the archive (it joins mirrors, reads sluice.metrics, or the archive is off): \
-                     restore the old file, or remove the table to start it afresh"
-                ),
-            });
-        }
-        if !backfill::can_backfill(query, &self.archives) && matches!(query.shape, Shape::Stateless { .. }) {
-            tracing::warn!(table = %table.sql_name(), "{why} (plan {was} → {now}) and there is no archive to rebuild it from: the new definition writes from the next message on, beside the old rows");
-            return Ok(());
-        }
         if !backfill::can_backfill(query, &self.archives) {
+            // A landing with the same columns can go on beside its old rows; nothing else can.
+            if matches!(query.shape, Shape::Stateless { .. }) && !self.lake.sink(&table)?.changes_columns() {
+                tracing::warn!(table = %table.sql_name(), "{why} (plan {was} → {now}) and there is no archive to rebuild it from: the new definition writes from the next message on, beside the old rows");
+                return Ok(());
+            }
             return Err(Error::Sql {
                 path,
                 message: format!(

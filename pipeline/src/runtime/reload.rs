@@ -23,7 +23,6 @@ use crate::catalog::{Lake, TablePath};
 use crate::error::{Error, Result};
 use crate::plan::{load_sql_dir, plan, Shape, StreamingQuery};
 use crate::schema::SchemaRegistry;
-use crate::sink::{TableLayout, TableSink};
 use crate::udf::Udfs;
 
 /// Where a running pipeline reads its definitions again.
@@ -81,6 +80,8 @@ impl Pipeline {
         let backfilling: Vec<&RunningQuery> = self.backfills.iter().map(|b| &b.query).collect();
         let running: BTreeMap<TablePath, &RunningQuery> = self.queries.iter().chain(backfilling.iter().copied()).map(|q| (q.query.table.clone(), q)).collect();
         let mut reloaded = Reloaded::default();
+        // Why each changed file is taken up, said once the whole reload is.
+        let mut reasons = BTreeMap::new();
         for (table, query) in &planned {
             let Some(old) = running.get(table) else {
                 reloaded.added.push(table.clone());
@@ -115,7 +116,7 @@ impl Pipeline {
                     message: "its columns changed: the table's rows so far have the old ones, so the change is not taken up while running".into(),
                 });
             }
-            tracing::info!(table = %table.sql_name(), "{why}: a landing, swapped in from the next message on");
+            reasons.insert(table.clone(), why);
             reloaded.changed.push(table.clone());
         }
         reloaded.removed = running.keys().filter(|t| !planned.contains_key(*t)).cloned().collect();
@@ -127,11 +128,7 @@ impl Pipeline {
         for table in reloaded.added.iter().chain(&reloaded.changed) {
             let Some(query) = planned.remove(table) else { continue };
             if reloaded.added.contains(table) {
-                let layout = TableLayout::for_result(&query.output_schema, query.window_column());
-                let mut sink = TableSink::open(&live.lake, table.clone(), layout, &self.options.pipeline).await?;
-                if matches!(query.shape, Shape::OverMirrors { .. } | Shape::Current { .. }) {
-                    sink = sink.overwriting();
-                }
+                let sink = super::open_sink(&live.lake, &query, &self.options.pipeline, false).await?;
                 if matches!(query.shape, Shape::OverMirrors { .. }) {
                     fill_from_mirrors.extend(query.mirrors.iter().map(|m| m.topic.clone()));
                 }
@@ -151,8 +148,10 @@ impl Pipeline {
         }
         for query in started {
             let table = query.query.table.clone();
-            let what = if reloaded.added.contains(&table) { "a new SQL file" } else { "a changed SQL file" };
-            tracing::info!(table = %table.sql_name(), file = %query.query.path.display(), plan = %query.query.fingerprint, "took up {what}");
+            match reasons.get(&table) {
+                None => tracing::info!(table = %table.sql_name(), file = %query.query.path.display(), plan = %query.query.fingerprint, "took up a new SQL file"),
+                Some(why) => tracing::info!(table = %table.sql_name(), file = %query.query.path.display(), "took up a changed SQL file: {why}; a landing, swapped in from the next message on"),
+            }
             self.queries.push(query);
             if reloaded.added.contains(&table) {
                 self.backfill_if_new(self.queries.len() - 1, &live.lake).await?;
