@@ -367,7 +367,8 @@ async function tick() {
   state.charts = charts;
   render(charts);
   status(`Live: ${now.commits} commits, ${now.rows_committed.toLocaleString("en")} rows committed, ${now.open_windows} open windows` +
-    (now.store_unavailable ? ": the lake's store is not answering, commits are being retried" : "."));
+    (now.store_unavailable ? ": the lake's store is not answering, commits are being retried" : ".") +
+    (now.shards ? ` This instance of the consumer group runs shards ${now.shards.length ? now.shards.join(", ") : "none (yet)"}.` : ""));
 }
 
 /// The live view's tables: backfills under way, and each table's lineage.

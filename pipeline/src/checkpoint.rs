@@ -11,6 +11,10 @@
 //! finishes step 3 for the tables whose `txn` is behind it, restores the state and
 //! reads on from its positions. Whatever was read after it is read again, and since
 //! nothing derived from it reached a table, nothing is counted twice.
+//!
+//! A manifest is created, never overwritten, and state files carry their writer's
+//! name: of two runs that both reach epoch N (one stalled while the other took over
+//! its work), one commits it and the other is fenced, whatever their timing.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -96,6 +100,8 @@ pub struct CheckpointStore {
     location: String,
     /// The directory, for a local lake: pruning removes whole epoch directories.
     local: Option<std::path::PathBuf>,
+    /// Unique to this run, in the names of the state files it writes.
+    writer: String,
 }
 
 fn epoch_dir(epoch: i64) -> String {
@@ -114,7 +120,8 @@ impl CheckpointStore {
             std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         }
         let store = lake.store_at(url.clone())?;
-        Ok(CheckpointStore { store, location: url.to_string(), local })
+        let writer = format!("{}-{}", std::process::id(), chrono::Utc::now().timestamp_micros());
+        Ok(CheckpointStore { store, location: url.to_string(), local, writer })
     }
 
     fn error(&self, what: &str, e: impl std::fmt::Display) -> Error {
@@ -159,7 +166,7 @@ impl CheckpointStore {
     /// Writes a query's window state or a mirror's changes for `epoch`; returns the
     /// name to record.
     pub async fn put_state(&self, epoch: i64, table: &TablePath, state: &RecordBatch) -> Result<String> {
-        let name = format!("{}.arrow", table.sql_name());
+        let name = format!("{}.{}.arrow", table.sql_name(), self.writer);
         let mut bytes = Vec::new();
         let mut writer = arrow::ipc::writer::FileWriter::try_new(&mut bytes, &state.schema())?;
         writer.write(state)?;
@@ -179,12 +186,28 @@ impl CheckpointStore {
         Ok(reader.collect::<std::result::Result<_, _>>()?)
     }
 
-    /// Writes the manifest: from here on the epoch counts as done.
+    /// Creates the manifest: from here on the epoch counts as done. Fails as
+    /// [`Error::Fenced`] if another run created it first.
     pub async fn save(&self, checkpoint: &Checkpoint) -> Result<()> {
         let json = serde_json::to_vec(checkpoint).map_err(|e| self.error("encoding the manifest", e))?;
         let path = Path::from(format!("{}/{MANIFEST}", epoch_dir(checkpoint.epoch)));
-        self.store.put(&path, PutPayload::from(json)).await.map_err(|e| self.store_error("writing the manifest", e))?;
-        Ok(())
+        let create = object_store::PutOptions { mode: object_store::PutMode::Create, ..Default::default() };
+        match self.store.put_opts(&path, PutPayload::from(json.clone()), create).await {
+            Ok(_) => Ok(()),
+            Err(object_store::Error::AlreadyExists { .. }) => {
+                // Ours, if an earlier attempt landed without its answer.
+                let found = self.store.get(&path).await.map_err(|e| self.store_error("reading a manifest", e))?;
+                let bytes = found.bytes().await.map_err(|e| self.store_error("reading a manifest", e))?;
+                match bytes.as_ref() == json.as_slice() {
+                    true => Ok(()),
+                    false => Err(Error::Fenced(format!(
+                        "epoch {} under {} was committed by another run: this one stops, so that the epoch counts once",
+                        checkpoint.epoch, self.location
+                    ))),
+                }
+            }
+            Err(e) => Err(self.store_error("writing the manifest", e)),
+        }
     }
 
     /// Deletes every checkpoint older than `epoch`, and unfinished ones among them.
@@ -208,5 +231,29 @@ impl CheckpointStore {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_epoch_is_committed_once_and_a_second_writer_is_fenced() {
+        let dir = tempfile::tempdir().unwrap();
+        let lake = Lake::connect(dir.path().to_str().unwrap(), true, Default::default()).await.unwrap();
+        let (first, second) = (CheckpointStore::open(&lake, "g/shard-1").unwrap(), CheckpointStore::open(&lake, "g/shard-1").unwrap());
+        let ours = Checkpoint { epoch: 7, ..Default::default() };
+        first.save(&ours).await.unwrap();
+        // Saved again (an answer lost on the way): the same manifest is fine.
+        first.save(&ours).await.unwrap();
+        let theirs = Checkpoint { epoch: 7, mirrors: BTreeMap::from([("t".to_string(), "f".to_string())]), ..Default::default() };
+        let fenced = second.save(&theirs).await;
+        assert!(matches!(&fenced, Err(Error::Fenced(m)) if m.contains("epoch 7")), "{fenced:?}");
+        assert!(first.latest().await.unwrap().is_some_and(|c| c.mirrors.is_empty()), "the first manifest stands");
+        // Their state files do not overwrite each other's.
+        let state = RecordBatch::new_empty(Arc::new(arrow::datatypes::Schema::empty()));
+        let table = TablePath::new("a/b/c").unwrap();
+        assert_ne!(first.put_state(7, &table, &state).await.unwrap(), second.put_state(7, &table, &state).await.unwrap());
     }
 }

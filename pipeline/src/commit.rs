@@ -107,6 +107,11 @@ impl LakeWriter {
         self.sinks.get_mut(table).ok_or_else(|| Error::Internal(format!("no sink for {table}")))
     }
 
+    /// Whether this pipeline writes `table` (a group's shards write only their own).
+    pub fn has_sink(&self, table: &TablePath) -> bool {
+        self.sinks.contains_key(table)
+    }
+
     /// A table a reloaded SQL file added.
     pub fn add_sink(&mut self, sink: TableSink) {
         self.sinks.insert(sink.path().clone(), sink);

@@ -46,6 +46,11 @@ pub enum Error {
     #[error("lake {url}: {problem}")]
     Storage { url: String, problem: String },
 
+    /// Another run took this one's work over (its lease, or an epoch it committed
+    /// first): this one must stop writing.
+    #[error("fenced: {0}")]
+    Fenced(String),
+
     #[error(transparent)]
     DataFusion(#[from] datafusion::error::DataFusionError),
 

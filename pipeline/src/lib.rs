@@ -25,6 +25,7 @@ pub mod error;
 pub mod fixtures;
 pub mod mirror;
 pub mod generate;
+pub mod group;
 pub mod keyed;
 pub mod plan;
 pub mod runtime;

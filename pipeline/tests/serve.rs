@@ -175,19 +175,24 @@ fn a_token_travels_only_over_tls_or_loopback() {
     assert_eq!(http_get("127.0.0.1", served.http, "/api/v1/analytics/learner", Some(&analyst)).0, 200, "loopback is fine");
 }
 
+/// Two `sluice serve` processes over one lake, sharing nothing but the lake (how
+/// serving scales): a table committed while they serve is visible to the next
+/// query of each.
 #[test]
-fn a_table_committed_while_serving_is_visible_to_the_next_query() {
+fn a_table_committed_while_two_servers_serve_is_visible_to_the_next_query_of_each() {
     let dir = tempfile::tempdir().unwrap();
     let lake = dir.path().join("lake");
     std::fs::create_dir_all(&lake).unwrap();
     let input = dir.path().join("input");
     let made = sluice().args(["generate", "--users", "100", "--hours", "26", "--out"]).arg(&input).output().unwrap();
     assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
-    let served = Served::start(&lake, &[]);
+    let servers = [Served::start(&lake, &[]), Served::start(&lake, &[])];
     let analyst = token("ana", "analyst");
     let sql = "SELECT count(*) FROM analytics.learner.engagement_daily";
-    let before = served.psql("127.0.0.1", "ana", &analyst, "disable", sql);
-    assert!(!before.status.success() && text(&before).1.contains("not found"), "{}", text(&before).1);
+    for served in &servers {
+        let before = served.psql("127.0.0.1", "ana", &analyst, "disable", sql);
+        assert!(!before.status.success() && text(&before).1.contains("not found"), "{}", text(&before).1);
+    }
 
     let run = sluice().args(["run", "--input"]).arg(&input).arg("--lake").arg(&lake).output().unwrap();
     assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
@@ -195,10 +200,12 @@ fn a_table_committed_while_serving_is_visible_to_the_next_query() {
     assert!(expected > 0);
     // The table list is re-read at most a second later.
     std::thread::sleep(Duration::from_millis(1100));
-    let after = served.psql("127.0.0.1", "ana", &analyst, "disable", sql);
-    let (stdout, stderr) = text(&after);
-    assert!(after.status.success(), "{stderr}");
-    assert_eq!(stdout.trim(), expected.to_string());
+    for served in &servers {
+        let after = served.psql("127.0.0.1", "ana", &analyst, "disable", sql);
+        let (stdout, stderr) = text(&after);
+        assert!(after.status.success(), "{stderr}");
+        assert_eq!(stdout.trim(), expected.to_string(), "server on port {}", served.pg);
+    }
 }
 
 // ---------------------------------------------------------------------------

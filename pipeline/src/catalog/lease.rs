@@ -11,6 +11,12 @@
 //!   not answer is the commit's business (it waits out outages), not the lease's.
 //! - A run that ends (its input, or a signal) releases it, so a run elsewhere can
 //!   start at once; `sluice maintain` holds it while it rewrites files.
+//! - A shard of a consumer group ([`Lease::acquire_assigned`]) was given to this
+//!   instance by Kafka, which is the authority: a live holder gave it up before
+//!   the group handed it on, so the lease is taken at once, and checked at every
+//!   commit; a holder that stalled finds it taken at its next commit and stops.
+//!   An instance fenced that way while the group still gives it the shard waits
+//!   for the other's lease to lapse instead, so two claimants do not take turns.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -45,11 +51,13 @@ impl Holder {
 
     /// Whether a run may take the lease from this holder.
     fn gone(&self, me: &Holder) -> bool {
-        match self.host == me.host {
-            // This process (a pipeline opened again), or one that no longer runs.
-            true => self.pid == me.pid || !process_alive(self.pid),
-            false => now_ms() - self.renewed_ms > TTL.as_millis() as i64,
-        }
+        let same_host = self.host == me.host;
+        // This process (a pipeline opened again), or one that no longer runs.
+        (same_host && (self.pid == me.pid || !process_alive(self.pid))) || (!same_host && self.lapsed())
+    }
+
+    fn lapsed(&self) -> bool {
+        now_ms() - self.renewed_ms > TTL.as_millis() as i64
     }
 }
 
@@ -60,17 +68,14 @@ pub struct Lease {
     location: String,
     me: Holder,
     renewed: Instant,
+    /// Checked at every renewal, not only when one is due: held by a group's shard.
+    fenced: bool,
 }
 
 impl Lease {
     /// Takes the lease of `pipeline` on `lake`, or refuses if another run holds it.
     pub async fn acquire(lake: &Lake, pipeline: &str) -> Result<Lease> {
-        let url = lake.root().join(&format!("_sluice/{pipeline}/")).map_err(|e| Error::Config(format!("pipeline name `{pipeline}`: {e}")))?;
-        let store = lake.store_at(url.clone())?;
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "this host".into());
-        let pid = std::process::id();
-        let me = Holder { id: format!("{host}:{pid}:{}", now_ms()), host, pid, renewed_ms: now_ms() };
-        let mut lease = Lease { store, path: Path::from("lease.json"), location: format!("{url}lease.json"), me, renewed: Instant::now() };
+        let mut lease = Lease::new(lake, pipeline)?;
         if let Some(holder) = lease.holder().await? {
             if !holder.gone(&lease.me) {
                 return Err(Error::Config(format!(
@@ -86,19 +91,58 @@ impl Lease {
         Ok(lease)
     }
 
+    /// Takes the lease of a shard the consumer group gave this instance: at once,
+    /// or when `patient`, once its last holder released it, is gone, or let it
+    /// lapse (a stalled instance on this host too).
+    pub async fn acquire_assigned(lake: &Lake, pipeline: &str, patient: bool) -> Result<Lease> {
+        let mut lease = Lease::new(lake, pipeline)?;
+        lease.fenced = true;
+        let mut said = false;
+        while let Some(holder) = lease.holder().await? {
+            if holder.gone(&lease.me) || holder.lapsed() {
+                break;
+            }
+            if !patient {
+                tracing::info!(pipeline, holder = %holder.describe(), "taking the shard's lease over: the group gave the shard here");
+                break;
+            }
+            if !std::mem::replace(&mut said, true) {
+                tracing::info!(pipeline, holder = %holder.describe(), "waiting for the shard's last holder to give it up, or for its lease to lapse");
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        lease.write().await?;
+        Ok(lease)
+    }
+
+    fn new(lake: &Lake, pipeline: &str) -> Result<Lease> {
+        let url = lake.root().join(&format!("_sluice/{pipeline}/")).map_err(|e| Error::Config(format!("pipeline name `{pipeline}`: {e}")))?;
+        let store = lake.store_at(url.clone())?;
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "this host".into());
+        let pid = std::process::id();
+        // Unique to this acquisition, even of two in one process within a millisecond.
+        static ACQUIRED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = ACQUIRED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let me = Holder { id: format!("{host}:{pid}:{}:{n}", now_ms()), host, pid, renewed_ms: now_ms() };
+        Ok(Lease { store, path: Path::from("lease.json"), location: format!("{url}lease.json"), me, renewed: Instant::now(), fenced: false })
+    }
+
     /// Renews the lease if it is due; fails if another run has taken it.
     pub async fn renew(&mut self) -> Result<()> {
-        if self.renewed.elapsed() < RENEW_EVERY {
+        let due = self.renewed.elapsed() >= RENEW_EVERY;
+        if !due && !self.fenced {
             return Ok(());
         }
         match self.holder().await {
             Ok(Some(holder)) if holder.id != self.me.id => {
-                return Err(Error::Config(format!(
-                    "another pipeline took over the lake ({}; {}) while this one was stalled: this one stops, so that two do not write",
+                let what = if self.fenced { "another instance took over the shard" } else { "another pipeline took over the lake" };
+                return Err(Error::Fenced(format!(
+                    "{what} ({}; {}) while this one was stalled: this one stops, so that two do not write",
                     holder.describe(),
                     self.location
                 )))
             }
+            Ok(_) if !due => return Ok(()),
             Ok(_) => {}
             Err(e) => {
                 tracing::warn!(error = %e, "could not read the lake's lease; trying again at the next renewal");
@@ -173,5 +217,19 @@ mod tests {
         assert!(!holder("a", 1, 60_000).gone(&me), "pid 1 runs: however old its lease, it holds");
         assert!(!holder("b", 1, 5_000).gone(&me), "another host's fresh lease holds");
         assert!(holder("b", 1, 31_000).gone(&me), "another host's lapsed lease is taken");
+    }
+
+    #[tokio::test]
+    async fn a_shard_taken_over_fences_its_stalled_holder_at_its_next_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let lake = Lake::connect(dir.path().to_str().unwrap(), true, Default::default()).await.unwrap();
+        let mut stalled = Lease::acquire_assigned(&lake, "g/shard-0", false).await.unwrap();
+        let mut taker = Lease::acquire_assigned(&lake, "g/shard-0", false).await.unwrap();
+        let fenced = stalled.renew().await;
+        assert!(matches!(&fenced, Err(Error::Fenced(m)) if m.contains("took over the shard")), "{fenced:?}");
+        taker.renew().await.unwrap();
+        // The fenced one does not release what it no longer holds.
+        stalled.release().await;
+        assert!(taker.holder().await.unwrap().is_some_and(|h| h.id == taker.me.id));
     }
 }

@@ -3,6 +3,7 @@
 //! `integration.api_gateway.request_logs`).
 
 pub mod lease;
+pub mod writers;
 pub mod storage;
 
 use std::fmt;

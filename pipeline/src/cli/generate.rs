@@ -29,7 +29,8 @@ impl TrafficArgs {
 /// Where generated traffic goes.
 pub enum Destination<'a> {
     Dir(&'a Path),
-    Kafka(&'a str),
+    /// The brokers, and a rate in messages per second.
+    Kafka(&'a str, Option<u32>),
 }
 
 pub async fn generate(to: Destination<'_>, traffic: &TrafficArgs, definitions: &Definitions) -> Result<GenerateSummary> {
@@ -38,8 +39,8 @@ pub async fn generate(to: Destination<'_>, traffic: &TrafficArgs, definitions: &
     let started = std::time::Instant::now();
     let (summary, place) = match to {
         Destination::Dir(out) => (generate_to_dir(&registry, &options, out)?, out.display().to_string()),
-        Destination::Kafka(brokers) => {
-            (crate::source::produce_generated(brokers, &registry, &options, None).await?, format!("kafka {brokers}"))
+        Destination::Kafka(brokers, rate) => {
+            (crate::source::produce_generated(brokers, &registry, &options, rate).await?, format!("kafka {brokers}"))
         }
     };
     let total = summary.total_messages();

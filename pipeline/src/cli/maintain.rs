@@ -51,12 +51,19 @@ pub async fn maintain(args: &MaintainArgs, storage: &StorageOptions) -> Result<(
         }
         None => lake.tables().await?,
     };
-    // A running pipeline maintains its tables itself: this refuses while one holds the lake.
-    let mut lease = match args.dry_run {
-        true => None,
-        false => Some(crate::catalog::lease::Lease::acquire(&lake, &args.pipeline).await?),
+    // A running pipeline maintains its tables itself: this refuses while one holds
+    // the lake (a consumer group's instances: any of its shards).
+    let pipelines = match crate::catalog::writers::Writers::of(&lake).await? {
+        Some(writers) => writers.pipelines(),
+        None => vec![args.pipeline.clone()],
     };
-    refuse_unfinished_epoch(&lake, &args.pipeline, &tables).await?;
+    let mut leases = Vec::new();
+    for pipeline in &pipelines {
+        if !args.dry_run {
+            leases.push(crate::catalog::lease::Lease::acquire(&lake, pipeline).await?);
+        }
+        refuse_unfinished_epoch(&lake, pipeline, &tables).await?;
+    }
     let verb = if args.dry_run { "would" } else { "did" };
     let mut out = String::new();
     for path in tables {
@@ -93,7 +100,7 @@ pub async fn maintain(args: &MaintainArgs, storage: &StorageOptions) -> Result<(
         let summary = if said.is_empty() { "nothing to do".to_string() } else { said.join("; ") };
         out.push_str(&format!("{}: {summary} ({} live files, {})\n", path.sql_name(), snapshot.log_data().num_files(), human_bytes(bytes as u64)));
     }
-    if let Some(lease) = lease.as_mut() {
+    for lease in &mut leases {
         lease.release().await;
     }
     super::emit(&out)

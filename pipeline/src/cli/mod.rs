@@ -71,6 +71,10 @@ pub enum Command {
         /// Kafka bootstrap servers to produce to (topics are created as the schemas say).
         #[arg(long, value_name = "BROKERS")]
         kafka: Option<String>,
+        /// With --kafka: produce at this many messages per second (traffic that
+        /// keeps flowing), instead of as fast as the broker takes them.
+        #[arg(long, value_name = "MSG_PER_S", requires = "kafka", value_parser = clap::value_parser!(u32).range(1..))]
+        rate: Option<u32>,
         #[command(flatten)]
         traffic: generate::TrafficArgs,
         #[command(flatten)]
@@ -148,10 +152,10 @@ pub async fn main(cli: Cli) -> Result<()> {
     let storage = crate::catalog::StorageOptions::new(&cli.storage_options);
     match cli.command {
         Command::Demo { input, lake, traffic, definitions } => demo::demo(&input, &lake, &traffic, &definitions, &storage).await,
-        Command::Generate { out, kafka, traffic, definitions } => {
+        Command::Generate { out, kafka, rate, traffic, definitions } => {
             let to = match (&out, &kafka) {
                 (Some(out), _) => generate::Destination::Dir(out),
-                (None, Some(brokers)) => generate::Destination::Kafka(brokers),
+                (None, Some(brokers)) => generate::Destination::Kafka(brokers, rate),
                 (None, None) => return Err(Error::Config("generate needs --out DIR or --kafka BROKERS".into())),
             };
             generate::generate(to, &traffic, &definitions).await.map(|_| ())

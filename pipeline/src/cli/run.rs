@@ -27,6 +27,20 @@ pub struct RunArgs {
     /// (every window is then emitted); without it the run goes on until stopped.
     #[arg(long, value_parser = duration, requires = "kafka")]
     pub stop_when_idle: Option<std::time::Duration>,
+    /// With --kafka: run as one instance of the consumer group NAME. The group's
+    /// instances share the tables (in shards) and take over from each other; every
+    /// instance runs with the same SQL and lake. With --stop-when-idle an instance
+    /// ends once it has run every shard to its end (to drain a lake with the last one).
+    #[arg(long, value_name = "NAME", requires = "kafka")]
+    pub group: Option<String>,
+    /// With --group: this instance's stable id in the group (Kafka's
+    /// group.instance.id), so that a restart gets its shards back. Default: the host name.
+    #[arg(long, value_name = "ID", requires = "group")]
+    pub instance: Option<String>,
+    /// With --group, when the group is new: how many shards its tables are split
+    /// into (the most instances that can share the work). An existing group keeps its own.
+    #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(u32).range(1..=256), requires = "group")]
+    pub shards: u32,
     /// The lake to write (a directory or URL).
     #[arg(long)]
     pub lake: String,
@@ -129,6 +143,9 @@ impl RunArgs {
             kafka: None,
             kafka_settings: Vec::new(),
             stop_when_idle: None,
+            group: None,
+            instance: None,
+            shards: 6,
             lake: lake.to_string(),
             batch_size: 8192,
             commit_interval: std::time::Duration::from_secs(1),
@@ -164,6 +181,9 @@ pub async fn run(args: &RunArgs, storage: &StorageOptions) -> Result<RunStats> {
     }
     let lake = Lake::connect(&args.lake, true, storage.clone()).await?;
     let batch_size = args.batch_size as usize;
+    if let (Some(group), Some(brokers)) = (&args.group, &args.kafka) {
+        return run_in_group(args, group, brokers, lake, registry, sql, udfs, observed).await;
+    }
     let (mut source, progress): (Box<dyn Source>, _) = match (&args.input, &args.kafka) {
         (Some(input), _) => {
             if !input.is_dir() {
@@ -207,6 +227,52 @@ pub async fn run(args: &RunArgs, storage: &StorageOptions) -> Result<RunStats> {
     let stats = pipeline.run(source.as_mut()).await?;
     // A short run still says it before its summary.
     let _ = undefined.await;
+    print_summary(&stats);
+    Ok(stats)
+}
+
+/// `run --group`: this instance runs the shards its consumer group gives it.
+#[allow(clippy::too_many_arguments)]
+async fn run_in_group(
+    args: &RunArgs,
+    group: &str,
+    brokers: &str,
+    lake: Lake,
+    registry: SchemaRegistry,
+    sql: Vec<crate::plan::SqlFile>,
+    udfs: crate::udf::Udfs,
+    observed: Arc<Observed>,
+) -> Result<RunStats> {
+    let instance = match &args.instance {
+        Some(id) => id.clone(),
+        None => std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).map_err(|e| {
+            Error::Config(format!("--group without --instance names the instance after the host, which could not be read: {e}"))
+        })?,
+    };
+    let membership = crate::group::Membership::join(brokers, &args.kafka_settings, group, &instance, args.shards).await?;
+    eprintln!("instance `{instance}` of group `{group}`: {} shards; waiting for the group to assign some", membership.shards);
+    let options = RunOptions {
+        commit_interval: args.commit_interval,
+        idle_timeout: args.idle_timeout,
+        observed,
+        maintenance: args.maintenance.policy()?,
+        outage_limit: args.outage_limit,
+        archive: args.archive_retention,
+        ..RunOptions::default()
+    };
+    let instance = crate::runtime::group::Instance {
+        group: group.to_string(),
+        lake,
+        registry,
+        sql,
+        udfs,
+        options,
+        brokers: brokers.to_string(),
+        kafka_settings: args.kafka_settings.clone(),
+        batch_size: args.batch_size as usize,
+        stop_when_idle: args.stop_when_idle,
+    };
+    let stats = crate::runtime::group::run(instance, membership).await?;
     print_summary(&stats);
     Ok(stats)
 }

@@ -2,12 +2,13 @@
 //! watermarks pass, and the lake committed on an interval.
 
 mod backfill;
+pub mod group;
 mod metrics;
 mod observe;
 mod query;
 mod reload;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,6 +22,8 @@ use query::{Lateness, RunningQuery};
 pub use reload::LiveDefinitions;
 
 use crate::catalog::lease::Lease;
+use crate::catalog::writers::Writers;
+use crate::group::Shard;
 use crate::catalog::{Lake, TablePath};
 use crate::checkpoint::{Checkpoint, CheckpointStore, Position};
 use crate::commit::{EpochState, LakeWriter, OutagePolicy, QueryState};
@@ -59,6 +62,11 @@ pub struct RunOptions {
     pub archive: ArchiveRetention,
     /// Where SIGHUP reads the SQL files again; `None`: SIGHUP is not listened to.
     pub live: Option<LiveDefinitions>,
+    /// Run as this shard of a consumer group's tables (`pipeline` is then the shard's).
+    pub shard: Option<Shard>,
+    /// Besides SIGINT and SIGTERM, stops the run when it turns true (a shard the
+    /// group took away).
+    pub stop: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 impl Default for RunOptions {
@@ -74,6 +82,8 @@ impl Default for RunOptions {
             archive: ArchiveRetention::default(),
             live: None,
             outage_limit: Duration::from_secs(600),
+            shard: None,
+            stop: None,
         }
     }
 }
@@ -168,6 +178,24 @@ fn event_times(batch: &RecordBatch) -> Result<&arrow::array::TimestampMicrosecon
         .ok_or_else(|| Error::Internal("a batch without a µs `ts` column".into()))
 }
 
+/// Resolves on SIGINT or SIGTERM, or when `stop` turns true.
+async fn stop_signal_or(stop: Option<tokio::sync::watch::Receiver<bool>>) {
+    let told = async {
+        // A sender that is gone never stops the run.
+        let stopped = match stop {
+            Some(mut stop) => stop.wait_for(|s| *s).await.is_ok(),
+            None => false,
+        };
+        if !stopped {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        () = stop_signal() => {}
+        () = told => {}
+    }
+}
+
 /// Resolves on SIGINT or SIGTERM; never if the handlers cannot be installed.
 async fn stop_signal() {
     let interrupt = async {
@@ -260,7 +288,16 @@ impl Pipeline {
     /// Plans every SQL file and opens (or creates) every table.
     pub async fn new(lake: &Lake, registry: &SchemaRegistry, sql: &[SqlFile], udfs: &Udfs, options: RunOptions) -> Result<Self> {
         // Before anything is written: a second pipeline on the lake stops here.
-        let lease = Lease::acquire(lake, &options.pipeline).await?;
+        let writers = match &options.shard {
+            Some(shard) => shard.writers(),
+            None => Writers::Pipeline { name: options.pipeline.clone() },
+        };
+        writers.claim(lake).await?;
+        let lease = match &options.shard {
+            Some(shard) => Lease::acquire_assigned(lake, &options.pipeline, shard.fenced).await?,
+            None => Lease::acquire(lake, &options.pipeline).await?,
+        };
+        let lake_tables = options.shard.as_ref().is_none_or(Shard::writes_lake_tables);
         let inputs = input_tables(registry);
         let checkpoints = CheckpointStore::open(lake, &options.pipeline)?;
         let latest = checkpoints.latest().await?;
@@ -283,20 +320,27 @@ impl Pipeline {
         }
         let dead_letters = TablePath::new(DEAD_LETTERS).map_err(Error::Internal)?;
         let late_events = TablePath::new(LATE_EVENTS).map_err(Error::Internal)?;
-        for (path, schema) in [(&dead_letters, dead_letter_schema()), (&late_events, late_event_schema())] {
+        // A group's late events come from every shard; its dead letters from shard 0.
+        let mut own = vec![(&late_events, late_event_schema())];
+        if lake_tables {
+            own.push((&dead_letters, dead_letter_schema()));
+        }
+        for (path, schema) in own {
             let sink = TableSink::open(lake, path.clone(), TableLayout::fixed(schema), &options.pipeline).await?;
             sinks.insert(path.clone(), sink);
         }
         let mut mirrors = BTreeMap::new();
         for topic in registry.topics().filter(|t| crate::mirror::table_of(t).is_some()) {
             let mirror = Mirror::new(topic)?;
-            let layout = TableLayout::fixed(mirror.schema().clone());
-            let sink = TableSink::open(lake, mirror.table().clone(), layout, &options.pipeline).await?.overwriting();
-            sinks.insert(mirror.table().clone(), sink);
+            if lake_tables {
+                let layout = TableLayout::fixed(mirror.schema().clone());
+                let sink = TableSink::open(lake, mirror.table().clone(), layout, &options.pipeline).await?.overwriting();
+                sinks.insert(mirror.table().clone(), sink);
+            }
             mirrors.insert(mirror.topic().clone(), mirror);
         }
         let mut archives = HashMap::new();
-        if options.archive != ArchiveRetention::Off {
+        if options.archive != ArchiveRetention::Off && lake_tables {
             for topic in registry.topics() {
                 let table = archive_table(&topic.topic)?;
                 let sink = TableSink::open(lake, table.clone(), archive_layout(), &options.pipeline).await?.keeping_for(options.archive.keep());
@@ -358,6 +402,24 @@ impl Pipeline {
         }
         pipeline.publish_lineage();
         Ok(pipeline)
+    }
+
+    /// The topics this pipeline reads: those of its tables, or every topic when it
+    /// writes the lake's own tables or a table reads `sluice.metrics`.
+    pub fn topics(&self) -> Vec<String> {
+        let every = || self.decoders.keys().map(|t| t.to_string()).collect();
+        if !self.archives.is_empty() || self.lake.has_sink(&self.dead_letters) {
+            return every();
+        }
+        let mut topics = BTreeSet::new();
+        for q in self.queries.iter().map(|q| &q.query) {
+            topics.extend(q.topics().cloned());
+            topics.extend(q.mirrors.iter().map(|m| m.topic.clone()));
+        }
+        if topics.iter().any(|t| !self.decoders.contains_key(t)) {
+            return every();
+        }
+        topics.into_iter().map(|t| t.to_string()).collect()
     }
 
     /// Tells the live view what each running table reads (topics, mirrors, UDFs)
@@ -469,7 +531,7 @@ impl Pipeline {
         self.track_partitions(source);
         self.watermarks.add_partition(self.metrics_partition.clone(), 0);
         source.seek(&self.positions)?;
-        let mut stop = std::pin::pin!(stop_signal());
+        let mut stop = std::pin::pin!(stop_signal_or(self.options.stop.clone()));
         let mut hangups = match &self.options.live {
             Some(_) => tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok(),
             None => None,
@@ -575,7 +637,7 @@ impl Pipeline {
         if let Some(archive) = self.archives.get(&raw.partition.topic).cloned() {
             self.sink(&archive)?.push_table_rows(archive_batch(&raw)?);
         }
-        if !decoded.dead_letters.is_empty() {
+        if !decoded.dead_letters.is_empty() && self.lake.has_sink(&self.dead_letters) {
             let rows = dead_letters_batch(&raw, &decoded.dead_letters)?;
             self.sink(&self.dead_letters.clone())?.push_table_rows(rows);
         }
@@ -707,9 +769,12 @@ impl Pipeline {
         let mut changed = Vec::new();
         for mirror in self.mirrors.values_mut() {
             if mirror.take_changed() {
-                let sink = self.lake.sink(mirror.table())?;
-                sink.begin_replacement();
-                sink.push_table_rows(mirror.current()?);
+                // A group's mirror tables are shard 0's to write; every shard keeps its mirrors.
+                if self.lake.has_sink(mirror.table()) {
+                    let sink = self.lake.sink(mirror.table())?;
+                    sink.begin_replacement();
+                    sink.push_table_rows(mirror.current()?);
+                }
                 changed.push(mirror.topic().clone());
             }
         }

@@ -88,6 +88,8 @@ struct State {
     /// Per table: what it reads (topics, mirrors, UDFs), and what reads it
     /// (dashboard charts, API answers).
     lineage: BTreeMap<String, (Vec<String>, Vec<String>)>,
+    /// In a consumer group (`run --group`), the shards this instance runs.
+    shards: Option<Vec<u32>>,
     /// Per partition: the next offset the pipeline reads, and the broker's high
     /// watermark (from librdkafka's statistics); their difference is the lag.
     positions: BTreeMap<(String, i32), i64>,
@@ -128,6 +130,11 @@ impl Observed {
 
     pub fn backfill(&self, table: &str, done: u64, total: u64, events_per_second: f64) {
         self.with(|s| s.backfills.insert(table.to_string(), (done, total, events_per_second)));
+    }
+
+    /// The shards the consumer group gave this instance, replacing what was there.
+    pub fn shards_held(&self, shards: Vec<u32>) {
+        self.with(|s| s.shards = Some(shards));
     }
 
     /// The running tables' lineage, replacing what was there.
@@ -200,6 +207,13 @@ impl Observed {
                 if *wm != i64::MIN && *wm != i64::MAX {
                     let _ = writeln!(out, "sluice_watermark_seconds{{table=\"{table}\"}} {}", *wm as f64 / 1e6);
                 }
+            }
+            if let Some(shards) = &s.shards {
+                let _ = writeln!(out, "# HELP sluice_group_shard_held 1 for each shard of the consumer group this instance runs.\n# TYPE sluice_group_shard_held gauge");
+                for shard in shards {
+                    let _ = writeln!(out, "sluice_group_shard_held{{shard=\"{shard}\"}} 1");
+                }
+                let _ = writeln!(out, "# HELP sluice_group_shards_held Shards of the consumer group this instance runs.\n# TYPE sluice_group_shards_held gauge\nsluice_group_shards_held {}", shards.len());
             }
             if !s.backfills.is_empty() {
                 let _ = writeln!(out, "# HELP sluice_backfill_messages Archived messages a new table's backfill replayed, of sluice_backfill_messages_to_replay.\n# TYPE sluice_backfill_messages gauge");
@@ -297,6 +311,7 @@ impl Observed {
                 "topics": topics,
                 "backfills": backfills,
                 "tables": tables,
+                "shards": s.shards,
                 "commits": s.commits,
                 "commit_seconds_sum": s.commit_seconds_sum,
                 "last_commit_seconds": s.last_commit_seconds,

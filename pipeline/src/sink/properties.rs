@@ -10,9 +10,10 @@ use deltalake::parquet::schema::types::ColumnPath;
 /// `_delta_log` for expired logs after it; the maintenance step does both on its
 /// own schedule, so a commit's cost does not grow with the log.
 pub fn commit_properties() -> CommitProperties {
-    // No retry at the next version either: with one writer per table a conflict can
-    // only be this commit having landed already, which the caller checks by `txn`.
-    CommitProperties::default().with_create_checkpoint(false).with_cleanup_expired_logs(Some(false)).with_max_retries(0)
+    // A conflict is another shard's append to a shared table (late_events), which
+    // delta-rs retries at the next version, or a commit with this `txn` app id
+    // (this one having landed without its answer, or a zombie's), which fails.
+    CommitProperties::default().with_create_checkpoint(false).with_cleanup_expired_logs(Some(false)).with_max_retries(20)
 }
 
 /// Identifiers and raw messages are unique per row: dictionary-encoding them costs

@@ -13,15 +13,22 @@ use crate::error::{Error, Result};
 use crate::generate::{generate, GenerateOptions, GenerateSummary};
 use crate::schema::SchemaRegistry;
 
-/// Creates every topic of the registry with its partition count, unless it exists.
+/// Creates every topic of the registry with its partition count, unless it exists
+/// (then nothing is asked of the admin API, which some brokers lack).
 pub async fn create_topics(brokers: &str, registry: &SchemaRegistry) -> Result<()> {
     let kafka = |e: KafkaError| Error::Input(format!("kafka {brokers}: {e}"));
     let admin: AdminClient<DefaultClientContext> =
         ClientConfig::new().set("bootstrap.servers", brokers).create().map_err(kafka)?;
+    let metadata = admin.inner().fetch_metadata(None, Duration::from_secs(10)).map_err(kafka)?;
+    let exists = |topic: &str| metadata.topics().iter().any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty());
     let topics: Vec<NewTopic> = registry
         .topics()
+        .filter(|t| !exists(&t.topic))
         .map(|t| NewTopic::new(&t.topic, t.partitions as i32, TopicReplication::Fixed(1)))
         .collect();
+    if topics.is_empty() {
+        return Ok(());
+    }
     for result in admin.create_topics(&topics, &AdminOptions::new()).await.map_err(kafka)? {
         match result {
             Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
