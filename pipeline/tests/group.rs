@@ -351,6 +351,12 @@ async fn instances_join_die_stall_and_leave_and_the_lake_equals_one_process() {
         rows.sort();
         rows
     };
+    // Every late message once per table it was late for (every shard appends to late_events).
+    let mut late_rows: Vec<String> = actual[LATE_EVENTS].iter().map(|r| ["table", "_topic", "_partition", "_offset"].map(|c| column(r, c)).join(" ")).collect();
+    let all = late_rows.len();
+    late_rows.sort();
+    late_rows.dedup();
+    assert_eq!(late_rows.len(), all, "late_events holds a message twice for one table");
     let (mut exact, mut counted) = (0, Vec::new());
     for (table, want) in &expected {
         let got = &actual[table];

@@ -320,14 +320,13 @@ impl Pipeline {
         }
         let dead_letters = TablePath::new(DEAD_LETTERS).map_err(Error::Internal)?;
         let late_events = TablePath::new(LATE_EVENTS).map_err(Error::Internal)?;
-        // A group's late events come from every shard; its dead letters from shard 0.
-        let mut own = vec![(&late_events, late_event_schema())];
+        // A group's late events come from every shard, and shard 0 maintains the
+        // table; its dead letters come from shard 0 alone.
+        let late = TableSink::open(lake, late_events.clone(), TableLayout::fixed(late_event_schema()), &options.pipeline).await?;
+        sinks.insert(late_events.clone(), if lake_tables { late } else { late.maintained_elsewhere() });
         if lake_tables {
-            own.push((&dead_letters, dead_letter_schema()));
-        }
-        for (path, schema) in own {
-            let sink = TableSink::open(lake, path.clone(), TableLayout::fixed(schema), &options.pipeline).await?;
-            sinks.insert(path.clone(), sink);
+            let sink = TableSink::open(lake, dead_letters.clone(), TableLayout::fixed(dead_letter_schema()), &options.pipeline).await?;
+            sinks.insert(dead_letters.clone(), sink);
         }
         let mut mirrors = BTreeMap::new();
         for topic in registry.topics().filter(|t| crate::mirror::table_of(t).is_some()) {

@@ -51,6 +51,9 @@ pub struct TableSink {
     last_checkpoint: Option<u64>,
     /// Days older than this are dropped at vacuum time (a table partitioned by `date`).
     retention: Option<std::time::Duration>,
+    /// Another writer of the table maintains it (a group's shards share
+    /// `late_events`; two compacting one table would each rewrite the same rows).
+    maintained_elsewhere: bool,
     /// The next commit takes out every row the table had (a rebuild from the archive).
     rebuilding: bool,
     /// The table's metadata with the columns its SQL now produces, which differ from
@@ -123,6 +126,7 @@ impl TableSink {
             commit_failed: false,
             last_checkpoint,
             retention: None,
+            maintained_elsewhere: false,
             rebuilding: false,
             new_columns,
             storage_options: lake.options().map().clone(),
@@ -144,6 +148,12 @@ impl TableSink {
     /// Drops the table's days older than `keep` (the archive's retention), at vacuum time.
     pub fn keeping_for(mut self, keep: Option<std::time::Duration>) -> Self {
         self.retention = keep;
+        self
+    }
+
+    /// Leaves the table's maintenance to another writer, who shares the table.
+    pub fn maintained_elsewhere(mut self) -> Self {
+        self.maintained_elsewhere = true;
         self
     }
 
@@ -193,6 +203,9 @@ impl TableSink {
     /// compaction of partitions with too many small files, and with `vacuum` the
     /// vacuum and expired-log cleanup (on the policy's interval).
     pub async fn maintain(&mut self, policy: &MaintenancePolicy, vacuum: bool) -> Result<Maintained> {
+        if self.maintained_elsewhere {
+            return Ok(Maintained::default());
+        }
         let partition = self.layout.partition_columns.first().cloned();
         let mut done = Maintained {
             compacted: maintain::compact(&mut self.table, partition.as_deref(), policy, &self.writer_properties, false, false).await?,
