@@ -5,17 +5,17 @@
 #
 #   infra/bench-group.sh [USERS] [HOURS]     # default 3000 users, 24 h
 #
-# Each run drains the whole backlog with --stop-when-idle; its time runs from the
-# group's first assignment (the run's start without a group) to its last commit,
-# read from the instances' logs. Tansu runs the eager protocol here: its
+# Each run drains the whole backlog with --stop-when-idle 5s; its time runs from
+# the group's first assignment (the run's first log line without a group) to its
+# last commit, less the 5 s the last commit waits for, read from the logs. Tansu runs the eager protocol here: its
 # cooperative rebalances never finish (README, Several instances).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 users="${1:-3000}"
 hours="${2:-24}"
-target="${CARGO_TARGET_DIR:-$PWD/target}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/sluice/target}"
 cargo build --release -p sluice >&2
-sluice="$target/release/sluice"
+sluice="$CARGO_TARGET_DIR/release/sluice"
 work="$(mktemp -d)"
 port=19393
 brokers="$(infra/broker.sh start "$port")"
@@ -29,7 +29,7 @@ done
 messages=$("$sluice" generate --out "$work/in" --users "$users" --hours "$hours" --schemas "$work/schemas" 2>&1 | sed -n 's/^generated \([0-9]*\) messages.*/\1/p')
 
 # "SECONDS MESSAGES/S": from the first assignment (the first log line without a
-# group) to the last commit.
+# group) to the last commit, less the idle wait before it.
 elapsed() {
   python3 - "$messages" "$@" <<'EOF'
 import re, sys
@@ -46,7 +46,7 @@ for log in sys.argv[2:]:
             assigned.append(t)
         if "committed epoch" in line:
             commits.append(t)
-seconds = max(commits) - min(assigned or lines)
+seconds = max(commits) - min(assigned or lines) - 5
 print(f"{seconds:.1f} {int(sys.argv[1]) / seconds:.0f}")
 EOF
 }
