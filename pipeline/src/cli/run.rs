@@ -30,7 +30,8 @@ pub struct RunArgs {
     /// With --kafka: run as one instance of the consumer group NAME. The group's
     /// instances share the tables (in shards) and take over from each other; every
     /// instance runs with the same SQL and lake. With --stop-when-idle an instance
-    /// ends once it has run every shard to its end (to drain a lake with the last one).
+    /// ends once the shards it holds have run to their end and no other came for
+    /// that long (to drain a lake with the last one).
     #[arg(long, value_name = "NAME", requires = "kafka")]
     pub group: Option<String>,
     /// With --group: this instance's stable id in the group (Kafka's

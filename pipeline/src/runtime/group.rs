@@ -50,6 +50,8 @@ pub async fn run(instance: Instance, mut membership: Membership) -> Result<RunSt
     let mut total = RunStats::default();
     let observed = instance.options.observed.clone();
     let mut signal = std::pin::pin!(stop_signal());
+    // SIGHUP would end the process by default; a group does not reload its SQL.
+    let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     let mut last_change = std::time::Instant::now();
     let failed = loop {
         let done = !held.is_empty() && held.is_subset(&drained);
@@ -102,12 +104,18 @@ pub async fn run(instance: Instance, mut membership: Membership) -> Result<RunSt
                     Err(e) => break Some(e),
                 }
             }
+            Some(()) = async { hangups.as_mut()?.recv().await } => {
+                tracing::warn!("SIGHUP: a group's instances do not read their SQL files again; restart them one at a time");
+            }
             () = &mut signal => break None,
         }
     };
     let all: Vec<u32> = running.keys().copied().collect();
     stop(&mut running, &all).await;
     drop(membership);
+    while let Ok((_, Ok(stats))) = ended.try_recv() {
+        add(&mut total, stats);
+    }
     match failed {
         Some(e) => Err(e),
         None => Ok(total),
