@@ -85,3 +85,24 @@ fn writers_store(lake: &Lake) -> Result<(std::sync::Arc<dyn ObjectStore>, url::U
     let url = lake.root().join("_sluice/").map_err(|e| Error::Internal(format!("the lake's _sluice directory: {e}")))?;
     Ok((lake.store_at(url.clone())?, url))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_lake_takes_one_kind_of_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let lake = Lake::connect(dir.path().to_str().unwrap(), true, Default::default()).await.unwrap();
+        let group = Writers::Group { name: "g".into(), shards: 6 };
+        assert_eq!(Writers::of(&lake).await.unwrap(), None);
+        group.claim(&lake).await.unwrap();
+        group.claim(&lake).await.unwrap();
+        assert_eq!(Writers::of(&lake).await.unwrap(), Some(group.clone()));
+        for other in [Writers::Pipeline { name: "sluice".into() }, Writers::Group { name: "g".into(), shards: 3 }, Writers::Group { name: "h".into(), shards: 6 }] {
+            let refused = other.claim(&lake).await.expect_err("another kind of writer").to_string();
+            assert!(refused.contains("consumer group `g` in 6 shards") && refused.contains("both would write every table"), "{refused}");
+        }
+        assert_eq!(group.pipelines(), (0..6).map(|i| format!("g/shard-{i}")).collect::<Vec<_>>());
+    }
+}

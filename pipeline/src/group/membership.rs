@@ -176,3 +176,20 @@ impl ConsumerContext for Rebalances {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::check_name;
+
+    #[test]
+    fn a_group_or_instance_name_that_could_escape_a_topic_or_a_directory_is_refused() {
+        for fine in ["lake", "lake-writers_2", "sluice-run-0", "a.b"] {
+            assert!(check_name("--group", fine).is_ok(), "{fine}");
+        }
+        let long = "x".repeat(101);
+        for bad in ["", "../lake", "a/b", ".hidden", "with space", "tab\t", "ü", long.as_str()] {
+            let refused = check_name("--group", bad).expect_err(bad).to_string();
+            assert!(refused.contains("--group") && refused.contains("letters, digits"), "{refused}");
+        }
+    }
+}

@@ -186,8 +186,11 @@ async fn run_shard(instance: &Instance, mut shard: Shard, told: watch::Receiver<
     let sql: Vec<SqlFile> = instance.sql.iter().filter(|f| shard.writes(&f.table)).cloned().collect();
     if sql.is_empty() && !shard.writes_lake_tables() {
         tracing::info!(shard = shard.index, "no table falls in this shard");
-        let mut told = told;
-        let _ = told.wait_for(|s| *s).await;
+        // Held, with nothing to do, until the group moves it (a bounded run: drained).
+        if instance.stop_when_idle.is_none() {
+            let mut told = told;
+            let _ = told.wait_for(|s| *s).await;
+        }
         return Ok(RunStats::default());
     }
     let mut backoff = Duration::from_secs(1);
