@@ -89,6 +89,7 @@ pub async fn run(instance: Instance, mut membership: Membership) -> Result<RunSt
                 None => break Some(Error::Internal("the group's membership ended".into())),
             },
             Some((index, result)) = ended.recv() => {
+                observed.forget(&crate::catalog::writers::shard_pipeline(&instance.group, index));
                 let told = running.get(&index).is_none_or(|r| *r.stop.borrow());
                 if let Some(r) = running.remove(&index) {
                     let _ = tokio::task::spawn_blocking(move || r.thread.join()).await;

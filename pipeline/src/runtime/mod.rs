@@ -665,6 +665,7 @@ impl Pipeline {
             max_lag_ms: arrow::compute::min(&ts).map(|min| (raw.ingested_at - min) as f64 / 1000.0),
         };
         self.options.observed.batch(
+            &self.options.pipeline,
             &raw.partition.topic,
             raw.partition.partition,
             raw.next_offset,

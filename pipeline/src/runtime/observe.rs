@@ -92,7 +92,8 @@ struct State {
     shards: Option<Vec<u32>>,
     /// Per partition: the next offset the pipeline reads, and the broker's high
     /// watermark (from librdkafka's statistics); their difference is the lag.
-    positions: BTreeMap<(String, i32), i64>,
+    /// Per reader (pipeline: a group instance runs several, one per shard).
+    positions: BTreeMap<(String, i32), BTreeMap<String, i64>>,
     high_watermarks: BTreeMap<(String, i32), i64>,
     open_windows: usize,
     state_bytes: usize,
@@ -107,16 +108,25 @@ struct State {
     maintenance: [u64; 4],
 }
 
+impl State {
+    /// A partition's lag behind the broker's high watermark, as its slowest
+    /// reader has it (all of it before a first batch).
+    fn lag(&self, topic: &str, partition: i32, high: i64) -> i64 {
+        let next = self.positions.get(&(topic.to_string(), partition)).and_then(|r| r.values().min().copied());
+        (high - next.unwrap_or(0)).max(0)
+    }
+}
+
 impl Observed {
     fn with<R>(&self, f: impl FnOnce(&mut State) -> R) -> R {
         f(&mut self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner()))
     }
 
-    /// A batch from `partition` of `topic`, after which the pipeline reads `next_offset`.
+    /// A batch from `partition` of `topic`, after which the pipeline `reader` reads `next_offset`.
     #[allow(clippy::too_many_arguments)]
-    pub fn batch(&self, topic: &str, partition: i32, next_offset: i64, messages: u64, bytes: u64, bad: u64, late: u64) {
+    pub fn batch(&self, reader: &str, topic: &str, partition: i32, next_offset: i64, messages: u64, bytes: u64, bad: u64, late: u64) {
         self.with(|s| {
-            s.positions.insert((topic.to_string(), partition), next_offset);
+            s.positions.entry((topic.to_string(), partition)).or_default().insert(reader.to_string(), next_offset);
             let c = s.topics.entry(topic.to_string()).or_default();
             for (counter, n) in c.iter_mut().zip([messages, bytes, bad, late]) {
                 *counter += n;
@@ -130,6 +140,21 @@ impl Observed {
 
     pub fn backfill(&self, table: &str, done: u64, total: u64, events_per_second: f64) {
         self.with(|s| s.backfills.insert(table.to_string(), (done, total, events_per_second)));
+    }
+
+    /// A pipeline that stopped reading (a shard the group moved): its positions
+    /// no longer count towards the lag, and a partition no other reads has none.
+    pub fn forget(&self, reader: &str) {
+        self.with(|s| {
+            for readers in s.positions.values_mut() {
+                readers.remove(reader);
+            }
+            let unread: Vec<(String, i32)> = s.positions.iter().filter(|(_, r)| r.is_empty()).map(|(k, _)| k.clone()).collect();
+            for partition in unread {
+                s.positions.remove(&partition);
+                s.high_watermarks.remove(&partition);
+            }
+        });
     }
 
     /// The shards the consumer group gave this instance, replacing what was there.
@@ -237,8 +262,7 @@ impl Observed {
             }
             let _ = writeln!(out, "# HELP sluice_consumer_lag Messages in the partition not read yet (broker high watermark - next offset).\n# TYPE sluice_consumer_lag gauge");
             for ((topic, partition), high) in &s.high_watermarks {
-                let next = s.positions.get(&(topic.clone(), *partition)).copied().unwrap_or(0);
-                let _ = writeln!(out, "sluice_consumer_lag{{topic=\"{topic}\",partition=\"{partition}\"}} {}", (high - next).max(0));
+                let _ = writeln!(out, "sluice_consumer_lag{{topic=\"{topic}\",partition=\"{partition}\"}} {}", s.lag(topic, *partition, *high));
             }
             let gauges = [
                 ("sluice_open_windows", "Windows holding state.", s.open_windows as f64),
@@ -285,7 +309,7 @@ impl Observed {
                     .high_watermarks
                     .iter()
                     .filter(|((t, _), _)| t == topic)
-                    .map(|((t, p), high)| (high - s.positions.get(&(t.clone(), *p)).copied().unwrap_or(0)).max(0))
+                    .map(|((t, p), high)| s.lag(t, *p, *high))
                     .sum();
                 let watermark = s.source_watermarks.get(topic).filter(|w| **w != i64::MIN && **w != i64::MAX).map(|w| *w as f64 / 1e6);
                 topics.insert(
@@ -384,8 +408,12 @@ mod tests {
     #[tokio::test]
     async fn serves_health_and_what_the_run_recorded() {
         let observed = Arc::new(Observed::default());
-        observed.batch("gateway.requests", 0, 10, 10, 3000, 1, 2);
-        observed.batch("gateway.requests", 0, 15, 5, 1500, 0, 0);
+        observed.batch("sluice", "gateway.requests", 0, 10, 10, 3000, 1, 2);
+        observed.batch("sluice", "gateway.requests", 0, 15, 5, 1500, 0, 0);
+        // Two shards of a group read partition 0; the slower one sets its lag.
+        observed.batch("g/shard-1", "gateway.requests", 0, 12, 0, 0, 0, 0);
+        observed.batch("g/shard-2", "gateway.requests", 0, 30, 0, 0, 0, 0);
+        observed.forget("g/shard-1");
         observed.high_watermark("gateway.requests", 0, 40);
         observed.high_watermark("gateway.requests", 1, 7);
         observed.source_watermark("gateway.requests", 1_772_323_100_000_000);

@@ -329,7 +329,7 @@ mod tests {
             let b = source.next_batch().await.unwrap().unwrap();
             let processed = b.partition.partition == 1 || b.messages.first().is_some_and(|m| m.offset == 0);
             if processed {
-                observed.batch("t", b.partition.partition, b.next_offset, b.messages.len() as u64, 0, 0, 0);
+                observed.batch("sluice", "t", b.partition.partition, b.next_offset, b.messages.len() as u64, 0, 0, 0);
             }
             positions.insert(b.partition.partition, b.next_offset);
         }
