@@ -70,7 +70,9 @@ impl Membership {
             config.set(key, value);
         }
         let admin: AdminClient<DefaultClientContext> = config.create().map_err(|e| kafka(&e))?;
-        let metadata = admin.inner().fetch_metadata(Some(&topic), METADATA_TIMEOUT).map_err(|e| kafka(&e))?;
+        // Every topic: asking for this one by name lets a broker auto-create it
+        // with its default partition count.
+        let metadata = admin.inner().fetch_metadata(None, METADATA_TIMEOUT).map_err(|e| kafka(&e))?;
         let exists = metadata.topics().iter().any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty());
         let created = match exists {
             true => Vec::new(),
@@ -100,10 +102,18 @@ impl Membership {
             config.set(key, value);
         }
         let consumer: BaseConsumer<Rebalances> = config.create_with_context(Rebalances { sender: sender.clone() }).map_err(|e| kafka(&e))?;
-        let metadata = consumer.fetch_metadata(Some(&topic), METADATA_TIMEOUT).map_err(|e| kafka(&e))?;
-        let found = metadata.topics().iter().find(|t| t.name() == topic).map(|t| t.partitions().len() as u32).unwrap_or(0);
+        // A topic just created may take a moment to show in the metadata.
+        let mut found = 0;
+        for _ in 0..50 {
+            let metadata = consumer.fetch_metadata(None, METADATA_TIMEOUT).map_err(|e| kafka(&e))?;
+            found = metadata.topics().iter().find(|t| t.name() == topic).map(|t| t.partitions().len() as u32).unwrap_or(0);
+            if found > 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
         if found == 0 {
-            return Err(kafka(&format!("the control topic {topic} has no partitions")));
+            return Err(kafka(&format!("the control topic {topic} has no partitions 10 s after it was created")));
         }
         if found != shards {
             tracing::info!(topic, shards = found, "the group's control topic exists: its partitions are the shards");
