@@ -98,6 +98,7 @@ impl Membership {
             .set("heartbeat.interval.ms", "1000")
             .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "earliest");
+        // -X settings win over these (a broker without cooperative rebalancing...).
         for (key, value) in settings {
             config.set(key, value);
         }
