@@ -25,6 +25,7 @@ use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
 
+use crate::catalog::storage::create_or_get;
 use crate::catalog::{Lake, TablePath};
 use crate::error::{Error, Result};
 use crate::sink::Staged;
@@ -191,21 +192,13 @@ impl CheckpointStore {
     pub async fn save(&self, checkpoint: &Checkpoint) -> Result<()> {
         let json = serde_json::to_vec(checkpoint).map_err(|e| self.error("encoding the manifest", e))?;
         let path = Path::from(format!("{}/{MANIFEST}", epoch_dir(checkpoint.epoch)));
-        let create = object_store::PutOptions { mode: object_store::PutMode::Create, ..Default::default() };
-        match self.store.put_opts(&path, PutPayload::from(json.clone()), create).await {
-            Ok(_) => Ok(()),
-            Err(object_store::Error::AlreadyExists { .. }) => {
-                // Ours, if an earlier attempt landed without its answer.
-                let found = self.store.get(&path).await.map_err(|e| self.store_error("reading a manifest", e))?;
-                let bytes = found.bytes().await.map_err(|e| self.store_error("reading a manifest", e))?;
-                match bytes.as_ref() == json.as_slice() {
-                    true => Ok(()),
-                    false => Err(Error::Fenced(format!(
-                        "epoch {} under {} was committed by another run: this one stops, so that the epoch counts once",
-                        checkpoint.epoch, self.location
-                    ))),
-                }
-            }
+        match create_or_get(self.store.as_ref(), &path, json.clone()).await {
+            // Ours, if an earlier attempt landed without its answer.
+            Ok(found) if found.as_ref().is_none_or(|bytes| bytes.as_ref() == json.as_slice()) => Ok(()),
+            Ok(_) => Err(Error::Fenced(format!(
+                "epoch {} under {} was committed by another run: this one stops, so that the epoch counts once",
+                checkpoint.epoch, self.location
+            ))),
             Err(e) => Err(self.store_error("writing the manifest", e)),
         }
     }

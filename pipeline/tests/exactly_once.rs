@@ -26,21 +26,6 @@ use std::time::{Duration, Instant};
 use rand::{Rng, SeedableRng};
 use support::{repo, sluice, SLUICE};
 
-/// The project's schemas with one partition per topic.
-fn single_partition_schemas(dir: &Path) {
-    std::fs::create_dir_all(dir).unwrap();
-    for entry in std::fs::read_dir(repo("schemas")).unwrap() {
-        let path = entry.unwrap().path();
-        let text = std::fs::read_to_string(&path).unwrap();
-        let text: String = text
-            .lines()
-            .map(|l| if l.trim_start().starts_with("partitions") { "partitions = 1".to_string() } else { l.to_string() })
-            .collect::<Vec<_>>()
-            .join("\n");
-        std::fs::write(dir.join(path.file_name().unwrap()), text).unwrap();
-    }
-}
-
 /// Every table of a lake: its rows as text, sorted, `_ingested_at` left out.
 async fn lake_rows(lake: &Path) -> BTreeMap<String, Vec<String>> {
     let mut tables = BTreeMap::new();
@@ -70,7 +55,7 @@ async fn killed_and_restarted_runs_land_what_an_uninterrupted_run_lands() {
     let broker = broker::Broker::start();
     let dir = tempfile::tempdir().unwrap();
     let schemas = dir.path().join("schemas");
-    single_partition_schemas(&schemas);
+    support::schemas_with_partitions(&schemas, 1);
     let schemas = schemas.to_str().unwrap().to_string();
     let sql = repo("sql");
     let input = dir.path().join("in");

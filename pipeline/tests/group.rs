@@ -31,20 +31,6 @@ use support::{repo, sluice, SLUICE};
 
 const GROUP: &str = "lake-writers";
 
-/// The project's schemas with 6 partitions per topic.
-fn six_partition_schemas(dir: &Path) {
-    std::fs::create_dir_all(dir).unwrap();
-    for entry in std::fs::read_dir(repo("schemas")).unwrap() {
-        let path = entry.unwrap().path();
-        let text = std::fs::read_to_string(&path).unwrap();
-        let text: Vec<String> = text
-            .lines()
-            .map(|l| if l.trim_start().starts_with("partitions") { "partitions = 6".to_string() } else { l.to_string() })
-            .collect();
-        std::fs::write(dir.join(path.file_name().unwrap()), text.join("\n")).unwrap();
-    }
-}
-
 /// The topics of a schemas directory.
 fn topics(dir: &str) -> BTreeSet<String> {
     let files = std::fs::read_dir(dir).unwrap().flatten();
@@ -235,7 +221,7 @@ async fn instances_join_die_stall_and_leave_and_the_lake_equals_one_process() {
     let dir = tempfile::Builder::new().prefix("group-").disable_cleanup(keep).tempdir().unwrap();
     eprintln!("lakes and logs in {}{}", dir.path().display(), if keep { " (kept)" } else { "" });
     let schemas = dir.path().join("schemas");
-    six_partition_schemas(&schemas);
+    support::schemas_with_partitions(&schemas, 6);
     let schemas = schemas.to_str().unwrap().to_string();
     // librdkafka's own mock cluster: its group coordinator expires silent members
     // and rebalances, which Tansu 0.6's does not (see the module comment).
@@ -251,10 +237,11 @@ async fn instances_join_die_stall_and_leave_and_the_lake_equals_one_process() {
     let reference = dir.path().join("lake-reference");
     sluice(&["run", "--input", input.to_str().unwrap(), "--lake", reference.to_str().unwrap(), "--schemas", &schemas, "--sql", &repo("sql")]);
     // The same traffic flows in while instances come and go.
+    let produced_log = dir.path().join("generate.log");
     let mut producer = Command::new(SLUICE)
         .args([&["generate", "--kafka", &brokers, "--rate", "1000"][..], &traffic[..]].concat())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(File::create(&produced_log).unwrap())
         .spawn()
         .unwrap();
 
@@ -330,7 +317,7 @@ async fn instances_join_die_stall_and_leave_and_the_lake_equals_one_process() {
     let took = wait_until("a holds every shard again", Duration::from_secs(90), || a.held().len() == 6);
     eprintln!("down to a, holding every shard {took:?} after the others stopped ({:?} into the run)", began.elapsed());
     assert!(stopped.elapsed() < Duration::from_secs(90));
-    let produced = wait_exit(&mut producer, Duration::from_secs(300), &dir.path().join("none"));
+    let produced = wait_exit(&mut producer, Duration::from_secs(300), &produced_log);
     assert!(produced.success(), "the traffic's producer failed");
     a.stop();
     // The last instance drains the lake: a bounded run ends once its shards ended.

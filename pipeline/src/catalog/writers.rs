@@ -5,9 +5,10 @@
 //! own `txn` app ids, so nothing else would stop both from writing every row.
 
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use object_store::{ObjectStore, ObjectStoreExt};
 use serde::{Deserialize, Serialize};
 
+use super::storage::create_or_get;
 use super::Lake;
 use crate::error::{Error, Result};
 
@@ -58,15 +59,12 @@ impl Writers {
     pub async fn claim(&self, lake: &Lake) -> Result<()> {
         let (store, url) = writers_store(lake)?;
         let path = Path::from("writers.json");
-        let error = |what: &str, e: object_store::Error| Error::Config(format!("{what} {url}writers.json: {e}"));
         let body = serde_json::to_vec_pretty(self).map_err(|e| Error::Internal(format!("writers.json: {e}")))?;
-        let create = PutOptions { mode: PutMode::Create, ..Default::default() };
-        match store.put_opts(&path, PutPayload::from(body), create).await {
-            Ok(_) => return Ok(()),
-            Err(object_store::Error::AlreadyExists { .. }) => {}
-            Err(e) => return Err(error("writing", e)),
-        }
-        let found = store.get(&path).await.map_err(|e| error("reading", e))?.bytes().await.map_err(|e| error("reading", e))?;
+        let found = match create_or_get(store.as_ref(), &path, body).await {
+            Ok(None) => return Ok(()),
+            Ok(Some(found)) => found,
+            Err(e) => return Err(Error::Config(format!("writing {url}writers.json: {e}"))),
+        };
         let theirs: Writers = serde_json::from_slice(&found).map_err(|e| Error::Config(format!("{url}writers.json does not parse: {e}")))?;
         if theirs == *self {
             return Ok(());

@@ -53,7 +53,7 @@ pub async fn run(instance: Instance, mut membership: Membership) -> Result<RunSt
     // SIGHUP would end the process by default; a group does not reload its SQL.
     let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     let mut last_change = std::time::Instant::now();
-    let failed = loop {
+    let failed = 'run: loop {
         let done = !held.is_empty() && held.is_subset(&drained);
         let wait = match instance.stop_when_idle {
             Some(idle) if done => match idle.saturating_sub(last_change.elapsed()) {
@@ -71,7 +71,10 @@ pub async fn run(instance: Instance, mut membership: Membership) -> Result<RunSt
                     for index in new {
                         held.insert(index);
                         if !running.contains_key(&index) && !drained.contains(&index) {
-                            running.insert(index, start(&instance, index, shards, ended_tx.clone()));
+                            match start(&instance, index, shards, ended_tx.clone()) {
+                                Ok(started) => running.insert(index, started),
+                                Err(e) => break 'run Some(e),
+                            };
                         }
                     }
                     observed.shards_held(held.iter().copied().collect());
@@ -150,9 +153,9 @@ fn add(total: &mut RunStats, stats: RunStats) {
 }
 
 /// Starts shard `index` on a thread with a runtime of its own.
-fn start(instance: &Arc<Instance>, index: u32, count: u32, ended: mpsc::UnboundedSender<(u32, Result<RunStats>)>) -> Running {
+fn start(instance: &Arc<Instance>, index: u32, count: u32, ended: mpsc::UnboundedSender<(u32, Result<RunStats>)>) -> Result<Running> {
     let (stop, told) = watch::channel(false);
-    let (instance, failed) = (instance.clone(), ended.clone());
+    let instance = instance.clone();
     // The stack `main` gives the runtime's workers: planning recurses deeply.
     let spawned = std::thread::Builder::new().name(format!("shard-{index}")).stack_size(32 << 20).spawn(move || {
         let shard = Shard { group: instance.group.clone(), index, count, fenced: false };
@@ -162,11 +165,8 @@ fn start(instance: &Arc<Instance>, index: u32, count: u32, ended: mpsc::Unbounde
         };
         let _ = ended.send((index, result));
     });
-    let thread = spawned.unwrap_or_else(|e| {
-        let _ = failed.send((index, Err(Error::Internal(format!("starting shard {index}'s thread: {e}")))));
-        std::thread::spawn(|| {})
-    });
-    Running { stop, thread }
+    let thread = spawned.map_err(|e| Error::Internal(format!("starting shard {index}'s thread: {e}")))?;
+    Ok(Running { stop, thread })
 }
 
 /// Whether `error` says another instance wrote what this one was about to: its

@@ -17,6 +17,20 @@ pub fn repo(dir: &str) -> String {
     format!("{}/../{dir}", env!("CARGO_MANIFEST_DIR"))
 }
 
+/// The project's schemas, copied to `dir` with `partitions` partitions per topic.
+pub fn schemas_with_partitions(dir: &Path, partitions: u32) {
+    std::fs::create_dir_all(dir).unwrap();
+    for entry in std::fs::read_dir(repo("schemas")).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let text: Vec<String> = text
+            .lines()
+            .map(|l| if l.trim_start().starts_with("partitions") { format!("partitions = {partitions}") } else { l.to_string() })
+            .collect();
+        std::fs::write(dir.join(path.file_name().unwrap()), text.join("\n")).unwrap();
+    }
+}
+
 /// Runs `sluice` with `args`, failing the test with its stderr unless it succeeds.
 pub fn sluice(args: &[&str]) {
     let out = Command::new(SLUICE).args(args).output().expect("sluice runs");
