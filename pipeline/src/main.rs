@@ -3,13 +3,15 @@
 use clap::Parser;
 
 /// Warnings, without the Delta kernel's complaints about tables that do not exist
-/// yet, nor the AWS SDK's about each credential source it tried (a missing
-/// credential is one error line of ours).
-const DEFAULT_LOG: &str = "warn,sluice::runtime::backfill=info,buoyant_kernel=off,delta_kernel=off,aws_config=error";
+/// yet, the AWS SDK's about each credential source it tried (a missing credential
+/// is one error line of ours), nor delta-rs's at every commit of the raw archive
+/// (no statistics for its binary `value` column, as intended).
+const DEFAULT_LOG: &str =
+    "warn,sluice::runtime::backfill=info,buoyant_kernel=off,delta_kernel=off,aws_config=error,deltalake_core::writer::stats=error";
 /// A long-running Kafka pipeline also logs one line per commit; a server, where it listens.
 /// (A group's shards append to `late_events` side by side: delta-rs warns of every
 /// such commit it retries at the next version, which is how it should go.)
-const SERVICE_LOG: &str = "warn,sluice=info,buoyant_kernel=off,delta_kernel=off,aws_config=error,deltalake_core::kernel::transaction=error";
+const SERVICE_LOG: &str = "warn,sluice=info,buoyant_kernel=off,delta_kernel=off,aws_config=error,deltalake_core::writer::stats=error,deltalake_core::kernel::transaction=error";
 
 /// deltalake aborts a failed Parquet upload inside `catch_unwind`, because
 /// object_store's `BufWriter::abort` panics by design once its shutdown began (an

@@ -3,6 +3,7 @@
 //! `integration.api_gateway.request_logs`).
 
 pub mod lease;
+pub mod local_store;
 pub mod writers;
 pub mod storage;
 
@@ -85,6 +86,7 @@ impl Lake {
     /// `s3://bucket/prefix`, `s3a://...`, `az://container/prefix`,
     /// `abfss://container@account.dfs.core.windows.net/prefix`.
     pub fn open(location: &str, create: bool, options: StorageOptions) -> Result<Self> {
+        local_store::register();
         let root = match Url::parse(location) {
             Ok(url) if url.scheme().len() > 1 => {
                 if !STORE_SCHEMES.contains(&url.scheme()) {

@@ -274,6 +274,7 @@ async fn run_in_group(
         stop_when_idle: args.stop_when_idle,
     };
     let stats = crate::runtime::group::run(instance, membership).await?;
+    eprintln!("this instance's shards, summed (a message read by two shards counts twice):");
     print_summary(&stats);
     Ok(stats)
 }
