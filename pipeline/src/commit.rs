@@ -67,6 +67,8 @@ pub struct QueryState {
 pub struct Committed {
     pub epoch: i64,
     pub rows: usize,
+    /// Tables committed to.
+    pub tables: usize,
     /// Milliseconds to stage the files and to write the state and manifest.
     pub write_ms: u64,
     pub state_ms: u64,
@@ -214,6 +216,7 @@ impl LakeWriter {
         // 3. Commit every table; one committed before an outage is not committed again.
         let mut rows = 0;
         let mut pending: BTreeSet<String> = checkpoint.staged.keys().cloned().collect();
+        let tables = pending.len();
         loop {
             let commits = self.sinks.iter_mut().filter(|(path, _)| pending.contains(path.as_str())).map(|(path, s)| {
                 let files = checkpoint.staged.get(path.as_str()).cloned().unwrap_or_default();
@@ -246,7 +249,7 @@ impl LakeWriter {
         let maintaining = Instant::now();
         let maintained = self.maintain(&mut outage).await?;
         let maintain_ms = maintaining.elapsed().as_millis() as u64;
-        Ok(Committed { epoch, rows, write_ms, state_ms, maintain_ms, maintained })
+        Ok(Committed { epoch, rows, tables, write_ms, state_ms, maintain_ms, maintained })
     }
 
     async fn save_checkpoint(&self, epoch: i64, state: &EpochState, staged: &BTreeMap<String, Staged>) -> Result<Checkpoint> {

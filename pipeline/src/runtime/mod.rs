@@ -111,8 +111,10 @@ pub struct RunStats {
     pub rows: BTreeMap<TablePath, u64>,
     /// The checkpoint's epoch this run carried on from, if the lake had one.
     pub resumed_after: Option<i64>,
-    /// Every commit's duration, ms, in order (for the aging benchmark).
+    /// Every commit's duration, ms, and the tables it committed to, in order (for
+    /// the aging benchmark).
     pub commit_ms: Vec<f64>,
+    pub commit_tables: Vec<usize>,
 }
 
 pub struct Pipeline {
@@ -756,9 +758,10 @@ impl Pipeline {
         self.options.observed.maintained(&committed.maintained);
         self.stats.commits += 1;
         self.stats.commit_ms.push(started.elapsed().as_secs_f64() * 1e3);
+        self.stats.commit_tables.push(committed.tables);
         let ms = started.elapsed().as_millis() as u64;
         self.options.observed.commit(committed.rows as u64, started.elapsed().as_secs_f64(), open, bytes);
-        tracing::info!(epoch = committed.epoch, rows = committed.rows, ms, write_ms = committed.write_ms, state_ms = committed.state_ms, maintain_ms = committed.maintain_ms, "committed");
+        tracing::info!(epoch = committed.epoch, rows = committed.rows, tables = committed.tables, ms, write_ms = committed.write_ms, state_ms = committed.state_ms, maintain_ms = committed.maintain_ms, "committed");
         self.committed = self.positions.clone();
         self.join_backfills(false).await
     }
