@@ -188,4 +188,13 @@ mod tests {
         let listed: Vec<ObjectMeta> = ours.list_with_offset(Some(&log), &log.clone().join("00000000000000000002.json")).try_collect().await.unwrap();
         assert!(listed.iter().any(|m| m.location.as_ref().ends_with("sub/x.json")), "{listed:?}");
     }
+
+    /// delta-rs opens a local lake's tables on this store.
+    #[test]
+    fn a_local_lake_is_opened_on_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let lake = crate::catalog::Lake::open(dir.path().to_str().unwrap(), false, Default::default()).unwrap();
+        let store = lake.store().unwrap();
+        assert!(format!("{store:?}").contains("LocalStore"), "{store:?}");
+    }
 }
