@@ -93,28 +93,28 @@ impl ServedLake {
         Ok(loaded)
     }
 
-    /// A table at its latest committed version: what every scan reads.
+    /// A table at its latest committed version: what every scan reads. The log
+    /// is listed outside the table's lock, so statements reading one table do not
+    /// take turns; the newest version any of them found is kept.
     pub async fn latest(&self, table: &TablePath) -> Result<Loaded> {
         let slot = self.slot(table);
-        let mut guard = slot.lock().await;
-        let delta = match guard.take() {
-            Some(mut loaded) => {
-                let before = loaded.delta.version();
-                let updated = loaded.delta.update_incremental(None).await;
-                if let Err(e) = updated {
-                    *guard = Some(loaded);
-                    return Err(Error::delta(table.as_str(), e));
-                }
-                if loaded.delta.version() == before {
-                    *guard = Some(loaded.clone());
-                    return Ok(loaded);
-                }
-                loaded.delta
-            }
-            None => self.lake.load_table(table).await?,
+        let cached = slot.lock().await.clone();
+        let Some(mut loaded) = cached else {
+            let mut guard = slot.lock().await;
+            let loaded = self.load(table, self.lake.load_table(table).await?).await?;
+            *guard = Some(loaded.clone());
+            return Ok(loaded);
         };
-        let loaded = self.load(table, delta).await?;
-        *guard = Some(loaded.clone());
+        let before = loaded.delta.version();
+        loaded.delta.update_incremental(None).await.map_err(|e| Error::delta(table.as_str(), e))?;
+        if loaded.delta.version() == before {
+            return Ok(loaded);
+        }
+        let loaded = self.load(table, loaded.delta).await?;
+        let mut guard = slot.lock().await;
+        if guard.as_ref().is_none_or(|kept| kept.delta.version() < loaded.delta.version()) {
+            *guard = Some(loaded.clone());
+        }
         Ok(loaded)
     }
 

@@ -91,6 +91,10 @@ impl Session {
             // Ours (Postgres' type names, only readable tables), not DataFusion's.
             .with_information_schema(false)
             .with_default_catalog_and_schema(DEFAULT_CATALOG, "public")
+            // Two partitions where a table has two files or more, never a
+            // round-robin split of one file's batches: for the dashboard's small
+            // statements that hand-off between threads cost more than it gained.
+            .set_bool("datafusion.optimizer.enable_round_robin_repartition", false)
             .with_create_default_catalog_and_schema(false)
             // DataFusion 55's top-k aggregation sizes a table as ten times the LIMIT,
             // which overflows for LIMIT 9223372036854775807 (found by fuzz_sql.py).
