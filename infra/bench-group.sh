@@ -7,8 +7,9 @@
 #
 # Each run drains the whole backlog with --stop-when-idle 5s; its time runs from
 # the group's first assignment (the run's first log line without a group) to its
-# last commit, less the 5 s the last commit waits for, read from the logs. Tansu runs the eager protocol here: its
-# cooperative rebalances never finish (README, Several instances).
+# last commit, less the 5 s the last commit waits for, read from the logs. Tansu
+# runs the eager protocol here: its cooperative rebalances never finish (README,
+# Several instances).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 users="${1:-3000}"

@@ -72,8 +72,6 @@ fn remember_secret(value: &str) {
     }
 }
 
-/// `text` with every credential Sluice was given replaced by `***`, and URL query
-/// strings (SAS signatures) cut: for every message that may quote a store's answer.
 /// Writes `body` at `path` unless an object is there already: `None` when this
 /// wrote it, else what is there (another writer's, or ours from an attempt whose
 /// answer was lost). Needs the store's conditional put, which [`probe`] checks.
@@ -86,6 +84,8 @@ pub async fn create_or_get(store: &dyn ObjectStore, path: &Path, body: Vec<u8>) 
     }
 }
 
+/// `text` with every credential Sluice was given replaced by `***`, and URL query
+/// strings (SAS signatures) cut: for every message that may quote a store's answer.
 pub fn redact(text: &str) -> String {
     let mut out = text.to_string();
     if let Ok(known) = secrets().lock() {
