@@ -19,7 +19,7 @@ use arrow::record_batch::RecordBatch;
 use crate::error::Result;
 use crate::schema::{FieldSpec, FieldType, TopicKind, TopicSchema};
 use crate::source::RawBatch;
-use json::{Envelope, Value};
+use json::{Envelope, Text, Value};
 
 /// A message that could not be decoded, with the reason.
 #[derive(Debug, Clone)]
@@ -39,7 +39,8 @@ pub struct Decoded {
     pub tombstones: usize,
 }
 
-/// Decodes the messages of one topic.
+/// Decodes the messages of one topic (cheap to clone: the schema is shared).
+#[derive(Clone)]
 pub struct TopicDecoder {
     schema: Arc<TopicSchema>,
 }
@@ -95,9 +96,13 @@ impl TopicDecoder {
                 continue;
             };
             cells.clear();
+            let message_text = match (text, &message.payload) {
+                (Some(text), Some(range)) => Text::Str(&text[range.clone()]),
+                _ => Text::Bytes(bytes),
+            };
             let checked = match changes {
-                Some(_) => self.check_change(bytes, &mut after, &mut before, &mut cells).map(Some),
-                None => json::parse_object(bytes, fields, &mut after)
+                Some(_) => self.check_change(message_text, &mut after, &mut before, &mut cells).map(Some),
+                None => json::parse_object(message_text, fields, &mut after)
                     .and_then(|()| check_fields(fields, &after, "", true, &mut cells))
                     .map(|()| None),
             };
@@ -112,9 +117,9 @@ impl TopicDecoder {
                         columns.append(&change);
                     }
                     offsets.push(message.offset);
-                    match (text, &message.payload) {
-                        (Some(text), Some(range)) => raws.append_value(&text[range.clone()]),
-                        _ => raws.append_value(String::from_utf8_lossy(bytes)),
+                    match message_text {
+                        Text::Str(text) => raws.append_value(text),
+                        Text::Bytes(bytes) => raws.append_value(String::from_utf8_lossy(bytes)),
                     }
                 }
                 Err(error) => dead_letters.push(DeadLetter {
@@ -142,13 +147,13 @@ impl TopicDecoder {
     /// A Debezium envelope: the entity's fields from `after` (from `before` on a delete).
     fn check_change<'a>(
         &self,
-        bytes: &'a [u8],
+        text: Text<'a>,
         after: &mut Vec<Value<'a>>,
         before: &mut Vec<Value<'a>>,
         cells: &mut Vec<Cell>,
     ) -> std::result::Result<Change, String> {
         let fields = &self.schema.fields;
-        let env: Envelope = json::parse_envelope(bytes, fields, after, before)?;
+        let env: Envelope = json::parse_envelope(text, fields, after, before)?;
         let op = match &env.op {
             Value::Str(op) => match &**op {
                 "c" => "c",

@@ -1,6 +1,7 @@
 //! The run loop: raw batches in, decoded, through every query, windows closed as
 //! watermarks pass, and the lake committed on an interval.
 
+mod ahead;
 mod backfill;
 pub mod group;
 mod metrics;
@@ -18,6 +19,7 @@ use arrow::datatypes::TimestampMicrosecondType;
 pub use metrics::{metrics_schema, BatchMetrics, METRICS_TOPIC};
 pub use observe::{serve, Latencies, Observed};
 
+use ahead::DecodeAhead;
 use query::{Lateness, RunningQuery};
 pub use reload::LiveDefinitions;
 
@@ -32,7 +34,7 @@ use crate::error::{Error, Result};
 use crate::plan::{InputTable, Shape, SqlFile};
 use crate::schema::{SchemaRegistry, EVENT_TIME};
 use crate::sink::{archive_batch, archive_layout, archive_table, ArchiveRetention, dead_letter_schema, dead_letters_batch, late_event_schema, LateEvents, MaintenancePolicy, TableLayout, TableSink, DEAD_LETTERS, LATE_EVENTS};
-use crate::source::{PartitionId, RawBatch, Source};
+use crate::source::{PartitionId, Source};
 use crate::time::Watermarks;
 use crate::mirror::Mirror;
 use crate::udf::Udfs;
@@ -120,6 +122,8 @@ pub struct RunStats {
 pub struct Pipeline {
     options: RunOptions,
     decoders: HashMap<Arc<str>, TopicDecoder>,
+    /// Batches read and being decoded, in reading order.
+    ahead: DecodeAhead,
     queries: Vec<RunningQuery>,
     /// Per CDC topic, its entities: written to `services/...` and joined by queries.
     mirrors: BTreeMap<Arc<str>, Mirror>,
@@ -356,6 +360,7 @@ impl Pipeline {
             lake: LakeWriter::new(sinks, checkpoints, options.maintenance.clone(), outage),
             options,
             decoders,
+            ahead: DecodeAhead::new(),
             queries,
             mirrors,
             dead_letters,
@@ -541,7 +546,16 @@ impl Pipeline {
         // long again of live work: the live tables keep at least half the time.
         let (mut quiet, mut live_since) = (false, Instant::now());
         let ended = loop {
+            if self.ahead.is_full() {
+                self.process_decoded().await?;
+                if self.should_commit() {
+                    self.track_partitions(source);
+                    self.commit().await?;
+                }
+                continue;
+            }
             if !self.backfills.is_empty() && (quiet || live_since.elapsed() >= backfill::SLICE) {
+                self.process_all_decoded().await?;
                 self.step_backfills().await?;
                 if self.should_commit() {
                     self.commit().await?;
@@ -554,11 +568,22 @@ impl Pipeline {
                 until_commit = until_commit.min(BACKFILL_TURN);
             }
             let raw = tokio::select! {
+                // The source first; what was decoded is taken while it has nothing ready.
+                biased;
                 batch = source.next_batch() => batch?,
+                () = std::future::ready(()), if !self.ahead.is_empty() => {
+                    self.process_decoded().await?;
+                    if self.should_commit() {
+                        self.track_partitions(source);
+                        self.commit().await?;
+                    }
+                    continue;
+                }
                 () = &mut stop => break false,
                 Some(()) = async { hangups.as_mut()?.recv().await } => {
                     let Some(live) = self.options.live.clone() else { continue };
                     // What was read so far is committed under the old definitions.
+                    self.process_all_decoded().await?;
                     self.close_windows().await?;
                     self.commit().await?;
                     match self.reload(&live).await {
@@ -583,12 +608,14 @@ impl Pipeline {
             };
             let Some(raw) = raw else { break true };
             self.options.progress.inc(raw.data.len() as u64 + raw.messages.len() as u64);
-            self.process(raw).await?;
-            if self.should_commit() {
-                self.track_partitions(source);
-                self.commit().await?;
-            }
+            let decoder = self
+                .decoders
+                .get(&raw.partition.topic)
+                .ok_or_else(|| Error::Input(format!("no schema for topic `{}`", raw.partition.topic)))?;
+            self.ahead.start(decoder.clone(), raw);
         };
+        // Batches read before a stop are processed, and committed below.
+        self.process_all_decoded().await?;
         self.options.progress.finish_and_clear();
         if ended {
             // A bounded source is exhausted: backfills finish first (from an archive
@@ -621,13 +648,20 @@ impl Pipeline {
         }
     }
 
-    /// One raw batch through decoding, every query reading its topic, and the metrics stream.
-    async fn process(&mut self, raw: RawBatch) -> Result<()> {
-        let decoder = self
-            .decoders
-            .get(&raw.partition.topic)
-            .ok_or_else(|| Error::Input(format!("no schema for topic `{}`", raw.partition.topic)))?;
-        let decoded = decoder.decode(&raw)?;
+    /// Every batch being decoded, through the queries: before anything that must
+    /// follow all that was read (a commit, a backfill's slice, a reload).
+    async fn process_all_decoded(&mut self) -> Result<()> {
+        while !self.ahead.is_empty() {
+            self.process_decoded().await?;
+        }
+        Ok(())
+    }
+
+    /// The oldest batch being decoded through every query reading its topic, and the
+    /// metrics stream.
+    async fn process_decoded(&mut self) -> Result<()> {
+        let Some(next) = self.ahead.next().await else { return Ok(()) };
+        let (raw, decoded) = next?;
         self.positions.insert(raw.partition.clone(), raw.next_offset);
         self.dirty = true;
         self.produced_at.extend(raw.messages.iter().filter_map(|m| m.timestamp));
