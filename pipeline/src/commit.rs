@@ -72,6 +72,8 @@ pub struct Committed {
     /// Milliseconds to stage the files and to write the state and manifest.
     pub write_ms: u64,
     pub state_ms: u64,
+    /// Milliseconds of the Delta commits themselves.
+    pub delta_ms: u64,
     /// Milliseconds of maintenance after the commits.
     pub maintain_ms: u64,
     /// Tables whose maintenance did something.
@@ -214,6 +216,7 @@ impl LakeWriter {
         self.epoch = epoch;
 
         // 3. Commit every table; one committed before an outage is not committed again.
+        let committing = Instant::now();
         let mut rows = 0;
         let mut pending: BTreeSet<String> = checkpoint.staged.keys().cloned().collect();
         let tables = pending.len();
@@ -240,6 +243,7 @@ impl LakeWriter {
             }
         }
 
+        let delta_ms = committing.elapsed().as_millis() as u64;
         loop {
             match self.checkpoints.prune_before(epoch).await {
                 Ok(()) => break,
@@ -249,7 +253,7 @@ impl LakeWriter {
         let maintaining = Instant::now();
         let maintained = self.maintain(&mut outage).await?;
         let maintain_ms = maintaining.elapsed().as_millis() as u64;
-        Ok(Committed { epoch, rows, tables, write_ms, state_ms, maintain_ms, maintained })
+        Ok(Committed { epoch, rows, tables, write_ms, state_ms, delta_ms, maintain_ms, maintained })
     }
 
     async fn save_checkpoint(&self, epoch: i64, state: &EpochState, staged: &BTreeMap<String, Staged>) -> Result<Checkpoint> {

@@ -164,6 +164,7 @@ pub async fn bench_kafka(brokers: &str, bench: &BenchArgs, storage: &StorageOpti
         kafka: Some(brokers.to_string()),
         stop_when_idle: Some(IDLE),
         batch_size,
+        commit_interval: bench.commit_interval,
         archive_retention: bench.archive_retention,
         ..RunArgs::files(dir.path(), &bench.lake.clone().unwrap_or_else(|| dir.path().join("lake").display().to_string()), definitions)
     };
