@@ -98,7 +98,8 @@ impl TopicDecoder {
             cells.clear();
             let message_text = match (text, &message.payload) {
                 (Some(text), Some(range)) => Text::Str(&text[range.clone()]),
-                _ => Text::Bytes(bytes),
+                // A batch with a message that is not UTF-8: the others are checked one by one.
+                _ => std::str::from_utf8(bytes).map_or(Text::Bytes(bytes), Text::Str),
             };
             let checked = match changes {
                 Some(_) => self.check_change(message_text, &mut after, &mut before, &mut cells).map(Some),

@@ -14,13 +14,15 @@ use crate::source::RawBatch;
 
 pub(super) struct DecodeAhead {
     in_flight: VecDeque<JoinHandle<(RawBatch, Result<Decoded>)>>,
-    /// Batches decoded at once: one per core, so every core has one to work on.
+    /// Batches decoded at once: two per core, so that a core finishing one has the
+    /// next while the loop is still reading (one per core measured 12 % slower on the
+    /// one-query run, four per core 10 %).
     depth: usize,
 }
 
 impl DecodeAhead {
     pub(super) fn new() -> Self {
-        let depth = std::thread::available_parallelism().map_or(2, |n| n.get()).max(2);
+        let depth = 2 * std::thread::available_parallelism().map_or(2, |n| n.get());
         DecodeAhead { in_flight: VecDeque::with_capacity(depth), depth }
     }
 
@@ -32,7 +34,7 @@ impl DecodeAhead {
         }));
     }
 
-    /// As many batches as there are cores are being decoded: the loop should take one
+    /// As many batches as it decodes at once are in flight: the loop should take one
     /// before it reads another.
     pub(super) fn is_full(&self) -> bool {
         self.in_flight.len() >= self.depth

@@ -10,6 +10,7 @@ use arrow::array::{AsArray, BooleanArray, RecordBatch};
 use arrow::compute::filter_record_batch;
 use arrow::datatypes::{Int64Type, TimestampMicrosecondType};
 use datafusion::physical_plan::filter::FilterExec;
+use datafusion::physical_plan::streaming::StreamingTableExec;
 use datafusion::physical_plan::{collect, ExecutionPlan};
 use datafusion::physical_plan::execution_plan::reset_plan_states;
 
@@ -34,6 +35,9 @@ pub struct RunningQuery {
     /// The windowed query keeps only some of its topics' rows (a `WHERE`): a row
     /// past its window is late for this table only if the filter keeps it.
     filters_input: bool,
+    /// Per topic it reads, the columns of the topic's batches its plan reads (all
+    /// when absent): leaving late rows out copies only those.
+    columns_read: Vec<(Arc<str>, Vec<bool>)>,
 }
 
 /// Where a batch's late rows are recorded: the rows for `late_events`, and per
@@ -58,7 +62,19 @@ impl RunningQuery {
             Shape::Windowed { input, .. } => has_filter(input.as_ref()),
             _ => false,
         };
-        Ok(RunningQuery { query, clock, windows, current, filters_input })
+        let columns_read = match &query.shape {
+            Shape::Windowed { input, .. } => query
+                .inputs
+                .iter()
+                .map(|(topic, slot)| {
+                    let mut read = vec![false; slot.schema().fields().len()];
+                    mark_columns_read(input.as_ref(), slot, &mut read);
+                    (topic.clone(), read)
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        Ok(RunningQuery { query, clock, windows, current, filters_input, columns_read })
     }
 
     /// The state a restart needs (windows, or keys), as rows.
@@ -141,7 +157,7 @@ impl RunningQuery {
                             late.events.push(row, row_watermarks[row], &self.query.table);
                         }
                     }
-                    rows = filter_record_batch(batch, &keep)?;
+                    rows = self.without_late_rows(&id.topic, batch, &keep)?;
                 }
             }
             // Sessions judge lateness per input row, at the watermark just before
@@ -188,6 +204,26 @@ impl RunningQuery {
         }
         let late_rows = is_late.iter().enumerate().filter(|(_, l)| **l).map(|(row, _)| row).collect();
         Ok(Some((BooleanArray::from(is_late.into_iter().map(|l| !l).collect::<Vec<bool>>()), late_rows)))
+    }
+
+    /// `batch` with only the rows `keep` says, in the columns the plan reads; the
+    /// others (often most of the bytes: ids, the raw message) become placeholders
+    /// of the right length that the plan never looks at.
+    fn without_late_rows(&self, topic: &str, batch: &RecordBatch, keep: &BooleanArray) -> Result<RecordBatch> {
+        let Some((_, read)) = self.columns_read.iter().find(|(t, _)| &**t == topic) else {
+            return Ok(filter_record_batch(batch, keep)?);
+        };
+        let kept = keep.true_count();
+        let columns = batch
+            .columns()
+            .iter()
+            .zip(read)
+            .map(|(column, &read)| match read {
+                true => Ok(arrow::compute::filter(column, keep)?),
+                false => placeholder(column.data_type(), kept).map_or_else(|| Ok(arrow::compute::filter(column, keep)?), Ok),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(RecordBatch::try_new(batch.schema(), columns)?)
     }
 
     /// Whether the query's `input` keeps anything of `row` (late rows only: they
@@ -257,6 +293,35 @@ impl RunningQuery {
     }
 }
 
+/// Marks in `read` the columns of `slot`'s batches that `plan`'s scans of it read;
+/// a scan without a projection reads them all.
+fn mark_columns_read(plan: &dyn ExecutionPlan, slot: &Slot, read: &mut [bool]) {
+    if let Some(scan) = plan.downcast_ref::<StreamingTableExec>() {
+        if scan.partitions().iter().any(|p| Arc::ptr_eq(p.schema(), slot.schema())) {
+            match scan.projection() {
+                Some(columns) => {
+                    for &c in columns.iter() {
+                        if let Some(r) = read.get_mut(c) {
+                            *r = true;
+                        }
+                    }
+                }
+                None => read.fill(true),
+            }
+        }
+    }
+    for child in plan.children() {
+        mark_columns_read(child.as_ref(), slot, read);
+    }
+}
+
+/// An array of `len` rows without nulls that costs next to nothing: zeros, empty
+/// strings, false. `None` for a type where that would not be valid.
+fn placeholder(data_type: &arrow::datatypes::DataType, len: usize) -> Option<arrow::array::ArrayRef> {
+    let data = arrow::array::new_null_array(data_type, len).to_data().into_builder().nulls(None).build().ok()?;
+    Some(arrow::array::make_array(data))
+}
+
 /// Whether `plan` drops rows by a predicate somewhere (a `WHERE`).
 fn has_filter(plan: &dyn ExecutionPlan) -> bool {
     plan.name() == FilterExec::static_name() || plan.children().into_iter().any(|c| has_filter(c.as_ref()))
@@ -290,4 +355,74 @@ fn split_by_window_end(rows: &RecordBatch, window_index: usize) -> Result<Vec<(i
             Ok((end, filter_record_batch(rows, &keep)?))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::{Path, PathBuf};
+
+    use arrow::array::Array;
+
+    use super::*;
+    use crate::decode::TopicDecoder;
+    use crate::plan::{plan, SqlFile};
+    use crate::schema::SchemaRegistry;
+    use crate::source::RawBatch;
+
+    #[tokio::test]
+    async fn late_rows_are_left_out_of_the_columns_the_plan_reads_with_the_same_result() {
+        let registry = SchemaRegistry::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../schemas")).unwrap();
+        let sql = "SELECT tumble(interval '1 minute') AS window, service, count(*) AS n, max(duration_ms) AS worst \
+                   FROM gateway.requests WHERE method = 'GET' GROUP BY window, service";
+        let file = SqlFile { path: PathBuf::from("t.sql"), table: TablePath::new("a/b/c").unwrap(), sql: sql.into() };
+        let query = RunningQuery::new(plan(&file, &crate::runtime::input_tables(&registry), &Default::default()).await.unwrap()).unwrap();
+        let (topic, slot) = query.query.inputs[0].clone();
+        let (_, read) = query.columns_read.iter().find(|(t, _)| *t == topic).unwrap();
+        let names: Vec<&str> = slot.schema().fields().iter().zip(read).filter(|(_, r)| **r).map(|(f, _)| f.name().as_str()).collect();
+        for used in ["ts", "service", "duration_ms", "method"] {
+            assert!(names.contains(&used), "{used} is read, but the plan is said to read only {names:?}");
+        }
+        for unused in ["request_id", "correlation_id", "user_id", "_raw"] {
+            assert!(!names.contains(&unused), "{unused} is not read, but is in {names:?}");
+        }
+
+        let lines: Vec<String> = (0..40)
+            .map(|i| {
+                let method = if i % 3 == 0 { "POST" } else { "GET" };
+                let service = ["auth", "devlab"][i % 2];
+                format!(
+                    r#"{{"request_id":"r{i}","correlation_id":"c{i}","ts":"2026-03-01T00:0{}:{:02}Z","service":"{service}","upstream_instance":"x","method":"{method}","route":"/","status":200,"duration_ms":{i}.5,"auth_outcome":"ok","rate_limited":false,"bytes_out":1}}"#,
+                    i % 4,
+                    i
+                )
+            })
+            .collect();
+        let mut data = Vec::new();
+        let mut messages = Vec::new();
+        for (i, line) in lines.iter().enumerate() {
+            let from = data.len();
+            data.extend_from_slice(line.as_bytes());
+            messages.push(crate::source::RawMessage { offset: i as i64, payload: Some(from..data.len()), timestamp: None });
+        }
+        let partition = PartitionId { topic: topic.clone(), partition: 0 };
+        let raw = RawBatch { partition, ingested_at: 0, data, messages, next_offset: 40, end_of_partition: false };
+        let batch = TopicDecoder::new(registry.get("gateway.requests").unwrap().clone()).decode(&raw).unwrap().batch;
+        let keep = BooleanArray::from((0..40).map(|i| i % 5 != 0).collect::<Vec<bool>>());
+
+        let Shape::Windowed { input, .. } = &query.query.shape else { panic!("not windowed") };
+        let run = |rows: RecordBatch| {
+            let (input, slot, ctx) = (input.clone(), slot.clone(), query.query.task_ctx.clone());
+            async move {
+                slot.fill(vec![rows]);
+                let out = collect(input, ctx).await.unwrap();
+                arrow::compute::concat_batches(&out[0].schema(), &out).unwrap()
+            }
+        };
+        let thin = query.without_late_rows(&topic, &batch, &keep).unwrap();
+        assert_eq!(thin.num_rows(), 32);
+        let raw_column = thin.column_by_name("_raw").unwrap();
+        assert_eq!(raw_column.len(), 32);
+        assert!(raw_column.as_string::<i32>().iter().all(|v| v == Some("")), "an unread column is a placeholder");
+        assert_eq!(run(thin).await, run(filter_record_batch(&batch, &keep).unwrap()).await);
+    }
 }
