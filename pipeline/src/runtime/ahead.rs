@@ -1,19 +1,28 @@
-//! Decoding ahead of the run loop. Each batch read is decoded on Tokio's blocking
-//! pool while the loop feeds the queries with the batches before it: decoding, most
-//! of a message's cost, takes the other cores instead of waiting its turn on the
-//! loop's. Batches come out in the order they were read, so no result depends on
+//! Decoding ahead of the run loop. Each batch read is decoded (and its archive rows
+//! made) on Tokio's blocking pool while the loop feeds the queries with the batches
+//! before it: decoding, most of a message's cost, takes the other cores instead of
+//! waiting its turn on the loop's. Batches come out in the order they were read, so no result depends on
 //! how far ahead decoding ran.
 
 use std::collections::VecDeque;
 
+use arrow::record_batch::RecordBatch;
 use tokio::task::JoinHandle;
 
 use crate::decode::{Decoded, TopicDecoder};
 use crate::error::{Error, Result};
+use crate::sink::archive_batch;
 use crate::source::RawBatch;
 
+/// A batch as read, decoded, and its raw archive's rows when the topic is archived.
+pub(super) struct Ready {
+    pub raw: RawBatch,
+    pub decoded: Decoded,
+    pub archived: Option<RecordBatch>,
+}
+
 pub(super) struct DecodeAhead {
-    in_flight: VecDeque<JoinHandle<(RawBatch, Result<Decoded>)>>,
+    in_flight: VecDeque<JoinHandle<Result<Ready>>>,
     /// Batches decoded at once: two per core, so that a core finishing one has the
     /// next while the loop is still reading (one per core measured 12 % slower on the
     /// one-query run, four per core 10 %).
@@ -26,11 +35,13 @@ impl DecodeAhead {
         DecodeAhead { in_flight: VecDeque::with_capacity(depth), depth }
     }
 
-    /// Starts decoding `raw`; it comes out of [`next`](Self::next) after the batches read before it.
-    pub(super) fn start(&mut self, decoder: TopicDecoder, raw: RawBatch) {
+    /// Starts decoding `raw` (and with `archive`, making its archive rows); it comes
+    /// out of [`next`](Self::next) after the batches read before it.
+    pub(super) fn start(&mut self, decoder: TopicDecoder, raw: RawBatch, archive: bool) {
         self.in_flight.push_back(tokio::task::spawn_blocking(move || {
-            let decoded = decoder.decode(&raw);
-            (raw, decoded)
+            let decoded = decoder.decode(&raw)?;
+            let archived = if archive { Some(archive_batch(&raw)?) } else { None };
+            Ok(Ready { raw, decoded, archived })
         }));
     }
 
@@ -45,12 +56,8 @@ impl DecodeAhead {
     }
 
     /// The oldest batch, once decoded; `None` when nothing is in flight.
-    pub(super) async fn next(&mut self) -> Option<Result<(RawBatch, Decoded)>> {
+    pub(super) async fn next(&mut self) -> Option<Result<Ready>> {
         let handle = self.in_flight.pop_front()?;
-        Some(match handle.await {
-            Ok((raw, Ok(decoded))) => Ok((raw, decoded)),
-            Ok((_, Err(e))) => Err(e),
-            Err(e) => Err(Error::Internal(format!("decoding a batch stopped: {e}"))),
-        })
+        Some(handle.await.unwrap_or_else(|e| Err(Error::Internal(format!("decoding a batch stopped: {e}")))))
     }
 }

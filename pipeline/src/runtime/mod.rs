@@ -33,7 +33,7 @@ use crate::decode::TopicDecoder;
 use crate::error::{Error, Result};
 use crate::plan::{InputTable, Shape, SqlFile};
 use crate::schema::{SchemaRegistry, EVENT_TIME};
-use crate::sink::{archive_batch, archive_layout, archive_table, ArchiveRetention, dead_letter_schema, dead_letters_batch, late_event_schema, LateEvents, MaintenancePolicy, TableLayout, TableSink, DEAD_LETTERS, LATE_EVENTS};
+use crate::sink::{archive_layout, archive_table, ArchiveRetention, dead_letter_schema, dead_letters_batch, late_event_schema, LateEvents, MaintenancePolicy, TableLayout, TableSink, DEAD_LETTERS, LATE_EVENTS};
 use crate::source::{PartitionId, Source};
 use crate::time::Watermarks;
 use crate::mirror::Mirror;
@@ -612,7 +612,8 @@ impl Pipeline {
                 .decoders
                 .get(&raw.partition.topic)
                 .ok_or_else(|| Error::Input(format!("no schema for topic `{}`", raw.partition.topic)))?;
-            self.ahead.start(decoder.clone(), raw);
+            let archive = self.archives.contains_key(&raw.partition.topic);
+            self.ahead.start(decoder.clone(), raw, archive);
         };
         // Batches read before a stop are processed, and committed below.
         self.process_all_decoded().await?;
@@ -661,7 +662,7 @@ impl Pipeline {
     /// metrics stream.
     async fn process_decoded(&mut self) -> Result<()> {
         let Some(next) = self.ahead.next().await else { return Ok(()) };
-        let (raw, decoded) = next?;
+        let ahead::Ready { raw, decoded, archived } = next?;
         self.positions.insert(raw.partition.clone(), raw.next_offset);
         self.dirty = true;
         self.produced_at.extend(raw.messages.iter().filter_map(|m| m.timestamp));
@@ -669,8 +670,8 @@ impl Pipeline {
         self.stats.bytes += raw.data.len() as u64;
         self.stats.bad += decoded.dead_letters.len() as u64;
         self.stats.tombstones += decoded.tombstones as u64;
-        if let Some(archive) = self.archives.get(&raw.partition.topic).cloned() {
-            self.sink(&archive)?.push_table_rows(archive_batch(&raw)?);
+        if let (Some(archive), Some(rows)) = (self.archives.get(&raw.partition.topic).cloned(), archived) {
+            self.sink(&archive)?.push_table_rows(rows);
         }
         if !decoded.dead_letters.is_empty() && self.lake.has_sink(&self.dead_letters) {
             let rows = dead_letters_batch(&raw, &decoded.dead_letters)?;
