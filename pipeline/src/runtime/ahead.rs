@@ -24,7 +24,7 @@ pub(super) struct Ready {
 pub(super) struct DecodeAhead {
     in_flight: VecDeque<JoinHandle<Result<Ready>>>,
     /// Batches decoded at once: two per core, so that a core finishing one has the
-    /// next while the loop is still reading (one per core measured 12 % slower on the
+    /// next while the loop is still reading (one per core measured 14 % slower on the
     /// one-query run, four per core 10 %).
     depth: usize,
 }
