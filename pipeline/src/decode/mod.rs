@@ -439,6 +439,27 @@ mod tests {
     }
 
     #[test]
+    fn a_message_that_is_not_utf8_is_a_dead_letter_and_spoils_none_of_its_batch() {
+        let lines = [GOOD, "PLACEHOLDER", GOOD];
+        let mut raw = super::testing::raw("gateway.requests", &lines);
+        // The middle message: GOOD with one byte of its route that is not UTF-8.
+        let mut bad_bytes = GOOD.as_bytes().to_vec();
+        bad_bytes[GOOD.find("exams").unwrap() + 2] = 0xff;
+        let (first_end, last_start) = (GOOD.len(), GOOD.len() + "PLACEHOLDER".len());
+        raw.data = [&raw.data[..first_end], &bad_bytes[..], &raw.data[last_start..]].concat();
+        raw.messages[1].payload = Some(first_end..first_end + bad_bytes.len());
+        raw.messages[2].payload = Some(first_end + bad_bytes.len()..raw.data.len());
+        let registry = super::testing::registry();
+        let d = super::TopicDecoder::new(registry.get("gateway.requests").unwrap().clone()).decode(&raw).unwrap();
+        assert_eq!(d.batch.num_rows(), 2, "{:?}", d.dead_letters);
+        assert_eq!(d.dead_letters.len(), 1);
+        assert!(d.dead_letters[0].error.contains("invalid unicode") || d.dead_letters[0].error.contains("UTF-8"), "{}", d.dead_letters[0].error);
+        assert_eq!(d.dead_letters[0].offset, 11);
+        let raws = d.batch.column_by_name("_raw").unwrap().as_string::<i32>().clone();
+        assert_eq!((raws.value(0), raws.value(1)), (GOOD, GOOD));
+    }
+
+    #[test]
     fn change_envelopes_decode_and_tombstones_are_skipped() {
         let lines = [
             r#"{"op":"c","ts_ms":1772356502125,"before":null,"after":{"user_id":"u-17","org_id":"org-3","role":"learner","display_name":"Ana","locale":"pt-BR"},"source":{"service":"directory","entity":"users","lsn":4711}}"#,

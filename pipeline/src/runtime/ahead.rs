@@ -1,8 +1,8 @@
 //! Decoding ahead of the run loop. Each batch read is decoded (and its archive rows
 //! made) on Tokio's blocking pool while the loop feeds the queries with the batches
 //! before it: decoding, most of a message's cost, takes the other cores instead of
-//! waiting its turn on the loop's. Batches come out in the order they were read, so no result depends on
-//! how far ahead decoding ran.
+//! waiting its turn on the loop's. Batches come out in the order they were read, so
+//! no result depends on how far ahead decoding ran.
 
 use std::collections::VecDeque;
 
