@@ -31,24 +31,7 @@ fn quiet_handled_upload_panics() {
 /// Every runtime thread's stack.
 const THREAD_STACK: usize = 32 << 20;
 
-/// glibc serves a freed block's size from the thread's heap from then on instead of
-/// mapping it anew (its mmap threshold rises up to 32 MiB), and every thread that
-/// decodes or encodes gets a heap of its own: Arrow buffers freed on another thread
-/// then stay in those heaps. A fixed threshold of 1 MiB gives them back to the
-/// system: peak RSS of the 36 h bench 810-847 -> 593-607 MiB for ~5 % of its speed
-/// (README, Performance). `MALLOC_MMAP_THRESHOLD_` in the environment wins.
-fn return_large_buffers_to_the_system() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    if std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_none() {
-        // SAFETY: mallopt only sets a tunable, before any thread but this one exists.
-        unsafe {
-            libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
-        }
-    }
-}
-
 fn main() -> std::process::ExitCode {
-    return_large_buffers_to_the_system();
     quiet_handled_upload_panics();
     let cli = sluice::cli::Cli::parse();
     let default_log = match &cli.command {
