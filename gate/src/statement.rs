@@ -39,11 +39,17 @@ pub struct StatementLimits {
     /// Bytes of one string literal (or bound parameter). A literal is copied into
     /// every row it is combined with, so this bounds what one batch can grow to.
     pub max_literal_bytes: usize,
+    /// Function calls inside function calls, as counted by [`calls_nested`]. The
+    /// parser (sqlparser 0.62) tries each call's arguments more than one way, so its
+    /// time doubles with every level: 5 ms at 12 levels, minutes at 30, on a
+    /// thread the statement's time limit does not reach yet. 16 levels parse in
+    /// under 0.1 s, and SQL written by people or tools nests a handful.
+    pub max_call_depth: usize,
 }
 
 impl Default for StatementLimits {
     fn default() -> Self {
-        StatementLimits { max_bytes: 1 << 20, max_depth: 1000, max_literal_bytes: 16 << 10 }
+        StatementLimits { max_bytes: 1 << 20, max_depth: 1000, max_literal_bytes: 16 << 10, max_call_depth: 16 }
     }
 }
 
@@ -63,6 +69,13 @@ pub fn admit(sql: &str, limits: &StatementLimits) -> Result<(), Refused> {
         if longest > limits.max_literal_bytes {
             return Err(too_complex(format!("a literal of {longest} bytes, more than the limit of {} bytes", limits.max_literal_bytes)));
         }
+    }
+    let calls = calls_nested(&tokens);
+    if calls > limits.max_call_depth {
+        return Err(too_complex(format!(
+            "function calls nested {calls} deep, more than the limit of {}",
+            limits.max_call_depth
+        )));
     }
     let depth = nesting(&tokens);
     if depth > limits.max_depth {
@@ -96,6 +109,34 @@ fn literal_len(token: &Token) -> Option<usize> {
         Token::DollarQuotedString(s) => Some(s.value.len()),
         _ => None,
     }
+}
+
+/// The deepest nesting of brackets opened right after a word (`f(`, `count(`, but
+/// also `IN (`, `OVER (`: counting too many only makes the bound stricter).
+pub fn calls_nested(tokens: &[Token]) -> usize {
+    let mut open: Vec<bool> = Vec::new();
+    let (mut calls, mut deepest) = (0usize, 0usize);
+    let mut after_word = false;
+    for token in tokens {
+        match token {
+            Token::Whitespace(_) => continue,
+            Token::SemiColon => (open, calls) = (Vec::new(), 0),
+            Token::LParen | Token::LBracket | Token::LBrace => {
+                let call = after_word && matches!(token, Token::LParen);
+                open.push(call);
+                calls += usize::from(call);
+                deepest = deepest.max(calls);
+            }
+            Token::RParen | Token::RBracket | Token::RBrace => {
+                if open.pop() == Some(true) {
+                    calls -= 1;
+                }
+            }
+            _ => {}
+        }
+        after_word = matches!(token, Token::Word(_));
+    }
+    deepest
 }
 
 /// One bracket level of [`nesting`]'s walk.
@@ -362,7 +403,7 @@ mod tests {
 
     #[test]
     fn admission_names_the_limit_it_exceeds() {
-        let limits = StatementLimits { max_bytes: 1000, max_depth: 50, max_literal_bytes: 100 };
+        let limits = StatementLimits { max_bytes: 1000, max_depth: 50, max_literal_bytes: 100, max_call_depth: 16 };
         let big = admit(&format!("SELECT '{}'", "x".repeat(2000)), &limits).unwrap_err();
         assert_eq!(big.code, TOO_COMPLEX);
         assert!(big.message.contains("more than the limit of 1000 bytes"), "{}", big.message);
@@ -372,5 +413,24 @@ mod tests {
         assert!(deep.message.starts_with("statement too complex: nesting of about") && deep.message.contains("limit of 50"), "{}", deep.message);
         assert_eq!(admit("SELECT 1 + 1", &limits), Ok(()));
         assert_eq!(admit("SELECT 'unterminated", &limits), Ok(()), "left to the parser");
+        let calls = |n: usize| format!("SELECT {}x{} FROM t", "coalesce(".repeat(n), ")".repeat(n));
+        assert_eq!(admit(&calls(16), &limits), Ok(()));
+        let nested = admit(&calls(17), &limits).unwrap_err();
+        assert_eq!(nested.code, TOO_COMPLEX);
+        assert!(nested.message.contains("function calls nested 17 deep, more than the limit of 16"), "{}", nested.message);
+        // Unclosed, as the SQL fuzzer sent them: the parser's time doubles per level.
+        assert!(admit(&format!("SELECT {}1", "f(".repeat(40)), &limits).is_err());
+    }
+
+    #[test]
+    fn calls_are_counted_where_they_nest_not_where_they_follow_each_other() {
+        let calls = |sql: &str| calls_nested(&Tokenizer::new(&PostgreSqlDialect {}, sql).tokenize().unwrap());
+        assert_eq!(calls("SELECT 1"), 0);
+        assert_eq!(calls("SELECT f(1), g(2), h(3)"), 1);
+        assert_eq!(calls("SELECT f(g(h(1)))"), 3);
+        assert_eq!(calls("SELECT f((((1))))"), 1, "plain parentheses are cheap to parse");
+        assert_eq!(calls("SELECT x FROM t WHERE a IN (SELECT f(b) FROM u)"), 2, "IN ( counts: stricter, never looser");
+        assert_eq!(calls("SELECT f(g(1)); SELECT h(2)"), 2);
+        assert_eq!(calls("SELECT f(g(1"), 2, "unclosed");
     }
 }

@@ -27,6 +27,20 @@ fn statements_that_once_crashed_are_admitted_or_refused() {
     }
 }
 
+/// Statements the fuzzer found slow to parse (`slow-*`: time that doubles with each
+/// nested call) must be refused before the parser sees them.
+#[test]
+fn statements_that_were_slow_to_parse_are_refused_before_parsing() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/regressions/statement");
+    let slow: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().starts_with("slow-")).collect();
+    assert!(!slow.is_empty(), "no slow-* inputs in {}", dir.display());
+    for entry in slow {
+        let sql = String::from_utf8_lossy(&std::fs::read(entry.path()).unwrap()).to_string();
+        let refused = admit(&sql, &StatementLimits::default()).expect_err("a slow statement is admitted");
+        assert!(refused.message.contains("function calls nested"), "{}", refused.message);
+    }
+}
+
 #[test]
 fn tokens_and_parameters_that_once_crashed_are_refused() {
     let verifier = Verifier::hs256(b"fuzzing secret of enough bytes").unwrap();
