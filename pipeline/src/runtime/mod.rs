@@ -547,11 +547,7 @@ impl Pipeline {
         let (mut quiet, mut live_since) = (false, Instant::now());
         let ended = loop {
             if self.ahead.is_full() {
-                self.process_decoded().await?;
-                if self.should_commit() {
-                    self.track_partitions(source);
-                    self.commit().await?;
-                }
+                self.take_decoded(source).await?;
                 continue;
             }
             if !self.backfills.is_empty() && (quiet || live_since.elapsed() >= backfill::SLICE) {
@@ -572,11 +568,7 @@ impl Pipeline {
                 biased;
                 batch = source.next_batch() => batch?,
                 () = std::future::ready(()), if !self.ahead.is_empty() => {
-                    self.process_decoded().await?;
-                    if self.should_commit() {
-                        self.track_partitions(source);
-                        self.commit().await?;
-                    }
+                    self.take_decoded(source).await?;
                     continue;
                 }
                 () = &mut stop => break false,
@@ -647,6 +639,16 @@ impl Pipeline {
                 .unwrap_or(0);
             self.watermarks.add_partition(id, delay);
         }
+    }
+
+    /// The oldest batch being decoded through the queries, and a commit if one is due.
+    async fn take_decoded(&mut self, source: &dyn Source) -> Result<()> {
+        self.process_decoded().await?;
+        if self.should_commit() {
+            self.track_partitions(source);
+            self.commit().await?;
+        }
+        Ok(())
     }
 
     /// Every batch being decoded, through the queries: before anything that must

@@ -359,23 +359,20 @@ fn split_by_window_end(rows: &RecordBatch, window_index: usize) -> Result<Vec<(i
 
 #[cfg(test)]
 mod tests {
-    use std::path::{Path, PathBuf};
+    use std::path::PathBuf;
 
     use arrow::array::Array;
 
     use super::*;
-    use crate::decode::TopicDecoder;
+    use crate::decode::testing::{decode, registry};
     use crate::plan::{plan, SqlFile};
-    use crate::schema::SchemaRegistry;
-    use crate::source::RawBatch;
 
     #[tokio::test]
     async fn late_rows_are_left_out_of_the_columns_the_plan_reads_with_the_same_result() {
-        let registry = SchemaRegistry::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../schemas")).unwrap();
         let sql = "SELECT tumble(interval '1 minute') AS window, service, count(*) AS n, max(duration_ms) AS worst \
                    FROM gateway.requests WHERE method = 'GET' GROUP BY window, service";
         let file = SqlFile { path: PathBuf::from("t.sql"), table: TablePath::new("a/b/c").unwrap(), sql: sql.into() };
-        let query = RunningQuery::new(plan(&file, &crate::runtime::input_tables(&registry), &Default::default()).await.unwrap()).unwrap();
+        let query = RunningQuery::new(plan(&file, &crate::runtime::input_tables(&registry()), &Default::default()).await.unwrap()).unwrap();
         let (topic, slot) = query.query.inputs[0].clone();
         let (_, read) = query.columns_read.iter().find(|(t, _)| *t == topic).unwrap();
         let names: Vec<&str> = slot.schema().fields().iter().zip(read).filter(|(_, r)| **r).map(|(f, _)| f.name().as_str()).collect();
@@ -397,16 +394,7 @@ mod tests {
                 )
             })
             .collect();
-        let mut data = Vec::new();
-        let mut messages = Vec::new();
-        for (i, line) in lines.iter().enumerate() {
-            let from = data.len();
-            data.extend_from_slice(line.as_bytes());
-            messages.push(crate::source::RawMessage { offset: i as i64, payload: Some(from..data.len()), timestamp: None });
-        }
-        let partition = PartitionId { topic: topic.clone(), partition: 0 };
-        let raw = RawBatch { partition, ingested_at: 0, data, messages, next_offset: 40, end_of_partition: false };
-        let batch = TopicDecoder::new(registry.get("gateway.requests").unwrap().clone()).decode(&raw).unwrap().batch;
+        let batch = decode(&topic, &lines.iter().map(String::as_str).collect::<Vec<_>>()).batch;
         let keep = BooleanArray::from((0..40).map(|i| i % 5 != 0).collect::<Vec<bool>>());
 
         let Shape::Windowed { input, .. } = &query.query.shape else { panic!("not windowed") };
