@@ -23,11 +23,14 @@
 
 mod current;
 pub mod directives;
+mod files;
+mod fingerprint;
+mod inspect;
 mod slot;
 mod window;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use arrow::datatypes::{DataType, SchemaRef};
@@ -38,7 +41,7 @@ use datafusion::datasource::provider_as_source;
 use datafusion::execution::context::{SQLOptions, SessionState};
 use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::execution::TaskContext;
-use datafusion::logical_expr::{Aggregate, Expr, LogicalPlan, TableScanBuilder};
+use datafusion::logical_expr::{Aggregate, LogicalPlan, TableScanBuilder};
 use datafusion::optimizer::Optimizer;
 use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
 use datafusion::physical_plan::{ExecutionPlan, PhysicalExpr};
@@ -46,6 +49,10 @@ use datafusion::physical_planner::{DefaultPhysicalPlanner, PhysicalPlanner};
 use datafusion::prelude::{SessionConfig, SessionContext};
 
 pub use current::CurrentSpec;
+pub use files::{load_sql_dir, SqlFile};
+pub use fingerprint::what_changed;
+use fingerprint::{fingerprint, parts_of};
+use inspect::{called_functions, refuse_unbounded, regroups};
 pub use crate::dialect::{window_type, WINDOW_FUNCTIONS};
 pub use slot::Slot;
 pub use window::WindowSpec;
@@ -53,41 +60,6 @@ pub use window::WindowSpec;
 use crate::catalog::TablePath;
 use crate::error::{Error, Result};
 use crate::udf::Udfs;
-
-/// One `.sql` file of the `sql/` directory.
-#[derive(Debug, Clone)]
-pub struct SqlFile {
-    pub path: PathBuf,
-    pub table: TablePath,
-    pub sql: String,
-}
-
-/// Every `.sql` file under `dir`, each defining the table at its relative path.
-pub fn load_sql_dir(dir: &Path) -> Result<Vec<SqlFile>> {
-    let mut files = Vec::new();
-    walk(dir, dir, &mut files)?;
-    files.sort_by(|a, b| a.table.cmp(&b.table));
-    if files.is_empty() {
-        return Err(Error::Config(format!("{}: no .sql files", dir.display())));
-    }
-    Ok(files)
-}
-
-fn walk(root: &Path, dir: &Path, out: &mut Vec<SqlFile>) -> Result<()> {
-    let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
-    for entry in entries {
-        let path = entry.map_err(|e| Error::io(dir, e))?.path();
-        if path.is_dir() {
-            walk(root, &path, out)?;
-        } else if path.extension().is_some_and(|x| x == "sql") {
-            let relative = path.strip_prefix(root).unwrap_or(&path).with_extension("");
-            let table = TablePath::from_relative(&relative).map_err(|message| Error::Sql { path: path.clone(), message })?;
-            let sql = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-            out.push(SqlFile { path, table, sql });
-        }
-    }
-    Ok(())
-}
 
 /// A table SQL can read: a topic's stream, or the mirror a CDC topic maintains.
 #[derive(Debug, Clone)]
@@ -369,52 +341,6 @@ pub async fn plan(file: &SqlFile, inputs: &[InputTable], udfs: &Udfs) -> Result<
     })
 }
 
-/// The fingerprint of each part of an unoptimized plan a change may touch.
-fn parts_of(plan: &LogicalPlan, directives: &str) -> BTreeMap<String, String> {
-    let mut text: BTreeMap<&str, String> = BTreeMap::new();
-    let mut add = |part: &'static str, what: String| text.entry(part).or_default().push_str(&format!("{what}\n"));
-    let _ = plan.apply(|node| {
-        match node {
-            LogicalPlan::TableScan(scan) => add("sources", scan.table_name.to_string()),
-            LogicalPlan::Filter(filter) => add("filters", filter.predicate.to_string()),
-            LogicalPlan::Aggregate(a) => {
-                add("grouping", a.group_expr.iter().map(|e| e.to_string()).collect::<Vec<_>>().join(", "));
-                add("aggregates", a.aggr_expr.iter().map(|e| e.to_string()).collect::<Vec<_>>().join(", "));
-            }
-            LogicalPlan::Join(join) => add("joins", format!("{:?} {:?} {:?}", join.join_type, join.on, join.filter)),
-            _ => {}
-        }
-        Ok(TreeNodeRecursion::Continue)
-    });
-    let columns = plan.schema().fields().iter().map(|f| format!("{} {}", f.name(), f.data_type())).collect::<Vec<_>>().join(", ");
-    text.insert("columns", columns);
-    text.insert("directives", directives.to_string());
-    text.into_iter().map(|(part, what)| (part.to_string(), fingerprint(&what))).collect()
-}
-
-/// What differs between two plans' parts, for a person: "its aggregates and
-/// columns changed", or "its plan changed" when no part says (an old checkpoint, or a
-/// change elsewhere in the plan).
-pub fn what_changed(before: &BTreeMap<String, String>, after: &BTreeMap<String, String>) -> String {
-    let keys: std::collections::BTreeSet<&String> = before.keys().chain(after.keys()).collect();
-    let changed: Vec<&str> = match before.is_empty() {
-        true => Vec::new(),
-        false => keys.into_iter().filter(|k| before.get(*k) != after.get(*k)).map(String::as_str).collect(),
-    };
-    match changed.as_slice() {
-        [] => "its plan changed".to_string(),
-        [one] => format!("its {one} changed"),
-        [rest @ .., last] => format!("its {} and {last} changed", rest.join(", ")),
-    }
-}
-
-/// FNV-1a of the plan's text: stable across builds and machines, so it can be
-/// kept in the lake and compared by a later run.
-fn fingerprint(text: &str) -> String {
-    let hash = text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3));
-    format!("{hash:016x}")
-}
-
 /// One partition, no repartitioning: a batch goes through a plan as one stream.
 fn session_state() -> SessionState {
     let config = SessionConfig::new()
@@ -453,60 +379,6 @@ fn ensure_schema(ctx: &SessionContext, reference: &TableReference) {
     }
 }
 
-/// The names of the functions a plan calls.
-fn called_functions(plan: &LogicalPlan) -> Vec<String> {
-    let mut names = Vec::new();
-    let _ = plan.apply(|node| {
-        node.apply_expressions(|e| {
-            e.apply(|e| {
-                match e {
-                    Expr::ScalarFunction(f) => names.push(f.name().to_string()),
-                    Expr::AggregateFunction(f) => names.push(f.func.name().to_string()),
-                    _ => {}
-                }
-                Ok(TreeNodeRecursion::Continue)
-            })
-        })
-    });
-    names
-}
-
-/// Whether the plan above the window combines rows again (an aggregate, join or
-/// DISTINCT), so it must see one window's rows at a time.
-fn regroups(plan: &LogicalPlan) -> bool {
-    let mut found = false;
-    let _ = plan.apply(|node| {
-        found = matches!(node, LogicalPlan::Aggregate(_) | LogicalPlan::Join(_) | LogicalPlan::Distinct(_) | LogicalPlan::Window(_));
-        Ok(if found { TreeNodeRecursion::Stop } else { TreeNodeRecursion::Continue })
-    });
-    found
-}
-
-/// Refuses what cannot run on an unbounded stream batch by batch.
-fn refuse_unbounded(plan: &LogicalPlan) -> std::result::Result<(), String> {
-    let mut refusal = None;
-    let _ = plan.apply(|node| {
-        refusal = match node {
-            LogicalPlan::Join(_) => Some("a join of unbounded streams is not supported"),
-            LogicalPlan::Sort(_) => Some("ORDER BY on an unbounded stream never finishes: order the output of a window instead"),
-            LogicalPlan::Limit(_) => Some("LIMIT on an unbounded stream is not supported"),
-            LogicalPlan::Window(_) => Some("a window function (OVER) needs a window: aggregate with GROUP BY tumble(...) first"),
-            LogicalPlan::Distinct(_) => Some("DISTINCT on an unbounded stream needs a window: GROUP BY tumble(...)"),
-            LogicalPlan::RecursiveQuery(_) => Some("recursive queries are not supported"),
-            LogicalPlan::Aggregate(_) => Some(
-                "an aggregate needs a window: GROUP BY tumble(interval '...'), ...; or, for one row per key kept up to date, \
-                 the line `-- sluice: current state` (see the README)",
-            ),
-            _ => None,
-        };
-        Ok(if refusal.is_some() { TreeNodeRecursion::Stop } else { TreeNodeRecursion::Continue })
-    });
-    match refusal {
-        Some(r) => Err(r.into()),
-        None => Ok(()),
-    }
-}
-
 /// The plan above the windowed or current-state aggregate, reading the aggregate's rows from `slot`.
 fn replace_aggregate(plan: &LogicalPlan, windowed: &Aggregate, slot: &Slot) -> datafusion::error::Result<LogicalPlan> {
     let source = provider_as_source(Arc::new(slot.table()?));
@@ -538,6 +410,7 @@ pub fn is_window_column(data_type: &DataType) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
     use crate::schema::SchemaRegistry;
 
     fn inputs() -> Vec<InputTable> {
