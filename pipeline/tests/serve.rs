@@ -70,6 +70,8 @@ fn psycopg_the_api_and_client_introspection_agree_with_an_independent_model_of_t
     assert_clients(&["refusals", "--pg-port", &pg, "--secret", SECRET], &served);
     assert_clients(&["isolation", "--pg-port", &pg, "--secret", SECRET], &served);
     assert_clients(&["introspection", "--pg-port", &pg, "--secret", SECRET, "--lake", &lake_arg], &served);
+    // Last: it commits to the lake.
+    assert_clients(&["repeat", "--lake", &lake_arg, "--pg-port", &pg, "--secret", SECRET], &served);
 }
 
 #[test]

@@ -78,11 +78,32 @@ struct View {
     tables: RwLock<BTreeMap<String, BTreeMap<String, TablePath>>>,
     /// pg_catalog and information_schema, registered once at set-up.
     system: RwLock<BTreeMap<String, Arc<dyn SchemaProvider>>>,
+    /// While a statement is planned for the plan cache: the tables it scans.
+    scanned: std::sync::Mutex<Option<Scanned>>,
+}
+
+/// Lake tables a plan scans, each at the version it reads.
+pub type Scanned = Vec<(TablePath, Option<deltalake::kernel::Version>)>;
+
+/// While alive, the session notes the lake tables planning scans.
+pub struct Noting<'a>(&'a Session);
+
+impl Noting<'_> {
+    /// The lake tables scanned since [`Session::note_scans`].
+    pub fn scans(self) -> Option<Scanned> {
+        self.0.view.scanned.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+}
+
+impl Drop for Noting<'_> {
+    fn drop(&mut self) {
+        self.0.view.scanned.lock().unwrap_or_else(|p| p.into_inner()).take();
+    }
 }
 
 impl Session {
     pub async fn new(lake: Arc<ServedLake>, identity: Identity, budget: &Arc<Budget>) -> Result<Session> {
-        let view = Arc::new(View { lake, identity: identity.clone(), tables: RwLock::default(), system: RwLock::default() });
+        let view = Arc::new(View { lake, identity: identity.clone(), tables: RwLock::default(), system: RwLock::default(), scanned: Default::default() });
         let runtime = RuntimeEnvBuilder::new()
             .with_memory_pool(Arc::new(budget.session_memory()))
             .with_disk_manager_builder(DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled))
@@ -152,6 +173,24 @@ impl Session {
             Ok(Err(e)) => Err(Unanswered::Failed(crate::catalog::storage::redact(&e.to_string()))),
             Ok(Ok(answer)) => Ok(answer),
         }
+    }
+
+    /// Notes the lake tables planning scans until [`Noting::scans`] (or until
+    /// dropped, as when the statement is stopped while it is planned).
+    pub fn note_scans(&self) -> Noting<'_> {
+        *self.view.scanned.lock().unwrap_or_else(|p| p.into_inner()) = Some(Vec::new());
+        Noting(self)
+    }
+
+    /// Whether every table in `scanned` is still at the version noted.
+    pub async fn unchanged(&self, scanned: &Scanned) -> bool {
+        for (path, version) in scanned {
+            match self.view.lake.latest(path).await {
+                Ok(loaded) if loaded.delta.version() == *version => continue,
+                _ => return false,
+            }
+        }
+        true
     }
 
     /// The tables this session may read, as of its last refresh.
@@ -388,6 +427,9 @@ impl TableProvider for LakeTable {
         let fail = |e: Error| exec_datafusion_err!("{e}");
         let lake = &self.view.lake;
         let loaded = lake.latest(&self.path).await.map_err(fail)?;
+        if let Some(scanned) = self.view.scanned.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+            scanned.push((self.path.clone(), loaded.delta.version()));
+        }
         if loaded.schema != self.schema {
             return Err(exec_datafusion_err!("table {} changed its columns while the statement was planned; run it again", self.path.sql_name()));
         }

@@ -39,6 +39,9 @@ and the exit code is 1):
              types; no analysts-only table for a learner); information_schema
              as Postgres answers it; a schema's and a table's oids within a
              connection; result columns' type oids
+  repeat     --lake DIR --pg-port P --secret S
+             the same statements again on one connection follow commits to the
+             lake (it appends rows: run it last) and the clock
 
 A known limitation of the upstream datafusion-postgres / datafusion-pg-catalog
 crates, documented rather than fixed, prints as a NOTE line and is not counted as
@@ -1228,6 +1231,36 @@ def cmd_isolation(args):
     return report.finish("isolation")
 
 
+def cmd_repeat(args):
+    """The same statements again on one connection (the server keeps their plans):
+    each answer follows the lake, and time-dependent ones follow the clock. Appends
+    rows to a table: run it last on a lake."""
+    from deltalake import DeltaTable, write_deltalake
+    report = Report(args.verbose)
+    if not wait_for_port(args.pg_port, args.wait):
+        print(f"nothing listens on 127.0.0.1:{args.pg_port}", file=sys.stderr)
+        return 2
+    session = Session(Pg(args.pg_port, args.secret), ANALYST, report)
+    path = os.path.join(args.lake, "analytics", "learner", "engagement_daily")
+    count = "SELECT count(*) FROM analytics.learner.engagement_daily"
+    per_day = "SELECT date, count(*) FROM analytics.learner.engagement_daily GROUP BY date ORDER BY date"
+    for round_ in range(3):
+        table = DeltaTable(path).to_pyarrow_table()
+        days = {}
+        for d in table.column("date").to_pylist():
+            days[d] = days.get(d, 0) + 1
+        for _ in range(2):
+            report.equal(session.query(count)[1], [(table.num_rows,)], f"round {round_}: count(*) as the lake has it")
+            report.equal(session.query(per_day)[1], sorted(days.items()), f"round {round_}: rows per day as the lake has them")
+        # A commit between two runs of the same statements: a copy of three rows.
+        write_deltalake(path, table.slice(0, 3), mode="append")
+    clock = "SELECT now()"
+    first = session.query(clock)[1]
+    time.sleep(0.05)
+    report.check(session.query(clock)[1] != first, "now() again on the same connection is later", short(first))
+    return report.finish("repeat")
+
+
 def check_settings_isolation(report, pg):
     """SET statement_timeout on A shows on A only, not on B nor on A's next connection."""
     a = Session(pg, ANALYST, report)
@@ -1986,6 +2019,7 @@ def main(argv=None):
     common(sub.add_parser("matrix", help="SQL and REST per identity against the model"), lake=True, http=True)
     common(sub.add_parser("refusals", help="refused statements and passwords"))
     common(sub.add_parser("isolation", help="settings stay on their connection"))
+    common(sub.add_parser("repeat", help="statements run again follow the lake and the clock"), lake=True)
     p = sub.add_parser("introspection", help="the catalog queries of psql, pgjdbc, DBeaver and Grafana")
     common(p)
     p.add_argument("--lake", help="the lake's local directory: the listings are then compared with its tables")
@@ -1993,7 +2027,7 @@ def main(argv=None):
     if getattr(args, "timeout", None):
         faulthandler.dump_traceback_later(args.timeout, exit=True)
     return {"model": cmd_model, "matrix": cmd_matrix, "refusals": cmd_refusals,
-            "isolation": cmd_isolation, "introspection": cmd_introspection}[args.cmd](args)
+            "isolation": cmd_isolation, "introspection": cmd_introspection, "repeat": cmd_repeat}[args.cmd](args)
 
 
 def exit_now(code):

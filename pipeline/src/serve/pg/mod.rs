@@ -12,6 +12,7 @@
 //! one of its user's statement slots until its last row.
 
 mod names;
+mod plans;
 pub mod wire;
 
 use std::collections::VecDeque;
@@ -26,23 +27,26 @@ use datafusion::common::DataFusionError;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::{DataFrame, SessionContext};
 use datafusion::sql::sqlparser::ast::Statement;
-use datafusion_postgres::arrow_pg::datatypes::df::encode_dataframe;
+use datafusion::physical_plan::execution_plan::reset_plan_states;
+use datafusion::physical_plan::{execute_stream, ExecutionPlan};
+use datafusion_postgres::arrow_pg::datatypes::{arrow_schema_to_pg_fields, encode_recordbatch};
 use datafusion_postgres::datafusion_pg_catalog::sql::PostgresCompatibilityParser;
 use datafusion_postgres::hooks::cursor::CursorStatementHook;
 use datafusion_postgres::hooks::set_show::SetShowHook;
 use datafusion_postgres::hooks::transactions::TransactionStatementHook;
 use datafusion_postgres::{DfSessionService, QueryHook};
-use futures::{Sink, SinkExt};
+use futures::{Sink, SinkExt, StreamExt};
 use pgwire::api::auth::{finish_authentication, protocol_negotiation, save_startup_parameters_to_metadata, DefaultServerParameterProvider, StartupHandler};
 use pgwire::api::cancel::DefaultCancelHandler;
 use pgwire::api::portal::{Format, Portal};
 use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
-use pgwire::api::results::{FieldInfo, Response};
+use pgwire::api::results::{FieldInfo, QueryResponse, Response};
 use pgwire::api::stmt::QueryParser;
 use pgwire::api::store::PortalStore;
 use pgwire::api::{ClientInfo, ClientPortalStore, ConnectionHandle, ConnectionManager, ErrorHandler, PgWireConnectionState, PgWireServerHandlers, Type, METADATA_USER};
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use pgwire::messages::startup::{Authentication, SecretKey};
+use pgwire::messages::data::DataRow;
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 use pgwire::types::format::FormatOptions;
 use sluice_gate::statement::{self, Refused};
@@ -82,6 +86,8 @@ struct Connection {
     session: Session,
     service: DfSessionService,
     cancel: Arc<ConnectionHandle>,
+    /// Simple-protocol statements as planned, run again while their tables stand still.
+    plans: plans::PlanCache,
     _slot: ConnectionSlot,
     _registered: pgwire::api::ConnectionGuard,
 }
@@ -268,6 +274,21 @@ fn guarded(response: Response, stop: Stop, slot: super::limits::StatementSlot, n
     Response::Query(query)
 }
 
+/// Runs `plan` in `ctx`, its rows encoded as text with their Postgres types.
+fn encode_plan(plan: Arc<dyn ExecutionPlan>, ctx: &SessionContext, format: Arc<FormatOptions>) -> PgWireResult<QueryResponse> {
+    let fields = Arc::new(arrow_schema_to_pg_fields(plan.schema().as_ref(), &Format::UnifiedText, Some(format))?);
+    let batches = execute_stream(plan, ctx.task_ctx()).map_err(|e| PgWireError::ApiError(Box::new(e)))?;
+    let encoding = fields.clone();
+    let rows = batches.flat_map(move |batch| {
+        let rows: Box<dyn Iterator<Item = PgWireResult<DataRow>> + Send + Sync> = match batch {
+            Ok(batch) => encode_recordbatch(encoding.clone(), batch),
+            Err(e) => Box::new(std::iter::once(Err(PgWireError::ApiError(Box::new(e))))),
+        };
+        futures::stream::iter(rows)
+    });
+    Ok(QueryResponse::new(fields, rows))
+}
+
 /// The statement with its types coerced. A plan's schema before coercion can
 /// differ from its rows' (`int + CASE … ELSE float END` is declared an integer
 /// and computed as a float), and clients decode rows by the declared types.
@@ -328,7 +349,7 @@ impl StartupHandler for Login {
                 let (pid, key) = (rand::random::<i32>().abs(), SecretKey::I32(rand::random::<i32>()));
                 client.set_pid_and_secret_key(pid, key.clone());
                 let (cancel, registered) = server.cancels.register(pid, key);
-                client.session_extensions().insert(Connection { session, service, cancel, _slot: slot, _registered: registered });
+                client.session_extensions().insert(Connection { session, service, cancel, plans: Default::default(), _slot: slot, _registered: registered });
                 let mut parameters = DefaultServerParameterProvider::default();
                 parameters.default_transaction_read_only = true;
                 finish_authentication(client, &parameters).await?;
@@ -359,6 +380,7 @@ impl SimpleQueryHandler for PgServer {
             connection.session.refresh().await.map_err(|e| error("58030", e))?;
             for hook in &self.hooks {
                 if let Some(response) = hook.handle_simple_query(&statement, &connection.session.ctx, client).await {
+                    connection.plans.clear();
                     responses.push(response.map_err(remap)?);
                     continue 'statements;
                 }
@@ -368,11 +390,24 @@ impl SimpleQueryHandler for PgServer {
             let sql = statement.to_string();
             let format = Arc::new(FormatOptions::from_client_metadata(client.metadata()));
             let answer = async {
-                let frame = ctx.sql_with_options(&sql, super::session::read_only()).await.map_err(|e| remap(PgWireError::ApiError(Box::new(e))))?;
-                let frame = coerced(frame).map_err(|e| remap(PgWireError::ApiError(Box::new(e))))?;
-                let names = names::postgres_names(frame.logical_plan());
-                let encoded = encode_dataframe(frame, &Format::UnifiedText, Some(format)).await.map_err(remap)?;
-                Ok::<_, PgWireError>((encoded, names))
+                let failed = |e: DataFusionError| remap(PgWireError::ApiError(Box::new(e)));
+                let (plan, names) = match connection.plans.get(&sql, &connection.session).await {
+                    Some(planned) => (planned.to_run().map_err(failed)?, planned.names),
+                    None => {
+                        let frame = ctx.sql_with_options(&sql, super::session::read_only()).await.map_err(failed)?;
+                        let frame = coerced(frame).map_err(failed)?;
+                        let names = names::postgres_names(frame.logical_plan());
+                        let logical = frame.logical_plan().clone();
+                        let noting = connection.session.note_scans();
+                        let plan = frame.create_physical_plan().await;
+                        let scans = noting.scans();
+                        let plan = plan.map_err(failed)?;
+                        connection.plans.keep(&sql, &connection.session, &logical, &plan, names.clone(), scans);
+                        // The kept plan is never run itself.
+                        (reset_plan_states(plan).map_err(failed)?, names)
+                    }
+                };
+                Ok::<_, PgWireError>((encode_plan(plan, ctx, format).map_err(remap)?, names))
             };
             let (response, names) = stop.guard(answer).await.map_err(stopped)??;
             responses.push(guarded(Response::Query(response), stop, slot, names));
@@ -401,6 +436,10 @@ impl ExtendedQueryHandler for PgServer {
         let max = self.budget.limits.statement.max_literal_bytes;
         if let Some(value) = portal.parameters.iter().flatten().find(|p| p.len() > max) {
             return Err(error(statement::TOO_COMPLEX, format!("statement too complex: a parameter of {} bytes, more than the limit of {max} bytes", value.len())));
+        }
+        if !matches!(portal.statement.statement.1, Some((Statement::Query(_), _))) {
+            // A SET, say: the kept simple-protocol plans may no longer hold.
+            connection.plans.clear();
         }
         let names = portal.statement.statement.1.as_ref().and_then(|(_, plan)| names::postgres_names(plan));
         let (mut stop, slot) = self.start(client, &connection).await?;
