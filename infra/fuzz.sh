@@ -7,8 +7,9 @@
 #
 #   infra/fuzz.sh [SECONDS] [TARGET...]     # targets: statement token params
 #
-# The corpus grows under $SLUICE_CACHE/fuzz; a crash is written there too, and the
-# script fails naming it. Copy the input into gate/fuzz/regressions/<target>/ and
+# The corpus grows under $SLUICE_CACHE/fuzz; a crash, or an input that runs past
+# 10 s (a denial of service, and libFuzzer's own limit would be 20 minutes), is
+# written there too, and the script fails naming it. Copy the input into gate/fuzz/regressions/<target>/ and
 # `cargo test -p sluice-gate` replays it for good.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -35,8 +36,8 @@ for target in "${targets[@]}"; do
   mkdir -p "$corpus" "$artifacts"
   echo "fuzz: $target for ${seconds}s" >&2
   if ! cargo fuzz run --target-dir "$cache/target" "$target" "$corpus" "seeds/$target" -- \
-      -max_total_time="$seconds" -artifact_prefix="$artifacts" -print_final_stats=1 >"$cache/$target.log" 2>&1; then
-    echo "fuzz: $target FOUND A CRASH; see $cache/$target.log and the input in $artifacts" >&2
+      -max_total_time="$seconds" -timeout=10 -artifact_prefix="$artifacts" -print_final_stats=1 >"$cache/$target.log" 2>&1; then
+    echo "fuzz: $target FOUND A CRASH OR A SLOW INPUT; see $cache/$target.log and the input in $artifacts" >&2
     tail -n 40 "$cache/$target.log" >&2
     failed+=("$target")
   else

@@ -1,16 +1,28 @@
 //! Every input a fuzzer once crashed on (`fuzz/regressions/<target>/`), through
 //! the same function its fuzz target calls: what was fixed stays fixed.
 
-use std::path::Path;
+use std::path::PathBuf;
 
 use sluice_gate::statement::{admit, check, unparsed, StatementLimits};
 use sluice_gate::token::Verifier;
 
+/// `fuzz/regressions/<target>/`, found where cargo runs the test from (a test
+/// binary built in another clone sharing the target directory carries that
+/// clone's path).
+fn regressions(target: &str) -> PathBuf {
+    let crate_dir = std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_string());
+    let dir = PathBuf::from(crate_dir).join("fuzz/regressions").join(target);
+    assert!(dir.is_dir(), "no regressions at {}", dir.display());
+    dir
+}
+
 fn inputs(target: &str) -> Vec<Vec<u8>> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/regressions").join(target);
+    let dir = regressions(target);
     let mut files: Vec<_> = std::fs::read_dir(&dir).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
     files.sort();
-    files.iter().filter(|p| p.is_file()).map(|p| std::fs::read(p).unwrap()).collect()
+    let inputs: Vec<Vec<u8>> = files.iter().filter(|p| p.is_file()).map(|p| std::fs::read(p).unwrap()).collect();
+    assert!(!inputs.is_empty(), "no inputs in {}", dir.display());
+    inputs
 }
 
 #[test]
@@ -31,7 +43,7 @@ fn statements_that_once_crashed_are_admitted_or_refused() {
 /// nested call) must be refused before the parser sees them.
 #[test]
 fn statements_that_were_slow_to_parse_are_refused_before_parsing() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/regressions/statement");
+    let dir = regressions("statement");
     let slow: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().starts_with("slow-")).collect();
     assert!(!slow.is_empty(), "no slow-* inputs in {}", dir.display());
     for entry in slow {
