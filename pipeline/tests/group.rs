@@ -44,14 +44,66 @@ struct Instance {
     log: PathBuf,
 }
 
+/// A group's test bed: the schemas with 6 partitions per topic, and librdkafka's
+/// mock cluster holding every topic and the group's control topic (a partition per shard).
+struct Bed {
+    dir: tempfile::TempDir,
+    schemas: String,
+    _mock: rdkafka::mocking::MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+    brokers: String,
+}
+
+impl Bed {
+    fn new(prefix: &str, group: &str, shards: i32) -> Bed {
+        // SLUICE_KEEP=1 keeps the lakes and the instances' logs for a look afterwards.
+        let keep = std::env::var_os("SLUICE_KEEP").is_some();
+        let dir = tempfile::Builder::new().prefix(prefix).disable_cleanup(keep).tempdir().unwrap();
+        eprintln!("lakes and logs in {}{}", dir.path().display(), if keep { " (kept)" } else { "" });
+        let schemas = dir.path().join("schemas");
+        support::schemas_with_partitions(&schemas, 6);
+        let schemas = schemas.to_str().unwrap().to_string();
+        let mock = rdkafka::mocking::MockCluster::new(1).unwrap();
+        for topic in topics(&schemas) {
+            mock.create_topic(&topic, 6, 1).unwrap();
+        }
+        mock.create_topic(&format!("sluice.group.{group}"), shards, 1).unwrap();
+        let brokers = mock.bootstrap_servers();
+        Bed { dir, schemas, _mock: mock, brokers }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Generates traffic (`generate` arguments), lands it with one process and the
+    /// SQL files of `sql` in `lake-reference`, and starts producing the same traffic
+    /// at `rate` messages/s; returns the reference lake, the producer and its log.
+    fn traffic(&self, generate: &[&str], sql: &str, rate: &str) -> (PathBuf, Child, PathBuf) {
+        let input = self.path("in");
+        let traffic = [generate, &["--schemas", &self.schemas]].concat();
+        sluice(&[&["generate", "--out", input.to_str().unwrap()][..], &traffic[..]].concat());
+        let reference = self.path("lake-reference");
+        sluice(&["run", "--input", input.to_str().unwrap(), "--lake", reference.to_str().unwrap(), "--schemas", &self.schemas, "--sql", sql]);
+        let produced_log = self.path("generate.log");
+        let producer = Command::new(SLUICE)
+            .args([&["generate", "--kafka", &self.brokers, "--rate", rate][..], &traffic[..]].concat())
+            .stdout(Stdio::null())
+            .stderr(File::create(&produced_log).unwrap())
+            .spawn()
+            .unwrap();
+        (reference, producer, produced_log)
+    }
+}
+
 impl Instance {
-    fn start(id: &'static str, brokers: &str, lake: &Path, schemas: &str, dir: &Path, extra: &[&str]) -> Instance {
-        let log = dir.join(format!("{id}-{}.log", rand::random::<u32>()));
+    /// `sluice run` as instance `id` of `group`, with the SQL files of `sql`.
+    fn start(bed: &Bed, group: &str, sql: &str, id: &'static str, lake: &Path, extra: &[&str]) -> Instance {
+        let log = bed.path(&format!("{id}-{}.log", rand::random::<u32>()));
         let child = Command::new(SLUICE)
-            .args(["run", "--kafka", brokers, "--group", GROUP, "--instance", id, "--commit-interval", "300ms"])
-            .args(["--lake", lake.to_str().unwrap(), "--schemas", schemas, "--sql", &repo("sql")])
+            .args(["run", "--kafka", &bed.brokers, "--group", group, "--instance", id, "--commit-interval", "300ms"])
+            .args(["--lake", lake.to_str().unwrap(), "--schemas", &bed.schemas, "--sql", sql])
             .args(extra)
-            .env("SLUICE_LOG", "warn,sluice::runtime::group=info,sluice::catalog=info")
+            .env("SLUICE_LOG", "warn,sluice::runtime=info,sluice::catalog=info")
             .stdout(Stdio::null())
             .stderr(File::create(&log).unwrap())
             .spawn()
@@ -216,37 +268,16 @@ fn column<'a>(row: &'a str, name: &str) -> &'a str {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn instances_join_die_stall_and_leave_and_the_lake_equals_one_process() {
-    // SLUICE_KEEP=1 keeps the lakes and the instances' logs for a look afterwards.
-    let keep = std::env::var_os("SLUICE_KEEP").is_some();
-    let dir = tempfile::Builder::new().prefix("group-").disable_cleanup(keep).tempdir().unwrap();
-    eprintln!("lakes and logs in {}{}", dir.path().display(), if keep { " (kept)" } else { "" });
-    let schemas = dir.path().join("schemas");
-    support::schemas_with_partitions(&schemas, 6);
-    let schemas = schemas.to_str().unwrap().to_string();
     // librdkafka's own mock cluster: its group coordinator expires silent members
     // and rebalances, which Tansu 0.6's does not (see the module comment).
-    let mock = rdkafka::mocking::MockCluster::new(1).unwrap();
-    let brokers = mock.bootstrap_servers();
-    for topic in topics(&schemas).iter().map(String::as_str).chain([format!("sluice.group.{GROUP}").as_str()]) {
-        mock.create_topic(topic, 6, 1).unwrap();
-    }
-    let input = dir.path().join("in");
-    // Small enough for the mock, which keeps 5 MB per partition.
-    let traffic = ["--seed", "20", "--users", "1000", "--hours", "12", "--schemas", &schemas];
-    sluice(&[&["generate", "--out", input.to_str().unwrap()][..], &traffic[..]].concat());
-    let reference = dir.path().join("lake-reference");
-    sluice(&["run", "--input", input.to_str().unwrap(), "--lake", reference.to_str().unwrap(), "--schemas", &schemas, "--sql", &repo("sql")]);
-    // The same traffic flows in while instances come and go.
-    let produced_log = dir.path().join("generate.log");
-    let mut producer = Command::new(SLUICE)
-        .args([&["generate", "--kafka", &brokers, "--rate", "1000"][..], &traffic[..]].concat())
-        .stdout(Stdio::null())
-        .stderr(File::create(&produced_log).unwrap())
-        .spawn()
-        .unwrap();
+    let bed = Bed::new("group-", GROUP, 6);
+    let sql = repo("sql");
+    // Small enough for the mock, which keeps 5 MB per partition. The same traffic
+    // flows in while instances come and go.
+    let (reference, mut producer, produced_log) = bed.traffic(&["--seed", "20", "--users", "1000", "--hours", "12"], &sql, "1000");
 
-    let lake = dir.path().join("lake-group");
-    let start = |id| Instance::start(id, &brokers, &lake, &schemas, dir.path(), &[]);
+    let lake = bed.path("lake-group");
+    let start = |id| Instance::start(&bed, GROUP, &sql, id, &lake, &[]);
     let began = Instant::now();
     let mut a = start("a");
     let took = wait_until("instance a runs every shard", Duration::from_secs(60), || a.held().len() == 6);
@@ -321,7 +352,7 @@ async fn instances_join_die_stall_and_leave_and_the_lake_equals_one_process() {
     assert!(produced.success(), "the traffic's producer failed");
     a.stop();
     // The last instance drains the lake: a bounded run ends once its shards ended.
-    let mut last = Instance::start("a", &brokers, &lake, &schemas, dir.path(), &["--stop-when-idle", "5s"]);
+    let mut last = Instance::start(&bed, GROUP, &sql, "a", &lake, &["--stop-when-idle", "5s"]);
     let status = wait_exit(&mut last.child, Duration::from_secs(180), &last.log);
     assert!(status.success(), "the draining instance failed:\n{}", tail(&last.log));
     eprintln!("drained; the whole run took {:?}", began.elapsed());
@@ -376,3 +407,101 @@ async fn instances_join_die_stall_and_leave_and_the_lake_equals_one_process() {
 }
 
 const LATE_EVENTS: &str = "monitoring/integration_health/late_events";
+
+/// The shard of a table among `count`, computed here as the README defines it
+/// (FNV-1a of the table's path), not by the code under test.
+fn shard_of(table: &str, count: u64) -> u64 {
+    table.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)) % count
+}
+
+/// A table path under `analytics/group_reload/` that falls in `shard` of 2, not in `taken`.
+fn table_in_shard(shard: u64, taken: &mut Vec<String>) -> String {
+    let table = (0..).map(|i| format!("analytics/group_reload/t{i}")).find(|t| shard_of(t, 2) == shard && !taken.contains(t)).unwrap();
+    taken.push(table.clone());
+    table
+}
+
+/// Events per minute of `topic`: every event is in a window or in late_events.
+fn per_minute(topic: &str) -> String {
+    format!("SELECT tumble(interval '1 minute') AS window, count(*) AS events FROM {topic} GROUP BY window\n")
+}
+
+/// One instance, two shards, traffic flowing: SQL files added by SIGHUP are taken
+/// up by the shard each falls in and backfilled from shard 0's archive, a topic
+/// new to its shard included, and every table ends as one process makes it.
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_reloads_a_groups_sql_and_new_tables_are_backfilled_in_every_shard() {
+    let group = "reloading";
+    let bed = Bed::new("group-reload-", group, 2);
+
+    // Shard 0 starts with a table over gateway.requests, shard 1 with one over
+    // integration.external_calls. Added by the reload: one in shard 1 over its
+    // own topic, one in shard 1 over a topic new to it (realtime.connections),
+    // one in shard 0 over that topic too.
+    let mut taken = Vec::new();
+    let first = [(table_in_shard(0, &mut taken), "gateway.requests"), (table_in_shard(1, &mut taken), "integration.external_calls")];
+    let added = [
+        (table_in_shard(1, &mut taken), "integration.external_calls"),
+        (table_in_shard(1, &mut taken), "realtime.connections"),
+        (table_in_shard(0, &mut taken), "realtime.connections"),
+    ];
+    let write = |sql: &Path, tables: &[(String, &str)]| {
+        for (table, topic) in tables {
+            let file = sql.join(format!("{table}.sql"));
+            std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+            std::fs::write(file, per_minute(topic)).unwrap();
+        }
+    };
+    let (sql, every_sql) = (bed.path("sql"), bed.path("sql-every"));
+    write(&sql, &first);
+    write(&every_sql, &first);
+    write(&every_sql, &added);
+
+    let (reference, mut producer, produced_log) = bed.traffic(&["--seed", "21", "--users", "300", "--hours", "6"], every_sql.to_str().unwrap(), "400");
+    let lake = bed.path("lake-group");
+    let mut a = Instance::start(&bed, group, sql.to_str().unwrap(), "a", &lake, &["--shards", "2", "--stop-when-idle", "8s"]);
+    let log = a.log.clone();
+    let said = |what: &str| std::fs::read_to_string(&log).unwrap_or_default().lines().filter(|l| l.contains(what)).count();
+    let shard_epoch = |shard: u32| {
+        let dir = lake.join(format!("_sluice/{group}/shard-{shard}"));
+        std::fs::read_dir(dir).into_iter().flatten().flatten().filter(|e| e.path().join("manifest.json").exists()).count()
+    };
+    wait_until("both shards commit", Duration::from_secs(90), || shard_epoch(0) > 0 && shard_epoch(1) > 0);
+    // Some history first, for the new tables to be backfilled from.
+    std::thread::sleep(Duration::from_secs(8));
+    a.alive();
+    write(&sql, &added);
+    a.signal("HUP");
+    wait_until("every shard takes up its new files", Duration::from_secs(60), || said("took up a new SQL file") == added.len());
+    a.alive();
+    let produced = wait_exit(&mut producer, Duration::from_secs(300), &produced_log);
+    assert!(produced.success(), "the traffic's producer failed");
+    let status = wait_exit(&mut a.child, Duration::from_secs(180), &log);
+    assert!(status.success(), "the instance failed:\n{}", tail(&log));
+    assert_eq!(said("backfilled: the table joins the live stream"), added.len(), "every new table backfilled:\n{}", tail(&log));
+    assert_eq!(said("not backfilled"), 0, "{}", tail(&log));
+
+    let expected = lake_rows(&reference).await;
+    let actual = lake_rows(&lake).await;
+    let late = |tables: &BTreeMap<String, Vec<String>>, table: &str| -> Vec<String> {
+        let mut rows: Vec<String> =
+            tables[LATE_EVENTS].iter().filter(|r| column(r, "table") == table).map(|r| format!("{} {} {}", column(r, "_topic"), column(r, "_partition"), column(r, "_offset"))).collect();
+        rows.sort();
+        rows
+    };
+    let events = |tables: &BTreeMap<String, Vec<String>>, table: &str| -> u64 {
+        tables[table].iter().map(|r| column(r, "events").parse::<u64>().unwrap()).sum::<u64>() + late(tables, table).len() as u64
+    };
+    let mut exact = 0;
+    for (table, _) in first.iter().chain(&added) {
+        let table = table.as_str();
+        assert!(!expected[table].is_empty(), "{table}: the reference has rows");
+        assert_eq!(events(&actual, table), events(&expected, table), "{table}: events in windows + late");
+        if late(&actual, table) == late(&expected, table) {
+            assert_eq!(rounded(&actual[table]), rounded(&expected[table]), "{table}");
+            exact += 1;
+        }
+    }
+    eprintln!("{exact} of {} tables equal row for row; the others' late events differ with read order", first.len() + added.len());
+    check_txn_versions(&lake);
+}

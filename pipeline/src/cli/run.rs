@@ -218,6 +218,7 @@ pub async fn run(args: &RunArgs, storage: &StorageOptions) -> Result<RunStats> {
             udfs: udfs.clone(),
             udfs_dir: args.definitions.udfs_dir(),
             lake: lake.clone(),
+            told: None,
         }),
         ..RunOptions::default()
     };
@@ -265,13 +266,15 @@ async fn run_in_group(
         group: group.to_string(),
         lake,
         registry,
-        sql,
+        sql_dir: args.definitions.sql_dir()?,
+        sql: std::sync::Mutex::new(sql),
         udfs,
         options,
         brokers: brokers.to_string(),
         kafka_settings: args.kafka_settings.clone(),
         batch_size: args.batch_size as usize,
         stop_when_idle: args.stop_when_idle,
+        reloads: tokio::sync::watch::channel(0).0,
     };
     let stats = crate::runtime::group::run(instance, membership).await?;
     eprintln!("this instance's shards, summed (a message read by two shards counts twice):");

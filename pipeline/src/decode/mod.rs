@@ -17,7 +17,7 @@ use arrow::array::{
 use arrow::record_batch::RecordBatch;
 
 use crate::error::Result;
-use crate::schema::{FieldSpec, FieldType, TopicKind, TopicSchema};
+use crate::schema::{FieldSpec, FieldType, TopicKind, TopicSchema, EVENT_TIME};
 use crate::source::RawBatch;
 use json::{Envelope, Text, Value};
 
@@ -76,9 +76,21 @@ impl TopicDecoder {
     }
 
     pub fn decode(&self, raw: &RawBatch) -> Result<Decoded> {
+        self.decode_columns(raw, None)
+    }
+
+    /// Decodes `raw`, building only the columns `wanted` marks (by position in the
+    /// topic's Arrow schema; `None`: all): the others are placeholders of the right
+    /// length (zeros, empty strings) for what nothing reads. Every message is
+    /// checked all the same, so bad ones are dead letters whatever is built.
+    pub fn decode_columns(&self, raw: &RawBatch, wanted: Option<&[bool]>) -> Result<Decoded> {
         let fields = &self.schema.fields;
         let n_messages = raw.messages.len();
-        let mut columns = Columns::new(fields, n_messages);
+        let wants = |i: usize| wanted.is_none_or(|w| w.get(i).copied().unwrap_or(true));
+        let mut columns = Columns::new(fields, n_messages, &wants);
+        // The raw message is the schema's last column.
+        let raw_column = self.schema.arrow_schema.fields().len() - 1;
+        let raw_wanted = wants(raw_column);
         let mut changes = (self.schema.kind == TopicKind::Cdc).then(|| ChangeColumns::new(n_messages));
         let mut dead_letters = Vec::new();
         let mut tombstones = 0;
@@ -119,6 +131,7 @@ impl TopicDecoder {
                     }
                     offsets.push(message.offset);
                     match message_text {
+                        _ if !raw_wanted => {}
                         Text::Str(text) => raws.append_value(text),
                         Text::Bytes(bytes) => raws.append_value(String::from_utf8_lossy(bytes)),
                     }
@@ -132,7 +145,7 @@ impl TopicDecoder {
         }
 
         let n = offsets.len();
-        let mut arrays = columns.finish();
+        let mut arrays = columns.finish(&self.schema.arrow_schema, n)?;
         if let Some(changes) = changes {
             arrays.extend(changes.finish());
         }
@@ -140,7 +153,10 @@ impl TopicDecoder {
         arrays.push(Arc::new(Int32Array::from_value(raw.partition.partition, n)));
         arrays.push(Arc::new(Int64Array::from(offsets)));
         arrays.push(Arc::new(TimestampMicrosecondArray::from_value(raw.ingested_at, n).with_timezone("UTC")));
-        arrays.push(Arc::new(raws.finish()));
+        arrays.push(match raw_wanted {
+            true => Arc::new(raws.finish()),
+            false => placeholder(self.schema.arrow_schema.field(raw_column).data_type(), n)?,
+        });
         let batch = RecordBatch::try_new(self.schema.arrow_schema.clone(), arrays)?;
         Ok(Decoded { batch, dead_letters, tombstones })
     }
@@ -251,6 +267,8 @@ fn check_value(ty: &FieldType, value: &Value) -> std::result::Result<Cell, Strin
 
 /// One builder per schema field.
 enum Builder {
+    /// A column nothing reads: a placeholder at the end.
+    Skip,
     Str(StringBuilder),
     I32(Int32Builder),
     I64(Int64Builder),
@@ -264,10 +282,12 @@ struct Columns {
 }
 
 impl Columns {
-    fn new(fields: &[FieldSpec], capacity: usize) -> Self {
+    fn new(fields: &[FieldSpec], capacity: usize, wanted: impl Fn(usize) -> bool) -> Self {
         let builders = fields
             .iter()
-            .map(|f| match f.ty {
+            .enumerate()
+            .map(|(i, f)| match f.ty {
+                _ if !wanted(i) && f.name != EVENT_TIME => Builder::Skip,
                 FieldType::String | FieldType::Enum(_) => Builder::Str(StringBuilder::with_capacity(capacity, capacity * 16)),
                 FieldType::Int => Builder::I32(Int32Builder::with_capacity(capacity)),
                 FieldType::Int64 => Builder::I64(Int64Builder::with_capacity(capacity)),
@@ -284,6 +304,7 @@ impl Columns {
     fn append(&mut self, cells: &[Cell], slots: &[Value]) {
         for ((builder, cell), slot) in self.builders.iter_mut().zip(cells).zip(slots) {
             match (builder, *cell) {
+                (Builder::Skip, _) => {}
                 (Builder::Str(b), Cell::Str) => b.append_value(slot.as_str()),
                 (Builder::I32(b), Cell::I32(v)) => b.append_value(v),
                 (Builder::I64(b), Cell::I64(v)) => b.append_value(v),
@@ -300,21 +321,31 @@ impl Columns {
         }
     }
 
-    fn finish(self) -> Vec<ArrayRef> {
+    /// The columns of `rows` rows, in the order of `schema`'s first fields.
+    fn finish(self, schema: &arrow::datatypes::Schema, rows: usize) -> Result<Vec<ArrayRef>> {
         self.builders
             .into_iter()
-            .map(|b| -> ArrayRef {
-                match b {
+            .zip(schema.fields())
+            .map(|(b, field)| -> Result<ArrayRef> {
+                Ok(match b {
+                    Builder::Skip => placeholder(field.data_type(), rows)?,
                     Builder::Str(mut b) => Arc::new(b.finish()),
                     Builder::I32(mut b) => Arc::new(b.finish()),
                     Builder::I64(mut b) => Arc::new(b.finish()),
                     Builder::F64(mut b) => Arc::new(b.finish()),
                     Builder::Bool(mut b) => Arc::new(b.finish()),
                     Builder::Ts(mut b) => Arc::new(b.finish()),
-                }
+                })
             })
             .collect()
     }
+}
+
+/// `rows` rows of a column nothing reads, at next to no cost: zeros, empty
+/// strings, false, and no nulls (a required column may not hold one).
+pub fn placeholder(data_type: &arrow::datatypes::DataType, rows: usize) -> Result<ArrayRef> {
+    let data = arrow::array::new_null_array(data_type, rows).to_data().into_builder().nulls(None).build()?;
+    Ok(arrow::array::make_array(data))
 }
 
 /// `_op`, `_lsn`, `ts` of change envelopes.
@@ -435,6 +466,35 @@ mod tests {
         for ((line, want), dead) in cases.iter().zip(&d.dead_letters) {
             assert!(dead.error.contains(want), "{line}\n  error: {}\n  wanted: {want}", dead.error);
             assert_eq!(&dead.raw, line);
+        }
+    }
+
+    #[test]
+    fn columns_not_wanted_are_placeholders_and_bad_messages_are_found_all_the_same() {
+        let bad = GOOD.replacen(r#""status":200"#, r#""status":"200""#, 1);
+        let lines = [GOOD, bad.as_str(), GOOD];
+        let raw = super::testing::raw("gateway.requests", &lines);
+        let decoder = super::TopicDecoder::new(super::testing::registry().get("gateway.requests").unwrap().clone());
+        let all = decoder.decode(&raw).unwrap();
+        let schema = decoder.schema().arrow_schema.clone();
+        let position = |name: &str| schema.index_of(name).unwrap();
+        let mut wanted = vec![false; schema.fields().len()];
+        wanted[position("service")] = true;
+        let some = decoder.decode_columns(&raw, Some(&wanted)).unwrap();
+        assert_eq!(some.dead_letters.len(), 1);
+        assert_eq!(some.dead_letters[0].error, all.dead_letters[0].error);
+        assert_eq!(some.batch.num_rows(), 2);
+        let route = position("route");
+        assert_ne!(some.batch.column(route), all.batch.column(route), "a string column is not built");
+        for (i, field) in schema.fields().iter().enumerate() {
+            let (built, full) = (some.batch.column(i), all.batch.column(i));
+            // Built: what was wanted, the event time and the lineage.
+            if wanted[i] || ["ts", "_topic", "_partition", "_offset", "_ingested_at"].contains(&field.name().as_str()) {
+                assert_eq!(built, full, "{}", field.name());
+            } else {
+                let blank = super::placeholder(field.data_type(), 2).unwrap();
+                assert_eq!(built, &blank, "{} is a placeholder", field.name());
+            }
         }
     }
 

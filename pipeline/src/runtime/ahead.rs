@@ -5,6 +5,7 @@
 //! no result depends on how far ahead decoding ran.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 use arrow::record_batch::RecordBatch;
 use tokio::task::JoinHandle;
@@ -35,11 +36,12 @@ impl DecodeAhead {
         DecodeAhead { in_flight: VecDeque::with_capacity(depth), depth }
     }
 
-    /// Starts decoding `raw` (and with `archive`, making its archive rows); it comes
-    /// out of [`next`](Self::next) after the batches read before it.
-    pub(super) fn start(&mut self, decoder: TopicDecoder, raw: RawBatch, archive: bool) {
+    /// Starts decoding `raw` into the columns `wanted` marks (see
+    /// [`TopicDecoder::decode_columns`]; and with `archive`, making its archive
+    /// rows); it comes out of [`next`](Self::next) after the batches read before it.
+    pub(super) fn start(&mut self, decoder: TopicDecoder, raw: RawBatch, wanted: Option<Arc<[bool]>>, archive: bool) {
         self.in_flight.push_back(tokio::task::spawn_blocking(move || {
-            let decoded = decoder.decode(&raw)?;
+            let decoded = decoder.decode_columns(&raw, wanted.as_deref())?;
             let archived = if archive { Some(archive_batch(&raw)?) } else { None };
             Ok(Ready { raw, decoded, archived })
         }));

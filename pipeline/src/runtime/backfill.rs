@@ -38,6 +38,7 @@ use arrow::datatypes::{Int32Type, Int64Type, TimestampMicrosecondType};
 use futures::StreamExt;
 use tokio::sync::mpsc;
 
+use super::reach::ArchiveReach;
 use super::{event_times, Pipeline, RunningQuery};
 use crate::catalog::{Lake, TablePath};
 use crate::checkpoint::{BackfillProgress, Position};
@@ -57,6 +58,11 @@ pub(super) const SLICE: Duration = Duration::from_millis(50);
 const TAIL: u64 = 20_000;
 /// Ordered archive batches a phase's reader keeps ready.
 const READ_AHEAD: usize = 4;
+/// How long a shard stops reading, at most, for shard 0's archive to reach it
+/// before a backfill joins (it tries again after the next commit).
+const REACH_WAIT: Duration = Duration::from_secs(10);
+/// The same once the input ended: then the run fails, naming the wait.
+const REACH_WAIT_AT_END: Duration = Duration::from_secs(300);
 
 /// A new table being computed from the archive.
 pub(super) struct Backfill {
@@ -142,14 +148,18 @@ impl Backfill {
     }
 
     /// Starts a phase up to `positions` (the last commit's), or up to where the
-    /// backfill began if it has not got there (its watermarks change there): a task
-    /// reads the archive's messages in between, ordered, a day at a time.
-    fn start_phase(&mut self, positions: &BTreeMap<PartitionId, i64>) {
+    /// backfill began if it has not got there (its watermarks change there), and
+    /// no further than the archive `reach`es: a task reads the archive's messages
+    /// in between, ordered, a day at a time.
+    fn start_phase(&mut self, positions: &BTreeMap<PartitionId, i64>, reach: Option<&ArchiveReach>) {
         let positions = match &self.began {
             Some((began, _)) if !self.caught_up(began) => began,
             _ => positions,
         };
-        let until: BTreeMap<PartitionId, i64> = self.mine(positions).map(|(id, &next)| (id.clone(), next)).collect();
+        let mut until: BTreeMap<PartitionId, i64> = self.mine(positions).map(|(id, &next)| (id.clone(), next)).collect();
+        if let Some(reach) = reach {
+            until = reach.bound(&until);
+        }
         let branches: Vec<String> = self
             .sources
             .iter()
@@ -279,6 +289,9 @@ impl Pipeline {
             tracing::warn!(table, "the lake has no archive of its topics yet (it was written without one): the new table is computed from the next message on");
             return Ok(());
         }
+        if !self.take_up_new_topics(&table, &sources, lake).await? {
+            return Ok(());
+        }
         let query = self.queries.remove(i);
         let mut marks = Watermarks::new(Duration::MAX);
         for id in self.positions.keys().filter(|id| sources.iter().any(|(topic, _)| *topic == id.topic)) {
@@ -288,6 +301,36 @@ impl Pipeline {
         let began = Some((self.positions.clone(), self.watermarks.marks()));
         self.backfills.push(Backfill::new(query, marks, BTreeMap::new(), began, sources, lake.clone()));
         Ok(())
+    }
+
+    /// In a group, a shard reads only its tables' topics: a new table's topic that
+    /// the shard did not read is taken up where shard 0's archive reaches (its
+    /// positions and watermarks there), as if the shard had read it so far; the
+    /// backfill replays it from the archive. Returns false (not backfilled: the
+    /// topic is read from its beginning) if the archive has none of it yet.
+    async fn take_up_new_topics(&mut self, table: &str, sources: &[(Arc<str>, TablePath)], lake: &Lake) -> Result<bool> {
+        let Some(reach) = self.archive_reach.as_mut() else { return Ok(true) };
+        let new: Vec<&Arc<str>> = sources.iter().map(|(t, _)| t).filter(|t| !self.positions.keys().any(|id| id.topic == **t)).collect();
+        if new.is_empty() {
+            return Ok(true);
+        }
+        reach.refresh(lake, &self.archives).await?;
+        let mut seeded = Vec::new();
+        for topic in new {
+            let (positions, marks) = reach.of_topic(topic);
+            if positions.is_empty() {
+                tracing::warn!(table, topic = %topic, "a new table over a topic shard 0 has not archived yet is not backfilled: it reads the topic from its beginning");
+                return Ok(false);
+            }
+            seeded.push((positions, marks));
+        }
+        for (positions, marks) in seeded {
+            tracing::info!(table, partitions = positions.len(), "a topic new to this shard: read on from where shard 0's archive reaches");
+            self.positions.extend(positions);
+            let decoders = &self.decoders;
+            self.watermarks.restore(&marks, |topic| super::delay_in(decoders, topic));
+        }
+        Ok(true)
     }
 
     /// Takes up a backfill a checkpoint recorded, its query's state already restored.
@@ -330,7 +373,14 @@ impl Pipeline {
         while let Some(mut b) = backfills.pop() {
             let ready = all || (b.phase.is_none() && b.behind(&positions) <= TAIL);
             if result.is_ok() && ready {
-                result = self.replay_to(&mut b, &positions).await;
+                result = match self.archive_reaches(&b, &positions, all).await {
+                    Ok(true) => self.replay_to(&mut b, &positions).await,
+                    Ok(false) => {
+                        kept.push(b);
+                        continue;
+                    }
+                    Err(e) => Err(e),
+                };
                 if result.is_ok() {
                     self.join(b);
                     continue;
@@ -342,11 +392,38 @@ impl Pipeline {
         result
     }
 
+    /// Whether the archive holds everything below `positions` in `b`'s partitions.
+    /// Where another pipeline writes it (a group's shard 0), this one stops
+    /// reading until it does: for a while, or with `all` (the input ended) until
+    /// it does or a long while has passed.
+    async fn archive_reaches(&mut self, b: &Backfill, positions: &BTreeMap<PartitionId, i64>, all: bool) -> Result<bool> {
+        let Some(reach) = self.archive_reach.as_mut() else { return Ok(true) };
+        let limit = if all { REACH_WAIT_AT_END } else { REACH_WAIT };
+        let started = Instant::now();
+        loop {
+            reach.refresh(&b.lake, &self.archives).await?;
+            if reach.covers(b.mine(positions)) {
+                return Ok(true);
+            }
+            if started.elapsed() >= limit {
+                if all {
+                    return Err(Error::Input(format!(
+                        "the backfill of {} waited {limit:?} for shard 0's archive to reach where this shard read to: is shard 0 running?",
+                        b.table().sql_name()
+                    )));
+                }
+                tracing::info!(table = %b.table().sql_name(), "shard 0's archive is behind this shard: the backfill joins later");
+                return Ok(false);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Replays `b` until it has caught up with `positions`, which the archive holds.
     async fn replay_to(&mut self, b: &mut Backfill, positions: &BTreeMap<PartitionId, i64>) -> Result<()> {
         while !b.caught_up(positions) || b.phase.is_some() {
             if b.phase.is_none() {
-                b.start_phase(positions);
+                b.start_phase(positions, self.archive_reach.as_ref());
             }
             self.step(b, None).await?;
         }
@@ -365,11 +442,15 @@ impl Pipeline {
     /// the phase ends; starts a phase when it has none and the last commit is ahead.
     async fn step(&mut self, b: &mut Backfill, deadline: Option<Instant>) -> Result<()> {
         if b.phase.is_none() {
-            if b.caught_up(&self.committed) {
+            let mut until = self.committed.clone();
+            if let Some(reach) = self.archive_reach.as_mut() {
+                reach.refresh(&b.lake, &self.archives).await?;
+                until = reach.bound(&until);
+            }
+            if b.caught_up(&until) {
                 return Ok(());
             }
-            let committed = self.committed.clone();
-            b.start_phase(&committed);
+            b.start_phase(&until, self.archive_reach.as_ref());
         }
         loop {
             let Some(phase) = b.phase.as_mut() else { return Ok(()) };
@@ -434,7 +515,7 @@ impl Pipeline {
 
     /// A topic's allowed out-of-orderness, µs.
     fn delay(&self, topic: &str) -> i64 {
-        self.decoders.get(topic).map_or(0, |d| d.schema().out_of_orderness.as_micros() as i64)
+        super::delay_in(&self.decoders, topic)
     }
 }
 

@@ -1,18 +1,24 @@
 //! `sluice run --group`: this instance runs the shards its consumer group gives it,
 //! each a [`Pipeline`] on a thread of its own (so shards use every core), and
 //! stops the ones the group takes away before the group hands them on.
+//!
+//! On SIGHUP the instance reads its SQL files again and, if every one plans, tells
+//! its shards, each of which takes up the files that fall in it as one pipeline
+//! does (a shard with no table yet starts); shards the group gives it later start
+//! with them. Each instance of a group reloads on its own signal.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 
-use super::{stop_signal, stop_signal_or, Pipeline, RunOptions, RunStats};
+use super::{input_tables, stop_signal, stop_signal_or, LiveDefinitions, Pipeline, RunOptions, RunStats};
 use crate::catalog::Lake;
 use crate::error::{Error, Result};
 use crate::group::{Change, Membership, Shard};
-use crate::plan::SqlFile;
+use crate::plan::{load_sql_dir, plan, SqlFile};
 use crate::schema::SchemaRegistry;
 use crate::source::KafkaSource;
 use crate::udf::Udfs;
@@ -22,7 +28,10 @@ pub struct Instance {
     pub group: String,
     pub lake: Lake,
     pub registry: SchemaRegistry,
-    pub sql: Vec<SqlFile>,
+    /// Where the SQL files are read again on SIGHUP.
+    pub sql_dir: PathBuf,
+    /// The files as last read: a shard starts with those that fall in it.
+    pub sql: Mutex<Vec<SqlFile>>,
     pub udfs: Udfs,
     /// The run's options; each shard gets its own name, stop signal and archive.
     pub options: RunOptions,
@@ -32,6 +41,44 @@ pub struct Instance {
     /// A bounded run: the instance ends once every shard it holds ran to its end
     /// and the group gave it no other for this long.
     pub stop_when_idle: Option<Duration>,
+    /// Counts the reloads: each shard reads its files again when it changes.
+    pub reloads: watch::Sender<u64>,
+}
+
+impl Instance {
+    /// The SQL files as last read.
+    fn sql(&self) -> Vec<SqlFile> {
+        self.sql.lock().map(|s| s.clone()).unwrap_or_else(|poisoned| poisoned.into_inner().clone())
+    }
+
+    /// Reads the SQL files again; if every one plans, keeps them and tells the
+    /// shards. The UDFs are not built again in a group: a changed UDF needs a restart.
+    async fn reload(&self) -> Result<usize> {
+        let files = load_sql_dir(&self.sql_dir)?;
+        let inputs = input_tables(&self.registry);
+        for file in &files {
+            plan(file, &inputs, &self.udfs).await?;
+        }
+        let count = files.len();
+        match self.sql.lock() {
+            Ok(mut sql) => *sql = files,
+            Err(poisoned) => *poisoned.into_inner() = files,
+        }
+        self.reloads.send_modify(|n| *n += 1);
+        Ok(count)
+    }
+
+    /// How a shard reads its definitions again when `told` changes.
+    fn live(&self, told: watch::Receiver<u64>) -> LiveDefinitions {
+        LiveDefinitions {
+            sql_dir: self.sql_dir.clone(),
+            registry: self.registry.clone(),
+            udfs: self.udfs.clone(),
+            udfs_dir: None,
+            lake: self.lake.clone(),
+            told: Some(told),
+        }
+    }
 }
 
 struct Running {
@@ -42,6 +89,7 @@ struct Running {
 /// Runs the shards the group assigns until SIGINT/SIGTERM (or, bounded, until the
 /// shards it holds have ended and no other came); returns the shards' stats summed.
 pub async fn run(instance: Instance, mut membership: Membership) -> Result<RunStats> {
+    create_shared_tables(&instance).await?;
     let instance = Arc::new(instance);
     let shards = membership.shards;
     let (ended_tx, mut ended) = mpsc::unbounded_channel::<(u32, Result<RunStats>)>();
@@ -50,7 +98,6 @@ pub async fn run(instance: Instance, mut membership: Membership) -> Result<RunSt
     let mut total = RunStats::default();
     let observed = instance.options.observed.clone();
     let mut signal = std::pin::pin!(stop_signal());
-    // SIGHUP would end the process by default; a group does not reload its SQL.
     let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     let mut last_change = std::time::Instant::now();
     let failed = 'run: loop {
@@ -108,9 +155,10 @@ pub async fn run(instance: Instance, mut membership: Membership) -> Result<RunSt
                     Err(e) => break Some(e),
                 }
             }
-            Some(()) = async { hangups.as_mut()?.recv().await } => {
-                tracing::warn!("SIGHUP: a group's instances do not read their SQL files again; restart them one at a time");
-            }
+            Some(()) = async { hangups.as_mut()?.recv().await } => match instance.reload().await {
+                Ok(files) => tracing::info!(files, shards = ?held, "SIGHUP: SQL files read again; each shard takes up its own"),
+                Err(e) => tracing::error!("SQL files not taken up, the running definitions go on: {e}"),
+            },
             () = &mut signal => break None,
         }
     };
@@ -124,6 +172,19 @@ pub async fn run(instance: Instance, mut membership: Membership) -> Result<RunSt
         Some(e) => Err(e),
         None => Ok(total),
     }
+}
+
+/// Creates `late_events`, which every shard appends to, if the lake lacks it:
+/// shards starting together would otherwise race to create it, and the loser's
+/// create, retried as the next version, is a metadata change that fails the
+/// winner's first commit (its shard then starts again). Instances starting at the
+/// same moment can still race; that retry remains.
+async fn create_shared_tables(instance: &Instance) -> Result<()> {
+    use crate::sink::{late_event_schema, TableLayout, TableSink, LATE_EVENTS};
+    let late_events = crate::catalog::TablePath::new(LATE_EVENTS).map_err(Error::Internal)?;
+    let pipeline = crate::catalog::writers::shard_pipeline(&instance.group, 0);
+    TableSink::open(&instance.lake, late_events, TableLayout::fixed(late_event_schema()), &pipeline).await?;
+    Ok(())
 }
 
 /// Tells the shards to stop (each commits first) and waits for them.
@@ -184,24 +245,29 @@ fn fenced(error: &Error) -> bool {
 /// instance (it stalled, and the group gave the shard away) starts again from
 /// the lake if it is still this instance's: then it waits for the lease.
 async fn run_shard(instance: &Instance, mut shard: Shard, told: watch::Receiver<bool>) -> Result<RunStats> {
-    let sql: Vec<SqlFile> = instance.sql.iter().filter(|f| shard.writes(&f.table)).cloned().collect();
-    if sql.is_empty() && !shard.writes_lake_tables() {
-        tracing::info!(shard = shard.index, "no table falls in this shard");
-        // Held, with nothing to do, until the group moves it (a bounded run: drained).
-        if instance.stop_when_idle.is_none() {
-            let mut told = told;
-            let _ = told.wait_for(|s| *s).await;
-        }
-        return Ok(RunStats::default());
-    }
     let mut backoff = Duration::from_secs(1);
     loop {
+        // Before the files are taken: a reload from here on is not missed.
+        let mut reloads = instance.reloads.subscribe();
+        let sql: Vec<SqlFile> = instance.sql().into_iter().filter(|f| shard.writes(&f.table)).collect();
+        if sql.is_empty() && !shard.writes_lake_tables() {
+            tracing::info!(shard = shard.index, "no table falls in this shard");
+            // Held, with nothing to do, until the group moves it or a reload gives
+            // it a table (a bounded run: drained).
+            if instance.stop_when_idle.is_some() {
+                return Ok(RunStats::default());
+            }
+            let mut told = told.clone();
+            tokio::select! {
+                _ = told.wait_for(|s| *s) => return Ok(RunStats::default()),
+                Ok(()) = reloads.changed() => continue,
+            }
+        }
         let options = RunOptions {
             pipeline: shard.pipeline(),
             shard: Some(shard.clone()),
             stop: Some(told.clone()),
-            archive: if shard.writes_lake_tables() { instance.options.archive } else { crate::sink::ArchiveRetention::Off },
-            live: None,
+            live: Some(instance.live(reloads.clone())),
             ..instance.options.clone()
         };
         let opened = tokio::select! {

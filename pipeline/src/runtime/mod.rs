@@ -7,6 +7,7 @@ pub mod group;
 mod metrics;
 mod observe;
 mod query;
+mod reach;
 mod reload;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -133,6 +134,9 @@ pub struct Pipeline {
     dead_letters: TablePath,
     /// Each topic's raw archive table (none when the archive is off).
     archives: HashMap<Arc<str>, TablePath>,
+    /// Where the archive reaches when another pipeline writes it (a group's
+    /// shards but 0); `None` when this one does, or there is none.
+    archive_reach: Option<reach::ArchiveReach>,
     late_events: TablePath,
     /// Per partition, the offset to read next: what the next checkpoint records.
     positions: BTreeMap<PartitionId, i64>,
@@ -182,6 +186,11 @@ fn event_times(batch: &RecordBatch) -> Result<&arrow::array::TimestampMicrosecon
         .column_by_name(EVENT_TIME)
         .and_then(|c| c.as_primitive_opt::<TimestampMicrosecondType>())
         .ok_or_else(|| Error::Internal("a batch without a µs `ts` column".into()))
+}
+
+/// A topic's allowed out-of-orderness, µs (0 for a topic without a schema).
+fn delay_in(decoders: &HashMap<Arc<str>, TopicDecoder>, topic: &str) -> i64 {
+    decoders.get(topic).map_or(0, |d| d.schema().out_of_orderness.as_micros() as i64)
 }
 
 /// Resolves on SIGINT or SIGTERM, or when `stop` turns true.
@@ -344,13 +353,20 @@ impl Pipeline {
             }
             mirrors.insert(mirror.topic().clone(), mirror);
         }
+        // A group's shards but 0 read the archive shard 0 writes.
         let mut archives = HashMap::new();
-        if options.archive != ArchiveRetention::Off && lake_tables {
+        let mut archive_reach = None;
+        if options.archive != ArchiveRetention::Off {
             for topic in registry.topics() {
                 let table = archive_table(&topic.topic)?;
-                let sink = TableSink::open(lake, table.clone(), archive_layout(), &options.pipeline).await?.keeping_for(options.archive.keep());
-                sinks.insert(table.clone(), sink);
+                if lake_tables {
+                    let sink = TableSink::open(lake, table.clone(), archive_layout(), &options.pipeline).await?.keeping_for(options.archive.keep());
+                    sinks.insert(table.clone(), sink);
+                }
                 archives.insert(Arc::from(topic.topic.as_str()), table);
+            }
+            if let Some(shard) = options.shard.as_ref().filter(|s| !s.writes_lake_tables()) {
+                archive_reach = Some(reach::ArchiveReach::new(lake, crate::catalog::writers::shard_pipeline(&shard.group, 0))?);
             }
         }
         let decoders = registry.topics().map(|t| (Arc::from(t.topic.as_str()), TopicDecoder::new(t.clone()))).collect();
@@ -366,6 +382,7 @@ impl Pipeline {
             dead_letters,
             late_events,
             archives,
+            archive_reach,
             positions: BTreeMap::new(),
             committed: BTreeMap::new(),
             backfills: Vec::new(),
@@ -414,11 +431,11 @@ impl Pipeline {
     /// writes the lake's own tables or a table reads `sluice.metrics`.
     pub fn topics(&self) -> Vec<String> {
         let every = || self.decoders.keys().map(|t| t.to_string()).collect();
-        if !self.archives.is_empty() || self.lake.has_sink(&self.dead_letters) {
+        if self.lake.has_sink(&self.dead_letters) {
             return every();
         }
         let mut topics = BTreeSet::new();
-        for q in self.queries.iter().map(|q| &q.query) {
+        for q in self.queries.iter().chain(self.backfills.iter().map(|b| &b.query)).map(|q| &q.query) {
             topics.extend(q.topics().cloned());
             topics.extend(q.mirrors.iter().map(|m| m.topic.clone()));
         }
@@ -500,8 +517,7 @@ impl Pipeline {
         let epoch = checkpoint.epoch;
         self.lake.recover(&checkpoint).await?;
         let decoders = &self.decoders;
-        let delay = |topic: &str| decoders.get(topic).map_or(0, |d| d.schema().out_of_orderness.as_micros() as i64);
-        self.watermarks.restore(&checkpoint.watermarks, delay);
+        self.watermarks.restore(&checkpoint.watermarks, |topic| delay_in(decoders, topic));
         for q in &mut self.queries {
             let Some(saved) = checkpoint.queries.get(q.query.table.as_str()) else { continue };
             q.clock.restore(saved.watermark);
@@ -538,10 +554,7 @@ impl Pipeline {
         self.watermarks.add_partition(self.metrics_partition.clone(), 0);
         source.seek(&self.positions)?;
         let mut stop = std::pin::pin!(stop_signal_or(self.options.stop.clone()));
-        let mut hangups = match &self.options.live {
-            Some(_) => tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok(),
-            None => None,
-        };
+        let mut hangups = self.options.live.as_ref().and_then(reload::Requests::listen);
         // Backfills replay a slice when the input is quiet, and otherwise after as
         // long again of live work: the live tables keep at least half the time.
         let (mut quiet, mut live_since) = (false, Instant::now());
@@ -572,7 +585,7 @@ impl Pipeline {
                     continue;
                 }
                 () = &mut stop => break false,
-                Some(()) = async { hangups.as_mut()?.recv().await } => {
+                Some(()) = async { hangups.as_mut()?.next().await } => {
                     let Some(live) = self.options.live.clone() else { continue };
                     // What was read so far is committed under the old definitions.
                     self.process_all_decoded().await?;
@@ -580,6 +593,9 @@ impl Pipeline {
                     self.commit().await?;
                     match self.reload(&live).await {
                         Ok(r) => {
+                            // A group's shard reads only its tables' topics: new ones from where the new tables' backfills begin.
+                            source.read_topics(&self.topics(), &self.positions)?;
+                            self.track_partitions(source);
                             self.publish_lineage();
                             tracing::info!(added = r.added.len(), removed = r.removed.len(), changed = r.changed.len(), "SQL files read again");
                         }
@@ -604,8 +620,9 @@ impl Pipeline {
                 .decoders
                 .get(&raw.partition.topic)
                 .ok_or_else(|| Error::Input(format!("no schema for topic `{}`", raw.partition.topic)))?;
-            let archive = self.archives.contains_key(&raw.partition.topic);
-            self.ahead.start(decoder.clone(), raw, archive);
+            let archive = self.archive_reach.is_none() && self.archives.contains_key(&raw.partition.topic);
+            let wanted = self.columns_wanted(&raw.partition.topic, decoder);
+            self.ahead.start(decoder.clone(), raw, wanted, archive);
         };
         // Batches read before a stop are processed, and committed below.
         self.process_all_decoded().await?;
@@ -632,13 +649,31 @@ impl Pipeline {
 
     fn track_partitions(&mut self, source: &dyn Source) {
         for id in source.partitions() {
-            let delay = self
-                .decoders
-                .get(&id.topic)
-                .map(|d| d.schema().out_of_orderness.as_micros() as i64)
-                .unwrap_or(0);
+            let delay = delay_in(&self.decoders, &id.topic);
             self.watermarks.add_partition(id, delay);
         }
+    }
+
+    /// The columns of `topic` worth building, by position (`None`: all): those some
+    /// running query's plan reads, its event time, and the raw message when a query
+    /// reads the topic at all (a late event keeps it). A mirrored topic needs them all;
+    /// a topic nothing reads needs only to be checked, for its dead letters.
+    fn columns_wanted(&self, topic: &str, decoder: &TopicDecoder) -> Option<Arc<[bool]>> {
+        if self.mirrors.contains_key(topic) {
+            return None;
+        }
+        let fields = decoder.schema().arrow_schema.fields();
+        let mut wanted = vec![false; fields.len()];
+        // Backfilling queries too: batches decoded ahead may reach one after it joins.
+        let running = self.queries.iter().chain(self.backfills.iter().map(|b| &b.query));
+        for q in running.filter(|q| q.query.topics().any(|t| &**t == topic)) {
+            let read = q.columns_read_of(topic)?;
+            wanted.iter_mut().zip(read).for_each(|(w, r)| *w |= *r);
+            if let Some(raw) = wanted.last_mut() {
+                *raw = true;
+            }
+        }
+        Some(wanted.into())
     }
 
     /// The oldest batch being decoded through the queries, and a commit if one is due.

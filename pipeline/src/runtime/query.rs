@@ -77,6 +77,12 @@ impl RunningQuery {
         Ok(RunningQuery { query, clock, windows, current, filters_input, columns_read })
     }
 
+    /// The columns of `topic` (by position) its plan reads; `None`: any of them
+    /// (a shape whose reads are not traced, or a topic it does not read).
+    pub fn columns_read_of(&self, topic: &str) -> Option<&[bool]> {
+        self.columns_read.iter().find(|(t, _)| &**t == topic).map(|(_, read)| read.as_slice())
+    }
+
     /// The state a restart needs (windows, or keys), as rows.
     pub fn snapshot(&mut self) -> Result<Option<RecordBatch>> {
         match (self.windows.as_mut(), self.current.as_mut()) {
@@ -210,7 +216,7 @@ impl RunningQuery {
     /// others (often most of the bytes: ids, the raw message) become placeholders
     /// of the right length that the plan never looks at.
     fn without_late_rows(&self, topic: &str, batch: &RecordBatch, keep: &BooleanArray) -> Result<RecordBatch> {
-        let Some((_, read)) = self.columns_read.iter().find(|(t, _)| &**t == topic) else {
+        let Some(read) = self.columns_read_of(topic) else {
             return Ok(filter_record_batch(batch, keep)?);
         };
         let kept = keep.true_count();
@@ -220,7 +226,7 @@ impl RunningQuery {
             .zip(read)
             .map(|(column, &read)| match read {
                 true => Ok(arrow::compute::filter(column, keep)?),
-                false => placeholder(column.data_type(), kept).map_or_else(|| Ok(arrow::compute::filter(column, keep)?), Ok),
+                false => crate::decode::placeholder(column.data_type(), kept).or_else(|_| Ok(arrow::compute::filter(column, keep)?)),
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(RecordBatch::try_new(batch.schema(), columns)?)
@@ -315,13 +321,6 @@ fn mark_columns_read(plan: &dyn ExecutionPlan, slot: &Slot, read: &mut [bool]) {
     }
 }
 
-/// An array of `len` rows without nulls that costs next to nothing: zeros, empty
-/// strings, false. `None` for a type where that would not be valid.
-fn placeholder(data_type: &arrow::datatypes::DataType, len: usize) -> Option<arrow::array::ArrayRef> {
-    let data = arrow::array::new_null_array(data_type, len).to_data().into_builder().nulls(None).build().ok()?;
-    Some(arrow::array::make_array(data))
-}
-
 /// Whether `plan` drops rows by a predicate somewhere (a `WHERE`).
 fn has_filter(plan: &dyn ExecutionPlan) -> bool {
     plan.name() == FilterExec::static_name() || plan.children().into_iter().any(|c| has_filter(c.as_ref()))
@@ -374,7 +373,7 @@ mod tests {
         let file = SqlFile { path: PathBuf::from("t.sql"), table: TablePath::new("a/b/c").unwrap(), sql: sql.into() };
         let query = RunningQuery::new(plan(&file, &crate::runtime::input_tables(&registry()), &Default::default()).await.unwrap()).unwrap();
         let (topic, slot) = query.query.inputs[0].clone();
-        let (_, read) = query.columns_read.iter().find(|(t, _)| *t == topic).unwrap();
+        let read = query.columns_read_of(&topic).unwrap();
         let names: Vec<&str> = slot.schema().fields().iter().zip(read).filter(|(_, r)| **r).map(|(f, _)| f.name().as_str()).collect();
         for used in ["ts", "service", "duration_ms", "method"] {
             assert!(names.contains(&used), "{used} is read, but the plan is said to read only {names:?}");

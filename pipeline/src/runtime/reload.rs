@@ -34,6 +34,32 @@ pub struct LiveDefinitions {
     pub udfs: Udfs,
     pub udfs_dir: Option<PathBuf>,
     pub lake: Lake,
+    /// What asks for a reload: SIGHUP (`None`), or, for a group's shard, the
+    /// instance, which reads the files first (see `group`).
+    pub told: Option<tokio::sync::watch::Receiver<u64>>,
+}
+
+/// Requests to read the definitions again.
+pub(super) enum Requests {
+    Hangup(tokio::signal::unix::Signal),
+    Told(tokio::sync::watch::Receiver<u64>),
+}
+
+impl Requests {
+    pub(super) fn listen(live: &LiveDefinitions) -> Option<Self> {
+        match &live.told {
+            Some(told) => Some(Requests::Told(told.clone())),
+            None => tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok().map(Requests::Hangup),
+        }
+    }
+
+    /// The next request; `None` once none can come. Cancel-safe.
+    pub(super) async fn next(&mut self) -> Option<()> {
+        match self {
+            Requests::Hangup(signal) => signal.recv().await,
+            Requests::Told(told) => told.changed().await.ok(),
+        }
+    }
 }
 
 /// What a reload did.
@@ -75,6 +101,8 @@ impl Pipeline {
     pub(super) async fn reload(&mut self, live: &LiveDefinitions) -> Result<Reloaded> {
         let udfs = live.udfs_again()?;
         let mut planned = live.plan_all(&udfs).await?;
+        // A group's shard takes up its own tables only.
+        planned.retain(|table, _| self.options.shard.as_ref().is_none_or(|shard| shard.writes(table)));
         // The UDFs a query calls whose code changed since the running plans were made.
         let rebuilt = |query: &StreamingQuery| -> Vec<String> { query.udfs.iter().filter(|u| live.udfs.library_of(u) != udfs.library_of(u)).cloned().collect() };
         let backfilling: Vec<&RunningQuery> = self.backfills.iter().map(|b| &b.query).collect();

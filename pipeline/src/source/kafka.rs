@@ -253,6 +253,20 @@ impl Source for KafkaSource {
         Ok(())
     }
 
+    fn read_topics(&mut self, topics: &[String], starts: &BTreeMap<PartitionId, i64>) -> Result<()> {
+        let new: Vec<String> = topics.iter().filter(|t| !self.topics.contains(t)).cloned().collect();
+        if new.is_empty() {
+            return Ok(());
+        }
+        tracing::info!(topics = ?new, "reading more topics");
+        for (id, &offset) in starts.iter().filter(|(id, _)| new.iter().any(|t| **t == *id.topic)) {
+            self.starts.entry(id.clone()).or_insert(offset);
+        }
+        self.topics.extend(new);
+        self.partitions = self.discover(METADATA_TIMEOUT)?;
+        self.assign_new()
+    }
+
     async fn next_batch(&mut self) -> Result<Option<RawBatch>> {
         if self.assigned.is_empty() {
             self.assign_new()?;

@@ -67,6 +67,14 @@ pub trait Source: Send {
     /// others at their beginning. Called before the first batch.
     fn seek(&mut self, positions: &BTreeMap<PartitionId, i64>) -> Result<()>;
 
+    /// Reads `topics` too from now on (a reload added tables over them), each
+    /// partition listed in `starts` from there and the others from their
+    /// beginning. A source that reads every topic already does nothing.
+    fn read_topics(&mut self, topics: &[String], starts: &BTreeMap<PartitionId, i64>) -> Result<()> {
+        let _ = (topics, starts);
+        Ok(())
+    }
+
     /// The next batch, or `None` once a bounded source is exhausted. Must be
     /// cancel-safe: the run loop drops a waiting call to commit on time.
     async fn next_batch(&mut self) -> Result<Option<RawBatch>>;
