@@ -130,8 +130,10 @@ fn a_statement_stopped_by_its_time_limit_a_cancel_or_its_client_leaving_stops_us
             .spawn()
             .unwrap();
         std::thread::sleep(Duration::from_secs(2));
-        let busy = cpu_over(&served, 1.0);
-        assert!(busy > 0.5, "the statement was running ({busy:.2} s of CPU in 1 s)");
+        // The other tests run beside this one, so the statement may get well under a
+        // core (0.41 s in 1 s was seen in CI); over 2 s it shows it runs.
+        let busy = cpu_over(&served, 2.0);
+        assert!(busy > 0.5, "the statement was running ({busy:.2} s of CPU in 2 s)");
         Command::new("kill").args([&format!("-{signal}"), &psql.id().to_string()]).status().unwrap();
         let ended = Instant::now();
         let mut stderr = String::new();
