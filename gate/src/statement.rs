@@ -42,14 +42,15 @@ pub struct StatementLimits {
     /// Function calls inside function calls, as counted by [`calls_nested`]. The
     /// parser (sqlparser 0.62) tries each call's arguments more than one way, so its
     /// time doubles with every level: 5 ms at 12 levels, minutes at 30, on a
-    /// thread the statement's time limit does not reach yet. 16 levels parse in
-    /// under 0.1 s, and SQL written by people or tools nests a handful.
+    /// thread the statement's time limit does not reach yet. 12 levels parse in
+    /// about 5 ms (16 took 80 ms, a worker thread's time a client could claim again
+    /// and again), and SQL written by people or tools nests a handful.
     pub max_call_depth: usize,
 }
 
 impl Default for StatementLimits {
     fn default() -> Self {
-        StatementLimits { max_bytes: 1 << 20, max_depth: 1000, max_literal_bytes: 16 << 10, max_call_depth: 16 }
+        StatementLimits { max_bytes: 1 << 20, max_depth: 1000, max_literal_bytes: 16 << 10, max_call_depth: 12 }
     }
 }
 
