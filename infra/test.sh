@@ -41,7 +41,11 @@ export SLUICE_AZURITE="${SLUICE_CACHE:-$HOME/.cache/sluice}/azurite/node_modules
 # package, from a venv this makes (the first time: under a minute).
 SLUICE_PYCLIENTS=$(infra/pyclients.sh | tail -n 1)
 export SLUICE_PYCLIENTS
-cargo nextest run --workspace --no-fail-fast "$@"
+# The hostile test's two fuzzers take twice SLUICE_FUZZ_SECONDS: past 240 s each they
+# outrun the default profile's 10-minute limit (.config/nextest.toml).
+profile=default
+if [ "${SLUICE_FUZZ_SECONDS:-45}" -gt 240 ]; then profile=fuzz-long; fi
+cargo nextest run --profile "$profile" --workspace --no-fail-fast "$@"
 # Only for the whole suite (no arguments): every SQL file's fixtures, as an engineer
 # runs them (`sluice test`), the deployment manifests, and the door's parsers under
 # libFuzzer.

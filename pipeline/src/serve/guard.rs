@@ -23,6 +23,7 @@ use datafusion::physical_plan::expressions::Column;
 use datafusion::physical_plan::filter::FilterExec;
 use datafusion::physical_plan::filter_pushdown::{ChildPushdownResult, FilterPushdownPhase, FilterPushdownPropagation};
 use datafusion::physical_plan::projection::ProjectionExec;
+use datafusion::physical_plan::execution_plan::reset_plan_states;
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties};
 
 /// The scan of `inner` with only the rows `filter` admits, sealed. The caller's
@@ -107,6 +108,14 @@ impl ExecutionPlan for SealedScan {
         _config: &ConfigOptions,
     ) -> Result<FilterPushdownPropagation<Arc<dyn ExecutionPlan>>> {
         Ok(FilterPushdownPropagation::all_unsupported(child_pushdown_result))
+    }
+
+    /// The private plan is no child (nothing above may see or rewrite it), so a
+    /// plan run again (the plan cache) resets its state here: without this, a
+    /// learner's repeated `SELECT count(*)` answered 0 (found by the SQL fuzzer).
+    fn reset_state(self: Arc<Self>) -> Result<Arc<dyn ExecutionPlan>> {
+        let inner = reset_plan_states(Arc::clone(&self.inner))?;
+        Ok(Arc::new(SealedScan { table: self.table.clone(), properties: Arc::clone(&self.properties), inner }))
     }
 
     fn execute(&self, partition: usize, context: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
