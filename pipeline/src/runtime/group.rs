@@ -48,7 +48,7 @@ pub struct Instance {
 impl Instance {
     /// The SQL files as last read.
     fn sql(&self) -> Vec<SqlFile> {
-        self.sql.lock().map(|s| s.clone()).unwrap_or_else(|poisoned| poisoned.into_inner().clone())
+        self.sql.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
     }
 
     /// Reads the SQL files again; if every one plans, keeps them and tells the
@@ -60,10 +60,7 @@ impl Instance {
             plan(file, &inputs, &self.udfs).await?;
         }
         let count = files.len();
-        match self.sql.lock() {
-            Ok(mut sql) => *sql = files,
-            Err(poisoned) => *poisoned.into_inner() = files,
-        }
+        *self.sql.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = files;
         self.reloads.send_modify(|n| *n += 1);
         Ok(count)
     }
