@@ -99,7 +99,7 @@ impl PgServer {
             lake,
             verifier,
             budget,
-            parser: Arc::new(PgParser { sql: PostgresCompatibilityParser::new(), template }),
+            parser: Arc::new(PgParser { sql: PostgresCompatibilityParser::new(), template, hooks: hooks() }),
             hooks: hooks(),
             cancels: Arc::new(ConnectionManager::new()),
         }
@@ -455,25 +455,30 @@ pub struct PgParser {
     sql: PostgresCompatibilityParser,
     /// For the session-independent parts (parameter and result types of a plan).
     template: DfSessionService,
+    hooks: Vec<Arc<dyn QueryHook>>,
 }
 
 #[async_trait]
 impl QueryParser for PgParser {
     type Statement = DfStatement;
 
-    async fn parse_sql<C>(&self, client: &C, sql: &str, types: &[Option<Type>]) -> PgWireResult<Option<DfStatement>>
+    async fn parse_sql<C>(&self, client: &C, sql: &str, _types: &[Option<Type>]) -> PgWireResult<Option<DfStatement>>
     where
         C: ClientInfo + Unpin + Send + Sync,
     {
         let connection = connection(client)?;
         let limits = connection.session.limits();
         statement::admit(sql, &limits.statement).map_err(refused)?;
-        for statement in self.sql.parse(sql).map_err(|e| refused(statement::unparsed(sql, e)))? {
-            statement::check(&statement).map_err(refused)?;
+        let statements = self.sql.parse(sql).map_err(|e| refused(statement::unparsed(sql, e)))?;
+        for statement in &statements {
+            statement::check(statement).map_err(refused)?;
         }
+        // Like datafusion-postgres's parser, the first statement is the one planned.
+        let Some(statement) = statements.into_iter().next() else { return Ok(None) };
         connection.session.refresh().await.map_err(|e| error("58030", e))?;
         let mut stop = Stop::after(limits.query_timeout);
-        let planned = stop.guard(connection.service.query_parser().parse_sql(client, sql, types)).await.map_err(stopped)?;
+        let planning = plan_parsed(&self.hooks, statement, &connection.session.ctx, client);
+        let planned = stop.guard(planning).await.map_err(stopped)?;
         let mut parsed = planned.map_err(remap)?;
         if let Some((_, Some((_, plan)))) = &mut parsed {
             // Described with the types the rows will have (a plan with untyped parameters keeps its own).
@@ -500,6 +505,26 @@ impl QueryParser for PgParser {
             None => fields,
         })
     }
+}
+
+/// Plans a parsed extended-protocol statement as datafusion-postgres's parser does
+/// (its hooks first: SET, SHOW, transactions, cursors), without parsing the text a
+/// second time.
+async fn plan_parsed<C: ClientInfo + Send + Sync>(
+    hooks: &[Arc<dyn QueryHook>],
+    statement: Statement,
+    ctx: &SessionContext,
+    client: &C,
+) -> PgWireResult<Option<DfStatement>> {
+    let text = statement.to_string();
+    for hook in hooks {
+        if let Some(plan) = hook.handle_extended_parse_query(&statement, ctx, client).await {
+            return Ok(Some((text, Some((statement, plan?)))));
+        }
+    }
+    let parsed = datafusion::sql::parser::Statement::Statement(Box::new(statement.clone()));
+    let plan = ctx.state().statement_to_plan(parsed).await.map_err(|e| PgWireError::ApiError(Box::new(e)))?;
+    Ok(Some((text, Some((statement, plan)))))
 }
 
 /// TLS from a PEM certificate chain and private key.
