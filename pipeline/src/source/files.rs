@@ -32,6 +32,7 @@ struct PartitionFile {
     carry: Vec<u8>,
     /// The file has nothing more to read (what `carry` holds is all that is left).
     at_end: bool,
+    /// Bytes per read: [`CHUNK`] (a few in tests, to split lines across reads).
     chunk: usize,
     next_offset: i64,
     finished: bool,
