@@ -26,16 +26,20 @@ const CHUNK: usize = 256 << 10;
 
 struct PartitionFile {
     id: PartitionId,
-    path: PathBuf,
-    file: File,
+    reader: ChunkReader,
     /// Bytes read past the last line handed out: where the next batch starts.
     carry: Vec<u8>,
-    /// The file has nothing more to read (what `carry` holds is all that is left).
-    at_end: bool,
+    next_offset: i64,
+}
+
+/// A file read in chunks onto the end of the caller's buffer.
+struct ChunkReader {
+    path: PathBuf,
+    file: File,
     /// Bytes per read: [`CHUNK`] (a few in tests, to split lines across reads).
     chunk: usize,
-    next_offset: i64,
-    finished: bool,
+    /// The file has nothing more to read.
+    at_end: bool,
 }
 
 impl FileSource {
@@ -78,21 +82,17 @@ impl FileSource {
             let file = File::open(&path).map_err(|e| Error::io(&path, e))?;
             files.push(PartitionFile {
                 id: PartitionId { topic: Arc::from(topic.as_str()), partition },
-                path,
-                file,
+                reader: ChunkReader { path, file, chunk: CHUNK, at_end: false },
                 carry: Vec::new(),
-                at_end: false,
-                chunk: CHUNK,
                 next_offset: 0,
-                finished: false,
             });
         }
         files.sort_by(|a, b| a.id.cmp(&b.id));
         if let Some(w) = files.windows(2).find(|w| w[0].id == w[1].id) {
             return Err(Error::Input(format!(
                 "{} and {} are the same topic-partition",
-                w[0].path.display(),
-                w[1].path.display()
+                w[0].reader.path.display(),
+                w[1].reader.path.display()
             )));
         }
         if files.is_empty() {
@@ -101,7 +101,7 @@ impl FileSource {
                 dir.display()
             )));
         }
-        let total_bytes = files.iter().filter_map(|f| std::fs::metadata(&f.path).ok()).map(|m| m.len()).sum();
+        let total_bytes = files.iter().filter_map(|f| std::fs::metadata(&f.reader.path).ok()).map(|m| m.len()).sum();
         Ok(FileSource { files, total_bytes, next: 0, batch_size })
     }
 
@@ -115,7 +115,7 @@ fn file_name(path: &Path) -> String {
     path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
 }
 
-impl PartitionFile {
+impl ChunkReader {
     /// Appends up to a chunk of the file to `buf`; false once the file has no more.
     fn read_more(&mut self, buf: &mut Vec<u8>) -> Result<bool> {
         if self.at_end {
@@ -127,15 +127,21 @@ impl PartitionFile {
         self.at_end = n < self.chunk;
         Ok(n > 0)
     }
+}
 
-    /// Whether anything is left to read, reading ahead into `carry` to know.
-    fn is_finished(&mut self) -> Result<bool> {
+impl PartitionFile {
+    /// Every line is handed out; known as soon as the last one is, not one visit
+    /// later, because every batch and seek ends with [`read_ahead`](Self::read_ahead).
+    fn finished(&self) -> bool {
+        self.reader.at_end && self.carry.is_empty()
+    }
+
+    /// Reads the next chunk when nothing is carried, so that [`finished`](Self::finished) knows.
+    fn read_ahead(&mut self) -> Result<()> {
         if self.carry.is_empty() {
-            let mut carry = std::mem::take(&mut self.carry);
-            self.read_more(&mut carry)?;
-            self.carry = carry;
+            self.reader.read_more(&mut self.carry)?;
         }
-        Ok(self.carry.is_empty())
+        Ok(())
     }
 
     fn read_batch(&mut self, batch_size: usize) -> Result<RawBatch> {
@@ -150,7 +156,7 @@ impl PartitionFile {
                 Some(i) => scanned + i,
                 None => {
                     scanned = data.len();
-                    if self.read_more(&mut data)? {
+                    if self.reader.read_more(&mut data)? {
                         continue;
                     }
                     if start == data.len() {
@@ -178,47 +184,43 @@ impl PartitionFile {
         }
         self.carry = data[start..].to_vec();
         data.truncate(start);
-        // Finished as soon as the last line is read, not one visit later.
-        self.finished = self.is_finished()?;
+        self.read_ahead()?;
         Ok(RawBatch {
             partition: self.id.clone(),
             ingested_at: crate::time::now_micros(),
             data,
             messages,
             next_offset: self.next_offset,
-            end_of_partition: self.finished,
+            end_of_partition: self.finished(),
         })
     }
 
     /// Passes over lines until `next_offset` is `position`.
     fn skip_to(&mut self, position: i64) -> Result<()> {
-        let mut buf = std::mem::take(&mut self.carry);
         let mut start = 0;
         while self.next_offset < position {
-            match memchr::memchr(b'\n', &buf[start..]) {
+            match memchr::memchr(b'\n', &self.carry[start..]) {
                 Some(i) => start += i + 1,
                 None => {
-                    buf.drain(..start);
+                    self.carry.drain(..start);
                     start = 0;
-                    if self.read_more(&mut buf)? {
+                    if self.reader.read_more(&mut self.carry)? {
                         continue;
                     }
-                    if buf.is_empty() {
+                    if self.carry.is_empty() {
                         return Err(Error::Input(format!(
                             "{}: the checkpoint is at line {position}, the file has {} lines: was it changed?",
-                            self.path.display(),
+                            self.reader.path.display(),
                             self.next_offset
                         )));
                     }
-                    start = buf.len(); // a last line without a newline
+                    start = self.carry.len(); // a last line without a newline
                 }
             }
             self.next_offset += 1;
         }
-        buf.drain(..start);
-        self.carry = buf;
-        self.finished = self.is_finished()?;
-        Ok(())
+        self.carry.drain(..start);
+        self.read_ahead()
     }
 }
 
@@ -238,7 +240,7 @@ impl Source for FileSource {
         }
         let visits = |f: &PartitionFile| f.next_offset / self.batch_size as i64;
         self.next = (0..self.files.len())
-            .filter(|&i| !self.files[i].finished)
+            .filter(|&i| !self.files[i].finished())
             .min_by_key(|&i| (visits(&self.files[i]), i))
             .unwrap_or(0);
         Ok(())
@@ -250,7 +252,7 @@ impl Source for FileSource {
             let i = self.next;
             self.next = (self.next + 1) % n;
             let file = &mut self.files[i];
-            if !file.finished {
+            if !file.finished() {
                 return file.read_batch(self.batch_size).map(Some);
             }
         }
@@ -333,7 +335,7 @@ mod tests {
             for batch_size in 1..=4 {
                 for position in 0..=6 {
                     let mut source = FileSource::open(dir.path(), batch_size, |_| true).unwrap();
-                    source.files[0].chunk = chunk;
+                    source.files[0].reader.chunk = chunk;
                     let id = source.files[0].id.clone();
                     source.seek(&BTreeMap::from([(id, position)])).unwrap();
                     let (mut got, mut last) = (Vec::new(), None);
@@ -349,7 +351,7 @@ mod tests {
                 }
             }
             let mut source = FileSource::open(dir.path(), 2, |_| true).unwrap();
-            source.files[0].chunk = chunk;
+            source.files[0].reader.chunk = chunk;
             let id = source.files[0].id.clone();
             let err = source.seek(&BTreeMap::from([(id, 7)])).unwrap_err().to_string();
             assert!(err.contains("the checkpoint is at line 7, the file has 6 lines"), "{err}");

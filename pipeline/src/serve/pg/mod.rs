@@ -76,7 +76,6 @@ pub struct PgServer {
     verifier: Verifier,
     budget: Arc<Budget>,
     parser: Arc<PgParser>,
-    hooks: Vec<Arc<dyn QueryHook>>,
     /// Running statements by (pid, secret key), for CancelRequests.
     cancels: Arc<ConnectionManager>,
 }
@@ -100,7 +99,6 @@ impl PgServer {
             verifier,
             budget,
             parser: Arc::new(PgParser { sql: PostgresCompatibilityParser::new(), template, hooks: hooks() }),
-            hooks: hooks(),
             cancels: Arc::new(ConnectionManager::new()),
         }
     }
@@ -378,7 +376,7 @@ impl SimpleQueryHandler for PgServer {
         let mut responses = Vec::with_capacity(statements.len());
         'statements: for statement in statements {
             connection.session.refresh().await.map_err(|e| error("58030", e))?;
-            for hook in &self.hooks {
+            for hook in &self.parser.hooks {
                 if let Some(response) = hook.handle_simple_query(&statement, &connection.session.ctx, client).await {
                     connection.plans.clear();
                     responses.push(response.map_err(remap)?);
@@ -449,12 +447,14 @@ impl ExtendedQueryHandler for PgServer {
     }
 }
 
-/// Parses and checks extended-protocol statements, then plans them in the
-/// connection's session.
+/// Parses and checks statements; plans extended-protocol ones in the connection's
+/// session.
 pub struct PgParser {
     sql: PostgresCompatibilityParser,
     /// For the session-independent parts (parameter and result types of a plan).
     template: DfSessionService,
+    /// datafusion-postgres's answers to SET, SHOW, transactions and cursors, for
+    /// both protocols.
     hooks: Vec<Arc<dyn QueryHook>>,
 }
 
@@ -477,20 +477,17 @@ impl QueryParser for PgParser {
         let Some(statement) = statements.into_iter().next() else { return Ok(None) };
         connection.session.refresh().await.map_err(|e| error("58030", e))?;
         let mut stop = Stop::after(limits.query_timeout);
-        let planning = plan_parsed(&self.hooks, statement, &connection.session.ctx, client);
-        let planned = stop.guard(planning).await.map_err(stopped)?;
-        let mut parsed = planned.map_err(remap)?;
-        if let Some((_, Some((_, plan)))) = &mut parsed {
-            // Described with the types the rows will have (a plan with untyped parameters keeps its own).
-            let state = connection.session.ctx.state();
-            if let Ok(analyzed) = state.analyzer().execute_and_check(plan.clone(), state.config_options(), |_, _| {}) {
-                *plan = analyzed;
-            }
+        let planning = plan_parsed(&self.hooks, &statement, &connection.session.ctx, client);
+        let mut plan = stop.guard(planning).await.map_err(stopped)?.map_err(remap)?;
+        // Described with the types the rows will have (a plan with untyped parameters keeps its own).
+        let state = connection.session.ctx.state();
+        if let Ok(analyzed) = state.analyzer().execute_and_check(plan.clone(), state.config_options(), |_, _| {}) {
+            plan = analyzed;
         }
-        if let Some((_, Some((Statement::Query(_) | Statement::Explain { .. }, plan)))) = &parsed {
-            super::session::read_only().verify_plan(plan).map_err(|e| error(statement::READ_ONLY, e))?;
+        if matches!(statement, Statement::Query(_) | Statement::Explain { .. }) {
+            super::session::read_only().verify_plan(&plan).map_err(|e| error(statement::READ_ONLY, e))?;
         }
-        Ok(parsed)
+        Ok(Some((statement.to_string(), Some((statement, plan)))))
     }
 
     fn get_parameter_types(&self, stmt: &DfStatement) -> PgWireResult<Vec<Type>> {
@@ -512,19 +509,17 @@ impl QueryParser for PgParser {
 /// second time.
 async fn plan_parsed<C: ClientInfo + Send + Sync>(
     hooks: &[Arc<dyn QueryHook>],
-    statement: Statement,
+    statement: &Statement,
     ctx: &SessionContext,
     client: &C,
-) -> PgWireResult<Option<DfStatement>> {
-    let text = statement.to_string();
+) -> PgWireResult<LogicalPlan> {
     for hook in hooks {
-        if let Some(plan) = hook.handle_extended_parse_query(&statement, ctx, client).await {
-            return Ok(Some((text, Some((statement, plan?)))));
+        if let Some(plan) = hook.handle_extended_parse_query(statement, ctx, client).await {
+            return plan;
         }
     }
     let parsed = datafusion::sql::parser::Statement::Statement(Box::new(statement.clone()));
-    let plan = ctx.state().statement_to_plan(parsed).await.map_err(|e| PgWireError::ApiError(Box::new(e)))?;
-    Ok(Some((text, Some((statement, plan)))))
+    ctx.state().statement_to_plan(parsed).await.map_err(|e| PgWireError::ApiError(Box::new(e)))
 }
 
 /// TLS from a PEM certificate chain and private key.
