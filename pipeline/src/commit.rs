@@ -16,7 +16,7 @@
 //! refusal) the step waits with backoff, logs, counts the retry and carries on;
 //! what was staged or committed before the outage is not done twice.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -109,6 +109,16 @@ impl LakeWriter {
     /// The sink of `table` (one is opened for every table at start).
     pub fn sink(&mut self, table: &TablePath) -> Result<&mut TableSink> {
         self.sinks.get_mut(table).ok_or_else(|| Error::Internal(format!("no sink for {table}")))
+    }
+
+    /// The sinks of `tables`, in their order, borrowed apart so that the queries
+    /// writing them can run side by side.
+    pub fn sinks_of(&mut self, tables: &[&TablePath]) -> Result<Vec<&mut TableSink>> {
+        let mut by_table: HashMap<&TablePath, &mut TableSink> = self.sinks.iter_mut().collect();
+        tables
+            .iter()
+            .map(|table| by_table.remove(*table).ok_or_else(|| Error::Internal(format!("no sink for {table}, or two queries write it"))))
+            .collect()
     }
 
     /// Whether this pipeline writes `table` (a group's shards write only their own).

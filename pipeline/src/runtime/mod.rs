@@ -3,6 +3,7 @@
 
 mod ahead;
 mod backfill;
+mod cores;
 pub mod group;
 mod metrics;
 mod observe;
@@ -755,27 +756,46 @@ impl Pipeline {
         self.close_windows().await
     }
 
-    /// Runs every query reading `id`'s topic on `batch`. With `late`, rows whose window
-    /// has closed are left out and recorded there; returns how many rows were late for
-    /// at least one table.
-    async fn feed(&mut self, id: &PartitionId, batch: &RecordBatch, mut late: Option<&mut LateEvents>) -> Result<usize> {
+    /// Runs every query reading `id`'s topic on `batch`, side by side. With `late`,
+    /// rows whose window has closed are left out and recorded there; returns how
+    /// many rows were late for at least one table.
+    async fn feed(&mut self, id: &PartitionId, batch: &RecordBatch, late: Option<&mut LateEvents>) -> Result<usize> {
         if batch.num_rows() == 0 {
             return Ok(0);
         }
+        let queries: Vec<&mut RunningQuery> = self.queries.iter_mut().filter(|q| q.reads(&id.topic)).collect();
+        let tables: Vec<&TablePath> = queries.iter().map(|q| q.table()).collect();
+        let sinks = self.lake.sinks_of(&tables)?;
+        let (watermarks, judge_late) = (&self.watermarks, late.is_some());
+        let fed = cores::across_cores(queries.into_iter().zip(sinks).collect(), |(q, sink)| async move {
+            let (mut events, mut late_any) = (LateEvents::default(), vec![false; batch.num_rows()]);
+            let lateness = judge_late.then_some(Lateness { events: &mut events, late_any: &mut late_any });
+            q.feed(id, batch, watermarks, &mut Vec::new(), lateness, sink).await?;
+            Ok::<_, Error>((events, late_any))
+        })
+        .await;
+        // In the queries' order, as if they had run one after another.
         let mut late_any = vec![false; batch.num_rows()];
-        for q in &mut self.queries {
-            let lateness = late.as_deref_mut().map(|events| Lateness { events, late_any: &mut late_any });
-            let sink = self.lake.sink(q.table())?;
-            q.feed(id, batch, &self.watermarks, &mut self.row_watermarks, lateness, sink).await?;
+        let mut late = late;
+        for result in fed {
+            let (events, late_rows) = result?;
+            if let Some(late) = late.as_deref_mut() {
+                late.append(events);
+            }
+            late_any.iter_mut().zip(late_rows).for_each(|(any, this)| *any |= this);
         }
         Ok(late_any.iter().filter(|l| **l).count())
     }
 
-    /// Emits every window the watermarks have passed.
+    /// Emits every window the watermarks have passed, the queries side by side.
     async fn close_windows(&mut self) -> Result<()> {
-        for q in &mut self.queries {
-            let sink = self.lake.sink(q.table())?;
-            if let Some(watermark) = q.close(&self.watermarks, &self.mirrors, sink).await? {
+        let tables: Vec<&TablePath> = self.queries.iter().map(|q| q.table()).collect();
+        let sinks = self.lake.sinks_of(&tables)?;
+        let (watermarks, mirrors) = (&self.watermarks, &self.mirrors);
+        let jobs = self.queries.iter_mut().zip(sinks).collect();
+        let closed = cores::across_cores(jobs, |(q, sink)| async move { q.close(watermarks, mirrors, sink).await }).await;
+        for (q, watermark) in self.queries.iter().zip(closed) {
+            if let Some(watermark) = watermark? {
                 self.options.observed.watermark(q.table().as_str(), watermark);
             }
         }

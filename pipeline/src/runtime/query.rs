@@ -110,6 +110,11 @@ impl RunningQuery {
         }
     }
 
+    /// Whether it reads `topic` (as a stream, not as a mirror).
+    pub fn reads(&self, topic: &str) -> bool {
+        self.query.inputs.iter().any(|(t, _)| &**t == topic)
+    }
+
     pub fn table(&self) -> &TablePath {
         &self.query.table
     }

@@ -68,6 +68,13 @@ impl LateEvents {
         self.watermarks.push(watermark);
     }
 
+    /// `other`'s rows after these (another query's, of the same batch).
+    pub fn append(&mut self, other: LateEvents) {
+        self.rows.extend(other.rows);
+        self.watermarks.extend(other.watermarks);
+        self.tables.extend(other.tables);
+    }
+
     pub fn is_empty(&self) -> bool {
         self.rows.is_empty()
     }
