@@ -38,17 +38,16 @@ where
     let done = Mutex::new(Vec::with_capacity(count));
     let take_jobs = || loop {
         let Some((i, job)) = queue.lock().unwrap_or_else(PoisonError::into_inner).next() else { break };
-        // Tokio tasks a plan spawns go to the runtime's workers.
-        let result = futures::executor::block_on(work(job));
+        // Tokio's `block_on`, not a futures executor's: a plan may run one of those
+        // itself (an async UDF does), and they do not nest. Tokio tasks a plan
+        // spawns go to the runtime's workers.
+        let result = runtime.block_on(work(job));
         done.lock().unwrap_or_else(PoisonError::into_inner).push((i, result));
     };
     tokio::task::block_in_place(|| {
         std::thread::scope(|scope| {
             for _ in 1..threads {
-                let helper = std::thread::Builder::new().name("sluice-query".into()).stack_size(STACK).spawn_scoped(scope, || {
-                    let _runtime = runtime.enter();
-                    take_jobs();
-                });
+                let helper = std::thread::Builder::new().name("sluice-query".into()).stack_size(STACK).spawn_scoped(scope, take_jobs);
                 // Without a helper, this thread takes every job.
                 if let Err(e) = helper {
                     tracing::debug!("no helper thread for the queries: {e}");
@@ -66,12 +65,15 @@ where
 mod tests {
     use super::*;
 
-    /// Jobs of uneven length come back in their order on a multi-thread runtime
-    /// (threads side by side) and on a current-thread one (one after another).
+    /// Jobs of uneven length, each running a futures executor of its own, come back
+    /// in their order on a multi-thread runtime (threads side by side) and on a
+    /// current-thread one (one after another).
     async fn in_order() {
         let jobs: Vec<u64> = (0..40).collect();
         let results = across_cores(jobs, |n| async move {
             std::thread::sleep(std::time::Duration::from_micros((40 - n) * 50));
+            // As an async UDF does, inside a plan.
+            futures::executor::block_on(std::future::ready(()));
             (n, std::thread::current().id())
         })
         .await;
