@@ -154,7 +154,7 @@ pub struct Pipeline {
     started: Instant,
     stats: RunStats,
     last_commit: Instant,
-    /// Reused per batch: the watermark each row is judged by.
+    /// Reused per batch by the backfills: the watermark each row is judged by.
     row_watermarks: Vec<i64>,
     /// The one partition of the `sluice.metrics` stream.
     metrics_partition: PartitionId,
@@ -759,7 +759,7 @@ impl Pipeline {
     /// Runs every query reading `id`'s topic on `batch`, side by side. With `late`,
     /// rows whose window has closed are left out and recorded there; returns how
     /// many rows were late for at least one table.
-    async fn feed(&mut self, id: &PartitionId, batch: &RecordBatch, late: Option<&mut LateEvents>) -> Result<usize> {
+    async fn feed(&mut self, id: &PartitionId, batch: &RecordBatch, mut late: Option<&mut LateEvents>) -> Result<usize> {
         if batch.num_rows() == 0 {
             return Ok(0);
         }
@@ -776,7 +776,6 @@ impl Pipeline {
         .await;
         // In the queries' order, as if they had run one after another.
         let mut late_any = vec![false; batch.num_rows()];
-        let mut late = late;
         for result in fed {
             let (events, late_rows) = result?;
             if let Some(late) = late.as_deref_mut() {
