@@ -127,6 +127,22 @@ impl ChunkReader {
         self.at_end = n < self.chunk;
         Ok(n > 0)
     }
+
+    /// The end of the line starting at `start` in `buf` (its newline, or the end of
+    /// `buf` for a last line without one), reading onto `buf` until the line is
+    /// whole; `None` when no line starts there: the file is done.
+    fn line_end(&mut self, buf: &mut Vec<u8>, start: usize) -> Result<Option<usize>> {
+        let mut scanned = start;
+        loop {
+            if let Some(i) = memchr::memchr(b'\n', &buf[scanned..]) {
+                return Ok(Some(scanned + i));
+            }
+            scanned = buf.len();
+            if !self.read_more(buf)? {
+                return Ok((start < buf.len()).then_some(buf.len()));
+            }
+        }
+    }
 }
 
 impl PartitionFile {
@@ -149,22 +165,9 @@ impl PartitionFile {
         let mut data = std::mem::take(&mut self.carry);
         data.reserve(batch_size * 256);
         let mut messages = Vec::with_capacity(batch_size);
-        // data[start..scanned] is the start of a line, without its newline yet.
-        let (mut lines, mut start, mut scanned) = (0, 0, 0);
+        let (mut lines, mut start) = (0, 0);
         while lines < batch_size {
-            let end = match memchr::memchr(b'\n', &data[scanned..]) {
-                Some(i) => scanned + i,
-                None => {
-                    scanned = data.len();
-                    if self.reader.read_more(&mut data)? {
-                        continue;
-                    }
-                    if start == data.len() {
-                        break;
-                    }
-                    data.len() // the last line may have no newline
-                }
-            };
+            let Some(end) = self.reader.line_end(&mut data, start)? else { break };
             lines += 1;
             let offset = self.next_offset;
             self.next_offset += 1;
@@ -174,7 +177,6 @@ impl PartitionFile {
                 line_end -= 1;
             }
             start = (end + 1).min(data.len());
-            scanned = start;
             let line = &data[line_start..line_end];
             if line.iter().all(u8::is_ascii_whitespace) {
                 continue; // blank lines are no messages, but keep their line numbers
@@ -199,24 +201,19 @@ impl PartitionFile {
     fn skip_to(&mut self, position: i64) -> Result<()> {
         let mut start = 0;
         while self.next_offset < position {
-            match memchr::memchr(b'\n', &self.carry[start..]) {
-                Some(i) => start += i + 1,
-                None => {
-                    self.carry.drain(..start);
-                    start = 0;
-                    if self.reader.read_more(&mut self.carry)? {
-                        continue;
-                    }
-                    if self.carry.is_empty() {
-                        return Err(Error::Input(format!(
-                            "{}: the checkpoint is at line {position}, the file has {} lines: was it changed?",
-                            self.reader.path.display(),
-                            self.next_offset
-                        )));
-                    }
-                    start = self.carry.len(); // a last line without a newline
-                }
+            // The lines passed over are dropped a chunk's worth at a time.
+            if start >= self.reader.chunk {
+                self.carry.drain(..start);
+                start = 0;
             }
+            let Some(end) = self.reader.line_end(&mut self.carry, start)? else {
+                return Err(Error::Input(format!(
+                    "{}: the checkpoint is at line {position}, the file has {} lines: was it changed?",
+                    self.reader.path.display(),
+                    self.next_offset
+                )));
+            };
+            start = (end + 1).min(self.carry.len());
             self.next_offset += 1;
         }
         self.carry.drain(..start);
