@@ -19,7 +19,6 @@ use arrow::array::{
 use arrow::compute::{concat_batches, take};
 use arrow::datatypes::{DataType, TimestampMicrosecondType};
 use datafusion::logical_expr::{EmitTo, GroupsAccumulator};
-use datafusion::physical_expr::GroupsAccumulatorAdapter;
 use datafusion::physical_plan::aggregates::group_values::{new_group_values, GroupValues};
 use datafusion::physical_plan::aggregates::order::GroupOrdering;
 
@@ -107,46 +106,50 @@ impl Windows {
         let time = time
             .as_primitive_opt::<TimestampMicrosecondType>()
             .ok_or_else(|| Error::Internal(format!("event time is {}, not a µs timestamp", time.data_type())))?;
-        let keys = evaluate_all(&spec.keys, batch)?;
+        let mut keys = evaluate_all(&spec.keys, batch)?;
         let mut args = Vec::with_capacity(spec.aggregates.len());
         let mut filters = Vec::with_capacity(spec.aggregates.len());
         for aggregate in &spec.aggregates {
             args.push(evaluate_all(&crate::aggregate::arguments(&aggregate.function), batch)?);
             filters.push(match &aggregate.filter {
-                Some(f) => Some(f.evaluate(batch)?.into_array(batch.num_rows())?),
-                None => None,
+                Some(f) => vec![f.evaluate(batch)?.into_array(batch.num_rows())?],
+                None => Vec::new(),
             });
         }
 
-        // Rows by window; most batches touch one or two windows.
-        let mut by_window: BTreeMap<i64, Vec<u32>> = BTreeMap::new();
-        for (row, ts) in time.iter().enumerate() {
-            if let Some(ts) = ts {
-                by_window.entry(window_start(ts, spec.slide)).or_default().push(row as u32);
+        // A batch spans several windows as a rule (a partition's minutes, several
+        // partitions): its rows are put in window order once, every column taken
+        // in that order once, and each window folds a slice of it. Sorting by
+        // (start, row) keeps a window's rows in the batch's order.
+        let runs = match by_window(time, spec.slide) {
+            Order::AsIs(start) => vec![(start, 0, batch.num_rows())],
+            Order::Sorted { indices, runs } => {
+                let reorder = |arrays: &mut Vec<ArrayRef>| -> Result<()> {
+                    for array in arrays.iter_mut() {
+                        *array = take(array.as_ref(), &indices, None)?;
+                    }
+                    Ok(())
+                };
+                reorder(&mut keys)?;
+                args.iter_mut().try_for_each(reorder)?;
+                filters.iter_mut().try_for_each(reorder)?;
+                runs
             }
-        }
-        let whole_batch = by_window.len() == 1 && time.null_count() == 0;
-        for (start, rows) in by_window {
-            let pick = |arrays: &[ArrayRef]| -> Result<Vec<ArrayRef>> {
-                if whole_batch {
-                    return Ok(arrays.to_vec());
-                }
-                let indices = UInt32Array::from(rows.clone());
-                arrays.iter().map(|a| Ok(take(a, &indices, None)?)).collect()
-            };
+        };
+        let slice = |arrays: &[ArrayRef], offset: usize, len: usize| -> Vec<ArrayRef> {
+            arrays.iter().map(|a| if offset == 0 && len == a.len() { a.clone() } else { a.slice(offset, len) }).collect()
+        };
+        for (start, offset, len) in runs {
             let window = match self.windows.entry(start) {
                 std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
                 std::collections::btree_map::Entry::Vacant(e) => e.insert(WindowState::new(spec)?),
             };
             window.corrected |= window.emitted;
-            let (ids, groups) = window.groups.intern(&pick(&keys)?, rows.len())?;
+            let (ids, groups) = window.groups.intern(&slice(&keys, offset, len), len)?;
             for ((accumulator, args), filter) in window.accumulators.iter_mut().zip(&args).zip(&filters) {
-                let filter = match filter {
-                    Some(f) => Some(pick(std::slice::from_ref(f))?.remove(0)),
-                    None => None,
-                };
+                let filter = slice(filter, offset, len).pop();
                 let filter = filter.as_ref().and_then(|f| f.as_boolean_opt().cloned());
-                accumulator.update_batch(&pick(args)?, ids, filter.as_ref(), groups)?;
+                accumulator.update_batch(&slice(args, offset, len), ids, filter.as_ref(), groups)?;
             }
         }
         Ok(())
@@ -282,6 +285,39 @@ pub fn window_start(ts: i64, size: i64) -> i64 {
     ts.div_euclid(size) * size
 }
 
+/// Where a batch's rows go, by the start of their first pane.
+#[derive(Debug, PartialEq)]
+enum Order {
+    /// Every row is in the pane starting here.
+    AsIs(i64),
+    /// The rows with a time, in pane order (by start, then row), and per pane its
+    /// start, offset and length in that order.
+    Sorted { indices: UInt32Array, runs: Vec<(i64, usize, usize)> },
+}
+
+fn by_window(time: &TimestampMicrosecondArray, slide: i64) -> Order {
+    if time.null_count() == 0 {
+        if let Some(&first) = time.values().first() {
+            let start = window_start(first, slide);
+            if time.values().iter().all(|&ts| window_start(ts, slide) == start) {
+                return Order::AsIs(start);
+            }
+        }
+    }
+    let mut order: Vec<(i64, u32)> =
+        time.iter().enumerate().filter_map(|(row, ts)| Some((window_start(ts?, slide), row as u32))).collect();
+    // (start, row) pairs are distinct, so an unstable sort keeps rows in order.
+    order.sort_unstable();
+    let mut runs: Vec<(i64, usize, usize)> = Vec::new();
+    for (offset, &(start, _)) in order.iter().enumerate() {
+        match runs.last_mut() {
+            Some((last, _, len)) if *last == start => *len += 1,
+            _ => runs.push((start, offset, 1)),
+        }
+    }
+    Order::Sorted { indices: UInt32Array::from_iter_values(order.into_iter().map(|(_, row)| row)), runs }
+}
+
 fn evaluate_all(exprs: &[Arc<dyn datafusion::physical_plan::PhysicalExpr>], batch: &RecordBatch) -> Result<Vec<ArrayRef>> {
     exprs.iter().map(|e| Ok(e.evaluate(batch)?.into_array(batch.num_rows())?)).collect()
 }
@@ -296,15 +332,7 @@ impl WindowState {
         let accumulators = spec
             .aggregates
             .iter()
-            .map(|a| -> Result<Box<dyn GroupsAccumulator>> {
-                let f = &a.function;
-                if f.groups_accumulator_supported() {
-                    Ok(f.create_groups_accumulator()?)
-                } else {
-                    let f = f.clone();
-                    Ok(Box::new(GroupsAccumulatorAdapter::new(move || f.create_accumulator())))
-                }
-            })
+            .map(|a| crate::aggregate::groups_accumulator(&a.function))
             .collect::<Result<_>>()?;
         Ok(WindowState { groups, accumulators, emitted: false, corrected: false })
     }
@@ -587,6 +615,19 @@ mod tests {
     }
 
     /// Random rows in random batch sizes, against sums computed row by row here.
+    /// Rows go to their panes in the batch's order; rows without a time go nowhere.
+    #[test]
+    fn a_batch_is_split_by_pane_in_row_order() {
+        let one = TimestampMicrosecondArray::from(vec![10, 19, 11]);
+        assert_eq!(by_window(&one, 10), Order::AsIs(10));
+        let mixed = TimestampMicrosecondArray::from(vec![Some(25), Some(-1), None, Some(3), Some(21), Some(9), Some(-10)]);
+        let Order::Sorted { indices, runs } = by_window(&mixed, 10) else { panic!("not sorted") };
+        assert_eq!(indices.values().to_vec(), vec![1, 6, 3, 5, 0, 4]);
+        assert_eq!(runs, vec![(-10, 0, 2), (0, 2, 2), (20, 4, 2)]);
+        let nulls = TimestampMicrosecondArray::from(vec![None, Some(4)]);
+        assert_eq!(by_window(&nulls, 10), Order::Sorted { indices: UInt32Array::from(vec![1]), runs: vec![(0, 0, 1)] });
+    }
+
     #[tokio::test]
     async fn windows_match_a_row_by_row_computation_whatever_the_batching_and_checkpoints() {
         let query = planned("tumble(interval '1 minute')").await;

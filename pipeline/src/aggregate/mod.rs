@@ -13,6 +13,21 @@ use datafusion::physical_expr::{GroupsAccumulatorAdapter, PhysicalExpr};
 use crate::error::{Error, Result};
 use crate::plan::AggregateSpec;
 
+mod distinct;
+
+/// The accumulator of `f` over many groups: DataFusion's own where it has one
+/// (or ours for `count(DISTINCT text)`), else its adapter over one accumulator per group.
+pub fn groups_accumulator(f: &Arc<AggregateFunctionExpr>) -> Result<Box<dyn GroupsAccumulator>> {
+    if let Some(distinct) = distinct::DistinctText::for_function(f) {
+        return Ok(Box::new(distinct));
+    }
+    if f.groups_accumulator_supported() {
+        return Ok(f.create_groups_accumulator()?);
+    }
+    let f = f.clone();
+    Ok(Box::new(GroupsAccumulatorAdapter::new(move || f.create_accumulator())))
+}
+
 /// What an aggregate's accumulator takes per row: its arguments, then its ORDER BY
 /// values (as DataFusion's own aggregate passes them), with which an
 /// order-sensitive aggregate orders rows itself.
@@ -31,12 +46,7 @@ pub fn aggregate_groups(aggregates: &[AggregateSpec], rows: &RecordBatch, group_
     let mut columns = Vec::with_capacity(aggregates.len());
     for aggregate in aggregates {
         let f = &aggregate.function;
-        let mut accumulator: Box<dyn GroupsAccumulator> = if f.groups_accumulator_supported() {
-            f.create_groups_accumulator()?
-        } else {
-            let f = f.clone();
-            Box::new(GroupsAccumulatorAdapter::new(move || f.create_accumulator()))
-        };
+        let mut accumulator = groups_accumulator(f)?;
         let args: Vec<ArrayRef> = arguments(f).iter().map(|e| Ok(e.evaluate(rows)?.into_array(n)?)).collect::<Result<_>>()?;
         let filter = match &aggregate.filter {
             Some(filter) => Some(filter.evaluate(rows)?.into_array(n)?.as_boolean_opt().cloned().ok_or_else(|| Error::Internal("a FILTER that is not boolean".into()))?),
