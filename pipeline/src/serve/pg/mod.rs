@@ -93,7 +93,8 @@ struct Connection {
 
 impl PgServer {
     pub fn new(lake: Arc<ServedLake>, verifier: Verifier, budget: Arc<Budget>) -> Self {
-        let template = DfSessionService::new_with_hooks(Arc::new(SessionContext::new()), hooks());
+        // Asked only for a plan's parameter and result types: no hooks, no session.
+        let template = DfSessionService::new_with_hooks(Arc::new(SessionContext::new()), Vec::new());
         PgServer {
             lake,
             verifier,
