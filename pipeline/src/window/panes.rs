@@ -37,14 +37,24 @@ pub struct Windows {
     corrected: Vec<i64>,
 }
 
-/// One window's groups and, per aggregate, its accumulator over those groups.
+/// One window: its groups and accumulators while rows come in, or the state rows
+/// they gave when it was last checkpointed, if no row came in since. A window that
+/// stands still (a sparse partition's, one kept for corrections, a pane of later
+/// hopping windows) is then held as compact Arrow arrays, not drained and rebuilt
+/// at every checkpoint; a row coming in rebuilds it from them.
 struct WindowState {
-    groups: Groups,
-    accumulators: Vec<Box<dyn GroupsAccumulator>>,
+    live: Option<Live>,
+    saved: Option<RecordBatch>,
     /// Emitted and kept for corrections.
     emitted: bool,
     /// Emitted, and rows came in since: to be emitted again.
     corrected: bool,
+}
+
+/// A window's groups and, per aggregate, its accumulator over those groups.
+struct Live {
+    groups: Groups,
+    accumulators: Vec<Box<dyn GroupsAccumulator>>,
 }
 
 /// Group ids for the window's key rows; a query without keys has one group.
@@ -86,13 +96,7 @@ impl Windows {
     pub fn state_bytes(&self) -> usize {
         self.windows
             .values()
-            .map(|w| {
-                let groups = match &w.groups {
-                    Groups::Keyed { values, .. } => values.size(),
-                    Groups::Single { .. } => 0,
-                };
-                groups + w.accumulators.iter().map(|a| a.size()).sum::<usize>()
-            })
+            .map(|w| w.live.as_ref().map_or(0, Live::size) + w.saved.as_ref().map_or(0, |rows| rows.get_array_memory_size()))
             .sum()
     }
 
@@ -142,9 +146,10 @@ impl Windows {
         for (start, offset, len) in runs {
             let window = match self.windows.entry(start) {
                 std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
-                std::collections::btree_map::Entry::Vacant(e) => e.insert(WindowState::new(spec)?),
+                std::collections::btree_map::Entry::Vacant(e) => e.insert(WindowState::new()),
             };
             window.corrected |= window.emitted;
+            let window = window.live(spec)?;
             let (ids, groups) = window.groups.intern(&slice(&keys, offset, len), len)?;
             for ((accumulator, args), filter) in window.accumulators.iter_mut().zip(&args).zip(&filters) {
                 let filter = slice(filter, offset, len).pop();
@@ -194,7 +199,7 @@ impl Windows {
                 self.corrected.push(start);
             }
             let rows = window.state_rows(&self.spec, start)?;
-            let mut copy = WindowState::new(&self.spec)?;
+            let mut copy = WindowState::new();
             copy.merge_state(&self.spec, &rows)?;
             batches.push(copy.finish(&self.spec, start)?);
             (window.emitted, window.corrected) = (true, false);
@@ -225,10 +230,10 @@ impl Windows {
         }
         let mut batches = Vec::new();
         while start <= last && start.saturating_add(width) <= watermark {
-            let mut window = WindowState::new(&self.spec)?;
+            let mut window = WindowState::new();
             let mut any = false;
-            for (_, pane) in self.windows.range_mut(start..start + width) {
-                window.merge_state(&self.spec, &pane.state_rows(&self.spec, start)?)?;
+            for (&pane_start, pane) in self.windows.range_mut(start..start + width) {
+                window.merge_state(&self.spec, &pane.state_rows(&self.spec, pane_start)?)?;
                 any = true;
             }
             if any {
@@ -270,7 +275,7 @@ impl Windows {
             let len = starts.values()[from..].iter().take_while(|s| **s == start).count();
             let window = match self.windows.entry(start) {
                 std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
-                std::collections::btree_map::Entry::Vacant(e) => e.insert(WindowState::new(&self.spec)?),
+                std::collections::btree_map::Entry::Vacant(e) => e.insert(WindowState::new()),
             };
             window.merge_state(&self.spec, &rows.slice(from, len))?;
             window.emitted = start.saturating_add(self.spec.size) <= self.emitted_until;
@@ -323,6 +328,50 @@ fn evaluate_all(exprs: &[Arc<dyn datafusion::physical_plan::PhysicalExpr>], batc
 }
 
 impl WindowState {
+    fn new() -> Self {
+        WindowState { live: None, saved: None, emitted: false, corrected: false }
+    }
+
+    /// The window's groups and accumulators, rebuilt from its saved rows if it
+    /// stood still, to take rows (so the saved ones no longer hold).
+    fn live(&mut self, spec: &WindowSpec) -> Result<&mut Live> {
+        let live = match self.live.take() {
+            Some(live) => live,
+            None => Live::from_rows(spec, self.saved.as_ref())?,
+        };
+        self.saved = None;
+        Ok(self.live.insert(live))
+    }
+
+    /// The window's state as rows; from then on it keeps only those until a row
+    /// comes in.
+    fn state_rows(&mut self, spec: &WindowSpec, start: i64) -> Result<RecordBatch> {
+        if let Some(rows) = &self.saved {
+            return Ok(rows.clone());
+        }
+        let live = match self.live.take() {
+            Some(live) => live,
+            None => Live::new(spec)?,
+        };
+        let rows = live.into_state(start)?;
+        self.saved = Some(rows.clone());
+        Ok(rows)
+    }
+
+    /// Folds state rows (as [`state_rows`](Self::state_rows) made them) into the window.
+    fn merge_state(&mut self, spec: &WindowSpec, rows: &RecordBatch) -> Result<()> {
+        self.live(spec)?.merge_state(spec, rows)
+    }
+
+    fn finish(self, spec: &WindowSpec, start: i64) -> Result<RecordBatch> {
+        match self.live {
+            Some(live) => live.finish(spec, start),
+            None => Live::from_rows(spec, self.saved.as_ref())?.finish(spec, start),
+        }
+    }
+}
+
+impl Live {
     fn new(spec: &WindowSpec) -> Result<Self> {
         let groups = if spec.keys.is_empty() {
             Groups::Single { ids: Vec::new() }
@@ -334,16 +383,23 @@ impl WindowState {
             .iter()
             .map(|a| crate::aggregate::groups_accumulator(&a.function))
             .collect::<Result<_>>()?;
-        Ok(WindowState { groups, accumulators, emitted: false, corrected: false })
+        Ok(Live { groups, accumulators })
     }
 
-    /// The window's state as rows, leaving the window as it was (taking a state
-    /// drains an accumulator, so the window is rebuilt from the rows it gave).
-    fn state_rows(&mut self, spec: &WindowSpec, start: i64) -> Result<RecordBatch> {
-        let fresh = WindowState { emitted: self.emitted, corrected: self.corrected, ..WindowState::new(spec)? };
-        let rows = std::mem::replace(self, fresh).into_state(start)?;
-        self.merge_state(spec, &rows)?;
-        Ok(rows)
+    fn from_rows(spec: &WindowSpec, rows: Option<&RecordBatch>) -> Result<Self> {
+        let mut live = Live::new(spec)?;
+        if let Some(rows) = rows {
+            live.merge_state(spec, rows)?;
+        }
+        Ok(live)
+    }
+
+    fn size(&self) -> usize {
+        let groups = match &self.groups {
+            Groups::Keyed { values, .. } => values.size(),
+            Groups::Single { .. } => 0,
+        };
+        groups + self.accumulators.iter().map(|a| a.size()).sum::<usize>()
     }
 
     /// Drains the window into state rows: its start, the keys, each aggregate's state.
@@ -370,8 +426,8 @@ impl WindowState {
         Ok(RecordBatch::try_new_with_options(schema, columns, &options)?)
     }
 
-    /// Folds state rows of this window (as [`into_state`](Self::into_state) made them)
-    /// into its groups and accumulators.
+    /// Folds state rows (as [`into_state`](Self::into_state) made them) into the
+    /// groups and accumulators.
     fn merge_state(&mut self, spec: &WindowSpec, rows: &RecordBatch) -> Result<()> {
         let mut column = 1;
         let mut take = |count: usize| -> Result<Vec<ArrayRef>> {
