@@ -94,6 +94,11 @@ fn footprint(value: &str) -> usize {
     value.len() + 2 * std::mem::size_of::<Box<str>>()
 }
 
+/// A state list's offset: a `List` (not `LargeList`) counts in `i32`.
+fn list_offset(values: usize) -> Result<i32> {
+    i32::try_from(values).map_err(|_| DataFusionError::Internal("count(DISTINCT) state over 2^31 values".into()))
+}
+
 fn included(filter: Option<&BooleanArray>, row: usize) -> bool {
     filter.is_none_or(|f| f.is_valid(row) && f.value(row))
 }
@@ -122,7 +127,7 @@ impl GroupsAccumulator for DistinctText {
         let mut total = 0usize;
         for set in &sets {
             total += set.len();
-            offsets.push(i32::try_from(total).map_err(|_| DataFusionError::Internal("count(DISTINCT) state over 2^31 values".into()))?);
+            offsets.push(list_offset(total)?);
         }
         let mut values = StringBuilder::with_capacity(total, sets.iter().flatten().map(|v| v.len()).sum());
         sets.iter().flatten().for_each(|v| values.append_value(v));
@@ -153,7 +158,7 @@ impl GroupsAccumulator for DistinctText {
         let mut kept = Vec::new();
         for row in 0..values[0].len() {
             kept.extend(text.get(row).filter(|_| included(opt_filter, row)));
-            offsets.push(i32::try_from(kept.len()).map_err(|_| DataFusionError::Internal("count(DISTINCT) state over 2^31 values".into()))?);
+            offsets.push(list_offset(kept.len())?);
         }
         Ok(vec![self.lists(offsets, StringArray::from_iter_values(kept))?])
     }

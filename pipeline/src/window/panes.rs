@@ -43,6 +43,7 @@ pub struct Windows {
 /// hopping windows) is then held as compact Arrow arrays, not drained and rebuilt
 /// at every checkpoint; a row coming in rebuilds it from them.
 struct WindowState {
+    /// One of these two at most: a window is live or saved.
     live: Option<Live>,
     saved: Option<RecordBatch>,
     /// Emitted and kept for corrections.
@@ -115,6 +116,7 @@ impl Windows {
         let mut filters = Vec::with_capacity(spec.aggregates.len());
         for aggregate in &spec.aggregates {
             args.push(evaluate_all(&crate::aggregate::arguments(&aggregate.function), batch)?);
+            // None or one array, so that it is reordered and sliced as the arguments are.
             filters.push(match &aggregate.filter {
                 Some(f) => vec![f.evaluate(batch)?.into_array(batch.num_rows())?],
                 None => Vec::new(),
@@ -332,14 +334,18 @@ impl WindowState {
         WindowState { live: None, saved: None, emitted: false, corrected: false }
     }
 
-    /// The window's groups and accumulators, rebuilt from its saved rows if it
-    /// stood still, to take rows (so the saved ones no longer hold).
+    /// The window's groups and accumulators, taken out: as they are, or rebuilt
+    /// from the saved rows (which then no longer hold).
+    fn take_live(&mut self, spec: &WindowSpec) -> Result<Live> {
+        match self.live.take() {
+            Some(live) => Ok(live),
+            None => Live::from_rows(spec, self.saved.take().as_ref()),
+        }
+    }
+
+    /// The window's groups and accumulators, to take rows.
     fn live(&mut self, spec: &WindowSpec) -> Result<&mut Live> {
-        let live = match self.live.take() {
-            Some(live) => live,
-            None => Live::from_rows(spec, self.saved.as_ref())?,
-        };
-        self.saved = None;
+        let live = self.take_live(spec)?;
         Ok(self.live.insert(live))
     }
 
@@ -349,11 +355,7 @@ impl WindowState {
         if let Some(rows) = &self.saved {
             return Ok(rows.clone());
         }
-        let live = match self.live.take() {
-            Some(live) => live,
-            None => Live::new(spec)?,
-        };
-        let rows = live.into_state(start)?;
+        let rows = self.take_live(spec)?.into_state(start)?;
         self.saved = Some(rows.clone());
         Ok(rows)
     }
@@ -363,11 +365,8 @@ impl WindowState {
         self.live(spec)?.merge_state(spec, rows)
     }
 
-    fn finish(self, spec: &WindowSpec, start: i64) -> Result<RecordBatch> {
-        match self.live {
-            Some(live) => live.finish(spec, start),
-            None => Live::from_rows(spec, self.saved.as_ref())?.finish(spec, start),
-        }
+    fn finish(mut self, spec: &WindowSpec, start: i64) -> Result<RecordBatch> {
+        self.take_live(spec)?.finish(spec, start)
     }
 }
 
@@ -670,7 +669,6 @@ mod tests {
         }
     }
 
-    /// Random rows in random batch sizes, against sums computed row by row here.
     /// Rows go to their panes in the batch's order; rows without a time go nowhere.
     #[test]
     fn a_batch_is_split_by_pane_in_row_order() {
@@ -684,6 +682,7 @@ mod tests {
         assert_eq!(by_window(&nulls, 10), Order::Sorted { indices: UInt32Array::from(vec![1]), runs: vec![(0, 0, 1)] });
     }
 
+    /// Random rows in random batch sizes, against sums computed row by row here.
     #[tokio::test]
     async fn windows_match_a_row_by_row_computation_whatever_the_batching_and_checkpoints() {
         let query = planned("tumble(interval '1 minute')").await;
