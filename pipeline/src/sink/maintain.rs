@@ -173,7 +173,7 @@ async fn rewrite(
     target: u64,
     writer_properties: &WriterProperties,
 ) -> Result<u64> {
-    use deltalake::kernel::Action;
+    use deltalake::kernel::{Action, Transaction};
     use deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
     use deltalake::protocol::DeltaOperation;
     use deltalake::writer::{DeltaWriter, RecordBatchWriter};
@@ -205,12 +205,22 @@ async fn rewrite(
         add.data_change = false;
         Action::Add(add)
     }));
+    // The table's next compaction, so that of two compactions side by side (a
+    // writer that stalled, lost its tables and woke mid-compaction, beside the
+    // one that took them over) the later fails, rather than both removing the
+    // same files and each adding their rows again (delta-rs checks removals
+    // that change no data against nothing).
+    let compactions = table.snapshot().map_err(err)?.transaction_version(table.log_store().as_ref(), COMPACTIONS).await.map_err(err)?;
+    actions.push(Action::Txn(Transaction::new(COMPACTIONS, compactions.unwrap_or(0) + 1)));
     let operation = DeltaOperation::Optimize { predicate: None, target_size: target as i64 };
     commit_actions(table, actions, operation).await?;
     Ok(added.len() as u64)
 }
 
-/// One commit of `actions` outside the epochs (no `txn`), the table then at its new version.
+/// The `txn` app id every compaction of a table commits the next version of.
+pub const COMPACTIONS: &str = "sluice:compactions";
+
+/// One commit of `actions` outside the epochs (no epoch's `txn`), the table then at its new version.
 async fn commit_actions(table: &mut DeltaTable, actions: Vec<deltalake::kernel::Action>, operation: deltalake::protocol::DeltaOperation) -> Result<()> {
     let name = table_name(table);
     let err = |e: deltalake::DeltaTableError| Error::delta(name.clone(), e);
@@ -298,5 +308,47 @@ mod tests {
         let mib = 1 << 20;
         assert_eq!([tier(0), tier(mib - 1), tier(mib), tier(8 * mib - 1), tier(8 * mib), tier(64 * mib)], [0, 0, 1, 1, 2, 3]);
         assert_eq!(tier(u64::MAX), 15, "no overflow at the top");
+    }
+
+    async fn rows_of(table: &DeltaTable) -> usize {
+        let store = table.object_store();
+        let mut rows = 0;
+        for file in table.snapshot().unwrap().log_data().iter() {
+            use object_store::ObjectStoreExt;
+            let bytes = store.get(&file.object_store_path()).await.unwrap().bytes().await.unwrap();
+            let reader = deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes).unwrap().build().unwrap();
+            rows += reader.map(|b| b.unwrap().num_rows()).sum::<usize>();
+        }
+        rows
+    }
+
+    /// A writer that stalled mid-compaction wakes after another compacted the same
+    /// files: its compaction fails, and every row stays in the table once.
+    #[tokio::test]
+    async fn of_two_compactions_of_the_same_files_the_later_fails() {
+        use arrow::array::{Int64Array, RecordBatch};
+        let dir = tempfile::tempdir().unwrap();
+        let url = url::Url::from_directory_path(dir.path()).unwrap();
+        let mut table = DeltaTable::try_from_url(url.clone()).await.unwrap();
+        for commit in 0..5i64 {
+            let batch = RecordBatch::try_from_iter([("n", std::sync::Arc::new(Int64Array::from_iter_values(commit * 10..commit * 10 + 10)) as _)]).unwrap();
+            table = table.write(vec![batch]).with_save_mode(deltalake::protocol::SaveMode::Append).await.unwrap();
+        }
+        let mut stalled = deltalake::open_table(url.clone()).await.unwrap();
+        let (policy, properties) = (MaintenancePolicy::default(), WriterProperties::default());
+
+        let done = compact(&mut table, None, &policy, &properties, true, false).await.unwrap();
+        assert_eq!(done.get(&None), Some(&(5, 1)), "five files into one");
+        let late = compact(&mut stalled, None, &policy, &properties, true, false).await;
+        assert!(late.is_err(), "the stalled writer's compaction of the same files commits: {late:?}");
+
+        let table = deltalake::open_table(url).await.unwrap();
+        assert_eq!((table.snapshot().unwrap().log_data().num_files(), rows_of(&table).await), (1, 50));
+        // Compactions that do not overlap follow each other.
+        let mut table = table;
+        let batch = RecordBatch::try_from_iter([("n", std::sync::Arc::new(Int64Array::from_iter_values(50..60)) as _)]).unwrap();
+        table = table.write(vec![batch]).with_save_mode(deltalake::protocol::SaveMode::Append).await.unwrap();
+        compact(&mut table, None, &policy, &properties, true, false).await.unwrap();
+        assert_eq!(rows_of(&table).await, 60);
     }
 }
