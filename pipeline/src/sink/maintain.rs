@@ -218,7 +218,7 @@ async fn rewrite(
 }
 
 /// The `txn` app id every compaction of a table commits the next version of.
-pub const COMPACTIONS: &str = "sluice:compactions";
+const COMPACTIONS: &str = "sluice:compactions";
 
 /// One commit of `actions` outside the epochs (no epoch's `txn`), the table then at its new version.
 async fn commit_actions(table: &mut DeltaTable, actions: Vec<deltalake::kernel::Action>, operation: deltalake::protocol::DeltaOperation) -> Result<()> {
