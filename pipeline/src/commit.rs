@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arrow::array::RecordBatch;
+use futures::{StreamExt, TryStreamExt};
 
 use crate::catalog::storage::{is_transient, redact};
 use crate::catalog::TablePath;
@@ -79,6 +80,10 @@ pub struct Committed {
     /// Tables whose maintenance did something.
     pub maintained: BTreeMap<TablePath, Maintained>,
 }
+
+/// State files written at once at a checkpoint: enough to hide an object store's
+/// latency, few enough not to open a connection per table of a large lake.
+const PARALLEL_STATE_WRITES: usize = 16;
 
 /// The lake's writer: every table's sink, the checkpoints, and the epoch count.
 pub struct LakeWriter {
@@ -267,18 +272,25 @@ impl LakeWriter {
     }
 
     async fn save_checkpoint(&self, epoch: i64, state: &EpochState, staged: &BTreeMap<String, Staged>) -> Result<Checkpoint> {
+        // The state files side by side: one after another, an object store's
+        // round trips added up (40 windowed tables, 40 PUTs).
+        let windows: Vec<(&TablePath, &RecordBatch)> = state.queries.iter().filter_map(|q| Some((&q.table, q.windows.as_ref()?))).collect();
+        let mut written = futures::stream::iter(windows.into_iter().chain(state.mirrors.iter().map(|(table, rows)| (table, rows))))
+            .map(|(table, rows)| async move { Ok::<_, Error>((table, self.checkpoints.put_state(epoch, table, rows).await?)) })
+            .buffered(PARALLEL_STATE_WRITES)
+            .try_collect::<HashMap<&TablePath, String>>()
+            .await?;
         let mut queries = BTreeMap::new();
         for q in &state.queries {
-            let windows = match &q.windows {
-                Some(rows) => Some(self.checkpoints.put_state(epoch, &q.table, rows).await?),
-                None => None,
-            };
+            let windows = if q.windows.is_some() { written.remove(&q.table) } else { None };
             let (fingerprint, parts, backfill) = (Some(q.fingerprint.clone()), q.parts.clone(), q.backfill.clone());
             queries.insert(q.table.as_str().to_string(), QueryCheckpoint { watermark: q.watermark, windows, fingerprint, parts, backfill });
         }
         let mut mirrors = BTreeMap::new();
-        for (table, rows) in &state.mirrors {
-            mirrors.insert(table.as_str().to_string(), self.checkpoints.put_state(epoch, table, rows).await?);
+        for (table, _) in &state.mirrors {
+            if let Some(name) = written.remove(table) {
+                mirrors.insert(table.as_str().to_string(), name);
+            }
         }
         let checkpoint = Checkpoint {
             epoch,
