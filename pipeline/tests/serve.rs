@@ -210,6 +210,87 @@ fn a_table_committed_while_two_servers_serve_is_visible_to_the_next_query_of_eac
     }
 }
 
+/// The server keeps an unnamed statement parsed on its connection, since psycopg
+/// and pgjdbc send its text again with every execution: each execution must still
+/// bind its own parameter and read the latest commit.
+#[test]
+fn an_unnamed_statement_sent_again_binds_its_parameter_and_reads_new_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    let (full, part, lake) = (dir.path().join("full"), dir.path().join("part"), dir.path().join("lake"));
+    let made = sluice().args(["generate", "--users", "60", "--hours", "60", "--out"]).arg(&full).output().unwrap();
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let run = |lake: &Path| {
+        let out = sluice().args(["run", "--input"]).arg(&part).arg("--lake").arg(lake).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    };
+    // Dead letters per topic, read with deltalake: each run appends its own.
+    let per_topic = |lake: &Path| {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let table = runtime.block_on(common::read_table(lake, "monitoring/integration_health/dead_letters")).unwrap();
+        let mut counts = std::collections::BTreeMap::<String, usize>::new();
+        for row in &table.rows {
+            if let Some(common::V::S(topic)) = table.get(row, "_topic") {
+                *counts.entry(topic.clone()).or_default() += 1;
+            }
+        }
+        counts
+    };
+    copy_lines(&full, &part, 2);
+    run(&lake);
+    let before = per_topic(&lake);
+    assert!(before.len() >= 3, "{before:?}");
+
+    let served = Served::start(&lake, &[]);
+    let helper = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/serve/unnamed.py");
+    let sql = "SELECT count(*) FROM monitoring.integration_health.dead_letters WHERE _topic = %s";
+    let mut client = Command::new(common::python())
+        .arg(helper)
+        .args(["--port", &served.pg.to_string(), "--user", "ana", "--token", &token("ana", "analyst"), "--sql", sql])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut answers = std::io::BufRead::lines(std::io::BufReader::new(client.stdout.take().unwrap()));
+    let mut stdin = client.stdin.take().unwrap();
+    let mut ask = |topic: &str| {
+        writeln!(stdin, "{topic}").unwrap();
+        answers.next().unwrap_or_else(|| panic!("unnamed.py ended; server log:\n{}", served.log())).unwrap()
+    };
+    for (topic, rows) in &before {
+        assert_eq!(ask(topic), rows.to_string(), "{topic}, first half");
+    }
+    assert_eq!(ask("no.such.topic"), "0");
+
+    // The rest of every file: the next run appends that part's dead letters.
+    copy_lines(&full, &part, 1);
+    run(&lake);
+    let after = per_topic(&lake);
+    assert!(after.iter().any(|(topic, rows)| before.get(topic) != Some(rows)), "the second half added no dead letters");
+    for (topic, rows) in &after {
+        assert_eq!(ask(topic), rows.to_string(), "{topic}, after the second run");
+    }
+    drop(stdin);
+    let _ = client.wait();
+}
+
+/// Copies every file under `from` to the same place under `to`, its first
+/// 1/`fraction` of lines (the whole file again for 1: a file source carries on
+/// from the line it stopped at).
+fn copy_lines(from: &Path, to: &Path, fraction: usize) {
+    for entry in std::fs::read_dir(from).unwrap() {
+        let path = entry.unwrap().path();
+        let target = to.join(path.file_name().unwrap());
+        if path.is_dir() {
+            std::fs::create_dir_all(&target).unwrap();
+            copy_lines(&path, &target, fraction);
+        } else {
+            let text = std::fs::read(&path).unwrap();
+            let lines: Vec<&[u8]> = text.split_inclusive(|b| *b == b'\n').collect();
+            std::fs::write(&target, lines[..lines.len() / fraction].concat()).unwrap();
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------
 // The dashboard, in headless Chromium
 // ---------------------------------------------------------------------------

@@ -16,12 +16,12 @@ use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::catalog::{CatalogProvider, CatalogProviderList, SchemaProvider, Session as DfSession, TableProvider};
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::common::{exec_datafusion_err, DataFusionError, Result as DfResult, ScalarValue};
-use datafusion::datasource::TableType;
+use datafusion::datasource::{source_as_provider, TableType};
 use datafusion::execution::context::SQLOptions;
 use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::execution::session_state::SessionStateBuilder;
-use datafusion::logical_expr::{create_udf, ColumnarValue, Expr, ScalarFunctionImplementation, TableProviderFilterPushDown, Volatility};
+use datafusion::logical_expr::{create_udf, ColumnarValue, Expr, LogicalPlan, ScalarFunctionImplementation, TableProviderFilterPushDown, Volatility};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::{SessionConfig, SessionContext};
 
@@ -180,6 +180,18 @@ impl Session {
     pub fn note_scans(&self) -> Noting<'_> {
         *self.view.scanned.lock().unwrap_or_else(|p| p.into_inner()) = Some(Vec::new());
         Noting(self)
+    }
+
+    /// Whether every table of `tables` ([`lake_tables_of`] a plan) still has the
+    /// columns it was planned with, as last loaded: then the plan may run again.
+    pub async fn same_columns(&self, tables: &[(TablePath, SchemaRef)]) -> bool {
+        for (path, schema) in tables {
+            match self.view.lake.known(path).await {
+                Ok(loaded) if loaded.schema == *schema => continue,
+                _ => return false,
+            }
+        }
+        true
     }
 
     /// Whether every table in `scanned` is still at the version noted.
@@ -388,6 +400,27 @@ fn small(filter: &Expr) -> bool {
         Ok(if nodes > MAX_NODES { TreeNodeRecursion::Stop } else { TreeNodeRecursion::Continue })
     });
     nodes <= MAX_NODES
+}
+
+/// The lake tables a logical plan names (its subqueries' too), with the columns
+/// it was planned with; `None` if it reads anything else (the system catalogs,
+/// built when named).
+pub fn lake_tables_of(plan: &LogicalPlan) -> Option<Vec<(TablePath, SchemaRef)>> {
+    let mut tables = Some(Vec::new());
+    let _ = plan.apply_with_subqueries(|node| {
+        if let LogicalPlan::TableScan(scan) = node {
+            let provider = source_as_provider(&scan.source).ok();
+            match (provider.as_ref().and_then(|p| p.downcast_ref::<LakeTable>()), tables.as_mut()) {
+                (Some(lake), Some(found)) => found.push((lake.path.clone(), lake.schema.clone())),
+                _ => {
+                    tables = None;
+                    return Ok(TreeNodeRecursion::Stop);
+                }
+            }
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    tables
 }
 
 /// A lake table in a statement's plan. What it reads is decided when the plan

@@ -87,8 +87,18 @@ struct Connection {
     cancel: Arc<ConnectionHandle>,
     /// Simple-protocol statements as planned, run again while their tables stand still.
     plans: plans::PlanCache,
+    /// Extended-protocol statements as parsed, planned again with each one's parameters.
+    parsed: plans::ParsedCache,
     _slot: ConnectionSlot,
     _registered: pgwire::api::ConnectionGuard,
+}
+
+impl Connection {
+    /// After a statement that may change the session's settings.
+    fn forget_plans(&self) {
+        self.plans.clear();
+        self.parsed.clear();
+    }
 }
 
 impl PgServer {
@@ -348,7 +358,7 @@ impl StartupHandler for Login {
                 let (pid, key) = (rand::random::<i32>().abs(), SecretKey::I32(rand::random::<i32>()));
                 client.set_pid_and_secret_key(pid, key.clone());
                 let (cancel, registered) = server.cancels.register(pid, key);
-                client.session_extensions().insert(Connection { session, service, cancel, plans: Default::default(), _slot: slot, _registered: registered });
+                client.session_extensions().insert(Connection { session, service, cancel, plans: Default::default(), parsed: Default::default(), _slot: slot, _registered: registered });
                 let mut parameters = DefaultServerParameterProvider::default();
                 parameters.default_transaction_read_only = true;
                 finish_authentication(client, &parameters).await?;
@@ -379,7 +389,7 @@ impl SimpleQueryHandler for PgServer {
             connection.session.refresh().await.map_err(|e| error("58030", e))?;
             for hook in &self.parser.hooks {
                 if let Some(response) = hook.handle_simple_query(&statement, &connection.session.ctx, client).await {
-                    connection.plans.clear();
+                    connection.forget_plans();
                     responses.push(response.map_err(remap)?);
                     continue 'statements;
                 }
@@ -437,8 +447,8 @@ impl ExtendedQueryHandler for PgServer {
             return Err(error(statement::TOO_COMPLEX, format!("statement too complex: a parameter of {} bytes, more than the limit of {max} bytes", value.len())));
         }
         if !matches!(portal.statement.statement.1, Some((Statement::Query(_), _))) {
-            // A SET, say: the kept simple-protocol plans may no longer hold.
-            connection.plans.clear();
+            // A SET, say: the kept plans may no longer hold.
+            connection.forget_plans();
         }
         let names = portal.statement.statement.1.as_ref().and_then(|(_, plan)| names::postgres_names(plan));
         let (mut stop, slot) = self.start(client, &connection).await?;
@@ -468,6 +478,9 @@ impl QueryParser for PgParser {
         C: ClientInfo + Unpin + Send + Sync,
     {
         let connection = connection(client)?;
+        if let Some(parsed) = connection.parsed.get(sql, &connection.session).await {
+            return Ok(Some(parsed));
+        }
         let limits = connection.session.limits();
         statement::admit(sql, &limits.statement).map_err(refused)?;
         let statements = self.sql.parse(sql).map_err(|e| refused(statement::unparsed(sql, e)))?;
@@ -488,7 +501,9 @@ impl QueryParser for PgParser {
         if matches!(statement, Statement::Query(_) | Statement::Explain { .. }) {
             super::session::read_only().verify_plan(&plan).map_err(|e| error(statement::READ_ONLY, e))?;
         }
-        Ok(Some((statement.to_string(), Some((statement, plan)))))
+        let parsed = (statement.to_string(), Some((statement, plan)));
+        connection.parsed.keep(sql, &parsed);
+        Ok(Some(parsed))
     }
 
     fn get_parameter_types(&self, stmt: &DfStatement) -> PgWireResult<Vec<Type>> {

@@ -10,17 +10,23 @@
 //! and any statement of a trainer or org admin (their rows follow the directory,
 //! which changes apart from the tables they read). Any other statement (`SET TIME
 //! ZONE`, say, which planning reads) empties the cache.
+//!
+//! Extended-protocol statements, whose plans take parameters, keep their parsed
+//! and logical form instead ([`ParsedCache`]).
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
+use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::logical_expr::{Expr, LogicalPlan, Volatility};
 use datafusion::physical_plan::execution_plan::reset_plan_states;
 use datafusion::physical_plan::ExecutionPlan;
+use datafusion::sql::sqlparser::ast::Statement;
 use sluice_gate::token::Role;
 
-use crate::serve::session::{Scanned, Session};
+use crate::catalog::TablePath;
+use crate::serve::session::{lake_tables_of, Scanned, Session};
 
 /// Statements kept per connection.
 const ENTRIES: usize = 16;
@@ -41,32 +47,63 @@ impl Planned {
     }
 }
 
+/// The most recently used entries by statement text, at most [`ENTRIES`].
+struct Recent<T>(Mutex<VecDeque<(String, T)>>);
+
+impl<T> Default for Recent<T> {
+    fn default() -> Self {
+        Recent(Mutex::default())
+    }
+}
+
+impl<T: Clone> Recent<T> {
+    fn entries(&self) -> std::sync::MutexGuard<'_, VecDeque<(String, T)>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn get(&self, sql: &str) -> Option<T> {
+        let mut entries = self.entries();
+        let i = entries.iter().position(|(text, _)| text == sql)?;
+        let entry = entries.remove(i)?;
+        entries.push_front(entry.clone());
+        Some(entry.1)
+    }
+
+    fn put(&self, sql: &str, value: T) {
+        let mut entries = self.entries();
+        entries.retain(|(text, _)| text != sql);
+        entries.push_front((sql.to_string(), value));
+        entries.truncate(ENTRIES);
+    }
+
+    fn remove(&self, sql: &str) {
+        self.entries().retain(|(text, _)| text != sql);
+    }
+
+    fn clear(&self) {
+        self.entries().clear();
+    }
+}
+
 #[derive(Default)]
 pub struct PlanCache {
-    /// Most recently used first.
-    entries: Mutex<VecDeque<(String, Planned)>>,
+    entries: Recent<Planned>,
 }
 
 impl PlanCache {
     /// The plan kept for `sql`, if every table it scans is still at its version.
     pub async fn get(&self, sql: &str, session: &Session) -> Option<Planned> {
-        let found = {
-            let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-            let i = entries.iter().position(|(text, _)| text == sql)?;
-            let entry = entries.remove(i)?;
-            entries.push_front(entry.clone());
-            entry.1
-        };
+        let found = self.entries.get(sql)?;
         if session.unchanged(&found.scanned).await {
             return Some(found);
         }
-        self.entries.lock().unwrap_or_else(|p| p.into_inner()).retain(|(text, _)| text != sql);
+        self.entries.remove(sql);
         None
     }
 
     /// Forgets every plan: the session's settings may have changed.
     pub fn clear(&self) {
-        self.entries.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        self.entries.clear();
     }
 
     /// Keeps `plan` for `sql` if it may be run again (see the module comment):
@@ -77,10 +114,46 @@ impl PlanCache {
         if matches!(session.identity.role, Role::Trainer | Role::OrgAdmin) || scanned.is_empty() || table_scans(logical) != scanned.len() || !timeless(logical) {
             return;
         }
-        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        entries.retain(|(text, _)| text != sql);
-        entries.push_front((sql.to_string(), Planned { plan: plan.clone(), names, scanned }));
-        entries.truncate(ENTRIES);
+        self.entries.put(sql, Planned { plan: plan.clone(), names, scanned });
+    }
+}
+
+/// Extended-protocol statements as parsed and planned, by text: psycopg and
+/// pgjdbc send an unnamed statement's text again with every execution, and
+/// parsing, naming the tables and the analyzer cost a tenth of a point lookup.
+/// Kept is the logical plan, its parameters unbound: its tables take their latest
+/// version, and the caller's access to it, when it runs, so it holds while the
+/// session's settings do; a statement reading anything but lake tables (the
+/// system catalogs are built when named) is not kept.
+#[derive(Default)]
+pub struct ParsedCache {
+    entries: Recent<(super::DfStatement, Vec<(TablePath, SchemaRef)>)>,
+}
+
+impl ParsedCache {
+    /// The statement kept for `sql`, if its tables still have the columns it was
+    /// planned with.
+    pub async fn get(&self, sql: &str, session: &Session) -> Option<super::DfStatement> {
+        let (parsed, tables) = self.entries.get(sql)?;
+        if session.same_columns(&tables).await {
+            return Some(parsed);
+        }
+        self.entries.remove(sql);
+        None
+    }
+
+    /// Keeps a query reading lake tables alone.
+    pub fn keep(&self, sql: &str, parsed: &super::DfStatement) {
+        if let Some((Statement::Query(_), plan)) = &parsed.1 {
+            if let Some(tables) = lake_tables_of(plan) {
+                self.entries.put(sql, (parsed.clone(), tables));
+            }
+        }
+    }
+
+    /// Forgets every statement: the session's settings may have changed.
+    pub fn clear(&self) {
+        self.entries.clear();
     }
 }
 
