@@ -31,6 +31,11 @@ use crate::serve::session::{lake_tables_of, Scanned, Session};
 /// Statements kept per connection.
 const ENTRIES: usize = 16;
 
+/// The longest statement kept, in bytes: a dashboard's are a few hundred, and a
+/// client sending the longest statement admitted (1 MiB, planned into many times
+/// that) on every connection must not make the caches hold gigabytes.
+const MAX_KEPT_BYTES: usize = 8 << 10;
+
 /// A statement as planned.
 #[derive(Clone)]
 pub struct Planned {
@@ -47,7 +52,8 @@ impl Planned {
     }
 }
 
-/// The most recently used entries by statement text, at most [`ENTRIES`].
+/// The most recently used entries by statement text, at most [`ENTRIES`] of at
+/// most [`MAX_KEPT_BYTES`] each.
 struct Recent<T>(Mutex<VecDeque<(String, T)>>);
 
 impl<T> Default for Recent<T> {
@@ -70,6 +76,9 @@ impl<T: Clone> Recent<T> {
     }
 
     fn put(&self, sql: &str, value: T) {
+        if sql.len() > MAX_KEPT_BYTES {
+            return;
+        }
         let mut entries = self.entries();
         entries.retain(|(text, _)| text != sql);
         entries.push_front((sql.to_string(), value));
@@ -192,6 +201,19 @@ mod tests {
         let ctx = SessionContext::new();
         ctx.sql("CREATE TABLE t (a INT, d DATE)").await.unwrap();
         ctx.sql(sql).await.unwrap().logical_plan().clone()
+    }
+
+    #[test]
+    fn the_sixteen_latest_short_statements_are_kept() {
+        let recent = Recent::default();
+        for i in 0..20 {
+            recent.put(&format!("SELECT {i}"), i);
+        }
+        let long = format!("SELECT 1 WHERE 'x' IN ({})", vec!["'x'"; MAX_KEPT_BYTES / 4].join(","));
+        recent.put(&long, 99);
+        assert_eq!(recent.get(&long), None, "a statement longer than {MAX_KEPT_BYTES} bytes is not kept");
+        let kept: Vec<i32> = (0..20).filter_map(|i| recent.get(&format!("SELECT {i}"))).collect();
+        assert_eq!(kept, (4..20).collect::<Vec<_>>());
     }
 
     #[tokio::test]
