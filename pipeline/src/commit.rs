@@ -274,24 +274,24 @@ impl LakeWriter {
     async fn save_checkpoint(&self, epoch: i64, state: &EpochState, staged: &BTreeMap<String, Staged>) -> Result<Checkpoint> {
         // The state files side by side: one after another, an object store's
         // round trips added up (40 windowed tables, 40 PUTs).
-        let windows: Vec<(&TablePath, &RecordBatch)> = state.queries.iter().filter_map(|q| Some((&q.table, q.windows.as_ref()?))).collect();
-        let mut written = futures::stream::iter(windows.into_iter().chain(state.mirrors.iter().map(|(table, rows)| (table, rows))))
-            .map(|(table, rows)| async move { Ok::<_, Error>((table, self.checkpoints.put_state(epoch, table, rows).await?)) })
+        let put = |table, rows| self.checkpoints.put_state(epoch, table, rows);
+        let windows = futures::stream::iter(&state.queries)
+            .map(|q| async move {
+                match &q.windows {
+                    Some(rows) => put(&q.table, rows).await.map(Some),
+                    None => Ok(None),
+                }
+            })
             .buffered(PARALLEL_STATE_WRITES)
-            .try_collect::<HashMap<&TablePath, String>>()
-            .await?;
+            .try_collect::<Vec<_>>();
+        let mirrors = futures::stream::iter(&state.mirrors).map(|(table, rows)| put(table, rows)).buffered(PARALLEL_STATE_WRITES).try_collect::<Vec<_>>();
+        let (windows, mirror_files) = futures::try_join!(windows, mirrors)?;
         let mut queries = BTreeMap::new();
-        for q in &state.queries {
-            let windows = if q.windows.is_some() { written.remove(&q.table) } else { None };
+        for (q, windows) in state.queries.iter().zip(windows) {
             let (fingerprint, parts, backfill) = (Some(q.fingerprint.clone()), q.parts.clone(), q.backfill.clone());
             queries.insert(q.table.as_str().to_string(), QueryCheckpoint { watermark: q.watermark, windows, fingerprint, parts, backfill });
         }
-        let mut mirrors = BTreeMap::new();
-        for (table, _) in &state.mirrors {
-            if let Some(name) = written.remove(table) {
-                mirrors.insert(table.as_str().to_string(), name);
-            }
-        }
+        let mirrors = state.mirrors.iter().zip(mirror_files).map(|((table, _), file)| (table.as_str().to_string(), file)).collect();
         let checkpoint = Checkpoint {
             epoch,
             positions: state.positions.clone(),
