@@ -6,8 +6,9 @@
 //!
 //! From Kafka (`--kafka`, best on an empty broker): without `--rate`, preloads the
 //! traffic, then times the pipeline from start until every message is committed;
-//! with `--rate N`, starts the pipeline, produces N messages a second, and reports
-//! freshness (Kafka timestamp to the commit that made the rows visible). With
+//! with `--rate N`, generates the traffic into a file first, then starts the
+//! pipeline, produces N messages a second from the file, and reports freshness
+//! (Kafka timestamp to the commit that made the rows visible). With
 //! `--lake` over a lake that has history and an SQL directory with a new file, it
 //! measures the other tables' freshness while the new table is backfilled.
 
@@ -31,6 +32,9 @@ pub struct BenchArgs {
     /// and report freshness.
     #[arg(long, requires = "kafka")]
     pub rate: Option<u32>,
+    /// With --kafka: a librdkafka setting for the pipeline's consumer, as `run -X`.
+    #[arg(short = 'X', value_name = "KEY=VALUE", value_parser = super::run::setting, requires = "kafka")]
+    pub kafka_settings: Vec<(String, String)>,
     /// Lines read from one partition file at a time.
     #[arg(long, default_value_t = 8192)]
     pub batch_size: u64,
@@ -162,6 +166,7 @@ pub async fn bench_kafka(brokers: &str, bench: &BenchArgs, storage: &StorageOpti
     let args = RunArgs {
         input: None,
         kafka: Some(brokers.to_string()),
+        kafka_settings: bench.kafka_settings.clone(),
         stop_when_idle: Some(IDLE),
         batch_size,
         commit_interval: bench.commit_interval,
@@ -177,18 +182,16 @@ pub async fn bench_kafka(brokers: &str, bench: &BenchArgs, storage: &StorageOpti
             super::run::run(&args, storage).await?
         }
         Some(rate) => {
+            // Generated before the clock starts: a platform's services, not the
+            // pipeline's machine, make its traffic.
+            let started = std::time::Instant::now();
+            let spool = crate::source::Spool::record(&registry, &options, &dir.path().join("traffic.spool"))?;
+            eprintln!("generated {} messages in {:.1}s, to produce at {rate}/s", spool.summary.total_messages(), started.elapsed().as_secs_f64());
             crate::source::create_topics(brokers, &registry).await?;
             // The producer gets a thread of its own, so its pacing never waits on the pipeline.
             let producer = {
                 let brokers = brokers.to_string();
-                std::thread::spawn(move || -> Result<u64> {
-                    let runtime = tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()
-                        .map_err(|e| Error::Internal(format!("producer runtime: {e}")))?;
-                    let summary = runtime.block_on(crate::source::produce_generated(&brokers, &registry, &options, Some(rate)))?;
-                    Ok(summary.total_messages())
-                })
+                std::thread::spawn(move || spool.produce(&brokers, Some(rate)))
             };
             let stats = super::run::run(&args, storage).await?;
             let produced = producer.join().map_err(|_| Error::Internal("the producer thread panicked".into()))??;

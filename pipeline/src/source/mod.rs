@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 pub use files::FileSource;
 pub use kafka::{BrokerStats, KafkaSource};
-pub use produce::{create_topics, produce_generated};
+pub use produce::{create_topics, produce_generated, Spool};
 
 use crate::error::Result;
 
