@@ -188,12 +188,18 @@ pub async fn bench_kafka(brokers: &str, bench: &BenchArgs, storage: &StorageOpti
             let spool = crate::source::Spool::record(&registry, &options, &dir.path().join("traffic.spool"))?;
             eprintln!("generated {} messages in {:.1}s, to produce at {rate}/s", spool.summary.total_messages(), started.elapsed().as_secs_f64());
             crate::source::create_topics(brokers, &registry).await?;
-            // The producer gets a thread of its own, so its pacing never waits on the pipeline.
+            // The producer gets a thread of its own, so its pacing never waits on
+            // the pipeline. It starts once the pipeline reads: freshness is the
+            // steady state's, creating 60 tables in an empty lake left out.
+            let reading = std::sync::Arc::new(tokio::sync::Notify::new());
             let producer = {
-                let brokers = brokers.to_string();
-                std::thread::spawn(move || spool.produce(&brokers, Some(rate)))
+                let (brokers, reading) = (brokers.to_string(), reading.clone());
+                std::thread::spawn(move || {
+                    futures::executor::block_on(reading.notified());
+                    spool.produce(&brokers, Some(rate))
+                })
             };
-            let stats = super::run::run(&args, storage).await?;
+            let stats = super::run::run(&RunArgs { reading: Some(reading), ..args }, storage).await?;
             let produced = producer.join().map_err(|_| Error::Internal("the producer thread panicked".into()))??;
             eprintln!("produced {produced} messages at {rate}/s");
             stats

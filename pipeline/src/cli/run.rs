@@ -70,6 +70,9 @@ pub struct RunArgs {
     pub maintenance: MaintenanceArgs,
     #[command(flatten)]
     pub definitions: Definitions,
+    /// Told when the pipeline starts reading (see `RunOptions::reading`).
+    #[arg(skip)]
+    pub reading: Option<std::sync::Arc<tokio::sync::Notify>>,
 }
 
 /// How tables are kept healthy (`run` in its commit cycle, and `maintain`).
@@ -156,6 +159,7 @@ impl RunArgs {
             archive_retention: Default::default(),
             maintenance: MaintenanceArgs::default(),
             definitions: definitions.clone(),
+            reading: None,
         }
     }
 }
@@ -212,6 +216,7 @@ pub async fn run(args: &RunArgs, storage: &StorageOptions) -> Result<RunStats> {
         maintenance: args.maintenance.policy()?,
         outage_limit: args.outage_limit,
         archive: args.archive_retention,
+        reading: args.reading.clone(),
         live: Some(crate::runtime::LiveDefinitions {
             sql_dir: args.definitions.sql_dir()?,
             registry: registry.clone(),

@@ -71,6 +71,9 @@ pub struct RunOptions {
     /// Besides SIGINT and SIGTERM, stops the run when it turns true (a shard the
     /// group took away).
     pub stop: Option<tokio::sync::watch::Receiver<bool>>,
+    /// Told once the tables are open and reading starts: the steady benchmark
+    /// produces from then on, so its freshness leaves out creating the tables.
+    pub reading: Option<Arc<tokio::sync::Notify>>,
 }
 
 impl Default for RunOptions {
@@ -88,6 +91,7 @@ impl Default for RunOptions {
             outage_limit: Duration::from_secs(600),
             shard: None,
             stop: None,
+            reading: None,
         }
     }
 }
@@ -554,6 +558,9 @@ impl Pipeline {
         self.track_partitions(source);
         self.watermarks.add_partition(self.metrics_partition.clone(), 0);
         source.seek(&self.positions)?;
+        if let Some(reading) = &self.options.reading {
+            reading.notify_one();
+        }
         let mut stop = std::pin::pin!(stop_signal_or(self.options.stop.clone()));
         let mut hangups = self.options.live.as_ref().and_then(reload::Requests::listen);
         // Backfills replay a slice when the input is quiet, and otherwise after as
