@@ -59,7 +59,7 @@ pub async fn produce_generated(
 
 /// Generated traffic kept in a file, to be produced later without generating it
 /// again: the benchmark's producer then costs the machine what a real service's
-/// would (the generator's CPU, 16 % of a steady run's, is spent before the clock).
+/// would (the generator's CPU, 1.8 s for 1.5 M messages, is spent before the clock).
 pub struct Spool {
     path: PathBuf,
     pub summary: GenerateSummary,
@@ -98,9 +98,6 @@ impl Spool {
     /// Hands each recorded message to `emit`, in the order they were recorded.
     fn for_each(&self, emit: &mut dyn FnMut(Message<'_>) -> Result<()>) -> Result<()> {
         let io = |e| Error::io(&self.path, e);
-        let text = |field: &str, bytes: &[u8]| -> Result<String> {
-            String::from_utf8(bytes.to_vec()).map_err(|e| Error::Internal(format!("{}: {field}: {e}", self.path.display())))
-        };
         let mut input = BufReader::with_capacity(1 << 20, File::open(&self.path).map_err(io)?);
         let (mut topic, mut key, mut payload) = (Vec::new(), Vec::new(), Vec::new());
         let (mut topic_name, mut partition) = (String::new(), [0u8; 4]);
@@ -111,12 +108,11 @@ impl Spool {
                 Err(e) => return Err(io(e)),
             }
             if topic != topic_name.as_bytes() {
-                topic_name = text("a topic name", &topic)?;
+                topic_name = utf8(&self.path, "a topic name", &topic)?.to_string();
             }
             input.read_exact(&mut partition).map_err(io)?;
-            let has_key = read_field(&mut input, &mut key).map_err(io)?;
-            let key = match has_key {
-                true => Some(std::str::from_utf8(&key).map_err(|e| Error::Internal(format!("{}: a key: {e}", self.path.display())))?),
+            let key = match read_field(&mut input, &mut key).map_err(io)? {
+                true => Some(utf8(&self.path, "a key", &key)?),
                 false => None,
             };
             let payload = read_field(&mut input, &mut payload).map_err(io)?.then_some(payload.as_slice());
@@ -125,7 +121,7 @@ impl Spool {
     }
 }
 
-/// The length written for an absent key or payload (a tombstone).
+/// The length written for an absent key, or a tombstone's absent payload.
 const ABSENT: u32 = u32::MAX;
 
 /// Reads one length-prefixed field into `into`; false if it was absent.
@@ -140,6 +136,10 @@ fn read_field(input: &mut impl Read, into: &mut Vec<u8>) -> std::io::Result<bool
     into.resize(len as usize, 0);
     input.read_exact(into)?;
     Ok(true)
+}
+
+fn utf8<'b>(spool: &Path, what: &str, bytes: &'b [u8]) -> Result<&'b str> {
+    std::str::from_utf8(bytes).map_err(|e| Error::Internal(format!("{}: {what}: {e}", spool.display())))
 }
 
 /// An idempotent producer that keeps to a rate, if it has one, and waits while
