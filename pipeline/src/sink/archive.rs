@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, BinaryArray, Date32Array, Int32Array, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray};
+use arrow::array::{ArrayRef, BinaryArray, BinaryBuilder, Date32Array, Int32Array, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 
 use super::{TableLayout, DATE};
@@ -95,10 +95,20 @@ pub fn archive_batch(raw: &RawBatch) -> Result<RecordBatch> {
         Arc::new(Int64Array::from_iter_values(raw.messages.iter().map(|m| m.offset))),
         Arc::new(TimestampMicrosecondArray::from_value(raw.ingested_at, n).with_timezone("UTC")),
         Arc::new(TimestampMicrosecondArray::from_iter(raw.messages.iter().map(|m| m.timestamp.map(|ms| ms * 1000))).with_timezone("UTC")),
-        Arc::new(BinaryArray::from_iter(raw.messages.iter().map(|m| raw.payload(m)))),
+        Arc::new(payloads(raw)),
         Arc::new(Date32Array::from_value(date, n)),
     ];
     Ok(RecordBatch::try_new(archive_schema().clone(), columns)?)
+}
+
+/// The messages' payloads, in a buffer made once at its final size.
+fn payloads(raw: &RawBatch) -> BinaryArray {
+    let bytes = raw.messages.iter().filter_map(|m| m.payload.as_ref()).map(|r| r.len()).sum();
+    let mut values = BinaryBuilder::with_capacity(raw.messages.len(), bytes);
+    for m in &raw.messages {
+        values.append_option(raw.payload(m));
+    }
+    values.finish()
 }
 
 #[cfg(test)]

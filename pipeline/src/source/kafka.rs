@@ -3,7 +3,7 @@
 //! join), starts each where the lake's checkpoint says, and looks for new
 //! partitions and topics every few seconds.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -69,6 +69,9 @@ struct Batches {
     /// Where the last message went: messages come in runs per partition.
     last: usize,
     batch_size: usize,
+    /// Per partition, the bytes and messages of its last batch: the next starts
+    /// with that room, not growing (and copying, and faulting pages in) as it fills.
+    sizes: HashMap<PartitionId, (usize, usize)>,
 }
 
 impl KafkaSource {
@@ -110,7 +113,7 @@ impl KafkaSource {
             starts: BTreeMap::new(),
             assigned: Vec::new(),
             last_discovery: Instant::now(),
-            batches: Batches { pending: Vec::new(), last: 0, batch_size },
+            batches: Batches { pending: Vec::new(), last: 0, batch_size, sizes: HashMap::new() },
             stop_when_idle,
             last_message: Instant::now(),
         };
@@ -200,11 +203,12 @@ impl Batches {
                 Some(i) => i,
                 None => {
                     let partition = PartitionId { topic: Arc::from(message.topic()), partition: message.partition() };
+                    let (bytes, messages) = self.sizes.get(&partition).copied().unwrap_or_default();
                     let batch = RawBatch {
                         partition,
                         ingested_at: crate::time::now_micros(),
-                        data: Vec::new(),
-                        messages: Vec::new(),
+                        data: Vec::with_capacity(bytes),
+                        messages: Vec::with_capacity(messages),
                         next_offset: 0,
                         end_of_partition: false,
                     };
@@ -222,13 +226,19 @@ impl Batches {
         });
         batch.messages.push(RawMessage { offset: message.offset(), payload, timestamp: message.timestamp().to_millis() });
         batch.next_offset = message.offset() + 1;
-        (batch.messages.len() >= self.batch_size).then(|| self.pending.swap_remove(i).1)
+        (batch.messages.len() >= self.batch_size).then(|| self.hand_out(i))
+    }
+
+    fn hand_out(&mut self, i: usize) -> RawBatch {
+        let batch = self.pending.swap_remove(i).1;
+        self.sizes.insert(batch.partition.clone(), (batch.data.len(), batch.messages.len()));
+        batch
     }
 
     /// The batch that has waited longest, if it has waited `at_least`.
     fn take_oldest(&mut self, at_least: Duration) -> Option<RawBatch> {
         let (i, (since, _)) = self.pending.iter().enumerate().min_by_key(|(_, (since, _))| *since)?;
-        (since.elapsed() >= at_least).then(|| self.pending.swap_remove(i).1)
+        (since.elapsed() >= at_least).then(|| self.hand_out(i))
     }
 
     /// When to stop waiting for messages: when the oldest batch has lingered enough,
