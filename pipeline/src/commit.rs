@@ -75,6 +75,9 @@ pub struct Committed {
     pub state_ms: u64,
     /// Milliseconds of the Delta commits themselves.
     pub delta_ms: u64,
+    /// When the last table's commit ended (Unix milliseconds): the epoch's rows
+    /// are visible from then on, maintenance or not.
+    pub visible_at_ms: i64,
     /// Milliseconds of maintenance after the commits.
     pub maintain_ms: u64,
     /// Tables whose maintenance did something.
@@ -93,6 +96,10 @@ pub struct LakeWriter {
     epoch: i64,
     policy: MaintenancePolicy,
     last_vacuum: Instant,
+    /// Tables not vacuumed since the vacuum interval last came round.
+    vacuum_owed: BTreeSet<TablePath>,
+    /// The table to maintain first in the next epoch: the one the budget ran out at.
+    maintain_from: Option<TablePath>,
     outage: OutagePolicy,
 }
 
@@ -108,7 +115,16 @@ pub struct OutagePolicy {
 
 impl LakeWriter {
     pub fn new(sinks: BTreeMap<TablePath, TableSink>, checkpoints: CheckpointStore, policy: MaintenancePolicy, outage: OutagePolicy) -> Self {
-        LakeWriter { sinks, checkpoints, epoch: 0, policy, last_vacuum: Instant::now(), outage }
+        LakeWriter {
+            sinks,
+            checkpoints,
+            epoch: 0,
+            policy,
+            last_vacuum: Instant::now(),
+            vacuum_owed: BTreeSet::new(),
+            maintain_from: None,
+            outage,
+        }
     }
 
     /// The sink of `table` (one is opened for every table at start).
@@ -259,6 +275,7 @@ impl LakeWriter {
         }
 
         let delta_ms = committing.elapsed().as_millis() as u64;
+        let visible_at_ms = crate::time::now_micros() / 1000;
         loop {
             match self.checkpoints.prune_before(epoch).await {
                 Ok(()) => break,
@@ -266,9 +283,20 @@ impl LakeWriter {
             }
         }
         let maintaining = Instant::now();
-        let maintained = self.maintain(&mut outage).await?;
+        let maintained = self.maintain(&mut outage, Some(self.policy.epoch_budget)).await?;
         let maintain_ms = maintaining.elapsed().as_millis() as u64;
-        Ok(Committed { epoch, rows, tables, write_ms, state_ms, delta_ms, maintain_ms, maintained })
+        Ok(Committed { epoch, rows, tables, write_ms, state_ms, delta_ms, visible_at_ms, maintain_ms, maintained })
+    }
+
+    /// The maintenance the last epochs' budget left over, all of it: a run that
+    /// ends leaves every table maintained.
+    pub async fn finish_maintenance(&mut self) -> Result<BTreeMap<TablePath, Maintained>> {
+        if self.maintain_from.is_none() {
+            return Ok(BTreeMap::new());
+        }
+        let policy = self.outage.clone();
+        let mut outage = Outage::new(&policy);
+        self.maintain(&mut outage, None).await
     }
 
     async fn save_checkpoint(&self, epoch: i64, state: &EpochState, staged: &BTreeMap<String, Staged>) -> Result<Checkpoint> {
@@ -304,16 +332,26 @@ impl LakeWriter {
         Ok(checkpoint)
     }
 
-    /// Every table's maintenance, one table after another. A failure other than
-    /// an outage is logged and left for the next epoch: the rows are committed,
-    /// and a table that is merely slower to read must not stop the stream.
-    async fn maintain(&mut self, outage: &mut Outage<'_>) -> Result<BTreeMap<TablePath, Maintained>> {
-        let vacuum = self.last_vacuum.elapsed() >= self.policy.vacuum_interval;
-        if vacuum {
+    /// The tables' maintenance, one table after another, from where the last
+    /// epoch's left off until `budget` is spent (the table running then finishes).
+    /// A failure other than an outage is logged and left for the next epoch: the
+    /// rows are committed, and a table that is merely slower to read must not
+    /// stop the stream.
+    async fn maintain(&mut self, outage: &mut Outage<'_>, budget: Option<Duration>) -> Result<BTreeMap<TablePath, Maintained>> {
+        let started = Instant::now();
+        if self.last_vacuum.elapsed() >= self.policy.vacuum_interval {
             self.last_vacuum = Instant::now();
+            self.vacuum_owed = self.sinks.keys().cloned().collect();
         }
+        let order = in_turn(self.sinks.keys(), self.maintain_from.take().as_ref());
         let mut maintained = BTreeMap::new();
-        for (path, sink) in self.sinks.iter_mut() {
+        for (i, path) in order.into_iter().enumerate() {
+            if i > 0 && budget.is_some_and(|b| started.elapsed() >= b) {
+                self.maintain_from = Some(path);
+                break;
+            }
+            let vacuum = self.vacuum_owed.remove(&path);
+            let Some(sink) = self.sinks.get_mut(&path) else { continue };
             loop {
                 match sink.maintain(&self.policy, vacuum).await {
                     Ok(done) => {
@@ -332,6 +370,13 @@ impl LakeWriter {
         }
         Ok(maintained)
     }
+}
+
+/// The tables in their turn for maintenance: from `from` (or the first after
+/// it, if it is gone) to the last, then the ones before.
+fn in_turn<'t>(tables: impl Iterator<Item = &'t TablePath>, from: Option<&TablePath>) -> Vec<TablePath> {
+    let (before, after): (Vec<TablePath>, Vec<TablePath>) = tables.cloned().partition(|t| from.is_some_and(|f| t < f));
+    after.into_iter().chain(before).collect()
 }
 
 /// Waiting out an unreachable store within one epoch: exponential backoff from
@@ -383,5 +428,21 @@ impl Drop for Outage<'_> {
         if let Some(since) = self.since {
             tracing::info!(waited_s = since.elapsed().as_secs(), "the lake's store answers again");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maintenance_takes_the_tables_in_turn_from_where_the_budget_ran_out() {
+        let tables: Vec<TablePath> = ["a/s/t", "b/s/t", "c/s/t", "d/s/t"].iter().map(|t| TablePath::new(t).unwrap()).collect();
+        let names = |order: Vec<TablePath>| order.iter().map(|t| t.as_str().to_string()).collect::<Vec<_>>();
+        assert_eq!(names(in_turn(tables.iter(), None)), ["a/s/t", "b/s/t", "c/s/t", "d/s/t"]);
+        assert_eq!(names(in_turn(tables.iter(), Some(&tables[2]))), ["c/s/t", "d/s/t", "a/s/t", "b/s/t"]);
+        // A table dropped (its SQL file removed) since: the next one takes its turn.
+        let gone = TablePath::new("bb/s/t").unwrap();
+        assert_eq!(names(in_turn(tables.iter(), Some(&gone))), ["c/s/t", "d/s/t", "a/s/t", "b/s/t"]);
     }
 }

@@ -51,6 +51,11 @@ pub struct RunArgs {
     /// How often buffered rows are committed to the lake (e.g. 500ms, 1s, 1m).
     #[arg(long, default_value = "1s", value_parser = duration)]
     pub commit_interval: std::time::Duration,
+    /// How long an epoch's table maintenance (compaction, Delta checkpoints,
+    /// vacuum) may run before the tables left wait for the next epochs; the
+    /// table being maintained when it runs out finishes first.
+    #[arg(long, default_value = "200ms", value_parser = duration)]
+    pub maintenance_budget: std::time::Duration,
     /// A partition silent for this long no longer holds back the watermark of the
     /// queries reading it (contract §2).
     #[arg(long, default_value = "30s", value_parser = duration)]
@@ -103,6 +108,7 @@ impl MaintenanceArgs {
             max_small_files: self.max_small_files as usize,
             vacuum_retention: self.vacuum_retention,
             vacuum_interval: self.vacuum_every,
+            ..MaintenancePolicy::default()
         })
     }
 }
@@ -153,6 +159,7 @@ impl RunArgs {
             lake: lake.to_string(),
             batch_size: 8192,
             commit_interval: std::time::Duration::from_secs(1),
+            maintenance_budget: MaintenancePolicy::default().epoch_budget,
             idle_timeout: crate::time::DEFAULT_IDLE_TIMEOUT,
             metrics_addr: None,
             outage_limit: RunOptions::default().outage_limit,
@@ -213,7 +220,7 @@ pub async fn run(args: &RunArgs, storage: &StorageOptions) -> Result<RunStats> {
         idle_timeout: args.idle_timeout,
         progress,
         observed,
-        maintenance: args.maintenance.policy()?,
+        maintenance: MaintenancePolicy { epoch_budget: args.maintenance_budget, ..args.maintenance.policy()? },
         outage_limit: args.outage_limit,
         archive: args.archive_retention,
         reading: args.reading.clone(),
@@ -262,7 +269,7 @@ async fn run_in_group(
         commit_interval: args.commit_interval,
         idle_timeout: args.idle_timeout,
         observed,
-        maintenance: args.maintenance.policy()?,
+        maintenance: MaintenancePolicy { epoch_budget: args.maintenance_budget, ..args.maintenance.policy()? },
         outage_limit: args.outage_limit,
         archive: args.archive_retention,
         ..RunOptions::default()

@@ -35,7 +35,7 @@ use crate::decode::TopicDecoder;
 use crate::error::{Error, Result};
 use crate::plan::{InputTable, Shape, SqlFile};
 use crate::schema::{SchemaRegistry, EVENT_TIME};
-use crate::sink::{archive_layout, archive_table, ArchiveRetention, dead_letter_schema, dead_letters_batch, late_event_schema, LateEvents, MaintenancePolicy, TableLayout, TableSink, DEAD_LETTERS, LATE_EVENTS};
+use crate::sink::{archive_layout, archive_table, ArchiveRetention, dead_letter_schema, dead_letters_batch, late_event_schema, LateEvents, Maintained, MaintenancePolicy, TableLayout, TableSink, DEAD_LETTERS, LATE_EVENTS};
 use crate::source::{PartitionId, Source};
 use crate::time::Watermarks;
 use crate::mirror::Mirror;
@@ -648,11 +648,20 @@ impl Pipeline {
             tracing::info!("stopping on a signal: committing; open windows go into the checkpoint");
         }
         self.commit().await?;
+        let maintained = self.lake.finish_maintenance().await?;
+        self.report_maintained(&maintained);
         self.lease.release().await;
         self.stats.elapsed = self.started.elapsed();
         self.stats.rows = self.lake.sinks().iter().map(|(p, s)| (p.clone(), s.rows_written())).collect();
         self.stats.freshness = self.options.observed.freshness();
         Ok(self.stats.clone())
+    }
+
+    fn report_maintained(&self, maintained: &BTreeMap<TablePath, Maintained>) {
+        for (table, done) in maintained {
+            tracing::info!(%table, checkpoint = ?done.checkpoint, compacted = ?done.compacted, vacuumed = done.vacuumed, expired = done.expired, logs_cleaned = done.logs_cleaned, "maintained");
+        }
+        self.options.observed.maintained(maintained);
     }
 
     fn track_partitions(&mut self, source: &dyn Source) {
@@ -843,7 +852,7 @@ impl Pipeline {
         let committed = self.lake.commit(state).await?;
         self.watermarks.pause(started.elapsed());
         let input_read = std::mem::take(&mut self.dirty);
-        self.options.observed.visible(&self.produced_at, crate::time::now_micros() / 1000);
+        self.options.observed.visible(&self.produced_at, committed.visible_at_ms);
         self.produced_at.clear();
         if input_read {
             self.stats.caught_up = self.started.elapsed();
@@ -851,10 +860,7 @@ impl Pipeline {
         for (topic, watermark) in self.watermarks.per_topic() {
             self.options.observed.source_watermark(&topic, watermark);
         }
-        for (table, done) in &committed.maintained {
-            tracing::info!(%table, checkpoint = ?done.checkpoint, compacted = ?done.compacted, vacuumed = done.vacuumed, expired = done.expired, logs_cleaned = done.logs_cleaned, "maintained");
-        }
-        self.options.observed.maintained(&committed.maintained);
+        self.report_maintained(&committed.maintained);
         self.stats.commits += 1;
         self.stats.commit_ms.push(started.elapsed().as_secs_f64() * 1e3);
         self.stats.commit_tables.push(committed.tables);
