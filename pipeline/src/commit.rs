@@ -288,8 +288,8 @@ impl LakeWriter {
         Ok(Committed { epoch, rows, tables, write_ms, state_ms, delta_ms, visible_at_ms, maintain_ms, maintained })
     }
 
-    /// The maintenance the last epochs' budget left over, all of it: a run that
-    /// ends leaves every table maintained.
+    /// The maintenance the last epochs' budget left over, all of it: a bounded
+    /// run that ends leaves every table maintained.
     pub async fn finish_maintenance(&mut self) -> Result<BTreeMap<TablePath, Maintained>> {
         if self.maintain_from.is_none() {
             return Ok(BTreeMap::new());

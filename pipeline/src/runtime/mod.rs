@@ -648,8 +648,11 @@ impl Pipeline {
             tracing::info!("stopping on a signal: committing; open windows go into the checkpoint");
         }
         self.commit().await?;
-        let maintained = self.lake.finish_maintenance().await?;
-        self.report_maintained(&maintained);
+        if ended {
+            // A stop (a signal, a shard moved away) leaves it to the next start.
+            let maintained = self.lake.finish_maintenance().await?;
+            self.report_maintained(&maintained);
+        }
         self.lease.release().await;
         self.stats.elapsed = self.started.elapsed();
         self.stats.rows = self.lake.sinks().iter().map(|(p, s)| (p.clone(), s.rows_written())).collect();
