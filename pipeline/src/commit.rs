@@ -347,6 +347,7 @@ impl LakeWriter {
         let mut maintained = BTreeMap::new();
         for (i, path) in order.into_iter().enumerate() {
             if i > 0 && budget.is_some_and(|b| started.elapsed() >= b) {
+                tracing::debug!(next = %path, "maintenance budget spent; the tables from this one on wait for the next epoch");
                 self.maintain_from = Some(path);
                 break;
             }
