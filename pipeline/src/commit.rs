@@ -78,6 +78,8 @@ pub struct Committed {
     /// When the last table's commit ended (Unix milliseconds): the epoch's rows
     /// are visible from then on, maintenance or not.
     pub visible_at_ms: i64,
+    /// Milliseconds to delete the checkpoints before this epoch's.
+    pub prune_ms: u64,
     /// Milliseconds of maintenance after the commits.
     pub maintain_ms: u64,
     /// Tables whose maintenance did something.
@@ -276,16 +278,18 @@ impl LakeWriter {
 
         let delta_ms = committing.elapsed().as_millis() as u64;
         let visible_at_ms = crate::time::now_micros() / 1000;
+        let pruning = Instant::now();
         loop {
             match self.checkpoints.prune_before(epoch).await {
                 Ok(()) => break,
                 Err(e) => outage.wait("pruning old checkpoints", e).await?,
             }
         }
+        let prune_ms = pruning.elapsed().as_millis() as u64;
         let maintaining = Instant::now();
         let maintained = self.maintain(&mut outage, Some(self.policy.epoch_budget)).await?;
         let maintain_ms = maintaining.elapsed().as_millis() as u64;
-        Ok(Committed { epoch, rows, tables, write_ms, state_ms, delta_ms, visible_at_ms, maintain_ms, maintained })
+        Ok(Committed { epoch, rows, tables, write_ms, state_ms, delta_ms, visible_at_ms, prune_ms, maintain_ms, maintained })
     }
 
     /// The maintenance the last epochs' budget left over, all of it: a bounded

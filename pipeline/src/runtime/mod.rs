@@ -869,7 +869,7 @@ impl Pipeline {
         self.stats.commit_tables.push(committed.tables);
         let ms = started.elapsed().as_millis() as u64;
         self.options.observed.commit(committed.rows as u64, started.elapsed().as_secs_f64(), open, bytes);
-        tracing::info!(epoch = committed.epoch, rows = committed.rows, tables = committed.tables, ms, prepare_ms, write_ms = committed.write_ms, state_ms = committed.state_ms, delta_ms = committed.delta_ms, maintain_ms = committed.maintain_ms, "committed");
+        tracing::info!(epoch = committed.epoch, rows = committed.rows, tables = committed.tables, ms, prepare_ms, write_ms = committed.write_ms, state_ms = committed.state_ms, delta_ms = committed.delta_ms, prune_ms = committed.prune_ms, maintain_ms = committed.maintain_ms, "committed");
         self.committed = self.positions.clone();
         self.join_backfills(false).await
     }
