@@ -196,8 +196,8 @@ impl LakeWriter {
 
     /// Without a checkpoint, the tables must not hold epochs of `pipeline`:
     /// reading from the beginning again would write their rows twice.
-    pub async fn check_fresh_lake(&self, pipeline: &str) -> Result<()> {
-        for (path, sink) in &self.sinks {
+    pub async fn check_fresh_lake(&mut self, pipeline: &str) -> Result<()> {
+        for (path, sink) in &mut self.sinks {
             if let Some(epoch) = sink.committed_epoch().await? {
                 return Err(Error::Checkpoint(format!(
                     "table {path} holds epoch {epoch} of pipeline `{pipeline}`, but the lake has no checkpoint for it \

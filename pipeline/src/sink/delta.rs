@@ -22,6 +22,7 @@ use deltalake::{DeltaTable, DeltaTableError};
 use object_store::ObjectStoreExt;
 use serde::{Deserialize, Serialize};
 
+use super::append;
 use super::maintain::{self, Maintained, MaintenancePolicy};
 use super::properties::{commit_properties, writer_properties};
 use super::{TableLayout, DATE};
@@ -31,7 +32,18 @@ use crate::error::{Error, Result};
 pub struct TableSink {
     path: TablePath,
     layout: TableLayout,
+    /// The table, whose snapshot may be older than `version`: appends do not
+    /// bring it up to date ([`append`](super::append)); [`catch_up`](Self::catch_up)
+    /// does, before anything reads its files.
     table: DeltaTable,
+    /// The table version this sink last committed, or found when it opened the table.
+    version: u64,
+    /// A commit through delta-rs has checked that the table's protocol lets this
+    /// writer commit; appends written directly come after one.
+    protocol_checked: bool,
+    /// Small files per partition, kept up by commits: `None` until a compaction
+    /// check has counted them, and after a commit that removes files.
+    small_files: Option<maintain::SmallFiles>,
     app_id: String,
     pending: Vec<RecordBatch>,
     pending_rows: usize,
@@ -114,7 +126,10 @@ impl TableSink {
             app_id: format!("{pipeline}:{path}"),
             path,
             layout,
+            version: table.version().unwrap_or(0),
             table,
+            protocol_checked: false,
+            small_files: None,
             pending: Vec::new(),
             pending_rows: 0,
             staged_rows: 0,
@@ -207,17 +222,29 @@ impl TableSink {
             return Ok(Maintained::default());
         }
         let partition = self.layout.partition_columns.first().cloned();
-        let mut done = Maintained {
-            compacted: maintain::compact(&mut self.table, partition.as_deref(), policy, &self.writer_properties, false, false).await?,
-            ..Maintained::default()
-        };
+        let compact = self.small_files.as_ref().is_none_or(|s| s.may_compact(policy));
+        let checkpoint = maintain::checkpoint_due(self.version, self.last_checkpoint, policy.checkpoint_interval);
+        let mut done = Maintained::default();
+        if !(compact || checkpoint || vacuum) {
+            return Ok(done);
+        }
+        self.catch_up().await?;
+        if compact {
+            done.compacted = maintain::compact(&mut self.table, partition.as_deref(), policy, &self.writer_properties, false, false).await?;
+            self.small_files = Some(maintain::SmallFiles::count(&self.table, partition.as_deref(), policy.target_file_size)?);
+        }
         if let (true, Some(keep)) = (vacuum, self.retention) {
             let before = (chrono::Utc::now() - keep).date_naive();
             done.expired = maintain::expire(&mut self.table, before, false).await?;
+            if done.expired > 0 {
+                self.small_files = None;
+            }
         }
         if vacuum {
             done.vacuumed = maintain::vacuum(&mut self.table, policy.vacuum_retention, false).await?;
         }
+        // Maintenance commits through delta-rs, the snapshot following.
+        self.version = self.version.max(self.table.version().unwrap_or(0));
         if let Some(version) = maintain::checkpoint_if_due(&self.table, self.last_checkpoint, policy.checkpoint_interval).await? {
             self.last_checkpoint = Some(version);
             done.checkpoint = Some(version);
@@ -226,6 +253,14 @@ impl TableSink {
             done.logs_cleaned = maintain::clean_expired_logs(&self.table).await?;
         }
         Ok(done)
+    }
+
+    /// Brings the table's snapshot up to the version this sink last committed.
+    async fn catch_up(&mut self) -> Result<()> {
+        if self.table.version().is_some_and(|v| v < self.version) {
+            self.table.update_incremental(Some(self.version)).await.map_err(|e| Error::delta(self.path.as_str(), e))?;
+        }
+        Ok(())
     }
 
     /// Buffers result rows (in the query's result layout) for the next commit.
@@ -260,7 +295,8 @@ impl TableSink {
     }
 
     /// The last epoch this table committed, from its `txn`.
-    pub async fn committed_epoch(&self) -> Result<Option<i64>> {
+    pub async fn committed_epoch(&mut self) -> Result<Option<i64>> {
+        self.catch_up().await?;
         committed_epoch(&self.table, &self.app_id).await
     }
 
@@ -273,6 +309,9 @@ impl TableSink {
     /// that fails (the store away) can be tried again. The encoding runs as a task
     /// of its own, so the tables of an epoch are written in parallel.
     pub async fn stage(&mut self) -> Result<Staged> {
+        if self.rebuilding || !self.replaced_windows.is_empty() {
+            self.catch_up().await?;
+        }
         let (removes, rewritten) = match self.rebuilding && !self.overwrite {
             // Every file goes: the corrected windows' old rows with the rest (an
             // overwriting sink's commit takes them out anyway).
@@ -370,53 +409,85 @@ impl TableSink {
         if staged.adds.is_empty() && staged.removes.is_empty() && staged.metadata.is_none() && !self.overwrite {
             return Ok(0);
         }
-        let err = |e| Error::delta(self.path.as_str(), e);
+        let path = self.path.clone();
+        let err = |e| Error::delta(path.as_str(), e);
         if self.commit_failed {
             // Decide on the table as the store has it now, never on a stale copy.
             self.table.update_state().await.map_err(err)?;
+            self.version = self.version.max(self.table.version().unwrap_or(0));
+            self.small_files = None;
             self.commit_failed = false;
             if self.committed_epoch().await? >= Some(epoch) {
-                let rows = std::mem::take(&mut self.staged_rows);
-                self.rows_written += rows as u64;
-                return Ok(rows);
+                return Ok(self.committed_rows());
             }
         }
-        let table = &mut self.table;
-        let mode = if self.overwrite || !staged.removes.is_empty() { SaveMode::Overwrite } else { SaveMode::Append };
+        let txn = Transaction::new(&self.app_id, epoch);
+        let appends = staged.removes.is_empty() && staged.metadata.is_none() && !self.overwrite;
+        let partition = self.layout.partition_columns.first().cloned();
         let operation = DeltaOperation::Write {
-            mode,
+            mode: if appends { SaveMode::Append } else { SaveMode::Overwrite },
             partition_by: Some(self.layout.partition_columns.clone()).filter(|p| !p.is_empty()),
             predicate: None,
         };
+        if appends && self.protocol_checked && append::writes_directly(self.table.log_store().as_ref()) {
+            let actions = staged.adds.iter().cloned().map(Action::Add).collect();
+            match append::append(self.table.log_store().as_ref(), self.version + 1, actions, operation.clone(), txn.clone()).await {
+                Ok(true) => {
+                    self.version += 1;
+                    if let Some(small) = &mut self.small_files {
+                        small.appended(&staged.adds, partition.as_deref());
+                    }
+                    return Ok(self.committed_rows());
+                }
+                // Another writer's commit took the version (a shard's, to a shared
+                // table): delta-rs's path, below, checks it and tries the next.
+                Ok(false) => {}
+                Err(e) => {
+                    // The commit may have landed without its answer: a retry looks first.
+                    self.commit_failed = true;
+                    return Err(err(e));
+                }
+            }
+        }
+        self.catch_up().await?;
         let mut actions: Vec<Action> = Vec::new();
         let new_columns = staged.metadata.is_some();
         actions.extend(staged.metadata.map(Action::Metadata));
         if self.overwrite {
-            let snapshot = table.snapshot().map_err(err)?;
+            let snapshot = self.table.snapshot().map_err(err)?;
             actions.extend(snapshot.log_data().iter().map(|f| Action::Remove(f.remove_action(true))));
         }
         actions.extend(staged.removes.into_iter().map(Action::Remove));
-        actions.extend(staged.adds.into_iter().map(Action::Add));
-        let properties = commit_properties().with_application_transaction(Transaction::new(&self.app_id, epoch));
-        let finalized = CommitBuilder::from(properties)
+        actions.extend(staged.adds.iter().cloned().map(Action::Add));
+        let finalized = CommitBuilder::from(commit_properties().with_application_transaction(txn))
             .with_actions(actions)
-            .build(Some(table.snapshot().map_err(err)?), table.log_store(), operation)
+            .build(Some(self.table.snapshot().map_err(err)?), self.table.log_store(), operation)
             .await;
         let finalized = match finalized {
             Ok(finalized) => finalized,
             Err(e) => {
-                // The commit may have landed without its answer: a retry looks first.
                 self.commit_failed = true;
-                return Err(Error::delta(self.path.as_str(), e));
+                return Err(err(e));
             }
         };
-        table.state = Some(finalized.snapshot());
+        self.table.state = Some(finalized.snapshot());
+        self.version = finalized.version();
+        self.protocol_checked = true;
+        match (&mut self.small_files, appends) {
+            (Some(small), true) => small.appended(&staged.adds, partition.as_deref()),
+            _ => self.small_files = None,
+        }
         if new_columns {
             self.new_columns = None;
         }
+        Ok(self.committed_rows())
+    }
+
+    /// The rows staged since the last commit, now committed.
+    fn committed_rows(&mut self) -> usize {
         let rows = std::mem::take(&mut self.staged_rows);
         self.rows_written += rows as u64;
-        Ok(rows)
+        rows
     }
 }
 
@@ -503,6 +574,92 @@ fn check_schema(path: &TablePath, table: &DeltaTable, layout: &TableLayout) -> R
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The `_offset`s of every row the table at `dir`/`table` holds, as a new
+    /// reader of the log sees it, sorted; and the table's version.
+    async fn offsets_in(dir: &std::path::Path, table: &TablePath) -> (Vec<i64>, u64) {
+        let url = deltalake::ensure_table_uri(format!("{}/{}", dir.display(), table.as_str())).unwrap();
+        let reopened = deltalake::open_table(url).await.unwrap();
+        let store = reopened.object_store();
+        let mut offsets = Vec::new();
+        for file in reopened.snapshot().unwrap().log_data().iter() {
+            let bytes = store.get(&file.object_store_path()).await.unwrap().bytes().await.unwrap();
+            for batch in ParquetRecordBatchReaderBuilder::try_new(bytes).unwrap().build().unwrap() {
+                let batch = batch.unwrap();
+                let column = batch.column_by_name("_offset").unwrap().as_primitive::<arrow::datatypes::Int64Type>();
+                offsets.extend(column.values().iter().copied());
+            }
+        }
+        offsets.sort_unstable();
+        (offsets, reopened.version().unwrap())
+    }
+
+    /// Appends after the first are written to the log directly (`sink/append.rs`):
+    /// a new reader finds every row once and the last epoch's `txn`, another
+    /// writer's commit in between is stepped over, and the small files the sink
+    /// counted along are those the table has.
+    #[tokio::test]
+    async fn appends_written_directly_are_read_back_as_delta_rs_writes_them() {
+        use crate::catalog::StorageOptions;
+        use crate::source::{PartitionId, RawBatch, RawMessage};
+        const DAY: i64 = 86_400_000_000;
+
+        let dir = tempfile::tempdir().unwrap();
+        let lake = Lake::connect(dir.path().to_str().unwrap(), true, StorageOptions::default()).await.unwrap();
+        let table = super::super::archive_table("t").unwrap();
+        let mut sink = TableSink::open(&lake, table.clone(), super::super::archive_layout(), "test").await.unwrap();
+        let policy = MaintenancePolicy { max_small_files: 1000, ..MaintenancePolicy::default() };
+        let start = sink.version;
+        let now = crate::time::now_micros();
+        for epoch in 1..=12i64 {
+            let raw = RawBatch {
+                partition: PartitionId { topic: std::sync::Arc::from("t"), partition: 0 },
+                // Three days, so that the files fall in three partitions.
+                ingested_at: now - (epoch % 3) * DAY,
+                data: b"{}{}".to_vec(),
+                messages: vec![
+                    RawMessage { offset: 2 * epoch, payload: Some(0..2), timestamp: None },
+                    RawMessage { offset: 2 * epoch + 1, payload: Some(2..4), timestamp: None },
+                ],
+                next_offset: 2 * epoch + 2,
+                end_of_partition: false,
+            };
+            sink.push_table_rows(super::super::archive_batch(&raw).unwrap());
+            let staged = sink.stage().await.unwrap();
+            assert_eq!(sink.commit(epoch, staged).await.unwrap(), 2);
+            if epoch == 1 {
+                assert!(sink.protocol_checked, "the first commit goes through delta-rs");
+                // Counts the small files, from here on kept up by the commits.
+                assert!(sink.maintain(&policy, false).await.unwrap().is_empty());
+            }
+            if epoch == 6 {
+                // Another writer commits the version the sink would write next.
+                let url = lake.table_url(&table).unwrap();
+                let mut other = DeltaTable::try_from_url(url).await.unwrap();
+                other.load().await.unwrap();
+                let finalized = CommitBuilder::from(commit_properties().with_application_transaction(Transaction::new("other", 1)))
+                    .with_actions(Vec::new())
+                    .build(Some(other.snapshot().unwrap()), other.log_store(), DeltaOperation::Write { mode: SaveMode::Append, partition_by: None, predicate: None })
+                    .await
+                    .unwrap();
+                assert_eq!(finalized.version(), sink.version + 1);
+            }
+        }
+        assert!(sink.table.version() < Some(sink.version), "the snapshot was left behind by the direct appends");
+
+        let (offsets, version) = offsets_in(dir.path(), &table).await;
+        assert_eq!(offsets, (2..26).collect::<Vec<i64>>(), "every row once");
+        assert_eq!(version, start + 13, "twelve epochs and the other writer's commit");
+        assert_eq!(sink.version, version);
+        assert_eq!(sink.committed_epoch().await.unwrap(), Some(12));
+
+        let url = lake.table_url(&table).unwrap();
+        let mut reopened = DeltaTable::try_from_url(url).await.unwrap();
+        reopened.load().await.unwrap();
+        let counted = maintain::SmallFiles::count(&reopened, Some(DATE), policy.target_file_size).unwrap();
+        assert_eq!(sink.small_files.as_ref(), Some(&counted));
+        assert_eq!(maintain::files_by_partition(&reopened, Some(DATE)).unwrap().len(), 3, "three days");
+    }
 
     fn micros(t: &str) -> i64 {
         chrono::DateTime::parse_from_rfc3339(t).unwrap().timestamp_micros()

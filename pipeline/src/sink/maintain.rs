@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use deltalake::kernel::LogicalFileView;
+use deltalake::kernel::{Add, LogicalFileView};
 use deltalake::operations::vacuum::VacuumMode;
 use deltalake::parquet::file::properties::WriterProperties;
 use deltalake::DeltaTable;
@@ -83,6 +83,39 @@ pub fn files_by_partition(table: &DeltaTable, partition_column: Option<&str>) ->
     Ok(files)
 }
 
+/// How many files smaller than the compaction target each partition holds:
+/// counted from the table's files at a compaction check and kept up by the appends
+/// since, so that a table none of whose partitions can be over the threshold is
+/// not looked at (listing a table's files costs as much as it has files).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SmallFiles {
+    target: u64,
+    per_partition: BTreeMap<Option<String>, usize>,
+}
+
+impl SmallFiles {
+    pub fn count(table: &DeltaTable, partition_column: Option<&str>, target: u64) -> Result<Self> {
+        let per_partition = files_by_partition(table, partition_column)?
+            .into_iter()
+            .map(|(partition, files)| (partition, files.iter().filter(|f| (f.size() as u64) < target).count()))
+            .collect();
+        Ok(SmallFiles { target, per_partition })
+    }
+
+    /// Counts the files `adds` adds.
+    pub fn appended(&mut self, adds: &[Add], partition_column: Option<&str>) {
+        for add in adds.iter().filter(|a| (a.size as u64) < self.target) {
+            let partition = partition_column.and_then(|c| add.partition_values.get(c).cloned().flatten());
+            *self.per_partition.entry(partition).or_default() += 1;
+        }
+    }
+
+    /// Whether [`compact`] under `policy` may find a partition to compact.
+    pub fn may_compact(&self, policy: &MaintenancePolicy) -> bool {
+        self.target != policy.target_file_size || self.per_partition.values().any(|&n| n > policy.max_small_files)
+    }
+}
+
 /// The version of the table's last Delta checkpoint, from `_delta_log/_last_checkpoint`.
 pub async fn last_checkpoint(table: &DeltaTable) -> Option<u64> {
     use object_store::ObjectStoreExt;
@@ -91,11 +124,17 @@ pub async fn last_checkpoint(table: &DeltaTable) -> Option<u64> {
     serde_json::from_slice::<serde_json::Value>(&bytes).ok()?.get("version")?.as_u64()
 }
 
-/// Writes a Delta checkpoint when `interval` versions passed since `last` (the
-/// version of the last one, if there is one); returns the new checkpoint's version.
+/// Whether a table at `version` is due a Delta checkpoint: `interval` versions
+/// passed since `last` (the version of the last one, if there is one).
+pub fn checkpoint_due(version: u64, last: Option<u64>, interval: u64) -> bool {
+    version.saturating_sub(last.unwrap_or(0)) >= interval
+}
+
+/// Writes a Delta checkpoint when one is due ([`checkpoint_due`]); returns the new
+/// checkpoint's version.
 pub async fn checkpoint_if_due(table: &DeltaTable, last: Option<u64>, interval: u64) -> Result<Option<u64>> {
     let Some(version) = table.version() else { return Ok(None) };
-    if version.saturating_sub(last.unwrap_or(0)) < interval {
+    if !checkpoint_due(version, last, interval) {
         return Ok(None);
     }
     deltalake::checkpoints::create_checkpoint(table, None).await.map_err(|e| Error::delta(table_name(table), e))?;

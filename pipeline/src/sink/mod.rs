@@ -4,6 +4,7 @@
 //! commit carrying an application transaction (`txn`): app id `sluice:<table>` with
 //! the pipeline's epoch as version, the bookkeeping exactly-once recovery reads back.
 
+mod append;
 mod archive;
 mod delta;
 pub mod maintain;
