@@ -295,7 +295,7 @@ impl LakeWriter {
     /// The maintenance the last epochs' budget left over, all of it: a bounded
     /// run that ends leaves every table maintained.
     pub async fn finish_maintenance(&mut self) -> Result<BTreeMap<TablePath, Maintained>> {
-        if self.maintain_from.is_none() {
+        if self.maintain_from.is_none() && !self.sinks.values().any(TableSink::compaction_unfinished) {
             return Ok(BTreeMap::new());
         }
         let policy = self.outage.clone();
@@ -337,7 +337,8 @@ impl LakeWriter {
     }
 
     /// The tables' maintenance, one table after another, from where the last
-    /// epoch's left off until `budget` is spent (the table running then finishes).
+    /// epoch's left off until `budget` is spent (the table running then stops its
+    /// compaction, to go on at its next turn).
     /// A failure other than an outage is logged and left for the next epoch: the
     /// rows are committed, and a table that is merely slower to read must not
     /// stop the stream.
@@ -358,7 +359,7 @@ impl LakeWriter {
             let vacuum = self.vacuum_owed.remove(&path);
             let Some(sink) = self.sinks.get_mut(&path) else { continue };
             loop {
-                match sink.maintain(&self.policy, vacuum).await {
+                match sink.maintain(&self.policy, vacuum, budget.map(|b| started + b)).await {
                     Ok(done) => {
                         if !done.is_empty() {
                             maintained.insert(path.clone(), done);

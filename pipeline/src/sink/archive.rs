@@ -172,9 +172,9 @@ mod tests {
             let staged = sink.stage().await.unwrap();
             sink.commit(epoch as i64 + 1, staged).await.unwrap();
         }
-        let done = sink.maintain(&MaintenancePolicy::default(), false).await.unwrap();
+        let done = sink.maintain(&MaintenancePolicy::default(), false, None).await.unwrap();
         assert_eq!(done.expired, 0, "only at vacuum time");
-        let done = sink.maintain(&MaintenancePolicy::default(), true).await.unwrap();
+        let done = sink.maintain(&MaintenancePolicy::default(), true, None).await.unwrap();
         assert_eq!(done.expired, 2, "the days 5 and 3 days ago");
 
         let url = format!("{}/{}", dir.path().display(), table.as_str());

@@ -44,6 +44,8 @@ pub struct TableSink {
     /// Small files per partition, kept up by commits: `None` until a compaction
     /// check has counted them, and after a commit that removes files.
     small_files: Option<maintain::SmallFiles>,
+    /// A compaction the last epoch's budget cut short, to go on with.
+    compaction: maintain::Progress,
     app_id: String,
     pending: Vec<RecordBatch>,
     pending_rows: usize,
@@ -130,6 +132,7 @@ impl TableSink {
             table,
             protocol_checked: false,
             small_files: None,
+            compaction: maintain::Progress::default(),
             pending: Vec::new(),
             pending_rows: 0,
             staged_rows: 0,
@@ -215,14 +218,15 @@ impl TableSink {
     }
 
     /// Runs the table's maintenance after an epoch: a Delta checkpoint when due,
-    /// compaction of partitions with too many small files, and with `vacuum` the
-    /// vacuum and expired-log cleanup (on the policy's interval).
-    pub async fn maintain(&mut self, policy: &MaintenancePolicy, vacuum: bool) -> Result<Maintained> {
+    /// compaction of partitions with too many small files (stopping at `until`, to
+    /// go on at the next call), and with `vacuum` the vacuum and expired-log
+    /// cleanup (on the policy's interval).
+    pub async fn maintain(&mut self, policy: &MaintenancePolicy, vacuum: bool, until: Option<std::time::Instant>) -> Result<Maintained> {
         if self.maintained_elsewhere {
             return Ok(Maintained::default());
         }
         let partition = self.layout.partition_columns.first().cloned();
-        let compact = self.small_files.as_ref().is_none_or(|s| s.may_compact(policy));
+        let compact = self.compaction.unfinished() || self.small_files.as_ref().is_none_or(|s| s.may_compact(policy));
         let checkpoint = maintain::checkpoint_due(self.version, self.last_checkpoint, policy.checkpoint_interval);
         let mut done = Maintained::default();
         if !(compact || checkpoint || vacuum) {
@@ -230,7 +234,8 @@ impl TableSink {
         }
         self.catch_up().await?;
         if compact {
-            done.compacted = maintain::compact(&mut self.table, partition.as_deref(), policy, &self.writer_properties, false, false).await?;
+            self.compaction.until = until;
+            done.compacted = maintain::compact(&mut self.table, partition.as_deref(), policy, &self.writer_properties, false, false, &mut self.compaction).await?;
             self.small_files = Some(maintain::SmallFiles::count(&self.table, partition.as_deref(), policy.target_file_size)?);
         }
         if let (true, Some(keep)) = (vacuum, self.retention) {
@@ -253,6 +258,11 @@ impl TableSink {
             done.logs_cleaned = maintain::clean_expired_logs(&self.table).await?;
         }
         Ok(done)
+    }
+
+    /// Whether a compaction was cut short by the last epoch's budget.
+    pub fn compaction_unfinished(&self) -> bool {
+        self.compaction.unfinished()
     }
 
     /// Brings the table's snapshot up to the version this sink last committed.
@@ -630,7 +640,7 @@ mod tests {
             if epoch == 1 {
                 assert!(sink.protocol_checked, "the first commit goes through delta-rs");
                 // Counts the small files, from here on kept up by the commits.
-                assert!(sink.maintain(&policy, false).await.unwrap().is_empty());
+                assert!(sink.maintain(&policy, false, None).await.unwrap().is_empty());
             }
             if epoch == 6 {
                 // Another writer commits the version the sink would write next.
