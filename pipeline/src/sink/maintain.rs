@@ -220,7 +220,7 @@ pub async fn compact(
         }
         // The tier left unfinished, or the fullest, the lowest of equals; with `force`, everything.
         let most = tiers.values().map(Vec::len).max().unwrap_or(0);
-        let (chosen_tier, chosen): (u32, Vec<_>) = match (force, resumed) {
+        let (chosen_tier, mut chosen): (u32, Vec<_>) = match (force, resumed) {
             (true, _) => (0, tiers.into_values().flatten().collect()),
             (false, Some(t)) => (t, tiers.remove(&t).unwrap_or_default()),
             (false, None) => tiers.into_iter().find(|(_, files)| files.len() == most).unwrap_or_default(),
@@ -228,6 +228,9 @@ pub async fn compact(
         if chosen.len() < 2 {
             continue;
         }
+        // The smallest first: a compaction cut short leaves its output for last
+        // when it goes on, rather than rewriting it at every turn.
+        chosen.sort_by_key(LogicalFileView::size);
         if dry_run {
             done.insert(partition, (chosen.len() as u64, 0));
             continue;
