@@ -410,19 +410,25 @@ mod tests {
         rows
     }
 
+    /// A table at `dir` of `files` commits of ten rows each (`n`: 0, 1, ... ), a file each.
+    async fn table_of_files(dir: &std::path::Path, files: i64) -> (DeltaTable, url::Url) {
+        use arrow::array::{Int64Array, RecordBatch};
+        let url = url::Url::from_directory_path(dir).unwrap();
+        let mut table = DeltaTable::try_from_url(url.clone()).await.unwrap();
+        for commit in 0..files {
+            let batch = RecordBatch::try_from_iter([("n", std::sync::Arc::new(Int64Array::from_iter_values(commit * 10..commit * 10 + 10)) as _)]).unwrap();
+            table = table.write(vec![batch]).with_save_mode(deltalake::protocol::SaveMode::Append).await.unwrap();
+        }
+        (table, url)
+    }
+
     /// A compaction past its budget rewrites two files and leaves the rest of the
     /// tier to the next call, which goes on with it though the partition is no
     /// longer over the threshold; every row stays, once.
     #[tokio::test]
     async fn a_compaction_past_its_budget_goes_on_at_the_next_call() {
-        use arrow::array::{Int64Array, RecordBatch};
         let dir = tempfile::tempdir().unwrap();
-        let url = url::Url::from_directory_path(dir.path()).unwrap();
-        let mut table = DeltaTable::try_from_url(url.clone()).await.unwrap();
-        for commit in 0..6i64 {
-            let batch = RecordBatch::try_from_iter([("n", std::sync::Arc::new(Int64Array::from_iter_values(commit * 10..commit * 10 + 10)) as _)]).unwrap();
-            table = table.write(vec![batch]).with_save_mode(deltalake::protocol::SaveMode::Append).await.unwrap();
-        }
+        let (mut table, _) = table_of_files(dir.path(), 6).await;
         let policy = MaintenancePolicy { max_small_files: 5, ..MaintenancePolicy::default() };
         let properties = WriterProperties::default();
         let files = |t: &DeltaTable| t.snapshot().unwrap().log_data().num_files();
@@ -451,12 +457,7 @@ mod tests {
     async fn of_two_compactions_of_the_same_files_the_later_fails() {
         use arrow::array::{Int64Array, RecordBatch};
         let dir = tempfile::tempdir().unwrap();
-        let url = url::Url::from_directory_path(dir.path()).unwrap();
-        let mut table = DeltaTable::try_from_url(url.clone()).await.unwrap();
-        for commit in 0..5i64 {
-            let batch = RecordBatch::try_from_iter([("n", std::sync::Arc::new(Int64Array::from_iter_values(commit * 10..commit * 10 + 10)) as _)]).unwrap();
-            table = table.write(vec![batch]).with_save_mode(deltalake::protocol::SaveMode::Append).await.unwrap();
-        }
+        let (mut table, url) = table_of_files(dir.path(), 5).await;
         let mut stalled = deltalake::open_table(url.clone()).await.unwrap();
         let (policy, properties) = (MaintenancePolicy::default(), WriterProperties::default());
 
