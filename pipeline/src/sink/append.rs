@@ -6,13 +6,16 @@
 //! took 80 ms on new tables and 200-350 ms once they had gathered files between
 //! compactions. An append needs none of it. Its version is the one after the
 //! sink's last, and the log store's create-if-absent put lands it only if no
-//! other writer took that version first; if one did, the sink goes back to
-//! delta-rs's path, which resolves the conflict as before. The sink brings its
-//! snapshot up to date only when something reads the table's files
-//! (`TableSink::catch_up`).
+//! other writer took that version first. Another writer's commit that only
+//! appends (a group's shards all append to `late_events`) is stepped over: an
+//! append reads nothing, so only a change of the table's schema or protocol, or
+//! a `txn` of the same app id (a zombie's commit), could conflict with it, and
+//! those go back to delta-rs's path, whose conflict checker decides as before.
+//! The sink brings its snapshot up to date only when something reads the
+//! table's files (`TableSink::catch_up`).
 
 use deltalake::kernel::transaction::{CommitData, TransactionError};
-use deltalake::kernel::{Action, Transaction};
+use deltalake::kernel::{Action, Add, Transaction};
 use deltalake::logstore::{CommitOrBytes, LogStore};
 use deltalake::protocol::DeltaOperation;
 use deltalake::DeltaTableError;
@@ -32,4 +35,23 @@ pub async fn append(log_store: &dyn LogStore, version: u64, actions: Vec<Action>
         Err(TransactionError::VersionAlreadyExists(_)) => Ok(false),
         Err(e) => Err(e.into()),
     }
+}
+
+/// Another writer's commit at `version`, if an append of `app_id` may follow it
+/// without delta-rs's conflict checker: it holds only added files (returned),
+/// removed ones (`true`: files this sink did not count went) and other app ids'
+/// `txn`. `None`: anything else, or a commit that does not read as one.
+pub async fn step_over(log_store: &dyn LogStore, version: u64, app_id: &str) -> Result<Option<(Vec<Add>, bool)>, DeltaTableError> {
+    let Some(bytes) = log_store.read_commit_entry(version).await? else { return Ok(None) };
+    let (mut adds, mut removed) = (Vec::new(), false);
+    for action in serde_json::Deserializer::from_slice(&bytes).into_iter::<Action>() {
+        match action {
+            Ok(Action::Add(add)) => adds.push(add),
+            Ok(Action::Remove(_)) => removed = true,
+            Ok(Action::CommitInfo(_)) => {}
+            Ok(Action::Txn(txn)) if txn.app_id != app_id => {}
+            _ => return Ok(None),
+        }
+    }
+    Ok(Some((adds, removed)))
 }

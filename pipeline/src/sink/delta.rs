@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use super::append;
 use super::maintain::{self, Maintained, MaintenancePolicy};
-use super::properties::{commit_properties, writer_properties};
+use super::properties::{commit_properties, writer_properties, MAX_COMMIT_ATTEMPTS};
 use super::{TableLayout, DATE};
 use crate::catalog::{Lake, TablePath};
 use crate::error::{Error, Result};
@@ -440,22 +440,35 @@ impl TableSink {
             predicate: None,
         };
         if appends && self.protocol_checked && append::writes_directly(self.table.log_store().as_ref()) {
-            let actions = staged.adds.iter().cloned().map(Action::Add).collect();
-            match append::append(self.table.log_store().as_ref(), self.version + 1, actions, operation.clone(), txn.clone()).await {
-                Ok(true) => {
-                    self.version += 1;
-                    if let Some(small) = &mut self.small_files {
-                        small.appended(&staged.adds, partition.as_deref());
+            let log_store = self.table.log_store();
+            // Other writers' appends (a group's shards, to a shared table) are
+            // stepped over, as many as delta-rs would retry.
+            for _ in 0..MAX_COMMIT_ATTEMPTS {
+                let actions = staged.adds.iter().cloned().map(Action::Add).collect();
+                match append::append(log_store.as_ref(), self.version + 1, actions, operation.clone(), txn.clone()).await {
+                    Ok(true) => {
+                        self.version += 1;
+                        if let Some(small) = &mut self.small_files {
+                            small.appended(&staged.adds, partition.as_deref());
+                        }
+                        return Ok(self.committed_rows());
                     }
-                    return Ok(self.committed_rows());
-                }
-                // Another writer's commit took the version (a shard's, to a shared
-                // table): delta-rs's path, below, checks it and tries the next.
-                Ok(false) => {}
-                Err(e) => {
-                    // The commit may have landed without its answer: a retry looks first.
-                    self.commit_failed = true;
-                    return Err(err(e));
+                    Ok(false) => match append::step_over(log_store.as_ref(), self.version + 1, &self.app_id).await {
+                        Ok(Some((adds, removed))) => {
+                            self.version += 1;
+                            match (&mut self.small_files, removed) {
+                                (Some(small), false) => small.appended(&adds, partition.as_deref()),
+                                _ => self.small_files = None,
+                            }
+                        }
+                        // For delta-rs's conflict checker, below.
+                        Ok(None) | Err(_) => break,
+                    },
+                    Err(e) => {
+                        // The commit may have landed without its answer: a retry looks first.
+                        self.commit_failed = true;
+                        return Err(err(e));
+                    }
                 }
             }
         }
@@ -643,24 +656,33 @@ mod tests {
                 assert!(sink.maintain(&policy, false, None).await.unwrap().is_empty());
             }
             if epoch == 6 {
-                // Another writer commits the version the sink would write next.
+                // Another writer appends a row at the version the sink would write next.
                 let url = lake.table_url(&table).unwrap();
                 let mut other = DeltaTable::try_from_url(url).await.unwrap();
                 other.load().await.unwrap();
-                let finalized = CommitBuilder::from(commit_properties().with_application_transaction(Transaction::new("other", 1)))
-                    .with_actions(Vec::new())
-                    .build(Some(other.snapshot().unwrap()), other.log_store(), DeltaOperation::Write { mode: SaveMode::Append, partition_by: None, predicate: None })
-                    .await
-                    .unwrap();
-                assert_eq!(finalized.version(), sink.version + 1);
+                let raw = RawBatch {
+                    partition: PartitionId { topic: std::sync::Arc::from("t"), partition: 1 },
+                    ingested_at: now,
+                    data: b"{}".to_vec(),
+                    messages: vec![RawMessage { offset: 100, payload: Some(0..2), timestamp: None }],
+                    next_offset: 101,
+                    end_of_partition: false,
+                };
+                let other = other.write(vec![super::super::archive_batch(&raw).unwrap()]).with_save_mode(SaveMode::Append).await.unwrap();
+                assert_eq!(other.version(), Some(sink.version + 1));
             }
         }
-        assert!(sink.table.version() < Some(sink.version), "the snapshot was left behind by the direct appends");
+        assert_eq!(sink.table.version(), Some(start + 1), "the snapshot is the first commit's: the other writer's append was stepped over");
 
         let (offsets, version) = offsets_in(dir.path(), &table).await;
-        assert_eq!(offsets, (2..26).collect::<Vec<i64>>(), "every row once");
+        assert_eq!(offsets, (2..26).chain([100]).collect::<Vec<i64>>(), "every row once");
         assert_eq!(version, start + 13, "twelve epochs and the other writer's commit");
         assert_eq!(sink.version, version);
+        // Another writer's commit of this sink's app id (a zombie's) is for delta-rs's conflict checker.
+        let log_store = sink.table.log_store();
+        assert!(append::step_over(log_store.as_ref(), start + 7, &sink.app_id).await.unwrap().is_some_and(|(adds, removed)| adds.len() == 1 && !removed));
+        assert!(append::step_over(log_store.as_ref(), start + 8, &sink.app_id).await.unwrap().is_none());
+        assert!(append::step_over(log_store.as_ref(), start + 8, "another:app").await.unwrap().is_some());
         assert_eq!(sink.committed_epoch().await.unwrap(), Some(12));
 
         let url = lake.table_url(&table).unwrap();

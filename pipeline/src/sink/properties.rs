@@ -7,6 +7,10 @@ use deltalake::parquet::basic::Compression;
 use deltalake::parquet::file::properties::{EnabledStatistics, WriterProperties};
 use deltalake::parquet::schema::types::ColumnPath;
 
+/// Versions a commit tries before it gives up, the next each time another
+/// writer took one.
+pub const MAX_COMMIT_ATTEMPTS: usize = 20;
+
 /// How every commit of Sluice's is made: no Delta checkpoint and no listing of
 /// `_delta_log` for expired logs after it; the maintenance step does both on its
 /// own schedule, so a commit's cost does not grow with the log.
@@ -14,7 +18,7 @@ pub fn commit_properties() -> CommitProperties {
     // A conflict is another shard's append to a shared table (late_events), which
     // delta-rs retries at the next version, or a commit with this `txn` app id
     // (this one having landed without its answer, or a zombie's), which fails.
-    CommitProperties::default().with_create_checkpoint(false).with_cleanup_expired_logs(Some(false)).with_max_retries(20)
+    CommitProperties::default().with_create_checkpoint(false).with_cleanup_expired_logs(Some(false)).with_max_retries(MAX_COMMIT_ATTEMPTS)
 }
 
 /// Identifiers and raw messages are unique per row, and so nearly are event times
