@@ -87,7 +87,7 @@ impl TopicDecoder {
         let fields = &self.schema.fields;
         let n_messages = raw.messages.len();
         let wants = |i: usize| wanted.is_none_or(|w| w.get(i).copied().unwrap_or(true));
-        let mut columns = Columns::new(fields, n_messages, &wants);
+        let mut columns = Columns::new(fields, n_messages, wants);
         // The raw message is the schema's last column.
         let raw_column = self.schema.arrow_schema.fields().len() - 1;
         let raw_wanted = wants(raw_column);

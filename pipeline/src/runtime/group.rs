@@ -231,11 +231,10 @@ fn start(instance: &Arc<Instance>, index: u32, count: u32, ended: mpsc::Unbounde
 /// lease, an epoch's manifest, or a table's `txn` in a concurrent Delta commit.
 fn fenced(error: &Error) -> bool {
     use deltalake::kernel::transaction::TransactionError;
-    match error {
-        Error::Fenced(_) => true,
-        Error::Delta { source: deltalake::DeltaTableError::Transaction { source: TransactionError::CommitConflict(_) }, .. } => true,
-        _ => false,
-    }
+    matches!(
+        error,
+        Error::Fenced(_) | Error::Delta { source: deltalake::DeltaTableError::Transaction { source: TransactionError::CommitConflict(_) }, .. }
+    )
 }
 
 /// One shard, from its checkpoint, until told to stop. A shard fenced by another

@@ -473,6 +473,7 @@ impl TableSink {
             }
         }
         self.catch_up().await?;
+        let read_version = self.version;
         let mut actions: Vec<Action> = Vec::new();
         let new_columns = staged.metadata.is_some();
         actions.extend(staged.metadata.map(Action::Metadata));
@@ -496,7 +497,8 @@ impl TableSink {
         self.table.state = Some(finalized.snapshot());
         self.version = finalized.version();
         self.protocol_checked = true;
-        match (&mut self.small_files, appends) {
+        // Past other writers' commits, their files are not counted: listed again.
+        match (&mut self.small_files, appends && self.version == read_version + 1) {
             (Some(small), true) => small.appended(&staged.adds, partition.as_deref()),
             _ => self.small_files = None,
         }
