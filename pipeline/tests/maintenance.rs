@@ -49,7 +49,8 @@ async fn compaction_keeps_every_row_and_few_files() {
     sluice(&["run", "--input", input, "--lake", reference.to_str().unwrap(), "--batch-size", "40", "--schemas", &schemas, "--sql", &sql]);
     let lake = dir.path().join("compacted");
     // No time for maintenance after an epoch: one table is maintained per epoch,
-    // in turn, and what is left when the input ends is done before the run stops.
+    // in turn, its compaction two files at a time, and what is left when the
+    // input ends is done before the run stops.
     sluice(&[
         "run", "--input", input, "--lake", lake.to_str().unwrap(), "--batch-size", "40", "--commit-interval", "1ms",
         "--max-small-files", "4", "--checkpoint-every", "20", "--maintenance-budget", "0ms", "--schemas", &schemas, "--sql", &sql,

@@ -52,8 +52,9 @@ pub struct RunArgs {
     #[arg(long, default_value = "1s", value_parser = duration)]
     pub commit_interval: std::time::Duration,
     /// How long an epoch's table maintenance (compaction, Delta checkpoints,
-    /// vacuum) may run before the tables left wait for the next epochs; the
-    /// table being maintained when it runs out finishes first.
+    /// vacuum) may run before the tables left wait for the next epochs; a
+    /// compaction running when it runs out commits what it has rewritten and
+    /// goes on at the table's next turn.
     #[arg(long, default_value = "200ms", value_parser = duration)]
     pub maintenance_budget: std::time::Duration,
     /// A partition silent for this long no longer holds back the watermark of the
