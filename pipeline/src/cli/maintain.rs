@@ -72,7 +72,7 @@ pub async fn maintain(args: &MaintainArgs, storage: &StorageOptions) -> Result<(
         let properties = crate::sink::writer_properties(&table.snapshot().map_err(|e| Error::delta(path.as_str(), e))?.snapshot().arrow_schema());
         let mut said = Vec::new();
         if compact {
-            let done = maintain::compact(&mut table, partition.as_deref(), &policy, &properties, true, args.dry_run, &mut Default::default()).await?;
+            let done = maintain::compact(&mut table, partition.as_deref(), &policy, &properties, maintain::Scope::All { dry_run: args.dry_run }, &mut Default::default()).await?;
             for (partition, (removed, added)) in done {
                 let at = partition.map(|p| format!(" in {p}")).unwrap_or_default();
                 said.push(if args.dry_run { format!("compact {removed} small files{at}") } else { format!("compacted {removed} files into {added}{at}") });

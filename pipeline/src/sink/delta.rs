@@ -23,6 +23,7 @@ use object_store::ObjectStoreExt;
 use serde::{Deserialize, Serialize};
 
 use super::append;
+use super::encoder::Encoder;
 use super::maintain::{self, Maintained, MaintenancePolicy};
 use super::properties::{commit_properties, writer_properties, MAX_COMMIT_ATTEMPTS};
 use super::{TableLayout, DATE};
@@ -41,14 +42,15 @@ pub struct TableSink {
     /// A commit through delta-rs has checked that the table's protocol lets this
     /// writer commit; appends written directly come after one.
     protocol_checked: bool,
-    /// Small files per partition, kept up by commits: `None` until a compaction
-    /// check has counted them, and after a commit that removes files.
-    small_files: Option<maintain::SmallFiles>,
-    /// A compaction the last epoch's budget cut short, to go on with.
-    compaction: maintain::Progress,
+    /// Small files per partition, kept up by commits (forgotten by a commit that
+    /// removes files), and a compaction an epoch's budget cut short.
+    compaction: maintain::Compaction,
     app_id: String,
     pending: Vec<RecordBatch>,
     pending_rows: usize,
+    /// The pending rows' files, encoded as the rows come: `None` until rows come,
+    /// and when the rows may still change before the commit (then the stage writes them).
+    encoder: Option<Encoder>,
     /// Rows in files staged but not yet committed.
     staged_rows: usize,
     rows_written: u64,
@@ -131,10 +133,10 @@ impl TableSink {
             version: table.version().unwrap_or(0),
             table,
             protocol_checked: false,
-            small_files: None,
-            compaction: maintain::Progress::default(),
+            compaction: maintain::Compaction::default(),
             pending: Vec::new(),
             pending_rows: 0,
+            encoder: None,
             staged_rows: 0,
             rows_written: 0,
             writer_properties: writer_properties(&layout_schema),
@@ -178,6 +180,7 @@ impl TableSink {
     /// Starts buffering the table's next full contents (an overwriting sink only):
     /// the rows pushed from now on, possibly none.
     pub fn begin_replacement(&mut self) {
+        self.encoder = None;
         self.pending.clear();
         self.pending_rows = 0;
         self.replacing = true;
@@ -187,6 +190,7 @@ impl TableSink {
     /// from now on: a rebuild, swapped in by one Delta commit (readers see the old
     /// rows until then).
     pub fn rebuild(&mut self) {
+        self.encoder = None;
         self.pending.clear();
         self.pending_rows = 0;
         self.rebuilding = true;
@@ -199,6 +203,7 @@ impl TableSink {
         if starts.is_empty() {
             return Ok(());
         }
+        self.encoder = None;
         let starts: BTreeSet<i64> = starts.iter().copied().collect();
         let mut kept = Vec::with_capacity(self.pending.len());
         for batch in std::mem::take(&mut self.pending) {
@@ -226,7 +231,7 @@ impl TableSink {
             return Ok(Maintained::default());
         }
         let partition = self.layout.partition_columns.first().cloned();
-        let compact = self.compaction.unfinished() || self.small_files.as_ref().is_none_or(|s| s.may_compact(policy));
+        let compact = self.compaction.due(policy);
         let checkpoint = maintain::checkpoint_due(self.version, self.last_checkpoint, policy.checkpoint_interval);
         let mut done = Maintained::default();
         if !(compact || checkpoint || vacuum) {
@@ -234,15 +239,14 @@ impl TableSink {
         }
         self.catch_up().await?;
         if compact {
-            self.compaction.until = until;
-            done.compacted = maintain::compact(&mut self.table, partition.as_deref(), policy, &self.writer_properties, false, false, &mut self.compaction).await?;
-            self.small_files = Some(maintain::SmallFiles::count(&self.table, partition.as_deref(), policy.target_file_size)?);
+            let scope = maintain::Scope::Due { until };
+            done.compacted = maintain::compact(&mut self.table, partition.as_deref(), policy, &self.writer_properties, scope, &mut self.compaction).await?;
         }
         if let (true, Some(keep)) = (vacuum, self.retention) {
             let before = (chrono::Utc::now() - keep).date_naive();
             done.expired = maintain::expire(&mut self.table, before, false).await?;
             if done.expired > 0 {
-                self.small_files = None;
+                self.compaction.forget_small_files();
             }
         }
         if vacuum {
@@ -278,17 +282,25 @@ impl TableSink {
         if batch.num_rows() == 0 {
             return Ok(());
         }
-        self.pending_rows += batch.num_rows();
-        self.pending.push(self.layout.to_table(batch)?);
+        self.push_table_rows(self.layout.to_table(batch)?);
         Ok(())
     }
 
     /// Buffers rows already in the table's layout.
     pub fn push_table_rows(&mut self, batch: RecordBatch) {
-        if batch.num_rows() > 0 {
-            self.pending_rows += batch.num_rows();
-            self.pending.push(batch);
+        if batch.num_rows() == 0 {
+            return;
         }
+        let appends = !(self.overwrite || self.replacing || self.rebuilding || self.new_columns.is_some()) && self.replaced_windows.is_empty();
+        if appends && self.pending_rows == 0 && self.encoder.is_none() {
+            let writer = RecordBatchWriter::for_table(&self.table).map(|w| w.with_writer_properties(self.writer_properties.clone()));
+            self.encoder = writer.ok().and_then(Encoder::start);
+        }
+        if let Some(encoder) = &mut self.encoder {
+            encoder.push(batch.clone());
+        }
+        self.pending_rows += batch.num_rows();
+        self.pending.push(batch);
     }
 
     pub fn pending_rows(&self) -> usize {
@@ -315,9 +327,11 @@ impl TableSink {
     /// [`commit`](Self::commit) adds them. Files of an epoch that never reached its
     /// snapshot are orphans no reader sees (vacuum deletes them).
     ///
+    /// An append's rows were encoded as they came ([`Encoder`]); the stage
+    /// finishes their files. Otherwise (or if that failed) the encoding runs now,
+    /// as a task of its own, so the tables of an epoch are written in parallel.
     /// Nothing is taken out of the buffer until every file is written, so a stage
-    /// that fails (the store away) can be tried again. The encoding runs as a task
-    /// of its own, so the tables of an epoch are written in parallel.
+    /// that fails (the store away) can be tried again.
     pub async fn stage(&mut self) -> Result<Staged> {
         if self.rebuilding || !self.replaced_windows.is_empty() {
             self.catch_up().await?;
@@ -331,9 +345,23 @@ impl TableSink {
             }
             false => self.take_out_replaced_windows().await?,
         };
-        let batches: Vec<RecordBatch> = self.pending.iter().chain(&rewritten).filter(|b| b.num_rows() > 0).cloned().collect();
         let metadata = if self.rebuilding { self.new_columns.clone() } else { None };
-        let adds = if batches.is_empty() { Vec::new() } else { self.write_files(batches, metadata.is_some()).await? };
+        let encoded = match self.encoder.take() {
+            Some(encoder) if encoder.rows() == self.pending_rows && rewritten.is_empty() && metadata.is_none() => match encoder.finish().await {
+                Ok(adds) => Some(adds),
+                Err(e) => {
+                    tracing::debug!(table = %self.path, "the files encoded ahead failed, written again: {e}");
+                    None
+                }
+            },
+            _ => None,
+        };
+        let batches: Vec<RecordBatch> = self.pending.iter().chain(&rewritten).filter(|b| b.num_rows() > 0).cloned().collect();
+        let adds = match encoded {
+            Some(adds) => adds,
+            None if batches.is_empty() => Vec::new(),
+            None => self.write_files(batches, metadata.is_some()).await?,
+        };
         self.pending.clear();
         self.replacing = false;
         self.rebuilding = false;
@@ -425,7 +453,7 @@ impl TableSink {
             // Decide on the table as the store has it now, never on a stale copy.
             self.table.update_state().await.map_err(err)?;
             self.version = self.version.max(self.table.version().unwrap_or(0));
-            self.small_files = None;
+            self.compaction.forget_small_files();
             self.commit_failed = false;
             if self.committed_epoch().await? >= Some(epoch) {
                 return Ok(self.committed_rows());
@@ -448,17 +476,15 @@ impl TableSink {
                 match append::append(log_store.as_ref(), self.version + 1, actions, operation.clone(), txn.clone()).await {
                     Ok(true) => {
                         self.version += 1;
-                        if let Some(small) = &mut self.small_files {
-                            small.appended(&staged.adds, partition.as_deref());
-                        }
+                        self.compaction.appended(&staged.adds, partition.as_deref());
                         return Ok(self.committed_rows());
                     }
                     Ok(false) => match append::step_over(log_store.as_ref(), self.version + 1, &self.app_id).await {
                         Ok(Some((adds, removed))) => {
                             self.version += 1;
-                            match (&mut self.small_files, removed) {
-                                (Some(small), false) => small.appended(&adds, partition.as_deref()),
-                                _ => self.small_files = None,
+                            match removed {
+                                false => self.compaction.appended(&adds, partition.as_deref()),
+                                true => self.compaction.forget_small_files(),
                             }
                         }
                         // For delta-rs's conflict checker, below.
@@ -498,9 +524,9 @@ impl TableSink {
         self.version = finalized.version();
         self.protocol_checked = true;
         // Past other writers' commits, their files are not counted: listed again.
-        match (&mut self.small_files, appends && self.version == read_version + 1) {
-            (Some(small), true) => small.appended(&staged.adds, partition.as_deref()),
-            _ => self.small_files = None,
+        match appends && self.version == read_version + 1 {
+            true => self.compaction.appended(&staged.adds, partition.as_deref()),
+            false => self.compaction.forget_small_files(),
         }
         if new_columns {
             self.new_columns = None;
@@ -650,6 +676,7 @@ mod tests {
                 end_of_partition: false,
             };
             sink.push_table_rows(super::super::archive_batch(&raw).unwrap());
+            assert!(sink.encoder.as_ref().is_some_and(|e| e.rows() == 2), "an append's rows are encoded as they come");
             let staged = sink.stage().await.unwrap();
             assert_eq!(sink.commit(epoch, staged).await.unwrap(), 2);
             if epoch == 1 {
@@ -690,8 +717,11 @@ mod tests {
         let url = lake.table_url(&table).unwrap();
         let mut reopened = DeltaTable::try_from_url(url).await.unwrap();
         reopened.load().await.unwrap();
-        let counted = maintain::SmallFiles::count(&reopened, Some(DATE), policy.target_file_size).unwrap();
-        assert_eq!(sink.small_files.as_ref(), Some(&counted));
+        let mut counted = maintain::Compaction::default();
+        let scope = maintain::Scope::Due { until: None };
+        let done = maintain::compact(&mut reopened, Some(DATE), &policy, &sink.writer_properties, scope, &mut counted).await.unwrap();
+        assert!(done.is_empty(), "under the threshold");
+        assert_eq!(sink.compaction, counted, "the small files counted along are those a listing counts");
         assert_eq!(maintain::files_by_partition(&reopened, Some(DATE)).unwrap().len(), 3, "three days");
     }
 

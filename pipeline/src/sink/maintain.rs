@@ -83,39 +83,6 @@ pub fn files_by_partition(table: &DeltaTable, partition_column: Option<&str>) ->
     Ok(files)
 }
 
-/// How many files smaller than the compaction target each partition holds:
-/// counted from the table's files at a compaction check and kept up by the appends
-/// since, so that a table none of whose partitions can be over the threshold is
-/// not looked at (listing a table's files costs as much as it has files).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SmallFiles {
-    target: u64,
-    per_partition: BTreeMap<Option<String>, usize>,
-}
-
-impl SmallFiles {
-    pub fn count(table: &DeltaTable, partition_column: Option<&str>, target: u64) -> Result<Self> {
-        let per_partition = files_by_partition(table, partition_column)?
-            .into_iter()
-            .map(|(partition, files)| (partition, files.iter().filter(|f| (f.size() as u64) < target).count()))
-            .collect();
-        Ok(SmallFiles { target, per_partition })
-    }
-
-    /// Counts the files `adds` adds.
-    pub fn appended(&mut self, adds: &[Add], partition_column: Option<&str>) {
-        for add in adds.iter().filter(|a| (a.size as u64) < self.target) {
-            let partition = partition_column.and_then(|c| add.partition_values.get(c).cloned().flatten());
-            *self.per_partition.entry(partition).or_default() += 1;
-        }
-    }
-
-    /// Whether [`compact`] under `policy` may find a partition to compact.
-    pub fn may_compact(&self, policy: &MaintenancePolicy) -> bool {
-        self.target != policy.target_file_size || self.per_partition.values().any(|&n| n > policy.max_small_files)
-    }
-}
-
 /// The version of the table's last Delta checkpoint, from `_delta_log/_last_checkpoint`.
 pub async fn last_checkpoint(table: &DeltaTable) -> Option<u64> {
     use object_store::ObjectStoreExt;
@@ -161,33 +128,69 @@ fn tier(size: u64) -> u32 {
     tier
 }
 
-/// Where a running pipeline's compaction of a table stands between epochs: one
-/// that reached the epoch's budget (`until`) stops after the files it has read,
-/// and the next epoch's goes on with the rest of the same tier. A compaction of
-/// the gateway's archive held one epoch for 600-660 ms at 50,000 messages/s.
-#[derive(Debug, Default, Clone)]
-pub struct Progress {
-    /// When to stop reading further files (the first two are always read).
-    pub until: Option<Instant>,
+/// What a table's writer knows of its compaction between calls of [`compact`]:
+/// the small files per partition, so that a table none of whose partitions can be
+/// over the threshold is not listed every epoch (listing a table's files costs as
+/// much as it has files), and the compactions an epoch's budget cut short, to go
+/// on with. A compaction of the gateway's archive held one epoch for 600-660 ms
+/// at 50,000 messages/s before it could stop at the budget.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Compaction {
+    /// Files smaller than the target (`.0`) per partition: counted by the last
+    /// [`compact`] and kept up by the appends since. `None`: not known.
+    small_files: Option<(u64, BTreeMap<Option<String>, usize>)>,
     /// The partitions whose compaction stopped at the budget, and the tier it was compacting.
     unfinished: BTreeMap<Option<String>, u32>,
 }
 
-impl Progress {
+impl Compaction {
+    /// Counts the small files `adds` adds (to a partition of `partition_column`).
+    pub fn appended(&mut self, adds: &[Add], partition_column: Option<&str>) {
+        let Some((target, counts)) = &mut self.small_files else { return };
+        for add in adds.iter().filter(|a| (a.size as u64) < *target) {
+            let partition = partition_column.and_then(|c| add.partition_values.get(c).cloned().flatten());
+            *counts.entry(partition).or_default() += 1;
+        }
+    }
+
+    /// Forgets the counts (files were removed): the next [`compact`] lists the table.
+    pub fn forget_small_files(&mut self) {
+        self.small_files = None;
+    }
+
+    /// Whether [`compact`] under `policy` may find something to do.
+    pub fn due(&self, policy: &MaintenancePolicy) -> bool {
+        match &self.small_files {
+            _ if self.unfinished() => true,
+            Some((target, counts)) => *target != policy.target_file_size || counts.values().any(|&n| n > policy.max_small_files),
+            None => true,
+        }
+    }
+
+    /// Whether a compaction was cut short by a budget.
     pub fn unfinished(&self) -> bool {
         !self.unfinished.is_empty()
     }
-
-    fn past_budget(&self) -> bool {
-        self.until.is_some_and(|until| Instant::now() >= until)
-    }
 }
 
-/// Compacts every partition holding more than `policy.max_small_files` files
-/// smaller than `policy.target_file_size` (every partition with two or more, with
-/// `force`): the tier holding most of them is rewritten into files of at most the
-/// target size, or, for a partition `progress` has unfinished, the rest of its
-/// tier. Rows are unchanged; only files are.
+/// Which partitions [`compact`] takes, and how far it goes.
+#[derive(Debug, Clone, Copy)]
+pub enum Scope {
+    /// Those over the policy's threshold, and those a budget left unfinished,
+    /// stopping at `until` after the files read by then (two at least): a running
+    /// pipeline's, every epoch.
+    Due { until: Option<Instant> },
+    /// Every partition with two small files or more, all of them (`sluice
+    /// maintain`); with `dry_run`, only said.
+    All { dry_run: bool },
+}
+
+/// Compacts the partitions `scope` takes: the tier holding most of a partition's
+/// files smaller than `policy.target_file_size` is rewritten into files of at
+/// most the target size, or, for a partition `state` has unfinished, the rest of
+/// its tier (with [`Scope::All`], every small file). Rows are unchanged; only
+/// files are. `state` then holds the table's small files as this listing found
+/// them and the compactions changed them.
 ///
 /// Size tiers, not all small files at once: merging everything would rewrite the
 /// partition's one growing file at every compaction (a cost that grows with the
@@ -199,21 +202,26 @@ pub async fn compact(
     partition_column: Option<&str>,
     policy: &MaintenancePolicy,
     writer_properties: &WriterProperties,
-    force: bool,
-    dry_run: bool,
-    progress: &mut Progress,
+    scope: Scope,
+    state: &mut Compaction,
 ) -> Result<BTreeMap<Option<String>, (u64, u64)>> {
-    let threshold = if force { 1 } else { policy.max_small_files };
+    let (threshold, until, force, dry_run) = match scope {
+        Scope::Due { until } => (policy.max_small_files, until, false, false),
+        Scope::All { dry_run } => (1, None, true, dry_run),
+    };
+    let past_budget = || until.is_some_and(|until| Instant::now() >= until);
+    let target = policy.target_file_size;
     let mut small = files_by_partition(table, partition_column)?;
-    small.values_mut().for_each(|files| files.retain(|f| (f.size() as u64) < policy.target_file_size));
-    progress.unfinished.retain(|partition, _| small.contains_key(partition));
+    small.values_mut().for_each(|files| files.retain(|f| (f.size() as u64) < target));
+    let mut counts: BTreeMap<Option<String>, usize> = small.iter().map(|(partition, files)| (partition.clone(), files.len())).collect();
+    state.unfinished.retain(|partition, _| small.contains_key(partition));
     let mut done = BTreeMap::new();
     for (partition, files) in small {
-        let resumed = progress.unfinished.get(&partition).copied();
-        if (files.len() <= threshold && resumed.is_none()) || (!done.is_empty() && progress.past_budget()) {
+        let resumed = state.unfinished.get(&partition).copied();
+        if (files.len() <= threshold && resumed.is_none()) || (!done.is_empty() && past_budget()) {
             continue;
         }
-        progress.unfinished.remove(&partition);
+        state.unfinished.remove(&partition);
         let mut tiers: BTreeMap<u32, Vec<_>> = BTreeMap::new();
         for file in files {
             tiers.entry(tier(file.size() as u64)).or_default().push(file);
@@ -235,27 +243,38 @@ pub async fn compact(
             done.insert(partition, (chosen.len() as u64, 0));
             continue;
         }
-        let (read, added) = rewrite(table, &chosen, partition_column.zip(partition.as_deref()), policy.target_file_size, writer_properties, progress).await?;
+        let added = rewrite(table, &chosen, partition_column.zip(partition.as_deref()), target, writer_properties, &past_budget).await?;
+        let read = added.read;
         if read < chosen.len() {
-            progress.unfinished.insert(partition.clone(), chosen_tier);
+            state.unfinished.insert(partition.clone(), chosen_tier);
         }
-        done.insert(partition, (read as u64, added));
+        if let Some(count) = counts.get_mut(&partition) {
+            *count = count.saturating_sub(read) + added.sizes.iter().filter(|&&size| size < target).count();
+        }
+        done.insert(partition, (read as u64, added.sizes.len() as u64));
     }
+    state.small_files = Some((target, counts));
     Ok(done)
+}
+
+/// What [`rewrite`] did: how many of its files it read, and the sizes of those it wrote.
+struct Rewritten {
+    read: usize,
+    sizes: Vec<u64>,
 }
 
 /// Rewrites `files` (of one partition, `partition` = (column, value)) into files
 /// of at most `target` bytes in one commit that changes no data
 /// (`dataChange: false`, operation OPTIMIZE), or the first of them, two at least,
-/// when `progress`'s budget runs out; returns how many files it read and added.
+/// once `past_budget`.
 async fn rewrite(
     table: &mut DeltaTable,
     files: &[LogicalFileView],
     partition: Option<(&str, &str)>,
     target: u64,
     writer_properties: &WriterProperties,
-    progress: &Progress,
-) -> Result<(usize, u64)> {
+    past_budget: &dyn Fn() -> bool,
+) -> Result<Rewritten> {
     use deltalake::kernel::{Action, Transaction};
     use deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
     use deltalake::protocol::DeltaOperation;
@@ -271,7 +290,7 @@ async fn rewrite(
     let mut written = 0u64;
     let mut read = 0;
     for file in files {
-        if read >= 2 && progress.past_budget() {
+        if read >= 2 && past_budget() {
             break;
         }
         read += 1;
@@ -302,7 +321,7 @@ async fn rewrite(
     actions.push(Action::Txn(Transaction::new(COMPACTIONS, compactions.unwrap_or(0) + 1)));
     let operation = DeltaOperation::Optimize { predicate: None, target_size: target as i64 };
     commit_actions(table, actions, operation).await?;
-    Ok((read, added.len() as u64))
+    Ok(Rewritten { read, sizes: added.iter().map(|add| add.size as u64).collect() })
 }
 
 /// The `txn` app id every compaction of a table commits the next version of.
@@ -422,32 +441,62 @@ mod tests {
         (table, url)
     }
 
+    /// The small files of an unpartitioned table as a new listing counts them.
+    fn small_files_of(table: &DeltaTable, target: u64) -> Option<(u64, BTreeMap<Option<String>, usize>)> {
+        let small = table.snapshot().unwrap().log_data().iter().filter(|f| (f.size() as u64) < target).count();
+        Some((target, BTreeMap::from([(None, small)])))
+    }
+
     /// A compaction past its budget rewrites two files and leaves the rest of the
     /// tier to the next call, which goes on with it though the partition is no
-    /// longer over the threshold; every row stays, once.
+    /// longer over the threshold; every row stays, once. After each call the
+    /// state's small files are those the table has.
     #[tokio::test]
     async fn a_compaction_past_its_budget_goes_on_at_the_next_call() {
         let dir = tempfile::tempdir().unwrap();
         let (mut table, _) = table_of_files(dir.path(), 6).await;
         let policy = MaintenancePolicy { max_small_files: 5, ..MaintenancePolicy::default() };
+        let target = policy.target_file_size;
         let properties = WriterProperties::default();
         let files = |t: &DeltaTable| t.snapshot().unwrap().log_data().num_files();
-        let mut progress = Progress { until: Some(Instant::now()), ..Progress::default() };
+        let mut state = Compaction::default();
+        assert!(state.due(&policy), "nothing counted yet");
+        let past = Scope::Due { until: Some(Instant::now()) };
 
-        let done = compact(&mut table, None, &policy, &properties, false, false, &mut progress).await.unwrap();
+        let done = compact(&mut table, None, &policy, &properties, past, &mut state).await.unwrap();
         assert_eq!(done.get(&None), Some(&(2, 1)), "two files read, one written");
-        assert!(progress.unfinished());
+        assert!(state.unfinished() && state.due(&policy));
         assert_eq!((files(&table), rows_of(&table).await), (5, 60));
+        assert_eq!(state.small_files, small_files_of(&table, target));
         // Five files: not over the threshold, but the tier is unfinished.
-        let done = compact(&mut table, None, &policy, &properties, false, false, &mut progress).await.unwrap();
+        let done = compact(&mut table, None, &policy, &properties, past, &mut state).await.unwrap();
         assert_eq!(done.get(&None), Some(&(2, 1)));
         assert_eq!((files(&table), rows_of(&table).await), (4, 60));
-        progress.until = None;
-        let done = compact(&mut table, None, &policy, &properties, false, false, &mut progress).await.unwrap();
+        assert_eq!(state.small_files, small_files_of(&table, target));
+        let done = compact(&mut table, None, &policy, &properties, Scope::Due { until: None }, &mut state).await.unwrap();
         assert_eq!(done.get(&None), Some(&(4, 1)), "the rest of the tier, the files written before included");
-        assert!(!progress.unfinished());
+        assert!(!state.unfinished());
         assert_eq!((files(&table), rows_of(&table).await), (1, 60));
-        let done = compact(&mut table, None, &policy, &properties, false, false, &mut progress).await.unwrap();
+        assert_eq!(state.small_files, small_files_of(&table, target));
+        assert!(!state.due(&policy), "one small file: nothing to look at until appends add five");
+
+        // Appends counted along, from the commits' adds, up to the threshold.
+        for n in 0..5 {
+            use deltalake::writer::{DeltaWriter, RecordBatchWriter};
+            let batch = arrow::array::RecordBatch::try_from_iter([("n", std::sync::Arc::new(arrow::array::Int64Array::from(vec![100 + n])) as _)]).unwrap();
+            let mut writer = RecordBatchWriter::for_table(&table).unwrap();
+            writer.write(batch).await.unwrap();
+            let adds = writer.flush().await.unwrap();
+            state.appended(&adds, None);
+            let operation = deltalake::protocol::DeltaOperation::Write { mode: deltalake::protocol::SaveMode::Append, partition_by: None, predicate: None };
+            commit_actions(&mut table, adds.into_iter().map(deltalake::kernel::Action::Add).collect(), operation).await.unwrap();
+        }
+        assert_eq!(state.small_files, small_files_of(&table, target));
+        assert!(state.due(&policy), "six small files, over five");
+        let done = compact(&mut table, None, &policy, &properties, Scope::Due { until: None }, &mut state).await.unwrap();
+        assert_eq!(done.get(&None), Some(&(6, 1)));
+        assert_eq!(state.small_files, small_files_of(&table, target));
+        let done = compact(&mut table, None, &policy, &properties, Scope::Due { until: None }, &mut state).await.unwrap();
         assert!(done.is_empty(), "nothing left to do");
     }
 
@@ -461,9 +510,9 @@ mod tests {
         let mut stalled = deltalake::open_table(url.clone()).await.unwrap();
         let (policy, properties) = (MaintenancePolicy::default(), WriterProperties::default());
 
-        let done = compact(&mut table, None, &policy, &properties, true, false, &mut Progress::default()).await.unwrap();
+        let done = compact(&mut table, None, &policy, &properties, Scope::All { dry_run: false }, &mut Compaction::default()).await.unwrap();
         assert_eq!(done.get(&None), Some(&(5, 1)), "five files into one");
-        let late = compact(&mut stalled, None, &policy, &properties, true, false, &mut Progress::default()).await;
+        let late = compact(&mut stalled, None, &policy, &properties, Scope::All { dry_run: false }, &mut Compaction::default()).await;
         assert!(late.is_err(), "the stalled writer's compaction of the same files commits: {late:?}");
 
         let table = deltalake::open_table(url).await.unwrap();
@@ -472,7 +521,7 @@ mod tests {
         let mut table = table;
         let batch = RecordBatch::try_from_iter([("n", std::sync::Arc::new(Int64Array::from_iter_values(50..60)) as _)]).unwrap();
         table = table.write(vec![batch]).with_save_mode(deltalake::protocol::SaveMode::Append).await.unwrap();
-        compact(&mut table, None, &policy, &properties, true, false, &mut Progress::default()).await.unwrap();
+        compact(&mut table, None, &policy, &properties, Scope::All { dry_run: false }, &mut Compaction::default()).await.unwrap();
         assert_eq!(rows_of(&table).await, 60);
     }
 }

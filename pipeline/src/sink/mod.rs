@@ -7,6 +7,7 @@
 mod append;
 mod archive;
 mod delta;
+mod encoder;
 pub mod maintain;
 mod operational;
 mod properties;
