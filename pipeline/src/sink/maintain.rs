@@ -243,15 +243,14 @@ pub async fn compact(
             done.insert(partition, (chosen.len() as u64, 0));
             continue;
         }
-        let added = rewrite(table, &chosen, partition_column.zip(partition.as_deref()), target, writer_properties, &past_budget).await?;
-        let read = added.read;
-        if read < chosen.len() {
+        let rewritten = rewrite(table, &chosen, partition_column.zip(partition.as_deref()), target, writer_properties, &past_budget).await?;
+        if rewritten.read < chosen.len() {
             state.unfinished.insert(partition.clone(), chosen_tier);
         }
         if let Some(count) = counts.get_mut(&partition) {
-            *count = count.saturating_sub(read) + added.sizes.iter().filter(|&&size| size < target).count();
+            *count = count.saturating_sub(rewritten.read) + rewritten.sizes.iter().filter(|&&size| size < target).count();
         }
-        done.insert(partition, (read as u64, added.sizes.len() as u64));
+        done.insert(partition, (rewritten.read as u64, rewritten.sizes.len() as u64));
     }
     state.small_files = Some((target, counts));
     Ok(done)
