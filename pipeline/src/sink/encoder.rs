@@ -19,8 +19,6 @@ use tokio::sync::{mpsc, oneshot};
 /// unfinished, it writes nothing (the writer aborts what it began uploading).
 pub struct Encoder {
     input: mpsc::UnboundedSender<Input>,
-    /// Rows handed over.
-    rows: usize,
 }
 
 enum Input {
@@ -34,19 +32,13 @@ impl Encoder {
         let runtime = tokio::runtime::Handle::try_current().ok()?;
         let (input, received) = mpsc::unbounded_channel();
         runtime.spawn(encode(writer, received));
-        Some(Encoder { input, rows: 0 })
+        Some(Encoder { input })
     }
 
     /// Hands rows over to be encoded.
     pub fn push(&mut self, batch: RecordBatch) {
-        self.rows += batch.num_rows();
         // A task that ended (it cannot, before `finish`) would fail the finish.
         let _ = self.input.send(Input::Rows(batch));
-    }
-
-    /// How many rows were handed over.
-    pub fn rows(&self) -> usize {
-        self.rows
     }
 
     /// The files holding every row handed over, once written.
