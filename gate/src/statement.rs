@@ -39,10 +39,11 @@ pub struct StatementLimits {
     /// Bytes of one string literal (or bound parameter). A literal is copied into
     /// every row it is combined with, so this bounds what one batch can grow to.
     pub max_literal_bytes: usize,
-    /// Function calls inside function calls, as counted by [`calls_nested`]. The
-    /// parser (sqlparser 0.62) tries each call's arguments more than one way, so its
-    /// time doubles with every level: 5 ms at 12 levels, minutes at 30, on a
-    /// thread the statement's time limit does not reach yet. 12 levels parse in
+    /// Function calls and subscripts inside each other, as counted by
+    /// [`calls_nested`]. The parser (sqlparser 0.62) tries each call's arguments,
+    /// and each `name[` (a subscript, an array type, `ARRAY[`), more than one way,
+    /// so its time doubles with every level: 5 ms at 12 levels, minutes at 30, on
+    /// a thread the statement's time limit does not reach yet. 12 levels parse in
     /// about 5 ms (16 took 80 ms, a worker thread's time a client could claim again
     /// and again), and SQL written by people or tools nests a handful.
     pub max_call_depth: usize,
@@ -74,7 +75,7 @@ pub fn admit(sql: &str, limits: &StatementLimits) -> Result<(), Refused> {
     let calls = calls_nested(&tokens);
     if calls > limits.max_call_depth {
         return Err(too_complex(format!(
-            "function calls nested {calls} deep, more than the limit of {}",
+            "function calls or subscripts nested {calls} deep, more than the limit of {}",
             limits.max_call_depth
         )));
     }
@@ -112,8 +113,10 @@ fn literal_len(token: &Token) -> Option<usize> {
     }
 }
 
-/// The deepest nesting of brackets opened right after a word (`f(`, `count(`, but
-/// also `IN (`, `OVER (`: counting too many only makes the bound stricter).
+/// The deepest nesting of brackets opened right after a word: calls (`f(`,
+/// `count(`, but also `IN (`, `OVER (`: counting too many only makes the bound
+/// stricter) and subscripts (`a.b[`, `ARRAY[`), which the parser also backtracks
+/// over (the statement fuzzer mixed the two, 16 deep, into a 14 s parse).
 pub fn calls_nested(tokens: &[Token]) -> usize {
     let mut open: Vec<bool> = Vec::new();
     let (mut calls, mut deepest) = (0usize, 0usize);
@@ -123,7 +126,7 @@ pub fn calls_nested(tokens: &[Token]) -> usize {
             Token::Whitespace(_) => continue,
             Token::SemiColon => (open, calls) = (Vec::new(), 0),
             Token::LParen | Token::LBracket | Token::LBrace => {
-                let call = after_word && matches!(token, Token::LParen);
+                let call = after_word && matches!(token, Token::LParen | Token::LBracket);
                 open.push(call);
                 calls += usize::from(call);
                 deepest = deepest.max(calls);
@@ -418,7 +421,7 @@ mod tests {
         assert_eq!(admit(&calls(16), &limits), Ok(()));
         let nested = admit(&calls(17), &limits).unwrap_err();
         assert_eq!(nested.code, TOO_COMPLEX);
-        assert!(nested.message.contains("function calls nested 17 deep, more than the limit of 16"), "{}", nested.message);
+        assert!(nested.message.contains("function calls or subscripts nested 17 deep, more than the limit of 16"), "{}", nested.message);
         // Unclosed, as the SQL fuzzer sent them: the parser's time doubles per level.
         assert!(admit(&format!("SELECT {}1", "f(".repeat(40)), &limits).is_err());
     }
@@ -433,5 +436,7 @@ mod tests {
         assert_eq!(calls("SELECT x FROM t WHERE a IN (SELECT f(b) FROM u)"), 2, "IN ( counts: stricter, never looser");
         assert_eq!(calls("SELECT f(g(1)); SELECT h(2)"), 2);
         assert_eq!(calls("SELECT f(g(1"), 2, "unclosed");
+        assert_eq!(calls("SELECT a.b[c[ARRAY[f(1)]]]"), 4, "subscripts nest as calls do");
+        assert_eq!(calls("SELECT a[1][2], (x)[1]"), 1, "one after another, or after a bracket, they do not");
     }
 }
