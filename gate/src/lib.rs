@@ -17,6 +17,7 @@
 //! assert_eq!(admit(&chain, &limits).unwrap_err().code, "54001");
 //! ```
 
+pub mod effort;
 pub mod params;
 pub mod statement;
 pub mod token;

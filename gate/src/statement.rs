@@ -6,6 +6,8 @@
 //!    overflow a thread's stack and abort the whole server. A chain such as
 //!    `1+1+…+1` is parsed in a loop but makes a tree as deep as it is long, so the
 //!    parser's own recursion limit does not catch it; the tokens do, cheaply.
+//!    Last, a trial parse bounds the parser's work, which some constructs make
+//!    exponential in their nesting ([`effort`]).
 //! 2. [`check`] is the read-only allow-list: queries, `EXPLAIN`, `SHOW`,
 //!    transactions and cursors (which only read), and `SET` of a short list of
 //!    session settings. Everything else is refused by name.
@@ -14,6 +16,8 @@ use sqlparser::ast::{Set, Statement};
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::keywords::Keyword;
 use sqlparser::tokenizer::{Token, Tokenizer};
+
+use crate::effort;
 
 /// Why a statement is refused: a message naming it, and its SQLSTATE.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,19 +43,16 @@ pub struct StatementLimits {
     /// Bytes of one string literal (or bound parameter). A literal is copied into
     /// every row it is combined with, so this bounds what one batch can grow to.
     pub max_literal_bytes: usize,
-    /// Function calls and subscripts inside each other, as counted by
-    /// [`calls_nested`]. The parser (sqlparser 0.62) tries each call's arguments,
-    /// and each `name[` (a subscript, an array type, `ARRAY[`), more than one way,
-    /// so its time doubles with every level: 5 ms at 12 levels, minutes at 30, on
-    /// a thread the statement's time limit does not reach yet. 12 levels parse in
-    /// about 5 ms (16 took 80 ms, a worker thread's time a client could claim again
-    /// and again), and SQL written by people or tools nests a handful.
-    pub max_call_depth: usize,
+    /// The parser's work: a statement may take this many steps (see
+    /// [`effort`](crate::effort)), and 4 more per token. A flat statement takes
+    /// about 1.3 per token; the base admits 12 nested calls (16,000 steps, 8 ms),
+    /// the deepest SQL of people and tools by far, and refuses 14 (65,000).
+    pub parse_steps: u64,
 }
 
 impl Default for StatementLimits {
     fn default() -> Self {
-        StatementLimits { max_bytes: 1 << 20, max_depth: 1000, max_literal_bytes: 16 << 10, max_call_depth: 12 }
+        StatementLimits { max_bytes: 1 << 20, max_depth: 1000, max_literal_bytes: 16 << 10, parse_steps: 20_000 }
     }
 }
 
@@ -60,7 +61,7 @@ fn too_complex(what: String) -> Refused {
 }
 
 /// Refuses a statement too big, too deeply nested or with too long a literal to
-/// plan safely, naming the limit. Linear in the text; never recurses.
+/// plan safely, naming the limit. Linear in the text.
 pub fn admit(sql: &str, limits: &StatementLimits) -> Result<(), Refused> {
     if sql.len() > limits.max_bytes {
         return Err(too_complex(format!("{} bytes, more than the limit of {} bytes", sql.len(), limits.max_bytes)));
@@ -72,18 +73,18 @@ pub fn admit(sql: &str, limits: &StatementLimits) -> Result<(), Refused> {
             return Err(too_complex(format!("a literal of {longest} bytes, more than the limit of {} bytes", limits.max_literal_bytes)));
         }
     }
-    let calls = calls_nested(&tokens);
-    if calls > limits.max_call_depth {
-        return Err(too_complex(format!(
-            "function calls or subscripts nested {calls} deep, more than the limit of {}",
-            limits.max_call_depth
-        )));
-    }
     let depth = nesting(&tokens);
     if depth > limits.max_depth {
         return Err(too_complex(format!(
             "nesting of about {depth} levels (operators chained, joins, unions, parentheses), more than the limit of {}",
             limits.max_depth
+        )));
+    }
+    let words = tokens.iter().filter(|t| !matches!(t, Token::Whitespace(_))).count();
+    let budget = limits.parse_steps + 4 * words as u64;
+    if effort::steps_within(tokens, budget).is_none() {
+        return Err(too_complex(format!(
+            "the parser would try more than {budget} ways to read it (calls, subscripts or dotted names nested in each other); nest fewer"
         )));
     }
     Ok(())
@@ -111,36 +112,6 @@ fn literal_len(token: &Token) -> Option<usize> {
         Token::DollarQuotedString(s) => Some(s.value.len()),
         _ => None,
     }
-}
-
-/// The deepest nesting of brackets opened right after a word: calls (`f(`,
-/// `count(`, but also `IN (`, `OVER (`: counting too many only makes the bound
-/// stricter) and subscripts (`a.b[`, `ARRAY[`), which the parser also backtracks
-/// over (the statement fuzzer mixed the two, 16 deep, into a 14 s parse).
-pub fn calls_nested(tokens: &[Token]) -> usize {
-    let mut open: Vec<bool> = Vec::new();
-    let (mut calls, mut deepest) = (0usize, 0usize);
-    let mut after_word = false;
-    for token in tokens {
-        match token {
-            Token::Whitespace(_) => continue,
-            Token::SemiColon => (open, calls) = (Vec::new(), 0),
-            Token::LParen | Token::LBracket | Token::LBrace => {
-                let call = after_word && matches!(token, Token::LParen | Token::LBracket);
-                open.push(call);
-                calls += usize::from(call);
-                deepest = deepest.max(calls);
-            }
-            Token::RParen | Token::RBracket | Token::RBrace => {
-                if open.pop() == Some(true) {
-                    calls -= 1;
-                }
-            }
-            _ => {}
-        }
-        after_word = matches!(token, Token::Word(_));
-    }
-    deepest
 }
 
 /// One bracket level of [`nesting`]'s walk.
@@ -407,7 +378,7 @@ mod tests {
 
     #[test]
     fn admission_names_the_limit_it_exceeds() {
-        let limits = StatementLimits { max_bytes: 1000, max_depth: 50, max_literal_bytes: 100, max_call_depth: 16 };
+        let limits = StatementLimits { max_bytes: 1000, max_depth: 50, max_literal_bytes: 100, parse_steps: 20_000 };
         let big = admit(&format!("SELECT '{}'", "x".repeat(2000)), &limits).unwrap_err();
         assert_eq!(big.code, TOO_COMPLEX);
         assert!(big.message.contains("more than the limit of 1000 bytes"), "{}", big.message);
@@ -417,26 +388,27 @@ mod tests {
         assert!(deep.message.starts_with("statement too complex: nesting of about") && deep.message.contains("limit of 50"), "{}", deep.message);
         assert_eq!(admit("SELECT 1 + 1", &limits), Ok(()));
         assert_eq!(admit("SELECT 'unterminated", &limits), Ok(()), "left to the parser");
-        let calls = |n: usize| format!("SELECT {}x{} FROM t", "coalesce(".repeat(n), ")".repeat(n));
-        assert_eq!(admit(&calls(16), &limits), Ok(()));
-        let nested = admit(&calls(17), &limits).unwrap_err();
-        assert_eq!(nested.code, TOO_COMPLEX);
-        assert!(nested.message.contains("function calls or subscripts nested 17 deep, more than the limit of 16"), "{}", nested.message);
-        // Unclosed, as the SQL fuzzer sent them: the parser's time doubles per level.
-        assert!(admit(&format!("SELECT {}1", "f(".repeat(40)), &limits).is_err());
+        let nested = admit(&format!("SELECT {}x{} FROM t", "f(".repeat(14), ")".repeat(14)), &limits).unwrap_err();
+        assert!(nested.message.starts_with("statement too complex: the parser would try more than 20"), "{}", nested.message);
     }
 
     #[test]
-    fn calls_are_counted_where_they_nest_not_where_they_follow_each_other() {
-        let calls = |sql: &str| calls_nested(&Tokenizer::new(&PostgreSqlDialect {}, sql).tokenize().unwrap());
-        assert_eq!(calls("SELECT 1"), 0);
-        assert_eq!(calls("SELECT f(1), g(2), h(3)"), 1);
-        assert_eq!(calls("SELECT f(g(h(1)))"), 3);
-        assert_eq!(calls("SELECT f((((1))))"), 1, "plain parentheses are cheap to parse");
-        assert_eq!(calls("SELECT x FROM t WHERE a IN (SELECT f(b) FROM u)"), 2, "IN ( counts: stricter, never looser");
-        assert_eq!(calls("SELECT f(g(1)); SELECT h(2)"), 2);
-        assert_eq!(calls("SELECT f(g(1"), 2, "unclosed");
-        assert_eq!(calls("SELECT a.b[c[ARRAY[f(1)]]]"), 4, "subscripts nest as calls do");
-        assert_eq!(calls("SELECT a[1][2], (x)[1]"), 1, "one after another, or after a bracket, they do not");
+    fn statements_the_parser_would_retry_exponentially_are_refused() {
+        let limits = StatementLimits::default();
+        let calls = |n: usize| format!("SELECT {}x{} FROM t", "coalesce(".repeat(n), ")".repeat(n));
+        assert_eq!(admit(&calls(12), &limits), Ok(()), "as deep as people and tools nest, and more");
+        let nested = admit(&calls(14), &limits).unwrap_err();
+        assert_eq!(nested.code, TOO_COMPLEX);
+        assert!(nested.message.contains("(calls, subscripts or dotted names nested in each other)"), "{}", nested.message);
+        // As the statement fuzzer sent them: unclosed calls, calls in subscripts, a
+        // dotted name before an unclosed subscript (a minute to parse at 22 dots).
+        assert!(admit(&format!("SELECT {}1", "f(".repeat(40)), &limits).is_err());
+        assert!(admit(&format!("SELECT {}1", "a.b[c(".repeat(10)), &limits).is_err());
+        assert!(admit(&format!("SELECT {}b[1", "a.".repeat(30)), &limits).is_err());
+        assert_eq!(admit(&format!("SELECT {}b[1]", "a.".repeat(30)), &limits), Ok(()), "a long dotted name is read once");
+        // A big flat statement is not: its budget grows with its tokens.
+        let columns = format!("SELECT {} FROM t", (0..20_000).map(|i| format!("coalesce(a{i}, 0) + 1 AS c{i}")).collect::<Vec<_>>().join(", "));
+        assert_eq!(admit(&columns, &limits), Ok(()));
     }
+
 }
