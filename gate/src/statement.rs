@@ -84,7 +84,7 @@ pub fn admit(sql: &str, limits: &StatementLimits) -> Result<(), Refused> {
     let budget = limits.parse_steps + 4 * words as u64;
     if effort::steps_within(tokens, budget).is_none() {
         return Err(too_complex(format!(
-            "the parser would try more than {budget} ways to read it (calls, subscripts or dotted names nested in each other); nest fewer"
+            "the parser would take more than {budget} steps to read it (calls, subscripts or dotted names nested in each other); nest fewer"
         )));
     }
     Ok(())
@@ -389,7 +389,7 @@ mod tests {
         assert_eq!(admit("SELECT 1 + 1", &limits), Ok(()));
         assert_eq!(admit("SELECT 'unterminated", &limits), Ok(()), "left to the parser");
         let nested = admit(&format!("SELECT {}x{} FROM t", "f(".repeat(14), ")".repeat(14)), &limits).unwrap_err();
-        assert!(nested.message.starts_with("statement too complex: the parser would try more than 20"), "{}", nested.message);
+        assert!(nested.message.starts_with("statement too complex: the parser would take more than 20"), "{}", nested.message);
     }
 
     #[test]

@@ -49,7 +49,7 @@ fn statements_that_were_slow_to_parse_are_refused_before_parsing() {
     for entry in slow {
         let sql = String::from_utf8_lossy(&std::fs::read(entry.path()).unwrap()).to_string();
         let refused = admit(&sql, &StatementLimits::default()).expect_err("a slow statement is admitted");
-        assert!(refused.message.contains("the parser would try more than"), "{}", refused.message);
+        assert!(refused.message.contains("the parser would take more than"), "{}", refused.message);
     }
 }
 
