@@ -115,6 +115,9 @@ pub struct RunStats {
     pub caught_up: Duration,
     /// From a message's Kafka timestamp to the commit that made its rows visible.
     pub freshness: Latencies,
+    /// From a message's Kafka timestamp to the run loop taking it: the broker's
+    /// and the batching's part of the freshness.
+    pub taken: Latencies,
     /// Rows written per table.
     pub rows: BTreeMap<TablePath, u64>,
     /// The checkpoint's epoch this run carried on from, if the lake had one.
@@ -657,6 +660,7 @@ impl Pipeline {
         self.stats.elapsed = self.started.elapsed();
         self.stats.rows = self.lake.sinks().iter().map(|(p, s)| (p.clone(), s.rows_written())).collect();
         self.stats.freshness = self.options.observed.freshness();
+        self.stats.taken = self.options.observed.taken_latencies();
         Ok(self.stats.clone())
     }
 
@@ -722,7 +726,9 @@ impl Pipeline {
         let ahead::Ready { raw, decoded, archived } = next?;
         self.positions.insert(raw.partition.clone(), raw.next_offset);
         self.dirty = true;
+        let produced = self.produced_at.len();
         self.produced_at.extend(raw.messages.iter().filter_map(|m| m.timestamp));
+        self.options.observed.taken(&self.produced_at[produced..], crate::time::now_micros() / 1000);
         self.stats.messages += raw.messages.len() as u64;
         self.stats.bytes += raw.data.len() as u64;
         self.stats.bad += decoded.dead_letters.len() as u64;

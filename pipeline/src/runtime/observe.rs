@@ -103,6 +103,9 @@ struct State {
     commit_seconds_sum: f64,
     /// Kafka timestamp to the commit that made the message's rows visible.
     freshness: Latencies,
+    /// Kafka timestamp to the run loop taking the message's batch: the part of
+    /// freshness spent before the pipeline's queries (the broker, the batching).
+    taken: Latencies,
     /// Maintenance done: Delta checkpoints, files compacted away, files vacuumed,
     /// files of days past the archive's retention removed.
     maintenance: [u64; 4],
@@ -181,8 +184,17 @@ impl Observed {
         self.with(|s| timestamps.iter().for_each(|t| s.freshness.record(now_ms - t)));
     }
 
+    /// Messages the run loop just took, by their Kafka timestamps (ms).
+    pub fn taken(&self, timestamps: &[i64], now_ms: i64) {
+        self.with(|s| timestamps.iter().for_each(|t| s.taken.record(now_ms - t)));
+    }
+
     pub fn freshness(&self) -> Latencies {
         self.with(|s| s.freshness.clone())
+    }
+
+    pub fn taken_latencies(&self) -> Latencies {
+        self.with(|s| s.taken.clone())
     }
 
     pub fn store_health(&self) -> Arc<StoreHealth> {
