@@ -62,8 +62,8 @@ fn too_complex(what: String) -> Refused {
     Refused { code: TOO_COMPLEX, message: format!("statement too complex: {what}") }
 }
 
-/// Refuses a statement too big, too deeply nested or with too long a literal to
-/// plan safely, naming the limit. Linear in the text.
+/// Refuses a statement too big, too deeply nested, with too long a literal or
+/// too much work for the parser to plan safely, naming the limit. Linear in the text.
 pub fn admit(sql: &str, limits: &StatementLimits) -> Result<(), Refused> {
     if sql.len() > limits.max_bytes {
         return Err(too_complex(format!("{} bytes, more than the limit of {} bytes", sql.len(), limits.max_bytes)));

@@ -207,7 +207,6 @@ pub async fn bench_kafka(brokers: &str, bench: &BenchArgs, storage: &StorageOpti
     };
     let secs = stats.caught_up.as_secs_f64().max(1e-9);
     let seconds = |latencies: &crate::runtime::Latencies, q| latencies.quantile(q).map_or("-".to_string(), |s| format!("{s:.2}s"));
-    let quantile = |q| seconds(&stats.freshness, q);
     super::emit(&format!(
         "bench kafka: users={} hours={} batch_size={batch_size} rate={}: {} messages visible after {secs:.2}s = {:.0} messages/s; \
          freshness p50 {} p99 {} max {} (of which until the run loop took the message p50 {} p99 {}); peak RSS {} MiB\n",
@@ -216,9 +215,9 @@ pub async fn bench_kafka(brokers: &str, bench: &BenchArgs, storage: &StorageOpti
         rate.map_or("preloaded".to_string(), |r| r.to_string()),
         stats.messages,
         stats.messages as f64 / secs,
-        quantile(0.5),
-        quantile(0.99),
-        quantile(1.0),
+        seconds(&stats.freshness, 0.5),
+        seconds(&stats.freshness, 0.99),
+        seconds(&stats.freshness, 1.0),
         seconds(&stats.taken, 0.5),
         seconds(&stats.taken, 0.99),
         peak_rss_kib().unwrap_or(0) / 1024,
