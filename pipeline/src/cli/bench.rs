@@ -209,7 +209,7 @@ pub async fn bench_kafka(brokers: &str, bench: &BenchArgs, storage: &StorageOpti
     let seconds = |latencies: &crate::runtime::Latencies, q| latencies.quantile(q).map_or("-".to_string(), |s| format!("{s:.2}s"));
     super::emit(&format!(
         "bench kafka: users={} hours={} batch_size={batch_size} rate={}: {} messages visible after {secs:.2}s = {:.0} messages/s; \
-         freshness p50 {} p99 {} max {} (of which until the run loop took the message p50 {} p99 {}); peak RSS {} MiB\n",
+         freshness p50 {} p99 {} max {} (of which until received from Kafka p50 {} p99 {}, until the run loop took the message p50 {} p99 {}); peak RSS {} MiB\n",
         traffic.users,
         traffic.hours,
         rate.map_or("preloaded".to_string(), |r| r.to_string()),
@@ -218,6 +218,8 @@ pub async fn bench_kafka(brokers: &str, bench: &BenchArgs, storage: &StorageOpti
         seconds(&stats.freshness, 0.5),
         seconds(&stats.freshness, 0.99),
         seconds(&stats.freshness, 1.0),
+        seconds(&stats.received, 0.5),
+        seconds(&stats.received, 0.99),
         seconds(&stats.taken, 0.5),
         seconds(&stats.taken, 0.99),
         peak_rss_kib().unwrap_or(0) / 1024,

@@ -118,6 +118,8 @@ pub struct RunStats {
     /// From a message's Kafka timestamp to the run loop taking it: the broker's
     /// and the batching's part of the freshness.
     pub taken: Latencies,
+    /// From a message's Kafka timestamp to the source receiving it: the broker's part.
+    pub received: Latencies,
     /// Rows written per table.
     pub rows: BTreeMap<TablePath, u64>,
     /// The checkpoint's epoch this run carried on from, if the lake had one.
@@ -661,6 +663,7 @@ impl Pipeline {
         self.stats.rows = self.lake.sinks().iter().map(|(p, s)| (p.clone(), s.rows_written())).collect();
         self.stats.freshness = self.options.observed.freshness();
         self.stats.taken = self.options.observed.taken_latencies();
+        self.stats.received = self.options.observed.received_latencies();
         Ok(self.stats.clone())
     }
 

@@ -106,6 +106,8 @@ struct State {
     /// Kafka timestamp to the run loop taking the message's batch: the part of
     /// freshness spent before the pipeline's queries (the broker, the batching).
     taken: Latencies,
+    /// Kafka timestamp to the source receiving the message: the broker's part.
+    received: Latencies,
     /// Maintenance done: Delta checkpoints, files compacted away, files vacuumed,
     /// files of days past the archive's retention removed.
     maintenance: [u64; 4],
@@ -195,6 +197,10 @@ impl Observed {
 
     pub fn taken_latencies(&self) -> Latencies {
         self.with(|s| s.taken.clone())
+    }
+
+    pub fn received_latencies(&self) -> Latencies {
+        self.with(|s| s.received.clone())
     }
 
     pub fn store_health(&self) -> Arc<StoreHealth> {
@@ -363,6 +369,12 @@ impl Observed {
 impl crate::source::BrokerStats for Observed {
     fn high_watermark(&self, topic: &str, partition: i32, offset: i64) {
         Observed::high_watermark(self, topic, partition, offset);
+    }
+
+    fn received(&self, latencies_ms: &[i64]) {
+        if !latencies_ms.is_empty() {
+            self.with(|s| latencies_ms.iter().for_each(|&ms| s.received.record(ms)));
+        }
     }
 }
 

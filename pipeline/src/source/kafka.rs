@@ -19,6 +19,8 @@ use crate::error::{Error, Result};
 /// own lag figures stay empty). The run's metrics implement it.
 pub trait BrokerStats: Send + Sync {
     fn high_watermark(&self, topic: &str, partition: i32, offset: i64);
+    /// Messages just received, by how long each took from its Kafka timestamp (ms).
+    fn received(&self, latencies_ms: &[i64]);
 }
 
 /// Hands the high watermarks of librdkafka's statistics to a [`BrokerStats`].
@@ -61,6 +63,9 @@ pub struct KafkaSource {
     /// brokers answer.
     stop_when_idle: Option<Duration>,
     last_message: Instant,
+    /// Since the last batch was handed out: each message's time from its Kafka
+    /// timestamp to its receipt, the broker's part of freshness.
+    received: Vec<i64>,
 }
 
 /// Batches being filled, one per partition, each with when it was started.
@@ -116,6 +121,7 @@ impl KafkaSource {
             batches: Batches { pending: Vec::new(), last: 0, batch_size, sizes: HashMap::new() },
             stop_when_idle,
             last_message: Instant::now(),
+            received: Vec::new(),
         };
         source.partitions = source.discover(METADATA_TIMEOUT)?;
         for topic in topics {
@@ -281,6 +287,8 @@ impl Source for KafkaSource {
         if self.assigned.is_empty() {
             self.assign_new()?;
         }
+        self.consumer.context().observed.received(&self.received);
+        self.received.clear();
         loop {
             self.rediscover()?;
             if let Some(batch) = self.batches.take_oldest(LINGER) {
@@ -294,6 +302,9 @@ impl Source for KafkaSource {
                     received = self.consumer.recv() => match received {
                         Ok(message) => {
                             self.last_message = Instant::now();
+                            if let Some(sent) = message.timestamp().to_millis() {
+                                self.received.push(crate::time::now_micros() / 1000 - sent);
+                            }
                             if let Some(full) = self.batches.add(&message) {
                                 return Ok(Some(full));
                             }
