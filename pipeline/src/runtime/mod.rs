@@ -115,11 +115,12 @@ pub struct RunStats {
     pub caught_up: Duration,
     /// From a message's Kafka timestamp to the commit that made its rows visible.
     pub freshness: Latencies,
-    /// From a message's Kafka timestamp to the run loop taking it: the broker's
-    /// and the batching's part of the freshness.
-    pub taken: Latencies,
-    /// From a message's Kafka timestamp to the source receiving it: the broker's part.
+    /// From a message's Kafka timestamp to the source receiving it from
+    /// librdkafka: the broker's part of the freshness, with librdkafka's queue.
     pub received: Latencies,
+    /// From a message's Kafka timestamp to the run loop taking it: `received`,
+    /// then the batching and the decode queue.
+    pub taken: Latencies,
     /// Rows written per table.
     pub rows: BTreeMap<TablePath, u64>,
     /// The checkpoint's epoch this run carried on from, if the lake had one.

@@ -103,11 +103,11 @@ struct State {
     commit_seconds_sum: f64,
     /// Kafka timestamp to the commit that made the message's rows visible.
     freshness: Latencies,
-    /// Kafka timestamp to the run loop taking the message's batch: the part of
-    /// freshness spent before the pipeline's queries (the broker, the batching).
-    taken: Latencies,
-    /// Kafka timestamp to the source receiving the message: the broker's part.
+    /// Kafka timestamp to the source receiving the message (see `RunStats::received`).
     received: Latencies,
+    /// Kafka timestamp to the run loop taking the message's batch: the part of
+    /// freshness spent before the pipeline's queries.
+    taken: Latencies,
     /// Maintenance done: Delta checkpoints, files compacted away, files vacuumed,
     /// files of days past the archive's retention removed.
     maintenance: [u64; 4],

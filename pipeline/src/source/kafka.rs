@@ -64,7 +64,7 @@ pub struct KafkaSource {
     stop_when_idle: Option<Duration>,
     last_message: Instant,
     /// Since the last batch was handed out: each message's time from its Kafka
-    /// timestamp to its receipt, the broker's part of freshness.
+    /// timestamp to its receipt here (the broker's path and librdkafka's queue).
     received: Vec<i64>,
 }
 
