@@ -10,7 +10,7 @@ use crate::plan::load_sql_dir;
 use crate::runtime::{Observed, Pipeline, RunOptions, RunStats};
 use crate::schema::{parse_duration, SchemaRegistry};
 use crate::sink::MaintenancePolicy;
-use crate::source::{FileSource, KafkaSource, Source};
+use crate::source::{FileSource, KafkaSource, ReadAhead, Source};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct RunArgs {
@@ -212,7 +212,7 @@ pub async fn run(args: &RunArgs, storage: &StorageOptions) -> Result<RunStats> {
         (None, Some(brokers)) => {
             let topics: Vec<String> = registry.topics().map(|t| t.topic.clone()).collect();
             let source = KafkaSource::open(brokers, &topics, &args.kafka_settings, batch_size, args.stop_when_idle, observed.clone())?;
-            (Box::new(source), indicatif::ProgressBar::hidden())
+            (Box::new(ReadAhead::new(Box::new(source), batch_size)), indicatif::ProgressBar::hidden())
         }
         (None, None) => return Err(Error::Config("run needs --input DIR or --kafka BROKERS".into())),
     };

@@ -20,7 +20,7 @@ use crate::error::{Error, Result};
 use crate::group::{Change, Membership, Shard};
 use crate::plan::{load_sql_dir, plan, SqlFile};
 use crate::schema::SchemaRegistry;
-use crate::source::KafkaSource;
+use crate::source::{KafkaSource, ReadAhead};
 use crate::udf::Udfs;
 
 /// What every shard of this instance is built from.
@@ -275,7 +275,7 @@ async fn run_shard(instance: &Instance, mut shard: Shard, told: watch::Receiver<
                 let topics = pipeline.topics();
                 tracing::info!(shard = shard.index, tables = sql.len(), topics = topics.len(), "running shard");
                 match KafkaSource::open(&instance.brokers, &topics, &instance.kafka_settings, instance.batch_size, instance.stop_when_idle, instance.options.observed.clone()) {
-                    Ok(mut source) => pipeline.run(&mut source).await,
+                    Ok(source) => pipeline.run(&mut ReadAhead::new(Box::new(source), instance.batch_size)).await,
                     Err(e) => Err(e),
                 }
             }

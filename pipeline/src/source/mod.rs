@@ -4,6 +4,7 @@
 mod files;
 mod kafka;
 mod produce;
+mod read_ahead;
 
 use std::collections::BTreeMap;
 use std::ops::Range;
@@ -12,6 +13,7 @@ use std::sync::Arc;
 pub use files::FileSource;
 pub use kafka::{BrokerStats, KafkaSource};
 pub use produce::{create_topics, produce_generated, Spool};
+pub use read_ahead::ReadAhead;
 
 use crate::error::Result;
 
