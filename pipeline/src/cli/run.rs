@@ -54,9 +54,10 @@ pub struct RunArgs {
     /// How long an epoch's table maintenance (compaction, Delta checkpoints,
     /// vacuum) may run before the tables left wait for the next epochs; a
     /// compaction running when it runs out commits what it has rewritten and
-    /// goes on at the table's next turn.
-    #[arg(long, default_value = "200ms", value_parser = duration)]
-    pub maintenance_budget: std::time::Duration,
+    /// goes on at the table's next turn. Default: a fifth of --commit-interval
+    /// (200ms at 1s), since nothing is read meanwhile.
+    #[arg(long, value_parser = duration)]
+    pub maintenance_budget: Option<std::time::Duration>,
     /// A partition silent for this long no longer holds back the watermark of the
     /// queries reading it (contract §2).
     #[arg(long, default_value = "30s", value_parser = duration)]
@@ -147,6 +148,11 @@ pub(super) fn size(text: &str) -> std::result::Result<u64, String> {
 }
 
 impl RunArgs {
+    /// Maintenance stops reading: by default it may take a fifth of the time.
+    fn maintenance_budget(&self) -> std::time::Duration {
+        self.maintenance_budget.unwrap_or(self.commit_interval / 5)
+    }
+
     /// A run over files with every default, as `demo` and `bench` make.
     pub fn files(input: &std::path::Path, lake: &str, definitions: &Definitions) -> Self {
         RunArgs {
@@ -160,7 +166,7 @@ impl RunArgs {
             lake: lake.to_string(),
             batch_size: 8192,
             commit_interval: std::time::Duration::from_secs(1),
-            maintenance_budget: MaintenancePolicy::default().epoch_budget,
+            maintenance_budget: None,
             idle_timeout: crate::time::DEFAULT_IDLE_TIMEOUT,
             metrics_addr: None,
             outage_limit: RunOptions::default().outage_limit,
@@ -221,7 +227,7 @@ pub async fn run(args: &RunArgs, storage: &StorageOptions) -> Result<RunStats> {
         idle_timeout: args.idle_timeout,
         progress,
         observed,
-        maintenance: MaintenancePolicy { epoch_budget: args.maintenance_budget, ..args.maintenance.policy()? },
+        maintenance: MaintenancePolicy { epoch_budget: args.maintenance_budget(), ..args.maintenance.policy()? },
         outage_limit: args.outage_limit,
         archive: args.archive_retention,
         reading: args.reading.clone(),
@@ -270,7 +276,7 @@ async fn run_in_group(
         commit_interval: args.commit_interval,
         idle_timeout: args.idle_timeout,
         observed,
-        maintenance: MaintenancePolicy { epoch_budget: args.maintenance_budget, ..args.maintenance.policy()? },
+        maintenance: MaintenancePolicy { epoch_budget: args.maintenance_budget(), ..args.maintenance.policy()? },
         outage_limit: args.outage_limit,
         archive: args.archive_retention,
         ..RunOptions::default()
