@@ -9,7 +9,8 @@
 # each only when missing) while the build compiles: on a fresh machine the one
 # waits on the network and the other on the cores. The fuzzers run for a bounded time:
 # SLUICE_FUZZ_SECONDS (default 45) for the SQL and wire fuzzers of the hostile
-# test, and SLUICE_CARGO_FUZZ_SECONDS (default 30) per cargo-fuzz target; a
+# test, and SLUICE_CARGO_FUZZ_SECONDS (default 30) per cargo-fuzz target (statement
+# gets twice that, the others half: infra/fuzz.sh); a
 # nightly run gives them an hour each.
 set -euo pipefail
 cd "$(dirname "$0")/.."
