@@ -608,7 +608,7 @@ impl Pipeline {
                     match self.reload(&live).await {
                         Ok(r) => {
                             // A group's shard reads only its tables' topics: new ones from where the new tables' backfills begin.
-                            source.read_topics(&self.topics(), &self.positions)?;
+                            source.read_topics(&self.topics(), &self.positions).await?;
                             self.track_partitions(source);
                             self.publish_lineage();
                             tracing::info!(added = r.added.len(), removed = r.removed.len(), changed = r.changed.len(), "SQL files read again");

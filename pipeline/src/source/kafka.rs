@@ -269,7 +269,7 @@ impl Source for KafkaSource {
         Ok(())
     }
 
-    fn read_topics(&mut self, topics: &[String], starts: &BTreeMap<PartitionId, i64>) -> Result<()> {
+    async fn read_topics(&mut self, topics: &[String], starts: &BTreeMap<PartitionId, i64>) -> Result<()> {
         let new: Vec<String> = topics.iter().filter(|t| !self.topics.contains(t)).cloned().collect();
         if new.is_empty() {
             return Ok(());

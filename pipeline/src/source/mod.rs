@@ -72,7 +72,8 @@ pub trait Source: Send {
     /// Reads `topics` too from now on (a reload added tables over them), each
     /// partition listed in `starts` from there and the others from their
     /// beginning. A source that reads every topic already does nothing.
-    fn read_topics(&mut self, topics: &[String], starts: &BTreeMap<PartitionId, i64>) -> Result<()> {
+    /// Once it returns, [`partitions`](Self::partitions) lists theirs.
+    async fn read_topics(&mut self, topics: &[String], starts: &BTreeMap<PartitionId, i64>) -> Result<()> {
         let _ = (topics, starts);
         Ok(())
     }

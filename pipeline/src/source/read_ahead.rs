@@ -12,7 +12,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use tokio::sync::{mpsc, Notify, Semaphore};
+use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
 use tokio::task::JoinHandle;
 
 use super::{PartitionId, RawBatch, Source};
@@ -54,9 +54,12 @@ struct Queue {
 struct Reading {
     /// Room for batches read ahead, in bytes: the task takes it, the loop gives it back.
     room: Arc<Semaphore>,
-    topics: mpsc::UnboundedSender<(Vec<String>, BTreeMap<PartitionId, i64>)>,
+    topics: mpsc::UnboundedSender<MoreTopics>,
     task: JoinHandle<()>,
 }
+
+/// Topics to read too, from these starts; answered once the source reads them.
+type MoreTopics = (Vec<String>, BTreeMap<PartitionId, i64>, oneshot::Sender<Result<()>>);
 
 /// Marks the queue stopped however the task ends (returning, failing, aborted).
 struct Stopped(Arc<Shared>);
@@ -109,33 +112,42 @@ impl ReadAhead {
         ReadAhead { waiting: Some(source), reading: None, shared: Arc::new(shared), batch_size, budget, ended: false }
     }
 
-    /// Moves the source onto a task that reads until the budget is used up, the
-    /// source ends or fails (the loop gets that in order), or this is dropped.
+    /// Moves the source onto a task that reads on, waiting while the budget is
+    /// used up, until the source ends or fails (the loop gets that in order) or
+    /// this is dropped.
     fn start(&self, mut source: Box<dyn Source>) -> Reading {
         let room = Arc::new(Semaphore::new(self.budget));
-        let (topics, mut more_topics) = mpsc::unbounded_channel::<(Vec<String>, BTreeMap<PartitionId, i64>)>();
+        let (topics, mut more_topics) = mpsc::unbounded_channel::<MoreTopics>();
         let (shared, budget, batch_size, task_room) = (self.shared.clone(), self.budget, self.batch_size, room.clone());
         let task = tokio::spawn(async move {
             let _stopped = Stopped(shared.clone());
             loop {
                 let read = tokio::select! {
                     biased;
-                    Some((names, starts)) = more_topics.recv() => match source.read_topics(&names, &starts) {
-                        Ok(()) => continue,
-                        Err(e) => Err(e),
-                    },
+                    Some(more) = more_topics.recv() => {
+                        add_topics(source.as_mut(), more, &shared).await;
+                        continue;
+                    }
                     read = source.next_batch() => read,
                 };
                 let cost = match &read {
-                    // A batch larger than the budget goes alone.
+                    // A message's bytes and its place in the batch (~32 bytes); a
+                    // batch larger than the whole budget goes alone.
                     Ok(Some(batch)) => (batch.data.len() + 32 * batch.messages.len()).clamp(1, budget),
                     _ => 0,
                 };
-                let more = matches!(read, Ok(Some(_)));
-                match task_room.acquire_many(cost as u32).await {
-                    Ok(permit) => permit.forget(),
-                    Err(_) => return,
+                // Topics are still added while the batch waits for room.
+                loop {
+                    tokio::select! {
+                        biased;
+                        Some(more) = more_topics.recv() => add_topics(source.as_mut(), more, &shared).await,
+                        room = task_room.acquire_many(cost as u32) => match room {
+                            Ok(permit) => break permit.forget(),
+                            Err(_) => return,
+                        },
+                    }
                 }
+                let more = matches!(read, Ok(Some(_)));
                 *shared.partitions.lock().unwrap_or_else(PoisonError::into_inner) = source.partitions();
                 shared.queue.lock().unwrap_or_else(PoisonError::into_inner).push(cost, read, batch_size);
                 shared.queued.notify_one();
@@ -146,6 +158,13 @@ impl ReadAhead {
         });
         Reading { room, topics, task }
     }
+}
+
+/// Has `source` read more topics, and answers once their partitions are listed.
+async fn add_topics(source: &mut dyn Source, (names, starts, done): MoreTopics, shared: &Shared) {
+    let added = source.read_topics(&names, &starts).await;
+    *shared.partitions.lock().unwrap_or_else(PoisonError::into_inner) = source.partitions();
+    let _ = done.send(added);
 }
 
 impl Drop for ReadAhead {
@@ -172,17 +191,16 @@ impl Source for ReadAhead {
         }
     }
 
-    /// Once reading, the topics are added between two batches; an error comes
-    /// after the batches read before it.
-    fn read_topics(&mut self, topics: &[String], starts: &BTreeMap<PartitionId, i64>) -> Result<()> {
-        match (&mut self.waiting, &self.reading) {
-            (Some(source), _) => source.read_topics(topics, starts),
-            (None, Some(reading)) => reading
-                .topics
-                .send((topics.to_vec(), starts.clone()))
-                .map_err(|_| Error::Internal("source: reading has ended".into())),
-            (None, None) => Err(Error::Internal("source: no source".into())),
+    /// Once reading, the topics are added between two batches.
+    async fn read_topics(&mut self, topics: &[String], starts: &BTreeMap<PartitionId, i64>) -> Result<()> {
+        if let Some(source) = &mut self.waiting {
+            return source.read_topics(topics, starts).await;
         }
+        let ended = || Error::Internal("source: reading has ended".into());
+        let reading = self.reading.as_ref().ok_or_else(ended)?;
+        let (done, added) = oneshot::channel();
+        reading.topics.send((topics.to_vec(), starts.clone(), done)).map_err(|_| ended())?;
+        added.await.map_err(|_| ended())?
     }
 
     async fn next_batch(&mut self) -> Result<Option<RawBatch>> {
@@ -256,7 +274,7 @@ mod tests {
             Ok(())
         }
 
-        fn read_topics(&mut self, topics: &[String], _: &BTreeMap<PartitionId, i64>) -> Result<()> {
+        async fn read_topics(&mut self, topics: &[String], _: &BTreeMap<PartitionId, i64>) -> Result<()> {
             self.topics.extend(topics.iter().cloned());
             Ok(())
         }
@@ -380,13 +398,13 @@ mod tests {
         let mut ahead = ReadAhead::with_budget(Box::new(source), 1, 1000);
         assert_eq!(ahead.partitions().len(), 1);
         offset(&mut ahead).await;
-        ahead.read_topics(&["u".into()], &BTreeMap::new()).unwrap();
-        // The budget holds ~23 batches: taking a few more lets the task read past the command.
-        for _ in 0..100 {
-            offset(&mut ahead).await;
-        }
+        // The budget (~23 batches) is used up: the task waits for room, and still
+        // takes the topics, listed as soon as the call returns.
+        settle(&read, 24).await;
+        ahead.read_topics(&["u".into()], &BTreeMap::new()).await.unwrap();
         let names: Vec<_> = ahead.partitions().iter().map(|p| p.topic.to_string()).collect();
         assert_eq!(names, ["t", "u"]);
+        assert_eq!(offset(&mut ahead).await, Some(1), "batches go on in order");
         drop(ahead);
         for _ in 0..500 {
             if dropped.load(Ordering::SeqCst) {
