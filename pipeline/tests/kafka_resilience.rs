@@ -105,9 +105,11 @@ fn file_run(input: &Path, lake: &Path) {
 /// comes back with its data. The run must carry on where it was and land every
 /// message once.
 ///
-/// The consumer may queue only ~1 MB ahead (`queued.max.messages.kbytes`), so most
-/// of the traffic has to come over the network after the outage rather than from
-/// what librdkafka fetched before it. The run's `--stop-when-idle` (5 s) is shorter
+/// The consumer may queue only ~1 MB ahead (`queued.max.messages.kbytes`, which
+/// also bounds what the source reads ahead of the loop), so most of the traffic has
+/// to come over the network after the outage rather than from what was fetched
+/// before it; 24 hours of traffic, since reading ahead made 12 (36 MB) end before
+/// the outage in one run of three. The run's `--stop-when-idle` (5 s) is shorter
 /// than the outage: time without a broker must not count as idle.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_broker_away_for_ten_seconds_loses_nothing() {
@@ -116,7 +118,7 @@ async fn a_broker_away_for_ten_seconds_loses_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (input, reference) = (dir.path().join("in"), dir.path().join("lake-files"));
     let started = Instant::now();
-    let (seed, users, hours, schemas) = ("42", "1000", "12", repo("schemas"));
+    let (seed, users, hours, schemas) = ("42", "1000", "24", repo("schemas"));
     generate(&["--out", input.to_str().unwrap()], seed, users, hours, &schemas);
     generate(&["--kafka", &broker.address], seed, users, hours, &schemas);
     file_run(&input, &reference);

@@ -218,7 +218,8 @@ pub async fn run(args: &RunArgs, storage: &StorageOptions) -> Result<RunStats> {
         (None, Some(brokers)) => {
             let topics: Vec<String> = registry.topics().map(|t| t.topic.clone()).collect();
             let source = KafkaSource::open(brokers, &topics, &args.kafka_settings, batch_size, args.stop_when_idle, observed.clone())?;
-            (Box::new(ReadAhead::new(Box::new(source), batch_size)), indicatif::ProgressBar::hidden())
+            let budget = source.queue_bytes();
+            (Box::new(ReadAhead::new(Box::new(source), batch_size, budget)), indicatif::ProgressBar::hidden())
         }
         (None, None) => return Err(Error::Config("run needs --input DIR or --kafka BROKERS".into())),
     };

@@ -275,7 +275,10 @@ async fn run_shard(instance: &Instance, mut shard: Shard, told: watch::Receiver<
                 let topics = pipeline.topics();
                 tracing::info!(shard = shard.index, tables = sql.len(), topics = topics.len(), "running shard");
                 match KafkaSource::open(&instance.brokers, &topics, &instance.kafka_settings, instance.batch_size, instance.stop_when_idle, instance.options.observed.clone()) {
-                    Ok(source) => pipeline.run(&mut ReadAhead::new(Box::new(source), instance.batch_size)).await,
+                    Ok(source) => {
+                        let budget = source.queue_bytes();
+                        pipeline.run(&mut ReadAhead::new(Box::new(source), instance.batch_size, budget)).await
+                    }
                     Err(e) => Err(e),
                 }
             }

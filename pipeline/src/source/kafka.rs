@@ -45,6 +45,9 @@ impl ConsumerContext for StatsContext {}
 /// How long a partition's messages may wait for more before they go out as a batch.
 const LINGER: Duration = Duration::from_millis(100);
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
+/// What is read ahead unless `queued.max.messages.kbytes` says otherwise: about a
+/// second of the bench's 100,000 messages/s (librdkafka's own default is 64 MiB).
+const DEFAULT_QUEUE_BYTES: usize = 32 << 20;
 /// How often the topics' partitions are listed again, to pick up added ones.
 const DISCOVERY_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -66,6 +69,8 @@ pub struct KafkaSource {
     /// Since the last batch was handed out: each message's time from its Kafka
     /// timestamp to its receipt here (the broker's path and librdkafka's queue).
     received: Vec<i64>,
+    /// What librdkafka may queue ahead, in bytes (`queued.max.messages.kbytes`).
+    queue_bytes: usize,
 }
 
 /// Batches being filled, one per partition, each with when it was started.
@@ -107,6 +112,8 @@ impl KafkaSource {
         for (key, value) in settings {
             config.set(key, value);
         }
+        // librdkafka checks the setting's range when the consumer is created.
+        let queue_kbytes = config.get("queued.max.messages.kbytes").and_then(|kb| kb.parse::<usize>().ok());
         let consumer: StreamConsumer<StatsContext> = config
             .create_with_context(StatsContext { observed })
             .map_err(|e| Error::Config(format!("kafka {brokers}: {e}")))?;
@@ -122,6 +129,7 @@ impl KafkaSource {
             stop_when_idle,
             last_message: Instant::now(),
             received: Vec::new(),
+            queue_bytes: queue_kbytes.map_or(DEFAULT_QUEUE_BYTES, |kb| kb.saturating_mul(1024)),
         };
         source.partitions = source.discover(METADATA_TIMEOUT)?;
         for topic in topics {
@@ -130,6 +138,12 @@ impl KafkaSource {
             }
         }
         Ok(source)
+    }
+
+    /// How far to read ahead of the run loop ([`super::ReadAhead`]): as much as
+    /// librdkafka may queue, so that `-X queued.max.messages.kbytes` bounds both.
+    pub fn queue_bytes(&self) -> usize {
+        self.queue_bytes
     }
 
     /// Every partition of the topics that exist now.

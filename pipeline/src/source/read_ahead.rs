@@ -18,10 +18,6 @@ use tokio::task::JoinHandle;
 use super::{PartitionId, RawBatch, Source};
 use crate::error::{Error, Result};
 
-/// Bytes of batches read but not yet taken: about a second of the bench's
-/// 100,000 messages/s; beyond it the source waits (and librdkafka's own queue fills).
-const BUDGET: usize = 32 << 20;
-
 pub struct ReadAhead {
     /// The source until its first batch is asked for: seeking still applies.
     waiting: Option<Box<dyn Source>>,
@@ -102,12 +98,11 @@ fn append(batch: &mut RawBatch, next: &RawBatch) {
 }
 
 impl ReadAhead {
-    /// Reads `source` ahead; a partition's waiting batches grow up to `batch_size` messages.
-    pub fn new(source: Box<dyn Source>, batch_size: usize) -> Self {
-        Self::with_budget(source, batch_size, BUDGET)
-    }
-
-    fn with_budget(source: Box<dyn Source>, batch_size: usize, budget: usize) -> Self {
+    /// Reads `source` ahead, up to `budget` bytes of batches the loop has not
+    /// taken (then the source waits); a partition's waiting batches grow up to
+    /// `batch_size` messages.
+    pub fn new(source: Box<dyn Source>, batch_size: usize, budget: usize) -> Self {
+        let budget = budget.clamp(1, u32::MAX as usize);
         let shared = Shared { queue: Mutex::default(), queued: Notify::new(), partitions: Mutex::new(source.partitions()) };
         ReadAhead { waiting: Some(source), reading: None, shared: Arc::new(shared), batch_size, budget, ended: false }
     }
@@ -320,7 +315,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn it_reads_on_while_the_loop_is_away_and_keeps_the_order() {
         let (source, read) = Numbered::new(10, 100);
-        let mut ahead = ReadAhead::new(Box::new(source), 1);
+        let mut ahead = ReadAhead::new(Box::new(source), 1, 32 << 20);
         ahead.seek(&BTreeMap::from([(PartitionId { topic: Arc::from("t"), partition: 0 }, 2)])).unwrap();
         assert_eq!(offset(&mut ahead).await, Some(2));
         assert_eq!(settle(&read, 10).await, 10, "the whole source read without being asked");
@@ -339,7 +334,7 @@ mod tests {
     async fn waiting_batches_of_a_partition_grow_into_one_up_to_the_batch_size() {
         let (mut source, read) = Numbered::new(13, 3);
         source.partitions = 2;
-        let mut ahead = ReadAhead::new(Box::new(source), 4);
+        let mut ahead = ReadAhead::new(Box::new(source), 4, 32 << 20);
         // Reading without taking anything, as during a long commit.
         let source = ahead.waiting.take().unwrap();
         ahead.reading = Some(ahead.start(source));
@@ -361,7 +356,7 @@ mod tests {
     async fn it_stops_reading_at_its_budget_and_a_larger_batch_goes_alone() {
         // Each batch costs 1,000 bytes and 32 for its message: three fit in 3,500.
         let (source, read) = Numbered::new(100, 1000);
-        let mut ahead = ReadAhead::with_budget(Box::new(source), 1, 3500);
+        let mut ahead = ReadAhead::new(Box::new(source), 1, 3500);
         assert_eq!(offset(&mut ahead).await, Some(0));
         // The first taken, three waiting, and the fifth read, waiting for room.
         assert_eq!(settle(&read, 5).await, 5);
@@ -369,7 +364,7 @@ mod tests {
         assert_eq!(settle(&read, 6).await, 6);
 
         let (source, read) = Numbered::new(3, 10_000);
-        let mut ahead = ReadAhead::with_budget(Box::new(source), 1, 3500);
+        let mut ahead = ReadAhead::new(Box::new(source), 1, 3500);
         for expected in 0..3 {
             assert_eq!(offset(&mut ahead).await, Some(expected));
         }
@@ -381,7 +376,7 @@ mod tests {
     async fn an_error_comes_after_the_batches_before_it_and_ends_reading() {
         let (mut source, _) = Numbered::new(10, 10);
         source.fail_at = Some(3);
-        let mut ahead = ReadAhead::new(Box::new(source), 1);
+        let mut ahead = ReadAhead::new(Box::new(source), 1, 32 << 20);
         for expected in 0..3 {
             assert_eq!(offset(&mut ahead).await, Some(expected));
         }
@@ -395,7 +390,7 @@ mod tests {
     async fn topics_added_while_reading_reach_the_source_and_dropping_stops_it() {
         let (source, read) = Numbered::new(1_000_000, 10);
         let dropped = source.dropped.clone();
-        let mut ahead = ReadAhead::with_budget(Box::new(source), 1, 1000);
+        let mut ahead = ReadAhead::new(Box::new(source), 1, 1000);
         assert_eq!(ahead.partitions().len(), 1);
         offset(&mut ahead).await;
         // The budget (~23 batches) is used up: the task waits for room, and still
