@@ -69,7 +69,7 @@ pub struct KafkaSource {
     /// Since the last batch was handed out: each message's time from its Kafka
     /// timestamp to its receipt here (the broker's path and librdkafka's queue).
     received: Vec<i64>,
-    /// What librdkafka may queue ahead, in bytes (`queued.max.messages.kbytes`).
+    /// What to read ahead of the loop, in bytes: `queued.max.messages.kbytes` if set.
     queue_bytes: usize,
 }
 
