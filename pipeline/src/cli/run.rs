@@ -148,9 +148,11 @@ pub(super) fn size(text: &str) -> std::result::Result<u64, String> {
 }
 
 impl RunArgs {
-    /// Maintenance stops reading: by default it may take a fifth of the time.
-    fn maintenance_budget(&self) -> std::time::Duration {
-        self.maintenance_budget.unwrap_or(self.commit_interval / 5)
+    /// The maintenance flags as a policy. Maintenance stops reading: by default
+    /// an epoch's may take a fifth of the commit interval.
+    fn maintenance_policy(&self) -> Result<MaintenancePolicy> {
+        let epoch_budget = self.maintenance_budget.unwrap_or(self.commit_interval / 5);
+        Ok(MaintenancePolicy { epoch_budget, ..self.maintenance.policy()? })
     }
 
     /// A run over files with every default, as `demo` and `bench` make.
@@ -228,7 +230,7 @@ pub async fn run(args: &RunArgs, storage: &StorageOptions) -> Result<RunStats> {
         idle_timeout: args.idle_timeout,
         progress,
         observed,
-        maintenance: MaintenancePolicy { epoch_budget: args.maintenance_budget(), ..args.maintenance.policy()? },
+        maintenance: args.maintenance_policy()?,
         outage_limit: args.outage_limit,
         archive: args.archive_retention,
         reading: args.reading.clone(),
@@ -277,7 +279,7 @@ async fn run_in_group(
         commit_interval: args.commit_interval,
         idle_timeout: args.idle_timeout,
         observed,
-        maintenance: MaintenancePolicy { epoch_budget: args.maintenance_budget(), ..args.maintenance.policy()? },
+        maintenance: args.maintenance_policy()?,
         outage_limit: args.outage_limit,
         archive: args.archive_retention,
         ..RunOptions::default()

@@ -116,10 +116,11 @@ pub struct RunStats {
     /// From a message's Kafka timestamp to the commit that made its rows visible.
     pub freshness: Latencies,
     /// From a message's Kafka timestamp to the source receiving it from
-    /// librdkafka: the broker's part of the freshness, with librdkafka's queue.
+    /// librdkafka: the broker's part of the freshness, with librdkafka's queue
+    /// (which fills only while the read-ahead queue is full).
     pub received: Latencies,
     /// From a message's Kafka timestamp to the run loop taking it: `received`,
-    /// then the batching and the decode queue.
+    /// then the batching, the read-ahead queue and the decode queue.
     pub taken: Latencies,
     /// Rows written per table.
     pub rows: BTreeMap<TablePath, u64>,
