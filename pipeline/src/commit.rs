@@ -2,9 +2,9 @@
 //! (see [`checkpoint`](crate::checkpoint)):
 //!
 //! 1. **stage**: every table with new rows writes them as Parquet files, not yet
-//!    part of the table;
-//! 2. **checkpoint**: the window and mirror state, then the manifest (the commit
-//!    point), with the staged files;
+//!    part of the table; the window and mirror state is written beside them;
+//! 2. **checkpoint**: the manifest (the commit point), naming the state and the
+//!    staged files;
 //! 3. **commit**: every table commits its files in one Delta version carrying the
 //!    epoch as its `txn`;
 //!
@@ -70,7 +70,8 @@ pub struct Committed {
     pub rows: usize,
     /// Tables committed to.
     pub tables: usize,
-    /// Milliseconds to stage the files and to write the state and manifest.
+    /// Milliseconds to stage the files (the state written beside them), and then
+    /// to write the manifest.
     pub write_ms: u64,
     pub state_ms: u64,
     /// Milliseconds of the Delta commits themselves.
@@ -84,6 +85,47 @@ pub struct Committed {
     pub maintain_ms: u64,
     /// Tables whose maintenance did something.
     pub maintained: BTreeMap<TablePath, Maintained>,
+}
+
+/// Stages every table with pending rows, side by side, into `staged`; the
+/// last failure if any table failed (those staged stay staged).
+async fn stage(sinks: &mut BTreeMap<TablePath, TableSink>, staged: &mut BTreeMap<String, Staged>) -> Option<Error> {
+    let stages = sinks.iter_mut().filter(|(_, s)| s.has_pending()).map(|(path, s)| async move { (path.as_str().to_string(), s.stage().await) });
+    let mut failed = None;
+    for (path, result) in futures::future::join_all(stages).await {
+        match result {
+            Ok(files) => {
+                staged.insert(path, files);
+            }
+            Err(e) => failed = Some(e),
+        }
+    }
+    failed
+}
+
+/// The state files of an epoch's checkpoint, by the order of its queries and mirrors.
+struct StateFiles {
+    /// Per query, its open windows' file, if it keeps windows.
+    windows: Vec<Option<String>>,
+    mirrors: Vec<String>,
+}
+
+/// Writes an epoch's window and mirror state, the files side by side: one after
+/// another, an object store's round trips added up (40 windowed tables, 40 PUTs).
+async fn put_states(checkpoints: &CheckpointStore, epoch: i64, state: &EpochState) -> Result<StateFiles> {
+    let put = |table, rows| checkpoints.put_state(epoch, table, rows);
+    let windows = futures::stream::iter(&state.queries)
+        .map(|q| async move {
+            match &q.windows {
+                Some(rows) => put(&q.table, rows).await.map(Some),
+                None => Ok(None),
+            }
+        })
+        .buffered(PARALLEL_STATE_WRITES)
+        .try_collect::<Vec<_>>();
+    let mirrors = futures::stream::iter(&state.mirrors).map(|(table, rows)| put(table, rows)).buffered(PARALLEL_STATE_WRITES).try_collect::<Vec<_>>();
+    let (windows, mirrors) = futures::try_join!(windows, mirrors)?;
+    Ok(StateFiles { windows, mirrors })
 }
 
 /// State files written at once at a checkpoint: enough to hide an object store's
@@ -215,32 +257,29 @@ impl LakeWriter {
         let outage_policy = self.outage.clone();
         let mut outage = Outage::new(&outage_policy);
 
-        // 1. Stage. A table staged before an outage has nothing pending any more,
-        // and is not staged again.
+        // 1. Stage, and write the window and mirror state beside it: neither needs
+        // the other, and only the manifest needs both. A table staged before an
+        // outage has nothing pending any more, and is not staged again.
         let mut staged: BTreeMap<String, Staged> = BTreeMap::new();
-        loop {
-            let stages = self.sinks.iter_mut().filter(|(_, s)| s.has_pending()).map(|(path, s)| async move {
-                (path.as_str().to_string(), s.stage().await)
-            });
-            let mut failed = None;
-            for (path, result) in futures::future::join_all(stages).await {
-                match result {
-                    Ok(files) => {
-                        staged.insert(path, files);
-                    }
-                    Err(e) => failed = Some(e),
-                }
-            }
-            match failed {
-                None => break,
-                Some(e) => outage.wait("staging new files", e).await?,
-            }
+        let (mut failed, states) = futures::join!(stage(&mut self.sinks, &mut staged), put_states(&self.checkpoints, epoch, &state));
+        while let Some(e) = failed {
+            outage.wait("staging new files", e).await?;
+            failed = stage(&mut self.sinks, &mut staged).await;
         }
         let write_ms = started.elapsed().as_millis() as u64;
 
-        // 2. Checkpoint: state files, then the manifest.
+        // 2. Checkpoint: the state files (again, if the first try failed), then the manifest.
+        let mut states = Some(states);
         let checkpoint = loop {
-            match self.save_checkpoint(epoch, &state, &staged).await {
+            let files = match states.take() {
+                Some(Ok(files)) => Ok(files),
+                _ => put_states(&self.checkpoints, epoch, &state).await,
+            };
+            let saved = match files {
+                Ok(files) => self.save_checkpoint(epoch, &state, files, &staged).await,
+                Err(e) => Err(e),
+            };
+            match saved {
                 Ok(checkpoint) => break checkpoint,
                 Err(e) => outage.wait("writing the checkpoint", e).await?,
             }
@@ -303,21 +342,9 @@ impl LakeWriter {
         self.maintain(&mut outage, None).await
     }
 
-    async fn save_checkpoint(&self, epoch: i64, state: &EpochState, staged: &BTreeMap<String, Staged>) -> Result<Checkpoint> {
-        // The state files side by side: one after another, an object store's
-        // round trips added up (40 windowed tables, 40 PUTs).
-        let put = |table, rows| self.checkpoints.put_state(epoch, table, rows);
-        let windows = futures::stream::iter(&state.queries)
-            .map(|q| async move {
-                match &q.windows {
-                    Some(rows) => put(&q.table, rows).await.map(Some),
-                    None => Ok(None),
-                }
-            })
-            .buffered(PARALLEL_STATE_WRITES)
-            .try_collect::<Vec<_>>();
-        let mirrors = futures::stream::iter(&state.mirrors).map(|(table, rows)| put(table, rows)).buffered(PARALLEL_STATE_WRITES).try_collect::<Vec<_>>();
-        let (windows, mirror_files) = futures::try_join!(windows, mirrors)?;
+    /// Creates the epoch's manifest, naming its state `files` and the `staged` files.
+    async fn save_checkpoint(&self, epoch: i64, state: &EpochState, files: StateFiles, staged: &BTreeMap<String, Staged>) -> Result<Checkpoint> {
+        let StateFiles { windows, mirrors: mirror_files } = files;
         let mut queries = BTreeMap::new();
         for (q, windows) in state.queries.iter().zip(windows) {
             let (fingerprint, parts, backfill) = (Some(q.fingerprint.clone()), q.parts.clone(), q.backfill.clone());

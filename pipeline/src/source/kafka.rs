@@ -105,10 +105,14 @@ impl KafkaSource {
             .set("statistics.interval.ms", "1000")
             // Back within seconds of a broker's return (librdkafka's default waits up to 10 s).
             .set("reconnect.backoff.max.ms", "2000")
-            // Keep fetching ahead of the pipeline: measured against Tansu, these read a
-            // backlog 1.5x as fast as librdkafka's defaults (100000 and 500 ms).
+            // Keep fetching ahead of the pipeline: measured against Tansu, this read a
+            // backlog 1.5x as fast as librdkafka's default (100000).
             .set("queued.min.messages", "1000000")
-            .set("fetch.wait.max.ms", "100");
+            // A fetch the broker holds for want of data ends this soon. Against Tansu at
+            // 100,000 messages/s, p99 until received was 0.08-0.14 s, against 0.15-0.48 s
+            // at 100 ms (alternating runs); the price is an idle consumer's fetches,
+            // about 100 a second per broker.
+            .set("fetch.wait.max.ms", "10");
         for (key, value) in settings {
             config.set(key, value);
         }
