@@ -4,8 +4,9 @@
 # bytes for 3 x SECONDS together (default 30; CI runs the default, a nightly run
 # gives it an hour: infra/fuzz.sh 3600). The statement target gets two shares and
 # the others half of one each: its corpus replay alone takes ~25 s (every input
-# parsed twice, ~150/s), while token and params run 20,000-30,000 inputs a second. Installs cargo-fuzz if missing; builds
-# with the stable toolchain (RUSTC_BOOTSTRAP lets cargo fuzz use its -Z flags).
+# parsed twice, ~150/s), while token and params run 20,000-30,000 inputs a second.
+# Installs cargo-fuzz if missing; builds with the stable toolchain (RUSTC_BOOTSTRAP
+# lets cargo fuzz use its -Z flags).
 #
 #   infra/fuzz.sh [SECONDS] [TARGET...]     # targets: statement token params
 #

@@ -87,6 +87,10 @@ pub struct Committed {
     pub maintained: BTreeMap<TablePath, Maintained>,
 }
 
+/// State files written at once at a checkpoint: enough to hide an object store's
+/// latency, few enough not to open a connection per table of a large lake.
+const PARALLEL_STATE_WRITES: usize = 16;
+
 /// Stages every table with pending rows, side by side, into `staged`; the
 /// last failure if any table failed (those staged stay staged).
 async fn stage(sinks: &mut BTreeMap<TablePath, TableSink>, staged: &mut BTreeMap<String, Staged>) -> Option<Error> {
@@ -127,10 +131,6 @@ async fn put_states(checkpoints: &CheckpointStore, epoch: i64, state: &EpochStat
     let (windows, mirrors) = futures::try_join!(windows, mirrors)?;
     Ok(StateFiles { windows, mirrors })
 }
-
-/// State files written at once at a checkpoint: enough to hide an object store's
-/// latency, few enough not to open a connection per table of a large lake.
-const PARALLEL_STATE_WRITES: usize = 16;
 
 /// The lake's writer: every table's sink, the checkpoints, and the epoch count.
 pub struct LakeWriter {
@@ -261,21 +261,16 @@ impl LakeWriter {
         // the other, and only the manifest needs both. A table staged before an
         // outage has nothing pending any more, and is not staged again.
         let mut staged: BTreeMap<String, Staged> = BTreeMap::new();
-        let (mut failed, states) = futures::join!(stage(&mut self.sinks, &mut staged), put_states(&self.checkpoints, epoch, &state));
+        let (mut failed, mut states) = futures::join!(stage(&mut self.sinks, &mut staged), put_states(&self.checkpoints, epoch, &state));
         while let Some(e) = failed {
             outage.wait("staging new files", e).await?;
             failed = stage(&mut self.sinks, &mut staged).await;
         }
         let write_ms = started.elapsed().as_millis() as u64;
 
-        // 2. Checkpoint: the state files (again, if the first try failed), then the manifest.
-        let mut states = Some(states);
+        // 2. Checkpoint: the manifest; after a failure, the state files again first.
         let checkpoint = loop {
-            let files = match states.take() {
-                Some(Ok(files)) => Ok(files),
-                _ => put_states(&self.checkpoints, epoch, &state).await,
-            };
-            let saved = match files {
+            let saved = match states {
                 Ok(files) => self.save_checkpoint(epoch, &state, files, &staged).await,
                 Err(e) => Err(e),
             };
@@ -283,6 +278,7 @@ impl LakeWriter {
                 Ok(checkpoint) => break checkpoint,
                 Err(e) => outage.wait("writing the checkpoint", e).await?,
             }
+            states = put_states(&self.checkpoints, epoch, &state).await;
         };
         let state_ms = (started.elapsed().as_millis() as u64).saturating_sub(write_ms);
         self.epoch = epoch;
