@@ -247,3 +247,25 @@ fn locate(given: Option<&Path>, name: &str) -> Result<PathBuf> {
     }
     Err(Error::Config(format!("no ./{name} directory here: run from the project root or pass --{name} DIR")))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run_args(args: &[&str]) -> run::RunArgs {
+        match Cli::try_parse_from(["sluice", "run", "--lake", "l"].iter().chain(args)).unwrap().command {
+            Command::Run(run) => run,
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    /// A live run commits twice as often as a replay; a flag overrides either.
+    #[test]
+    fn commit_interval_defaults_by_input() {
+        use std::time::Duration;
+        assert_eq!(run_args(&["--kafka", "b:9092"]).commit_interval(), Duration::from_millis(500));
+        assert_eq!(run_args(&["--input", "i"]).commit_interval(), Duration::from_secs(1));
+        assert_eq!(run_args(&["--kafka", "b:9092", "--commit-interval", "2s"]).commit_interval(), Duration::from_secs(2));
+        assert_eq!(run_args(&["--input", "i", "--commit-interval", "20ms"]).commit_interval(), Duration::from_millis(20));
+    }
+}

@@ -48,14 +48,17 @@ pub struct RunArgs {
     /// Lines read from one partition file at a time.
     #[arg(long, default_value_t = 8192, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub batch_size: u64,
-    /// How often buffered rows are committed to the lake (e.g. 500ms, 1s, 1m).
-    #[arg(long, default_value = "1s", value_parser = duration)]
-    pub commit_interval: std::time::Duration,
+    /// How often buffered rows are committed to the lake (e.g. 500ms, 1s, 1m):
+    /// a row is visible about this long plus one commit after its message is
+    /// read. Default: 500ms reading Kafka, 1s replaying files (nobody waits on
+    /// their rows, and fewer, larger commits replay faster).
+    #[arg(long, value_parser = duration)]
+    pub commit_interval: Option<std::time::Duration>,
     /// How long an epoch's table maintenance (compaction, Delta checkpoints,
     /// vacuum) may run before the tables left wait for the next epochs; a
     /// compaction running when it runs out commits what it has rewritten and
     /// goes on at the table's next turn. Default: a fifth of --commit-interval
-    /// (200ms at 1s), since nothing is read meanwhile.
+    /// (100ms reading Kafka, 200ms replaying files), since nothing is read meanwhile.
     #[arg(long, value_parser = duration)]
     pub maintenance_budget: Option<std::time::Duration>,
     /// A partition silent for this long no longer holds back the watermark of the
@@ -148,10 +151,19 @@ pub(super) fn size(text: &str) -> std::result::Result<u64, String> {
 }
 
 impl RunArgs {
+    /// `--commit-interval`, or the default for the input read.
+    pub fn commit_interval(&self) -> std::time::Duration {
+        let default = match self.kafka {
+            Some(_) => crate::runtime::LIVE_COMMIT_INTERVAL,
+            None => crate::runtime::REPLAY_COMMIT_INTERVAL,
+        };
+        self.commit_interval.unwrap_or(default)
+    }
+
     /// The maintenance flags as a policy. Maintenance stops reading: by default
     /// an epoch's may take a fifth of the commit interval.
     fn maintenance_policy(&self) -> Result<MaintenancePolicy> {
-        let epoch_budget = self.maintenance_budget.unwrap_or(self.commit_interval / 5);
+        let epoch_budget = self.maintenance_budget.unwrap_or(self.commit_interval() / 5);
         Ok(MaintenancePolicy { epoch_budget, ..self.maintenance.policy()? })
     }
 
@@ -167,7 +179,7 @@ impl RunArgs {
             shards: 6,
             lake: lake.to_string(),
             batch_size: 8192,
-            commit_interval: std::time::Duration::from_secs(1),
+            commit_interval: None,
             maintenance_budget: None,
             idle_timeout: crate::time::DEFAULT_IDLE_TIMEOUT,
             metrics_addr: None,
@@ -226,7 +238,7 @@ pub async fn run(args: &RunArgs, storage: &StorageOptions) -> Result<RunStats> {
         (None, None) => return Err(Error::Config("run needs --input DIR or --kafka BROKERS".into())),
     };
     let options = RunOptions {
-        commit_interval: args.commit_interval,
+        commit_interval: args.commit_interval(),
         idle_timeout: args.idle_timeout,
         progress,
         observed,
@@ -276,7 +288,7 @@ async fn run_in_group(
     let membership = crate::group::Membership::join(brokers, &args.kafka_settings, group, &instance, args.shards).await?;
     eprintln!("instance `{instance}` of group `{group}`: {} shards; waiting for the group to assign some", membership.shards);
     let options = RunOptions {
-        commit_interval: args.commit_interval,
+        commit_interval: args.commit_interval(),
         idle_timeout: args.idle_timeout,
         observed,
         maintenance: args.maintenance_policy()?,
