@@ -1592,7 +1592,7 @@ fn append_edge_cases(in_dir: &Path) {
             continue;
         };
         let mut lines: Vec<Vec<u8>> = Vec::new();
-        if let Some(_) = event_fields(topic) {
+        if event_fields(topic).is_some() {
             let id = match topic.as_str() {
                 T_GATEWAY => "request_id",
                 T_CALLS => "call_id",

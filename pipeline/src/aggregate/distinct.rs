@@ -232,7 +232,7 @@ mod tests {
                     }
                 }
                 let total = groups.max(1);
-                a.update_batch(&[array.clone()], &ids, filter.as_ref(), total).unwrap();
+                a.update_batch(std::slice::from_ref(&array), &ids, filter.as_ref(), total).unwrap();
                 b.update_batch(&[array], &ids, filter.as_ref(), total).unwrap();
             }
             let total = groups.max(1);
@@ -250,7 +250,7 @@ mod tests {
             let half = total / 2;
             let (first, second) = (state_a[0].slice(0, half), state_a[0].slice(half, total - half));
             a3.merge_batch(&[second], &(half..total).collect::<Vec<_>>(), total).unwrap();
-            a3.merge_batch(&[first.clone()], &(0..half).collect::<Vec<_>>(), total).unwrap();
+            a3.merge_batch(std::slice::from_ref(&first), &(0..half).collect::<Vec<_>>(), total).unwrap();
             a3.merge_batch(&[first], &(0..half).collect::<Vec<_>>(), total).unwrap();
             for mut acc in [a2, b2, a3] {
                 let counts = acc.evaluate(EmitTo::All).unwrap();
