@@ -91,20 +91,20 @@ pub struct Committed {
 /// latency, few enough not to open a connection per table of a large lake.
 const PARALLEL_STATE_WRITES: usize = 16;
 
-/// Stages every table with pending rows, side by side, into `staged`; the
-/// last failure if any table failed (those staged stay staged).
-async fn stage(sinks: &mut BTreeMap<TablePath, TableSink>, staged: &mut BTreeMap<String, Staged>) -> Option<Error> {
+/// Stages every table with pending rows, side by side, into `staged`; if a
+/// table failed, the last failure (those staged stay staged).
+async fn stage(sinks: &mut BTreeMap<TablePath, TableSink>, staged: &mut BTreeMap<String, Staged>) -> Result<()> {
     let stages = sinks.iter_mut().filter(|(_, s)| s.has_pending()).map(|(path, s)| async move { (path.as_str().to_string(), s.stage().await) });
-    let mut failed = None;
+    let mut outcome = Ok(());
     for (path, result) in futures::future::join_all(stages).await {
         match result {
             Ok(files) => {
                 staged.insert(path, files);
             }
-            Err(e) => failed = Some(e),
+            Err(e) => outcome = Err(e),
         }
     }
-    failed
+    outcome
 }
 
 /// The state files of an epoch's checkpoint, by the order of its queries and mirrors.
@@ -261,10 +261,10 @@ impl LakeWriter {
         // the other, and only the manifest needs both. A table staged before an
         // outage has nothing pending any more, and is not staged again.
         let mut staged: BTreeMap<String, Staged> = BTreeMap::new();
-        let (mut failed, mut states) = futures::join!(stage(&mut self.sinks, &mut staged), put_states(&self.checkpoints, epoch, &state));
-        while let Some(e) = failed {
+        let (mut staging, mut states) = futures::join!(stage(&mut self.sinks, &mut staged), put_states(&self.checkpoints, epoch, &state));
+        while let Err(e) = staging {
             outage.wait("staging new files", e).await?;
-            failed = stage(&mut self.sinks, &mut staged).await;
+            staging = stage(&mut self.sinks, &mut staged).await;
         }
         let write_ms = started.elapsed().as_millis() as u64;
 
