@@ -52,8 +52,7 @@ profile=default
 if [ "${SLUICE_FUZZ_SECONDS:-45}" -gt 240 ]; then profile=fuzz-long; fi
 # The tests wait on brokers, stores and killed processes a quarter of the time: a
 # thread more than the cores keeps the cores busy (2 cores: 490 s, against 621 s
-# with two; the hostile tests, which time and measure the server, take two each:
-# .config/nextest.toml). `--test-threads` or NEXTEST_TEST_THREADS overrides it.
+# with two). `--test-threads` or NEXTEST_TEST_THREADS overrides it.
 export NEXTEST_TEST_THREADS="${NEXTEST_TEST_THREADS:-$(( $(nproc) + 1 ))}"
 cargo nextest run --profile "$profile" --workspace --no-fail-fast "$@"
 # Only for the whole suite (no arguments): every SQL file's fixtures, as an engineer
