@@ -50,10 +50,6 @@ export SLUICE_PYCLIENTS
 # outrun the default profile's 10-minute limit (.config/nextest.toml).
 profile=default
 if [ "${SLUICE_FUZZ_SECONDS:-45}" -gt 240 ]; then profile=fuzz-long; fi
-# The tests wait on brokers, stores and killed processes a quarter of the time: a
-# thread more than the cores keeps the cores busy (2 cores: 490 s, against 621 s
-# with two). `--test-threads` or NEXTEST_TEST_THREADS overrides it.
-export NEXTEST_TEST_THREADS="${NEXTEST_TEST_THREADS:-$(( $(nproc) + 1 ))}"
 cargo nextest run --profile "$profile" --workspace --no-fail-fast "$@"
 # Only for the whole suite (no arguments): every SQL file's fixtures, as an engineer
 # runs them (`sluice test`), the deployment manifests, and the door's parsers under
