@@ -62,15 +62,66 @@ pub struct KafkaSource {
     assigned: Vec<PartitionId>,
     last_discovery: Instant,
     batches: Batches,
-    /// Stop (as a bounded source) after this long without a message while the
-    /// brokers answer.
+    /// Stop (as a bounded source) after waiting this long without a message while
+    /// the brokers answer.
     stop_when_idle: Option<Duration>,
-    last_message: Instant,
+    quiet: Quiet,
     /// Since the last batch was handed out: each message's time from its Kafka
     /// timestamp to its receipt here (the broker's path and librdkafka's queue).
     received: Vec<i64>,
     /// What to read ahead of the loop, in bytes: `queued.max.messages.kbytes` if set.
     queue_bytes: usize,
+}
+
+/// How long the source has waited for a message in vain. Only time spent waiting
+/// counts: time the pipeline spends elsewhere (planning and restoring a checkpoint
+/// before the first read, a long commit) is no sign that the input has ended. A
+/// restart whose restore took longer than `--stop-when-idle` once ended at its
+/// first read, closing every window with the input half read.
+struct Quiet {
+    waited: Duration,
+    since: Instant,
+    /// The partitions the broker held more of when the last wait ended: (partition,
+    /// where reading is, the broker's end).
+    behind: Vec<(PartitionId, i64, i64)>,
+}
+
+impl Quiet {
+    fn new() -> Self {
+        Quiet { waited: Duration::ZERO, since: Instant::now(), behind: Vec::new() }
+    }
+
+    /// A message came (or the broker was away): the wait starts again.
+    fn reset(&mut self) {
+        self.waited = Duration::ZERO;
+        self.since = Instant::now();
+        self.behind.clear();
+    }
+
+    /// Waiting begins (again): the time since the last look is not counted. A wait
+    /// cut short by the pipeline loses at most the time since its last look.
+    fn resume(&mut self) {
+        self.since = Instant::now();
+    }
+
+    /// The time waited so far, counting up to now.
+    fn waited(&mut self) -> Duration {
+        let now = Instant::now();
+        self.waited += now - self.since;
+        self.since = now;
+        self.waited
+    }
+}
+
+/// What is remembered of a partition's last batch.
+#[derive(Clone, Copy, Default)]
+struct HandedOut {
+    /// Its bytes and messages: the next batch starts with that room, not growing
+    /// (and copying, and faulting pages in) as it fills.
+    bytes: usize,
+    messages: usize,
+    /// Where the partition's next message is.
+    next_offset: i64,
 }
 
 /// Batches being filled, one per partition, each with when it was started.
@@ -79,9 +130,8 @@ struct Batches {
     /// Where the last message went: messages come in runs per partition.
     last: usize,
     batch_size: usize,
-    /// Per partition, the bytes and messages of its last batch: the next starts
-    /// with that room, not growing (and copying, and faulting pages in) as it fills.
-    sizes: HashMap<PartitionId, (usize, usize)>,
+    /// Per partition, its last batch handed out.
+    handed_out: HashMap<PartitionId, HandedOut>,
 }
 
 impl KafkaSource {
@@ -129,9 +179,9 @@ impl KafkaSource {
             starts: BTreeMap::new(),
             assigned: Vec::new(),
             last_discovery: Instant::now(),
-            batches: Batches { pending: Vec::new(), last: 0, batch_size, sizes: HashMap::new() },
+            batches: Batches { pending: Vec::new(), last: 0, batch_size, handed_out: HashMap::new() },
             stop_when_idle,
-            last_message: Instant::now(),
+            quiet: Quiet::new(),
             received: Vec::new(),
             queue_bytes: queue_kbytes.map_or(DEFAULT_QUEUE_BYTES, |kb| kb.saturating_mul(1024)),
         };
@@ -210,10 +260,30 @@ impl KafkaSource {
             // A broker that is away: try again later; meanwhile nothing is idle.
             Err(e) => {
                 tracing::warn!(error = %e, "kafka");
-                self.last_message = Instant::now();
+                self.quiet.reset();
                 Ok(())
             }
         }
+    }
+
+    /// The partitions whose end on the broker is past where reading is: (partition,
+    /// where reading is, the broker's end). Asked only when the input fell quiet.
+    fn behind(&self) -> Result<Vec<(PartitionId, i64, i64)>> {
+        let mut behind = Vec::new();
+        for id in &self.assigned {
+            let (start, end) = self
+                .consumer
+                .fetch_watermarks(&id.topic, id.partition, Duration::from_secs(2))
+                .map_err(|e| Error::Input(format!("kafka {}: {}/{}: offsets: {e}", self.brokers, id.topic, id.partition)))?;
+            let at = match self.batches.handed_out.get(id) {
+                Some(last) => last.next_offset,
+                None => self.starts.get(id).copied().unwrap_or(start).max(start),
+            };
+            if end > at {
+                behind.push((id.clone(), at, end));
+            }
+        }
+        Ok(behind)
     }
 }
 
@@ -227,7 +297,7 @@ impl Batches {
                 Some(i) => i,
                 None => {
                     let partition = PartitionId { topic: Arc::from(message.topic()), partition: message.partition() };
-                    let (bytes, messages) = self.sizes.get(&partition).copied().unwrap_or_default();
+                    let HandedOut { bytes, messages, .. } = self.handed_out.get(&partition).copied().unwrap_or_default();
                     let batch = RawBatch {
                         partition,
                         ingested_at: crate::time::now_micros(),
@@ -255,7 +325,8 @@ impl Batches {
 
     fn hand_out(&mut self, i: usize) -> RawBatch {
         let batch = self.pending.swap_remove(i).1;
-        self.sizes.insert(batch.partition.clone(), (batch.data.len(), batch.messages.len()));
+        let last = HandedOut { bytes: batch.data.len(), messages: batch.messages.len(), next_offset: batch.next_offset };
+        self.handed_out.insert(batch.partition.clone(), last);
         batch
     }
 
@@ -307,6 +378,7 @@ impl Source for KafkaSource {
         }
         self.consumer.context().observed.received(&self.received);
         self.received.clear();
+        self.quiet.resume();
         loop {
             self.rediscover()?;
             if let Some(batch) = self.batches.take_oldest(LINGER) {
@@ -319,7 +391,7 @@ impl Source for KafkaSource {
                     biased;
                     received = self.consumer.recv() => match received {
                         Ok(message) => {
-                            self.last_message = Instant::now();
+                            self.quiet.reset();
                             if let Some(sent) = message.timestamp().to_millis() {
                                 self.received.push(crate::time::now_micros() / 1000 - sent);
                             }
@@ -331,7 +403,7 @@ impl Source for KafkaSource {
                         // without a broker does not count towards --stop-when-idle.
                         Err(e) => {
                             tracing::warn!(error = %e, "kafka");
-                            self.last_message = Instant::now();
+                            self.quiet.reset();
                         }
                     },
                     () = &mut wake => break,
@@ -340,13 +412,27 @@ impl Source for KafkaSource {
             if let Some(batch) = self.batches.take_oldest(LINGER) {
                 return Ok(Some(batch));
             }
-            if self.batches.pending.is_empty() && self.stop_when_idle.is_some_and(|idle| self.last_message.elapsed() >= idle) {
-                // Quiet only counts if a broker answers: an outage is no end of input.
-                if self.discover(Duration::from_secs(2)).is_ok() {
-                    return Ok(None);
+            if self.batches.pending.is_empty() && self.stop_when_idle.is_some_and(|idle| self.quiet.waited() >= idle) {
+                // Quiet only counts if a broker answers (an outage is no end of
+                // input) and has nothing more: a fetch may be slow.
+                match self.behind() {
+                    Ok(behind) if behind.is_empty() => return Ok(None),
+                    Ok(behind) if self.quiet.behind == behind => {
+                        // The broker's ends did not move, nor did anything come, for
+                        // two waits: what is left are a transaction's markers.
+                        tracing::info!(partitions = behind.len(), "nothing came for two idle waits; ending");
+                        return Ok(None);
+                    }
+                    Ok(behind) => {
+                        tracing::debug!(partitions = behind.len(), "quiet, but the broker holds more; waiting for it");
+                        self.quiet.reset();
+                        self.quiet.behind = behind;
+                    }
+                    Err(e) => {
+                        tracing::warn!(brokers = %self.brokers, error = %e, "no broker answers; waiting for one");
+                        self.quiet.reset();
+                    }
                 }
-                tracing::warn!(brokers = %self.brokers, "no broker answers; waiting for one");
-                self.last_message = Instant::now();
             }
         }
     }
@@ -357,6 +443,69 @@ mod tests {
     use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 
     use super::*;
+
+    /// The messages a bounded source gives before it ends (within 20 s).
+    async fn read_to_the_end(source: &mut KafkaSource) -> usize {
+        let mut read = 0;
+        let reading = async {
+            while let Some(batch) = source.next_batch().await.unwrap() {
+                read += batch.messages.len();
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(20), reading).await.expect("the source ends");
+        read
+    }
+
+    /// A restart that spends longer planning and restoring than `--stop-when-idle`
+    /// still reads what the broker holds, and ends only once it has waited that
+    /// long after the last message.
+    #[tokio::test]
+    async fn a_slow_start_is_not_the_end_of_a_bounded_run() {
+        let cluster = MockCluster::new(1).unwrap();
+        cluster.create_topic("t", 1, 1).unwrap();
+        let producer: BaseProducer =
+            ClientConfig::new().set("bootstrap.servers", cluster.bootstrap_servers()).create().unwrap();
+        for i in 0..25 {
+            producer.send(BaseRecord::<(), _>::to("t").payload(&format!("{i}"))).unwrap();
+        }
+        producer.flush(Duration::from_secs(10)).unwrap();
+        // The mock broker answers its first fetch only after this long: as a broker
+        // under load might, and longer than the first wait for messages.
+        cluster.broker_round_trip_time(1, Duration::from_millis(300)).unwrap();
+
+        let idle = Duration::from_millis(500);
+        let observed = Arc::new(crate::runtime::Observed::default());
+        let mut source = KafkaSource::open(&cluster.bootstrap_servers(), &["t".into()], &[], 10, Some(idle), observed).unwrap();
+        // The pipeline restores a checkpoint for three times the idle time.
+        std::thread::sleep(3 * idle);
+        let started = Instant::now();
+        assert_eq!(read_to_the_end(&mut source).await, 25, "every message before the end");
+        assert!(started.elapsed() >= idle, "the end came only after waiting {idle:?}");
+    }
+
+    /// A transaction's commit marker takes an offset no message is read at: the
+    /// broker's end stays one past where reading is, and the run still ends.
+    #[tokio::test]
+    async fn a_bounded_run_over_a_transactional_topic_ends() {
+        let cluster = MockCluster::new(1).unwrap();
+        cluster.create_topic("t", 1, 1).unwrap();
+        let producer: BaseProducer = ClientConfig::new()
+            .set("bootstrap.servers", cluster.bootstrap_servers())
+            .set("transactional.id", "upstream")
+            .create()
+            .unwrap();
+        producer.init_transactions(Duration::from_secs(10)).unwrap();
+        producer.begin_transaction().unwrap();
+        for i in 0..5 {
+            producer.send(BaseRecord::<(), _>::to("t").payload(&format!("{i}"))).unwrap();
+        }
+        producer.commit_transaction(Duration::from_secs(10)).unwrap();
+
+        let idle = Duration::from_millis(300);
+        let observed = Arc::new(crate::runtime::Observed::default());
+        let mut source = KafkaSource::open(&cluster.bootstrap_servers(), &["t".into()], &[], 10, Some(idle), observed).unwrap();
+        assert_eq!(read_to_the_end(&mut source).await, 5);
+    }
 
     /// librdkafka's mock cluster, unlike Tansu, reports exact high watermarks.
     #[tokio::test]
