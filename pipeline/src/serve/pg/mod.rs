@@ -307,6 +307,16 @@ fn coerced(frame: DataFrame) -> datafusion::error::Result<DataFrame> {
     Ok(DataFrame::new(state, analyzed))
 }
 
+/// A statement [`admit`] parsed and checked, planned read-only: what
+/// `sql_with_options` does, without parsing the text a second time (with another
+/// parser than the extended protocol's).
+async fn read_only_frame(ctx: &SessionContext, statement: Statement) -> datafusion::error::Result<DataFrame> {
+    let parsed = datafusion::sql::parser::Statement::Statement(Box::new(statement));
+    let plan = ctx.state().statement_to_plan(parsed).await?;
+    super::session::read_only().verify_plan(&plan)?;
+    ctx.execute_logical_plan(plan).await
+}
+
 /// Checks a statement's text before it is parsed.
 fn admit(server: &PgServer, sql: &str) -> PgWireResult<Vec<Statement>> {
     statement::admit(sql, &server.budget.limits.statement).map_err(refused)?;
@@ -403,7 +413,7 @@ impl SimpleQueryHandler for PgServer {
                 let (plan, names) = match connection.plans.get(&sql, &connection.session).await {
                     Some(planned) => (planned.to_run().map_err(failed)?, planned.names),
                     None => {
-                        let frame = ctx.sql_with_options(&sql, super::session::read_only()).await.map_err(failed)?;
+                        let frame = read_only_frame(ctx, statement).await.map_err(failed)?;
                         let frame = coerced(frame).map_err(failed)?;
                         let names = names::postgres_names(frame.logical_plan());
                         let logical = frame.logical_plan().clone();
