@@ -49,7 +49,7 @@ use pgwire::messages::startup::{Authentication, SecretKey};
 use pgwire::messages::data::DataRow;
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 use pgwire::types::format::FormatOptions;
-use sluice_gate::statement::{self, Refused};
+use sluice_gate::statement::{self, Refused, StatementLimits};
 use sluice_gate::token::{Refusal, Verifier};
 use tokio::net::TcpListener;
 use tokio::task::AbortHandle;
@@ -317,10 +317,11 @@ async fn read_only_frame(ctx: &SessionContext, statement: Statement) -> datafusi
     ctx.execute_logical_plan(plan).await
 }
 
-/// Checks a statement's text before it is parsed.
-fn admit(server: &PgServer, sql: &str) -> PgWireResult<Vec<Statement>> {
-    statement::admit(sql, &server.budget.limits.statement).map_err(refused)?;
-    let statements = server.parser.sql.parse(sql).map_err(|e| refused(statement::unparsed(sql, e)))?;
+/// Parses a statement's text, checked before and after parsing: both protocols
+/// admit a statement here.
+fn admit(parser: &PostgresCompatibilityParser, limits: &StatementLimits, sql: &str) -> PgWireResult<Vec<Statement>> {
+    statement::admit(sql, limits).map_err(refused)?;
+    let statements = parser.parse(sql).map_err(|e| refused(statement::unparsed(sql, e)))?;
     for statement in &statements {
         statement::check(statement).map_err(refused)?;
     }
@@ -390,7 +391,7 @@ impl SimpleQueryHandler for PgServer {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         let connection = connection(client)?;
-        let statements = admit(self, query)?;
+        let statements = admit(&self.parser.sql, &self.budget.limits.statement, query)?;
         if statements.is_empty() {
             return Ok(vec![Response::EmptyQuery]);
         }
@@ -492,11 +493,7 @@ impl QueryParser for PgParser {
             return Ok(Some(parsed));
         }
         let limits = connection.session.limits();
-        statement::admit(sql, &limits.statement).map_err(refused)?;
-        let statements = self.sql.parse(sql).map_err(|e| refused(statement::unparsed(sql, e)))?;
-        for statement in &statements {
-            statement::check(statement).map_err(refused)?;
-        }
+        let statements = admit(&self.sql, &limits.statement, sql)?;
         // Like datafusion-postgres's parser, the first statement is the one planned.
         let Some(statement) = statements.into_iter().next() else { return Ok(None) };
         connection.session.refresh().await.map_err(|e| error("58030", e))?;
