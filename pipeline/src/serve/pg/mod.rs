@@ -311,8 +311,7 @@ fn coerced(frame: DataFrame) -> datafusion::error::Result<DataFrame> {
 /// `sql_with_options` does, without parsing the text a second time (with another
 /// parser than the extended protocol's).
 async fn read_only_frame(ctx: &SessionContext, statement: Statement) -> datafusion::error::Result<DataFrame> {
-    let parsed = datafusion::sql::parser::Statement::Statement(Box::new(statement));
-    let plan = ctx.state().statement_to_plan(parsed).await?;
+    let plan = plan_statement(ctx, statement).await?;
     super::session::read_only().verify_plan(&plan)?;
     ctx.execute_logical_plan(plan).await
 }
@@ -541,8 +540,12 @@ async fn plan_parsed<C: ClientInfo + Send + Sync>(
             return plan;
         }
     }
-    let parsed = datafusion::sql::parser::Statement::Statement(Box::new(statement.clone()));
-    ctx.state().statement_to_plan(parsed).await.map_err(|e| PgWireError::ApiError(Box::new(e)))
+    plan_statement(ctx, statement.clone()).await.map_err(|e| PgWireError::ApiError(Box::new(e)))
+}
+
+/// The logical plan of a parsed statement, in the session's state.
+async fn plan_statement(ctx: &SessionContext, statement: Statement) -> datafusion::error::Result<LogicalPlan> {
+    ctx.state().statement_to_plan(datafusion::sql::parser::Statement::Statement(Box::new(statement))).await
 }
 
 /// TLS from a PEM certificate chain and private key.
