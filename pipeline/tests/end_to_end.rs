@@ -11,6 +11,9 @@
 //! lake) and prints its path; `SLUICE_E2E_TIMEOUT_SECS` bounds `sluice run` (default
 //! 1800 s).
 
+// The models keep their accumulators' shapes inline, where they are filled and read.
+#![allow(clippy::type_complexity)]
+
 mod common;
 #[path = "end_to_end/rest_of_lake.rs"]
 mod rest_of_lake;

@@ -46,8 +46,11 @@ fn udf_dir(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/udfs").join(name)
 }
 
-fn build_and_load(dir: &Path) -> sluice::error::Result<Udfs> {
-    Udfs::build_and_load(&load_dir(dir)?, &build::cache_dir(), &indicatif::MultiProgress::with_draw_target(indicatif::ProgressDrawTarget::hidden()))
+/// The UDFs in `dir`, built and loaded, or the build's message.
+fn build_and_load(dir: &Path) -> Result<Udfs, String> {
+    let files = load_dir(dir).map_err(|e| e.to_string())?;
+    Udfs::build_and_load(&files, &build::cache_dir(), &indicatif::MultiProgress::with_draw_target(indicatif::ProgressDrawTarget::hidden()))
+        .map_err(|e| e.to_string())
 }
 
 /// Runs `sql` (table path → query) over REQUESTS with `udfs`; returns the lake.
@@ -217,7 +220,7 @@ async fn an_async_udf_past_its_timeout_stops_the_run_naming_it() {
 
 #[test]
 fn a_udf_that_does_not_build_shows_the_compiler_error() {
-    let err = build_and_load(&udf_dir("broken")).unwrap_err().to_string();
+    let err = build_and_load(&udf_dir("broken")).unwrap_err();
     assert!(err.contains("broken.rs") && err.contains("does not build") && err.contains("error[E0277]"), "{err}");
 }
 

@@ -726,7 +726,9 @@ mod tests {
                 times.swap(i, rng.random_range(0..=i));
             }
             let rows: Vec<_> = times.iter().enumerate().map(|(i, t)| request(&mut rng, i, T0 + t)).collect();
-            let mut expected: BTreeMap<(i64, String), ((i64, f64), (i64, f64))> = BTreeMap::new();
+            // Per (window, service): the latest and the earliest (ts, duration).
+            type LatestAndEarliest = ((i64, f64), (i64, f64));
+            let mut expected: BTreeMap<(i64, String), LatestAndEarliest> = BTreeMap::new();
             for (ts, service, duration, _) in &rows {
                 let first_start = ts - ts.rem_euclid(slide) - (width - slide);
                 for start in (first_start..=*ts).step_by(slide as usize) {
