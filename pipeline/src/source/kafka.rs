@@ -269,21 +269,49 @@ impl KafkaSource {
     /// The partitions whose end on the broker is past where reading is: (partition,
     /// where reading is, the broker's end). Asked only when the input fell quiet.
     fn behind(&self) -> Result<Vec<(PartitionId, i64, i64)>> {
+        let ends = self.broker_offsets(self.assigned.iter(), Offset::End)?;
+        // Where reading is in a partition nothing was read from: its seek start,
+        // unless the log now starts later (retention), else the log's start.
+        let unread = self.assigned.iter().filter(|id| !self.batches.handed_out.contains_key(*id));
+        let firsts = self.broker_offsets(unread, Offset::Beginning)?;
         let mut behind = Vec::new();
         for id in &self.assigned {
-            let (start, end) = self
-                .consumer
-                .fetch_watermarks(&id.topic, id.partition, Duration::from_secs(2))
-                .map_err(|e| Error::Input(format!("kafka {}: {}/{}: offsets: {e}", self.brokers, id.topic, id.partition)))?;
-            let at = match self.batches.handed_out.get(id) {
-                Some(last) => last.next_offset,
-                None => self.starts.get(id).copied().unwrap_or(start).max(start),
+            let at = match (self.batches.handed_out.get(id), firsts.get(id)) {
+                (Some(last), _) => last.next_offset,
+                (None, first) => {
+                    let first = first.copied().unwrap_or(0);
+                    self.starts.get(id).copied().unwrap_or(first).max(first)
+                }
             };
+            // A partition whose end is not known may hold more: no end of input.
+            let end = *ends.get(id).ok_or_else(|| Error::Input(format!("kafka {}: {}/{}: no end offset", self.brokers, id.topic, id.partition)))?;
             if end > at {
                 behind.push((id.clone(), at, end));
             }
         }
         Ok(behind)
+    }
+
+    /// The brokers' first or next offset of each of `partitions`: one request per
+    /// broker (ListOffsets), not two per partition as `fetch_watermarks` makes.
+    fn broker_offsets<'a>(&self, partitions: impl Iterator<Item = &'a PartitionId>, which: Offset) -> Result<HashMap<PartitionId, i64>> {
+        let failed = |e: rdkafka::error::KafkaError| Error::Input(format!("kafka {}: offsets: {e}", self.brokers));
+        let mut list = TopicPartitionList::new();
+        for id in partitions {
+            list.add_partition_offset(&id.topic, id.partition, which).map_err(failed)?;
+        }
+        if list.count() == 0 {
+            return Ok(HashMap::new());
+        }
+        let answered = self.consumer.offsets_for_times(list, Duration::from_secs(2)).map_err(failed)?;
+        let mut offsets = HashMap::with_capacity(answered.count());
+        for element in answered.elements() {
+            element.error().map_err(|e| Error::Input(format!("kafka {}: {}/{}: offsets: {e}", self.brokers, element.topic(), element.partition())))?;
+            if let Offset::Offset(offset) = element.offset() {
+                offsets.insert(PartitionId { topic: Arc::from(element.topic()), partition: element.partition() }, offset);
+            }
+        }
+        Ok(offsets)
     }
 }
 
