@@ -142,14 +142,14 @@ async fn killed_and_restarted_runs_on_s3_land_what_an_uninterrupted_run_lands() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_30s_outage_of_the_s3_store_is_waited_out() {
     let dir = tempfile::tempdir().unwrap();
-    let (input, reference) = traffic_and_reference(dir.path(), "12", "200");
+    let (input, reference) = traffic_and_reference(dir.path(), "12", "2000");
     let s3 = Server::moto("lake");
     let proxy = broker::Proxy::start(&format!("127.0.0.1:{}", s3.port));
     let mut env = s3.s3_env();
     env[0].1 = format!("http://{}", proxy.address);
     let metrics = format!("127.0.0.1:{}", stores::free_port());
     let mut command = Command::new(SLUICE);
-    command.args(run_args(&input, "s3://lake/outage", "200")).args(["--metrics-addr", &metrics]);
+    command.args(run_args(&input, "s3://lake/outage", "2000")).args(["--metrics-addr", &metrics]);
     // Its log goes to a file: a pipe nobody reads until the end could fill up and block it.
     let log = dir.path().join("outage.log");
     command.envs(env.iter().map(|(k, v)| (k, v))).stdout(Stdio::null()).stderr(std::fs::File::create(&log).unwrap());
