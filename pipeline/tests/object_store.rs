@@ -97,7 +97,7 @@ async fn a_lake_on_azure_blob_lands_what_a_local_lake_lands() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_and_restarted_runs_on_s3_land_what_an_uninterrupted_run_lands() {
     let dir = tempfile::tempdir().unwrap();
-    let (input, reference) = traffic_and_reference(dir.path(), "12", "200");
+    let (input, reference) = traffic_and_reference(dir.path(), "6", "200");
     let s3 = Server::moto("lake");
     let env = s3.s3_env();
     let mut rng = rand::rngs::SmallRng::seed_from_u64(11);
