@@ -536,14 +536,13 @@ fn a_lake_on_s3_is_served_and_each_new_commit_shows_at_the_next_query() {
     let sql = dir.path().join("sql/integration/api_gateway");
     std::fs::create_dir_all(&sql).unwrap();
     std::fs::copy(Path::new(env!("CARGO_MANIFEST_DIR")).join("../sql/integration/api_gateway/request_logs.sql"), sql.join("request_logs.sql")).unwrap();
-    let mut second_halves = Vec::new();
+    let mut wholes = Vec::new();
     for file in std::fs::read_dir(input.join("gateway.requests")).unwrap() {
         let path = file.unwrap().path();
         let whole = std::fs::read_to_string(&path).unwrap();
-        let lines: Vec<&str> = whole.lines().collect();
-        let (first, second) = lines.split_at(lines.len() / 2);
-        std::fs::write(&path, first.iter().map(|l| format!("{l}\n")).collect::<String>()).unwrap();
-        second_halves.push((path, second.iter().map(|l| format!("{l}\n")).collect::<String>()));
+        let half: String = whole.lines().take(whole.lines().count() / 2).map(|l| format!("{l}\n")).collect();
+        std::fs::write(&path, half).unwrap();
+        wholes.push((path, whole));
     }
     let run = |name: &str| {
         let log = dir.path().join(name);
@@ -567,8 +566,8 @@ fn a_lake_on_s3_is_served_and_each_new_commit_shows_at_the_next_query() {
     assert!(first > 0, "the first run committed rows");
     assert_eq!(count(), first, "served count against the lake after the first run");
 
-    for (path, rest) in &second_halves {
-        std::fs::OpenOptions::new().append(true).open(path).unwrap().write_all(rest.as_bytes()).unwrap();
+    for (path, whole) in &wholes {
+        std::fs::write(path, whole).unwrap();
     }
     run("second.log");
     let last = in_the_lake();
