@@ -544,22 +544,37 @@ fn a_lake_on_s3_is_served_and_each_new_commit_shows_at_the_next_query() {
         std::fs::write(&path, half).unwrap();
         wholes.push((path, whole));
     }
-    let run = |name: &str| {
+    // A run, and if `asking`, committing every batch of 1,000 rows while the
+    // count is asked again and again.
+    let run = |name: &str, asking: bool| {
         let log = dir.path().join(name);
-        let status = sluice()
-            .args(["run", "--archive-retention", "off", "--lake", lake, "--input"])
+        let commit_interval = if asking { "1ms" } else { "1s" };
+        let mut child = sluice()
+            .args(["run", "--batch-size", "1000", "--commit-interval", commit_interval, "--archive-retention", "off", "--lake", lake, "--input"])
             .arg(&input)
             .arg("--sql")
             .arg(dir.path().join("sql"))
             .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
-            .status()
+            .spawn()
             .unwrap();
+        let mut seen = Vec::new();
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if asking {
+                seen.push(count());
+            } else {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        };
         assert!(status.success(), "{name}: {}", std::fs::read_to_string(&log).unwrap_or_default());
+        seen
     };
 
-    run("first.log");
+    run("first.log", false);
     // The table is new to the server: it appears within a listing's lifetime.
     std::thread::sleep(Duration::from_millis(1100));
     let first = in_the_lake();
@@ -569,10 +584,12 @@ fn a_lake_on_s3_is_served_and_each_new_commit_shows_at_the_next_query() {
     for (path, whole) in &wholes {
         std::fs::write(path, whole).unwrap();
     }
-    run("second.log");
+    let seen = run("second.log", true);
     let last = in_the_lake();
     assert!(last > first, "the second run committed more rows: {first} then {last}");
     assert_eq!(count(), last, "served count against the lake at the next query after the second run");
+    // Queries while it committed saw the count only grow, between the two runs' ends.
+    assert!(seen.windows(2).all(|w| w[0] <= w[1]) && seen.iter().all(|n| (first..=last).contains(n)), "{first}, then {seen:?}, then {last}");
 }
 
 /// pgjdbc's `key=value` observations (tests/serve/Jdbc.java).
