@@ -136,8 +136,10 @@ pub async fn serve<H: PgWireServerHandlers>(
             _ => message.is_extended_query(),
         };
         let handled = process_message(message, &mut socket, startup.clone(), simple.clone(), extended.clone(), copy.clone(), cancel.clone());
-        let deadline = if logged_in { Instant::now() + limits.max_message_time } else { login_by };
-        match tokio::time::timeout_at(deadline, handled).await {
+        // The login time bounds the client (reads, above), not the server's own
+        // work on a message: checking a token and opening a session on a busy
+        // server may take longer than a short login time.
+        match tokio::time::timeout_at(Instant::now() + limits.max_message_time, handled).await {
             Ok(Ok(())) => {}
             Ok(Err(mut e)) => {
                 errors.on_error(&socket, &mut e);
@@ -149,7 +151,11 @@ pub async fn serve<H: PgWireServerHandlers>(
                     return Ok(());
                 }
             }
-            Err(_) => return Err(io::Error::new(io::ErrorKind::TimedOut, "a message took longer than the server allows (a client not reading its answer?)")),
+            Err(_) => {
+                let message = "a message took longer than the server allows (a client not reading its answer?)";
+                farewell(&mut socket, message).await;
+                return Err(io::Error::new(io::ErrorKind::TimedOut, message));
+            }
         }
         if !authenticated.load(Ordering::Acquire) && matches!(socket.state(), PgWireConnectionState::ReadyForQuery) {
             // Authentication ended without the handler's word: never serve such a connection.
@@ -158,10 +164,16 @@ pub async fn serve<H: PgWireServerHandlers>(
     }
 }
 
-/// Says why the connection ends (a frame too large, bytes that are no message),
-/// if the client is still there to hear it within a second.
+/// Says why the connection ends (a frame too large, bytes that are no message, a
+/// message past its time), if the client is still there to hear it within a second.
 async fn farewell<C: futures::Sink<PgWireBackendMessage> + Unpin>(socket: &mut C, message: &str) {
-    let code = if message.contains("this server takes at most") { "54000" } else { "08P01" };
+    let code = if message.contains("this server takes at most") {
+        "54000" // program_limit_exceeded
+    } else if message.contains("longer than the server allows") {
+        "08006" // connection_failure
+    } else {
+        "08P01" // protocol_violation
+    };
     let refusal = ErrorInfo::new("FATAL".into(), code.into(), message.chars().take(200).collect());
     let _ = tokio::time::timeout(Duration::from_secs(1), socket.send(PgWireBackendMessage::ErrorResponse(refusal.into()))).await;
 }
