@@ -95,7 +95,8 @@ pub async fn serve<H: PgWireServerHandlers>(
     parts.read_buf = first;
     let mut socket = Framed::from_parts(parts);
     if let Some(e) = refused {
-        farewell(&mut socket, &e.to_string()).await;
+        let message = e.to_string();
+        farewell(&mut socket, refusal_code(&message), &message).await;
         return Err(e);
     }
 
@@ -123,7 +124,7 @@ pub async fn serve<H: PgWireServerHandlers>(
             Some(Ok(message)) => message,
             Some(Err(e)) => {
                 let message = e.to_string();
-                farewell(&mut socket, &message).await;
+                farewell(&mut socket, refusal_code(&message), &message).await;
                 return Err(io::Error::new(io::ErrorKind::InvalidData, message));
             }
             None => return Ok(()),
@@ -153,7 +154,7 @@ pub async fn serve<H: PgWireServerHandlers>(
             }
             Err(_) => {
                 let message = "a message took longer than the server allows (a client not reading its answer?)";
-                farewell(&mut socket, message).await;
+                farewell(&mut socket, "08006", message).await; // connection_failure
                 return Err(io::Error::new(io::ErrorKind::TimedOut, message));
             }
         }
@@ -164,16 +165,19 @@ pub async fn serve<H: PgWireServerHandlers>(
     }
 }
 
-/// Says why the connection ends (a frame too large, bytes that are no message, a
-/// message past its time), if the client is still there to hear it within a second.
-async fn farewell<C: futures::Sink<PgWireBackendMessage> + Unpin>(socket: &mut C, message: &str) {
-    let code = if message.contains("this server takes at most") {
+/// The SQLSTATE of a frame the server will not read: too large (the frame
+/// guard's message, whichever layer it surfaced through), or no message at all.
+fn refusal_code(message: &str) -> &'static str {
+    if message.contains("this server takes at most") {
         "54000" // program_limit_exceeded
-    } else if message.contains("longer than the server allows") {
-        "08006" // connection_failure
     } else {
         "08P01" // protocol_violation
-    };
+    }
+}
+
+/// Says why the connection ends (a frame too large, bytes that are no message, a
+/// message past its time), if the client is still there to hear it within a second.
+async fn farewell<C: futures::Sink<PgWireBackendMessage> + Unpin>(socket: &mut C, code: &str, message: &str) {
     let refusal = ErrorInfo::new("FATAL".into(), code.into(), message.chars().take(200).collect());
     let _ = tokio::time::timeout(Duration::from_secs(1), socket.send(PgWireBackendMessage::ErrorResponse(refusal.into()))).await;
 }
