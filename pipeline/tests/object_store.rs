@@ -112,16 +112,18 @@ async fn killed_and_restarted_runs_on_s3_land_what_an_uninterrupted_run_lands() 
         let log = dir.path().join(format!("run-{attempt}.log"));
         command.envs(env.iter().map(|(k, v)| (k, v))).stdout(Stdio::null()).stderr(std::fs::File::create(&log).unwrap());
         let mut child = command.spawn().expect("sluice starts");
-        // Killed at a random moment after the run's first commit, however slow the
-        // machine: every restart then has a checkpoint to carry on from.
+        // Killed at a random moment after one of the run's first commits, counted in
+        // its log, not timed: every restart then has a checkpoint to carry on from,
+        // and a fast machine does not finish the traffic before the last kill.
+        let commits = rng.random_range(1..=4);
         let mut deadline = None;
         loop {
             if let Some(status) = child.try_wait().unwrap() {
                 assert!(status.success(), "run {attempt} failed:\n{}", std::fs::read_to_string(&log).unwrap());
                 break;
             }
-            if deadline.is_none() && std::fs::read_to_string(&log).unwrap_or_default().contains("committed") {
-                deadline = Some(Instant::now() + Duration::from_millis(rng.random_range(0..2200)));
+            if deadline.is_none() && std::fs::read_to_string(&log).unwrap_or_default().matches("committed epoch").count() >= commits {
+                deadline = Some(Instant::now() + Duration::from_millis(rng.random_range(0..150)));
             }
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 child.kill().unwrap(); // SIGKILL
