@@ -48,6 +48,34 @@ pub struct Checkpoint {
     pub mirrors: BTreeMap<String, String>,
     /// Per table, the files this epoch adds to it (and removes from it).
     pub staged: BTreeMap<String, Staged>,
+    /// Which run committed which epochs, oldest first (the last [`MAX_COMMITTERS`]
+    /// runs): the merging side of a repartitioned query folds only what the run
+    /// that committed an epoch sent for it ([`committer_of`](Self::committer_of)).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub committers: Vec<Committer>,
+}
+
+/// How many runs a manifest remembers the epochs of.
+pub const MAX_COMMITTERS: usize = 64;
+
+/// A run that committed epochs: from `from_epoch` until the next run's first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Committer {
+    pub from_epoch: i64,
+    /// The run's name, as in its state files ([`CheckpointStore::writer`]).
+    pub writer: String,
+}
+
+impl Committer {
+    /// Records that `writer` commits `epoch`: a new entry if another run committed
+    /// the epoch before; the oldest are forgotten beyond [`MAX_COMMITTERS`].
+    pub fn record(history: &mut Vec<Committer>, epoch: i64, writer: &str) {
+        if history.last().is_none_or(|c| c.writer != writer) {
+            history.push(Committer { from_epoch: epoch, writer: writer.to_string() });
+        }
+        let surplus = history.len().saturating_sub(MAX_COMMITTERS);
+        history.drain(..surplus);
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -87,6 +115,16 @@ pub struct BackfillProgress {
 }
 
 impl Checkpoint {
+    /// The run that committed `epoch`, if this manifest knows: `None` for an epoch
+    /// after it, or before the runs it remembers.
+    pub fn committer_of(&self, epoch: i64) -> Option<&str> {
+        if epoch > self.epoch {
+            return None;
+        }
+        self.committers.iter().rev().find(|c| c.from_epoch <= epoch).map(|c| c.writer.as_str())
+    }
+
+
     pub fn positions(&self) -> BTreeMap<PartitionId, i64> {
         self.positions
             .iter()
@@ -123,6 +161,11 @@ impl CheckpointStore {
         let store = lake.store_at(url.clone())?;
         let writer = format!("{}-{}", std::process::id(), chrono::Utc::now().timestamp_micros());
         Ok(CheckpointStore { store, location: url.to_string(), local, writer })
+    }
+
+    /// This run's name, in its state files and the manifests it commits.
+    pub fn writer(&self) -> &str {
+        &self.writer
     }
 
     fn error(&self, what: &str, e: impl std::fmt::Display) -> Error {
@@ -248,5 +291,27 @@ mod tests {
         let state = RecordBatch::new_empty(Arc::new(arrow::datatypes::Schema::empty()));
         let table = TablePath::new("a/b/c").unwrap();
         assert_ne!(first.put_state(7, &table, &state).await.unwrap(), second.put_state(7, &table, &state).await.unwrap());
+    }
+
+    #[test]
+    fn a_manifest_names_the_run_that_committed_each_of_its_last_epochs() {
+        let mut history = Vec::new();
+        for epoch in 1..=3 {
+            Committer::record(&mut history, epoch, "a");
+        }
+        // b carried on from epoch 3's checkpoint (a's attempt at 4 died before its manifest).
+        for epoch in 4..=5 {
+            Committer::record(&mut history, epoch, "b");
+        }
+        let manifest = Checkpoint { epoch: 5, committers: history.clone(), ..Default::default() };
+        let committers: Vec<_> = (0..=6).map(|e| manifest.committer_of(e)).collect();
+        assert_eq!(committers, [None, Some("a"), Some("a"), Some("a"), Some("b"), Some("b"), None], "epoch 6 is not committed yet");
+        // Only the last MAX_COMMITTERS runs are remembered.
+        for (run, epoch) in (6..6 + MAX_COMMITTERS as i64).enumerate() {
+            Committer::record(&mut history, epoch, &format!("run-{run}"));
+        }
+        let manifest = Checkpoint { epoch: 5 + MAX_COMMITTERS as i64, committers: history, ..Default::default() };
+        assert_eq!(manifest.committers.len(), MAX_COMMITTERS);
+        assert_eq!((manifest.committer_of(5), manifest.committer_of(6)), (None, Some("run-0")));
     }
 }

@@ -26,7 +26,7 @@ use futures::{StreamExt, TryStreamExt};
 
 use crate::catalog::storage::{is_transient, redact};
 use crate::catalog::TablePath;
-use crate::checkpoint::{BackfillProgress, Checkpoint, CheckpointStore, Position, QueryCheckpoint};
+use crate::checkpoint::{BackfillProgress, Checkpoint, CheckpointStore, Committer, Position, QueryCheckpoint};
 use crate::error::{Error, Result};
 use crate::sink::{Maintained, MaintenancePolicy, Staged, TableSink};
 use crate::time::PartitionMark;
@@ -138,6 +138,8 @@ pub struct LakeWriter {
     checkpoints: CheckpointStore,
     /// The last epoch checkpointed and committed.
     epoch: i64,
+    /// The runs that committed the last epochs, this one last once it has.
+    committers: Vec<Committer>,
     policy: MaintenancePolicy,
     last_vacuum: Instant,
     /// Tables not vacuumed since the vacuum interval last came round.
@@ -163,6 +165,7 @@ impl LakeWriter {
             sinks,
             checkpoints,
             epoch: 0,
+            committers: Vec::new(),
             policy,
             last_vacuum: Instant::now(),
             vacuum_owed: BTreeSet::new(),
@@ -233,6 +236,7 @@ impl LakeWriter {
             }
         }
         self.epoch = epoch;
+        self.committers = checkpoint.committers.clone();
         Ok(())
     }
 
@@ -282,6 +286,7 @@ impl LakeWriter {
         };
         let state_ms = (started.elapsed().as_millis() as u64).saturating_sub(write_ms);
         self.epoch = epoch;
+        self.committers = checkpoint.committers.clone();
 
         // 3. Commit every table; one committed before an outage is not committed again.
         let committing = Instant::now();
@@ -347,6 +352,8 @@ impl LakeWriter {
             queries.insert(q.table.as_str().to_string(), QueryCheckpoint { watermark: q.watermark, windows, fingerprint, parts, backfill });
         }
         let mirrors = state.mirrors.iter().zip(mirror_files).map(|((table, _), file)| (table.as_str().to_string(), file)).collect();
+        let mut committers = self.committers.clone();
+        Committer::record(&mut committers, epoch, self.checkpoints.writer());
         let checkpoint = Checkpoint {
             epoch,
             positions: state.positions.clone(),
@@ -354,6 +361,7 @@ impl LakeWriter {
             queries,
             mirrors,
             staged: staged.clone(),
+            committers,
         };
         self.checkpoints.save(&checkpoint).await?;
         Ok(checkpoint)
@@ -463,6 +471,36 @@ impl Drop for Outage<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::catalog::Lake;
+
+    /// Each run's manifests name it from its first epoch on, after the runs before
+    /// it: what the merging side of a repartitioned query folds by.
+    #[tokio::test]
+    async fn manifests_name_every_run_that_committed_from_its_first_epoch() {
+        let dir = tempfile::tempdir().unwrap();
+        let lake = Lake::connect(dir.path().to_str().unwrap(), true, Default::default()).await.unwrap();
+        let outage = OutagePolicy { lake: "test".into(), limit: Duration::from_secs(1), health: Default::default() };
+        let mut runs = Vec::new();
+        for commits in [2, 3] {
+            let checkpoints = CheckpointStore::open(&lake, "p").unwrap();
+            let latest = checkpoints.latest().await.unwrap();
+            runs.push(checkpoints.writer().to_string());
+            let mut writer = LakeWriter::new(BTreeMap::new(), checkpoints, MaintenancePolicy::default(), outage.clone());
+            if let Some(checkpoint) = &latest {
+                writer.recover(checkpoint).await.unwrap();
+            }
+            for _ in 0..commits {
+                writer.commit(EpochState::default()).await.unwrap();
+            }
+            // The same process opens the next run's store: another microsecond, another name.
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let manifest = CheckpointStore::open(&lake, "p").unwrap().latest().await.unwrap().unwrap();
+        assert_eq!(manifest.epoch, 5);
+        let committers: Vec<_> = (1..=5).map(|e| manifest.committer_of(e).unwrap()).collect();
+        assert_eq!(committers, [&runs[0], &runs[0], &runs[1], &runs[1], &runs[1]].map(String::as_str));
+        assert_ne!(runs[0], runs[1]);
+    }
 
     #[test]
     fn maintenance_takes_the_tables_in_turn_from_where_the_budget_ran_out() {
