@@ -5,6 +5,8 @@
 
 mod panes;
 mod sessions;
+#[cfg(test)]
+pub(crate) mod testing;
 
 pub use panes::{window_start, Windows};
 pub use sessions::Sessions;

@@ -252,6 +252,29 @@ impl Windows {
         Ok(Some(concat_batches(&self.spec.schema, &batches)?))
     }
 
+    /// The state rows of every pane the watermark has passed, taken out: no row can
+    /// reach such a pane any more ([`late_from`](Self::late_from) is its end), so
+    /// its state is final here. This is what an upstream of a repartitioned query
+    /// sends on ([`crate::repartition`]); the merging side folds the panes of every
+    /// upstream and closes the windows itself. Corrected windows are not final at
+    /// their end, and are refused.
+    pub fn take_passed_panes(&mut self, watermark: i64) -> Result<Option<RecordBatch>> {
+        if self.spec.corrections.is_some() {
+            return Err(Error::Config("a window with corrections cannot be repartitioned: its panes are not final at their end".into()));
+        }
+        let mut batches = Vec::new();
+        while let Some(entry) = self.windows.first_entry() {
+            let start = *entry.key();
+            if start.saturating_add(self.spec.slide) > watermark {
+                break;
+            }
+            let mut pane = entry.remove();
+            batches.push(pane.state_rows(&self.spec, start)?);
+        }
+        let Some(first) = batches.first() else { return Ok(None) };
+        Ok(Some(concat_batches(&first.schema(), &batches)?))
+    }
+
     /// The open windows' state as rows, for an epoch snapshot: `window_start`, the
     /// key columns, then each aggregate's partial state (`GroupsAccumulator::state`).
     /// Taking a state drains its accumulator, so each window is rebuilt from the rows
@@ -540,29 +563,20 @@ fn window_array(spec: &WindowSpec, start: i64, n: usize) -> Result<ArrayRef> {
 #[cfg(test)]
 mod tests {
     use std::collections::{BTreeMap, BTreeSet};
-    use std::path::{Path, PathBuf};
 
     use arrow::array::{AsArray, StructArray};
     use arrow::datatypes::{Float64Type, Int64Type, TimestampMicrosecondType};
-    use datafusion::physical_plan::collect;
     use rand::rngs::SmallRng;
     use rand::{Rng, SeedableRng};
 
     use super::*;
-    use crate::catalog::TablePath;
-    use crate::decode::TopicDecoder;
-    use crate::plan::{plan, Shape, SqlFile, StreamingQuery};
-    use crate::schema::SchemaRegistry;
-    use crate::source::{PartitionId, RawBatch, RawMessage};
+    use crate::plan::{Shape, StreamingQuery};
+    use crate::window::testing::{aggregate_input, request, windowed, Request};
 
     const MINUTE: i64 = 60_000_000;
     const T0: i64 = 1_772_323_200_000_000;
     /// Per window and service: count, sum and max of `duration_ms`.
     type Sums = BTreeMap<(i64, String), (i64, f64, f64)>;
-
-    fn registry() -> SchemaRegistry {
-        SchemaRegistry::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../schemas")).unwrap()
-    }
 
     /// `SELECT <window> AS window, service, count, sum and max of duration_ms`.
     async fn planned(window: &str) -> StreamingQuery {
@@ -570,23 +584,11 @@ mod tests {
             "SELECT {window} AS window, service, count(*) AS n, sum(duration_ms) AS total, max(duration_ms) AS worst \
              FROM gateway.requests GROUP BY window, service"
         );
-        let file = SqlFile { path: PathBuf::from("t.sql"), table: TablePath::new("a/b/c").unwrap(), sql };
-        plan(&file, &crate::runtime::input_tables(&registry()), &Default::default()).await.unwrap()
-    }
-
-    /// A request at `ts` (µs) from one of three services, as a JSON line.
-    fn request(rng: &mut SmallRng, i: usize, ts: i64) -> (i64, String, f64, String) {
-        let service = ["auth", "devlab", "assessment"][rng.random_range(0..3)];
-        let duration = f64::from(rng.random_range(1..500u32)) / 4.0;
-        let iso = chrono::DateTime::from_timestamp_micros(ts).unwrap().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
-        let line = format!(
-            r#"{{"request_id":"r{i}","correlation_id":"c","ts":"{iso}","service":"{service}","upstream_instance":"x","method":"GET","route":"/","status":200,"duration_ms":{duration},"auth_outcome":"ok","rate_limited":false,"bytes_out":1}}"#
-        );
-        (ts, service.to_string(), duration, line)
+        windowed(&sql).await.0
     }
 
     /// `n` requests at random times in `[from, to)` µs after T0.
-    fn requests(rng: &mut SmallRng, first_id: usize, n: usize, from: i64, to: i64) -> Vec<(i64, String, f64, String)> {
+    fn requests(rng: &mut SmallRng, first_id: usize, n: usize, from: i64, to: i64) -> Vec<Request> {
         (first_id..first_id + n)
             .map(|i| {
                 let ts = T0 + rng.random_range(from..to);
@@ -598,25 +600,11 @@ mod tests {
     /// Feeds rows in random batch sizes through the query's input plan into
     /// `windows`, with checkpoints along the way: some carry on with the windows
     /// they drained, some as a restart would, from the state rows alone.
-    async fn feed(query: &StreamingQuery, windows: &mut Windows, rows: &[(i64, String, f64, String)], rng: &mut SmallRng) {
-        let Shape::Windowed { input, .. } = &query.shape else { panic!("not windowed") };
-        let decoder = TopicDecoder::new(registry().get("gateway.requests").unwrap().clone());
+    async fn feed(query: &StreamingQuery, windows: &mut Windows, rows: &[Request], rng: &mut SmallRng) {
         let mut start = 0;
         while start < rows.len() {
             let end = (start + rng.random_range(1..700)).min(rows.len());
-            let mut data = Vec::new();
-            let mut messages = Vec::new();
-            for (i, (_, _, _, line)) in rows[start..end].iter().enumerate() {
-                let from = data.len();
-                data.extend_from_slice(line.as_bytes());
-                messages.push(RawMessage { offset: (start + i) as i64, payload: Some(from..data.len()), timestamp: None });
-            }
-            let partition = PartitionId { topic: "gateway.requests".into(), partition: 0 };
-            let raw = RawBatch { partition, ingested_at: 0, data, messages, next_offset: end as i64, end_of_partition: false };
-            let decoded = decoder.decode(&raw).unwrap();
-            assert!(decoded.dead_letters.is_empty(), "{:?}", decoded.dead_letters);
-            query.inputs[0].1.fill(vec![decoded.batch]);
-            for b in collect(input.clone(), query.task_ctx.clone()).await.unwrap() {
+            for b in aggregate_input(query, &rows[start..end]).await {
                 windows.update(&b).unwrap();
             }
             if rng.random_bool(0.3) {
@@ -718,9 +706,7 @@ mod tests {
                  max(duration_ms) AS worst, avg(duration_ms) AS mean \
                  FROM gateway.requests GROUP BY window, service"
             );
-            let file = SqlFile { path: PathBuf::from("t.sql"), table: TablePath::new("a/b/c").unwrap(), sql };
-            let query = plan(&file, &crate::runtime::input_tables(&registry()), &Default::default()).await.unwrap();
-            let Shape::Windowed { window: spec, .. } = &query.shape else { panic!("not windowed") };
+            let (query, spec) = windowed(&sql).await;
             let mut rng = SmallRng::seed_from_u64(23);
             let rows = requests(&mut rng, 0, 6000, 0, 12 * MINUTE);
 
@@ -763,9 +749,7 @@ mod tests {
                  first_value(duration_ms ORDER BY ts) AS earliest, max(duration_ms) AS worst, count(*) AS n, sum(duration_ms) AS total \
                  FROM gateway.requests GROUP BY window, service"
             );
-            let file = SqlFile { path: PathBuf::from("t.sql"), table: TablePath::new("a/b/c").unwrap(), sql };
-            let query = plan(&file, &crate::runtime::input_tables(&registry()), &Default::default()).await.unwrap();
-            let Shape::Windowed { window: spec, .. } = &query.shape else { panic!("not windowed") };
+            let (query, spec) = windowed(&sql).await;
             let mut windows = Windows::new(spec.clone());
             let mut rng = SmallRng::seed_from_u64(13);
             // Distinct times (no ties), in random order.
