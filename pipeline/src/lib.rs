@@ -28,6 +28,7 @@ pub mod generate;
 pub mod group;
 pub mod keyed;
 pub mod plan;
+pub mod repartition;
 pub mod runtime;
 pub mod schema;
 pub mod serve;

@@ -1,0 +1,450 @@
+//! The merging side of a repartitioned query: one repartition partition's
+//! [`Partial`]s, from every upstream, folded into windows that close once every
+//! upstream's watermark has passed their end.
+//!
+//! An upstream's messages are decided in the order they came: a message whose
+//! epoch the upstream's latest manifest has not committed yet holds back the ones
+//! behind it (as a `read_committed` consumer stops at an open transaction); one
+//! sent by the run that committed its epoch is folded; one sent by another run
+//! (an attempt that died, a zombie) is dropped, as is one for an epoch already
+//! folded (a copy sent again). The run that commits an epoch has sent its
+//! messages before its manifest, so they come before any of a later epoch's.
+
+use std::collections::VecDeque;
+
+use arrow::array::RecordBatch;
+use serde::{Deserialize, Serialize};
+
+use super::Partial;
+use crate::checkpoint::{Checkpoint, MAX_COMMITTERS};
+use crate::error::{Error, Result};
+use crate::plan::WindowSpec;
+use crate::window::Windows;
+
+/// The windows of one repartition partition, and what every upstream sent it.
+pub struct Merger {
+    windows: Windows,
+    upstreams: Vec<FromUpstream>,
+    /// The offset after the last message received.
+    next_offset: i64,
+}
+
+/// What one upstream sent: how far it was folded, and what waits.
+struct FromUpstream {
+    mark: UpstreamMark,
+    /// Received and not decided yet, with their offsets, in the order they came.
+    waiting: VecDeque<(i64, Partial)>,
+}
+
+/// How far an upstream's messages were folded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpstreamMark {
+    /// The last epoch folded (0: none).
+    pub folded: i64,
+    /// Its watermark: every pane ending by it has been folded.
+    pub watermark: i64,
+}
+
+/// What a merger's checkpoint holds besides its windows' state rows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MergeProgress {
+    /// Where to read the repartition partition again from: the first message not
+    /// decided yet. Messages after it that were folded are dropped when read again.
+    pub resume_from: i64,
+    /// Per upstream.
+    pub upstreams: Vec<UpstreamMark>,
+}
+
+impl Merger {
+    /// A merger of `upstreams` upstreams' partials, from the partition's start.
+    pub fn new(spec: WindowSpec, upstreams: u32) -> Self {
+        let fresh = || FromUpstream { mark: UpstreamMark { folded: 0, watermark: i64::MIN }, waiting: VecDeque::new() };
+        Merger { windows: Windows::new(spec), upstreams: (0..upstreams).map(|_| fresh()).collect(), next_offset: 0 }
+    }
+
+    /// A merger from its checkpoint: `progress` and the windows' state rows.
+    pub fn resume(spec: WindowSpec, progress: &MergeProgress, windows: Option<&RecordBatch>) -> Result<Self> {
+        let mut merger = Merger::new(spec, progress.upstreams.len() as u32);
+        for (upstream, mark) in merger.upstreams.iter_mut().zip(&progress.upstreams) {
+            upstream.mark = *mark;
+        }
+        merger.next_offset = progress.resume_from;
+        merger.windows.resume_after(merger.watermark());
+        if let Some(rows) = windows {
+            merger.windows.restore(rows)?;
+        }
+        Ok(merger)
+    }
+
+    /// Takes the message read at `offset`.
+    pub fn receive(&mut self, offset: i64, partial: Partial) -> Result<()> {
+        let count = self.upstreams.len();
+        let upstream = self.upstreams.get_mut(partial.upstream as usize).ok_or_else(|| {
+            Error::Input(format!(
+                "offset {offset}: a partial from upstream {} of {count}: was the group's shard count changed?",
+                partial.upstream
+            ))
+        })?;
+        self.next_offset = self.next_offset.max(offset.saturating_add(1));
+        if partial.epoch > upstream.mark.folded {
+            upstream.waiting.push_back((offset, partial));
+        }
+        Ok(())
+    }
+
+    /// The upstreams with messages waiting for [`decide`](Self::decide).
+    pub fn waiting(&self) -> impl Iterator<Item = u32> + '_ {
+        (0..self.upstreams.len() as u32).filter(|u| !self.upstreams[*u as usize].waiting.is_empty())
+    }
+
+    /// Folds or drops `upstream`'s waiting messages as its latest `manifest` says
+    /// who committed their epochs, up to the first epoch it has not committed yet.
+    /// Returns how many were folded.
+    pub fn decide(&mut self, upstream: u32, manifest: &Checkpoint) -> Result<usize> {
+        let count = self.upstreams.len();
+        let from = self.upstreams.get_mut(upstream as usize).ok_or_else(|| Error::Internal(format!("upstream {upstream} of {count}")))?;
+        let mut folded = 0;
+        while let Some((_, partial)) = from.waiting.front() {
+            if partial.epoch <= from.mark.folded {
+                from.waiting.pop_front();
+                continue;
+            }
+            if partial.epoch > manifest.epoch {
+                break;
+            }
+            let committer = manifest.committer_of(partial.epoch).ok_or_else(|| {
+                Error::Checkpoint(format!(
+                    "upstream {upstream}'s manifest of epoch {} no longer says which run committed epoch {}: \
+                     the merge fell more than {MAX_COMMITTERS} upstream restarts behind",
+                    manifest.epoch, partial.epoch
+                ))
+            })?;
+            let ours = committer == partial.writer;
+            let Some((_, partial)) = from.waiting.pop_front() else { break };
+            if !ours {
+                tracing::debug!(upstream, epoch = partial.epoch, writer = partial.writer, committer, "dropped a partial of a run that did not commit its epoch");
+                continue;
+            }
+            if let Some(states) = &partial.states {
+                self.windows.restore(states)?;
+            }
+            from.mark = UpstreamMark { folded: partial.epoch, watermark: from.mark.watermark.max(partial.watermark) };
+            folded += 1;
+        }
+        Ok(folded)
+    }
+
+    /// The watermark of the merged windows: the least of the upstreams'.
+    pub fn watermark(&self) -> i64 {
+        self.upstreams.iter().map(|u| u.mark.watermark).min().unwrap_or(i64::MIN)
+    }
+
+    /// The rows of every window every upstream's watermark has passed.
+    pub fn close(&mut self) -> Result<Option<RecordBatch>> {
+        self.windows.close_until(self.watermark())
+    }
+
+    pub fn open_windows(&self) -> usize {
+        self.windows.open_windows()
+    }
+
+    /// The merger's state for a checkpoint: the open windows' state rows, and its
+    /// progress.
+    pub fn snapshot(&mut self) -> Result<(Option<RecordBatch>, MergeProgress)> {
+        let resume_from = self.upstreams.iter().filter_map(|u| u.waiting.front().map(|(offset, _)| *offset)).min().unwrap_or(self.next_offset);
+        let upstreams = self.upstreams.iter().map(|u| u.mark).collect();
+        Ok((self.windows.snapshot()?, MergeProgress { resume_from, upstreams }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use arrow::array::{AsArray, StructArray};
+    use arrow::datatypes::{Float64Type, Int64Type, TimestampMicrosecondType};
+    use rand::rngs::SmallRng;
+    use rand::{Rng, SeedableRng};
+
+    use super::*;
+    use crate::checkpoint::Committer;
+    use crate::plan::StreamingQuery;
+    use crate::repartition::Upstream;
+    use crate::window::testing::{aggregate_input, request, windowed, Request};
+
+    const SECOND: i64 = 1_000_000;
+    const MINUTE: i64 = 60 * SECOND;
+    const T0: i64 = 1_772_323_200_000_000;
+    const UPSTREAMS: usize = 3;
+    const PARTITIONS: usize = 2;
+    /// How far an upstream's watermark trails the latest time it read. Its
+    /// requests come at most 10 s out of order, so none is late.
+    const DELAY: i64 = 20 * SECOND;
+
+    /// One upstream: its requests, and where its last committed epoch left it.
+    struct Shard {
+        requests: Vec<Request>,
+        /// Requests before this are in committed epochs.
+        read: usize,
+        windows: Option<RecordBatch>,
+        latest: i64,
+        sent: i64,
+        /// Its latest manifest, as the merging side reads it.
+        manifest: Checkpoint,
+        /// The run now running; a new one after each death.
+        run: usize,
+        /// An epoch sent and not committed yet.
+        attempt: Option<Attempt>,
+    }
+
+    struct Attempt {
+        read: usize,
+        windows: Option<RecordBatch>,
+        latest: i64,
+        sent: i64,
+        /// Its partials were held back, to be sent after others took over: it dies.
+        zombie: bool,
+    }
+
+    /// A merger with its checkpoint, as its pipeline keeps them.
+    struct Merging {
+        merger: Merger,
+        /// How far it read its partition.
+        read: usize,
+        checkpoint: Option<(Option<RecordBatch>, MergeProgress)>,
+        /// The rows committed at its checkpoints, and those emitted since.
+        committed: Vec<RecordBatch>,
+        pending: Vec<RecordBatch>,
+    }
+
+    impl Merging {
+        fn step(&mut self, log: &[(i64, Partial)], upstreams: &[Shard], rng: &mut SmallRng) {
+            let until = (self.read + rng.random_range(0..8)).min(log.len());
+            for (offset, partial) in &log[self.read..until] {
+                self.merger.receive(*offset, partial.clone()).unwrap();
+            }
+            self.read = until;
+            let waiting: Vec<u32> = self.merger.waiting().collect();
+            for u in waiting {
+                self.merger.decide(u, &upstreams[u as usize].manifest).unwrap();
+            }
+            self.pending.extend(self.merger.close().unwrap());
+        }
+
+        fn checkpoint(&mut self) {
+            self.checkpoint = Some(self.merger.snapshot().unwrap());
+            self.committed.append(&mut self.pending);
+        }
+
+        /// A crash: what came after the checkpoint is lost, and read again.
+        fn restart(&mut self, spec: &WindowSpec) {
+            self.pending.clear();
+            (self.merger, self.read) = match &self.checkpoint {
+                Some((windows, progress)) => (Merger::resume(spec.clone(), progress, windows.as_ref()).unwrap(), progress.resume_from as usize),
+                None => (Merger::new(spec.clone(), UPSTREAMS as u32), 0),
+            };
+        }
+    }
+
+    /// Runs an epoch of `upstream`: reads on from its last commit, folds, sends the
+    /// passed panes to every partition (into `logs`, or held back as a zombie's),
+    /// and leaves the epoch to be committed or to die.
+    async fn send_epoch(
+        index: usize,
+        upstream: &mut Shard,
+        query: &StreamingQuery,
+        spec: &WindowSpec,
+        logs: &mut [Vec<(i64, Partial)>],
+        held: &mut Vec<(usize, Partial)>,
+        rng: &mut SmallRng,
+    ) {
+        let mut windows = Windows::new(spec.clone());
+        if let Some(rows) = &upstream.windows {
+            windows.restore(rows).unwrap();
+        }
+        let until = (upstream.read + rng.random_range(1..200)).min(upstream.requests.len());
+        let mut latest = upstream.latest;
+        let chunk = &upstream.requests[upstream.read..until];
+        for (ts, ..) in chunk {
+            assert!(windows.late_from(*ts) > latest - DELAY, "the test's requests must not be late");
+            latest = latest.max(*ts);
+        }
+        for batch in aggregate_input(query, chunk).await {
+            windows.update(&batch).unwrap();
+        }
+        let watermark = if until == upstream.requests.len() { i64::MAX } else { latest - DELAY };
+        let mut sender = Upstream::new(index as u32, PARTITIONS as u32, 1, spec.slide, upstream.sent);
+        let writer = format!("u{index}-run{}", upstream.run);
+        let partials = sender.partials(&mut windows, watermark, upstream.manifest.epoch + 1, &writer).unwrap();
+        // A zombie's partials are held back; a produce tried again sends them twice.
+        let (zombie, copies) = (rng.random_bool(0.15), if rng.random_bool(0.1) { 2 } else { 1 });
+        for (p, partial) in partials {
+            for _ in 0..copies {
+                if zombie {
+                    held.push((p as usize, partial.clone()));
+                } else {
+                    let offset = logs[p as usize].len() as i64;
+                    logs[p as usize].push((offset, partial.clone()));
+                }
+            }
+        }
+        upstream.attempt = Some(Attempt { read: until, windows: windows.snapshot().unwrap(), latest, sent: sender.sent(), zombie });
+    }
+
+    /// Commits the epoch sent, or lets it die: another run then reads it again,
+    /// in other batches.
+    fn end_epoch(index: usize, upstream: &mut Shard, dies: bool) {
+        let Some(Attempt { read, windows, latest, sent, zombie }) = upstream.attempt.take() else { return };
+        if dies || zombie {
+            upstream.run += 1;
+            return;
+        }
+        let epoch = upstream.manifest.epoch + 1;
+        let mut committers = upstream.manifest.committers.clone();
+        Committer::record(&mut committers, epoch, &format!("u{index}-run{}", upstream.run));
+        upstream.manifest = Checkpoint { epoch, committers, ..Default::default() };
+        (upstream.read, upstream.windows, upstream.latest, upstream.sent) = (read, windows, latest, sent);
+    }
+
+    /// Per window and service: count, distinct durations, the 95th percentile,
+    /// sum and max, as computed here from the requests themselves.
+    type Expected = BTreeMap<(i64, String), (i64, i64, f64, f64, f64)>;
+
+    fn expected(requests: &[Request], width: i64, slide: i64) -> Expected {
+        let mut durations: BTreeMap<(i64, String), Vec<f64>> = BTreeMap::new();
+        for (ts, service, duration, _) in requests {
+            let first = ts - ts.rem_euclid(slide) - (width - slide);
+            for start in (first..=*ts).step_by(slide as usize) {
+                durations.entry((start, service.clone())).or_default().push(*duration);
+            }
+        }
+        durations
+            .into_iter()
+            .map(|(key, mut d)| {
+                d.sort_by(f64::total_cmp);
+                let mut distinct = d.clone();
+                distinct.dedup();
+                // Linear interpolation between the closest ranks, as Postgres's
+                // percentile_cont, with the weight cut to 6 decimals as DataFusion 55 does
+                // (`INTERPOLATION_PRECISION`, percentile_cont.rs).
+                let rank = 0.95 * (d.len() - 1) as f64;
+                let (low, high) = (d[rank.floor() as usize], d[rank.ceil() as usize]);
+                let weight = ((rank - rank.floor()) * 1e6).floor() / 1e6;
+                let p95 = low + (high - low) * weight;
+                (key, (d.len() as i64, distinct.len() as i64, p95, d.iter().sum(), d[d.len() - 1]))
+            })
+            .collect()
+    }
+
+    /// Issue 20, item 3, short of Kafka: three upstreams read their own requests,
+    /// in epochs of random size; some epochs die after sending their partials
+    /// (another run then reads them again, in other batches), some are sent by a
+    /// zombie after the run that took over, some twice; two mergers read their partitions in
+    /// random steps, checkpoint and crash. Every window must come out exactly
+    /// once, with the rows computed here from the requests, percentiles and
+    /// distinct counts included.
+    #[tokio::test]
+    async fn partials_through_a_partitioned_log_give_every_window_once_whatever_dies() {
+        for (seed, window, width, slide) in [
+            (1, "tumble(interval '1 minute')", MINUTE, MINUTE),
+            (2, "hop(interval '1 minute', interval '3 minutes')", 3 * MINUTE, MINUTE),
+            (3, "tumble(interval '1 minute')", MINUTE, MINUTE),
+        ] {
+            let sql = format!(
+                "SELECT {window} AS window, service, count(*) AS n, count(DISTINCT duration_ms) AS distinct_durations, \
+                 percentile_cont(0.95) WITHIN GROUP (ORDER BY duration_ms) AS p95, sum(duration_ms) AS total, \
+                 max(duration_ms) AS worst FROM gateway.requests GROUP BY window, service"
+            );
+            let (query, spec) = windowed(&sql).await;
+            let mut rng = SmallRng::seed_from_u64(seed);
+            let mut upstreams: Vec<Shard> = (0..UPSTREAMS)
+                .map(|u| {
+                    // 2,000 requests over 20 minutes, up to 10 s out of order.
+                    let requests = (0..2000)
+                        .map(|i| {
+                            let ts = T0 + i as i64 * 600_000 + rng.random_range(0..10 * SECOND);
+                            request(&mut rng, u * 10_000 + i, ts)
+                        })
+                        .collect();
+                    let manifest = Checkpoint::default();
+                    Shard { requests, read: 0, windows: None, latest: i64::MIN + DELAY, sent: i64::MIN, manifest, run: 0, attempt: None }
+                })
+                .collect();
+            let mut logs: Vec<Vec<(i64, Partial)>> = vec![Vec::new(); PARTITIONS];
+            let mut held: Vec<(usize, Partial)> = Vec::new();
+            let new_merging = || Merging { merger: Merger::new(spec.clone(), UPSTREAMS as u32), read: 0, checkpoint: None, committed: Vec::new(), pending: Vec::new() };
+            let mut mergers: Vec<Merging> = (0..PARTITIONS).map(|_| new_merging()).collect();
+            let (mut deaths, mut zombies_sent) = (0, 0);
+
+            let all_committed = |upstreams: &[Shard]| upstreams.iter().all(|u| u.read == u.requests.len() && u.attempt.is_none());
+            while !all_committed(&upstreams) || !held.is_empty() {
+                match rng.random_range(0..10) {
+                    0..=3 => {
+                        let u = rng.random_range(0..UPSTREAMS);
+                        let upstream = &mut upstreams[u];
+                        if upstream.attempt.is_none() && upstream.read < upstream.requests.len() {
+                            send_epoch(u, upstream, &query, &spec, &mut logs, &mut held, &mut rng).await;
+                        } else {
+                            let dies = rng.random_bool(0.2);
+                            deaths += usize::from(upstream.attempt.as_ref().is_some_and(|a| dies || a.zombie));
+                            end_epoch(u, upstream, dies);
+                        }
+                    }
+                    4 if !held.is_empty() => {
+                        // A zombie wakes up and sends what it held.
+                        let (p, partial) = held.remove(0);
+                        let offset = logs[p].len() as i64;
+                        logs[p].push((offset, partial));
+                        zombies_sent += 1;
+                    }
+                    5 => {
+                        let m = &mut mergers[rng.random_range(0..PARTITIONS)];
+                        if rng.random_bool(0.5) {
+                            m.checkpoint();
+                        } else {
+                            m.restart(&spec);
+                        }
+                    }
+                    _ => {
+                        let p = rng.random_range(0..PARTITIONS);
+                        mergers[p].step(&logs[p], &upstreams, &mut rng);
+                    }
+                }
+            }
+            for (p, m) in mergers.iter_mut().enumerate() {
+                while m.read < logs[p].len() || m.merger.waiting().next().is_some() {
+                    m.step(&logs[p], &upstreams, &mut rng);
+                }
+                m.checkpoint();
+                assert_eq!(m.merger.watermark(), i64::MAX, "partition {p}: every upstream's last marker folded");
+                assert_eq!(m.merger.open_windows(), 0, "partition {p}");
+            }
+            assert!(deaths > 3 && zombies_sent > 3, "{window}: the run must exercise deaths ({deaths}) and zombies ({zombies_sent})");
+
+            let all: Vec<Request> = upstreams.iter().flat_map(|u| u.requests.clone()).collect();
+            let expected = expected(&all, width, slide);
+            let mut got: Expected = BTreeMap::new();
+            for batch in mergers.iter().flat_map(|m| &m.committed) {
+                let w: &StructArray = batch.column(0).as_struct();
+                let starts = w.column(0).as_primitive::<TimestampMicrosecondType>();
+                for r in 0..batch.num_rows() {
+                    let key = (starts.value(r), batch.column(1).as_string::<i32>().value(r).to_string());
+                    let row = (
+                        batch.column(2).as_primitive::<Int64Type>().value(r),
+                        batch.column(3).as_primitive::<Int64Type>().value(r),
+                        batch.column(4).as_primitive::<Float64Type>().value(r),
+                        batch.column(5).as_primitive::<Float64Type>().value(r),
+                        batch.column(6).as_primitive::<Float64Type>().value(r),
+                    );
+                    assert!(got.insert(key.clone(), row).is_none(), "{window}: {key:?} emitted twice");
+                }
+            }
+            assert_eq!(got.len(), expected.len(), "{window}: windows");
+            for (key, want) in &expected {
+                let have = got.get(key).unwrap_or_else(|| panic!("{window}: {key:?} never emitted"));
+                assert_eq!((have.0, have.1, have.3, have.4), (want.0, want.1, want.3, want.4), "{window} {key:?}: count, distinct, sum, max");
+                assert!((have.2 - want.2).abs() < 1e-9, "{window} {key:?}: p95 {} vs {}", have.2, want.2);
+            }
+        }
+    }
+}

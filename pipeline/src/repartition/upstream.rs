@@ -1,0 +1,62 @@
+//! The sending side of a repartitioned query: what an upstream sends at the end of
+//! an epoch, and when it may send nothing.
+//!
+//! The merging side can close a window only once every upstream's watermark has
+//! passed the window's end, and window ends are pane ends. A partition is
+//! therefore sent a partial only when the upstream has states for it, or when its
+//! watermark has passed a pane end since it last sent one: with an epoch a second
+//! and one-minute windows, one marker a minute instead of sixty.
+
+use super::{split_by_key, Partial};
+use crate::error::Result;
+use crate::window::Windows;
+
+/// One upstream of a repartitioned query.
+pub struct Upstream {
+    /// Which upstream this is, `0..upstreams`.
+    index: u32,
+    partitions: u32,
+    /// GROUP BY keys besides the window, and the pane length (µs).
+    keys: usize,
+    slide: i64,
+    /// The watermark last sent to every partition.
+    sent: i64,
+}
+
+impl Upstream {
+    /// Upstream `index` of a query with `keys` GROUP BY keys and panes `slide` µs
+    /// long, sending to `partitions` partitions; `sent` is the watermark it last
+    /// sent (its checkpoint's, or `i64::MIN`).
+    pub fn new(index: u32, partitions: u32, keys: usize, slide: i64, sent: i64) -> Self {
+        Upstream { index, partitions: partitions.max(1), keys, slide: slide.max(1), sent }
+    }
+
+    /// The partials of the epoch `epoch` of run `writer`, by partition: the states
+    /// of the panes `watermark` has passed (taken out of `windows`) and the
+    /// watermark, to the partitions that need them.
+    pub fn partials(&mut self, windows: &mut Windows, watermark: i64, epoch: i64, writer: &str) -> Result<Vec<(u32, Partial)>> {
+        let passed = windows.take_passed_panes(watermark)?;
+        let marker = watermark.div_euclid(self.slide) > self.sent.div_euclid(self.slide);
+        if passed.is_none() && !marker {
+            return Ok(Vec::new());
+        }
+        let states = match &passed {
+            Some(states) => split_by_key(states, self.keys, self.partitions)?,
+            None => vec![None; self.partitions as usize],
+        };
+        self.sent = watermark;
+        Ok(states
+            .into_iter()
+            .enumerate()
+            .filter(|(_, states)| marker || states.is_some())
+            .map(|(partition, states)| {
+                (partition as u32, Partial { upstream: self.index, epoch, writer: writer.to_string(), watermark, states })
+            })
+            .collect())
+    }
+
+    /// The watermark last sent, for the upstream's checkpoint.
+    pub fn sent(&self) -> i64 {
+        self.sent
+    }
+}
