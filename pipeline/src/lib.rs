@@ -6,7 +6,8 @@
 //! watermarks; [`plan`] has turned every SQL file into a streaming plan whose
 //! stateless part runs per batch and whose [`window`] operator keeps per-window
 //! aggregate state, or whose [`keyed`] operator keeps each key's current state
-//! (both running their [`aggregate`]s); the [`runtime`] drives it all, and each epoch's [`commit`]
+//! (both running their [`aggregate`]s; [`repartition`] has the parts that would
+//! merge windows across instances); the [`runtime`] drives it all, and each epoch's [`commit`]
 //! writes the results through the [`sink`] into Delta tables (then maintains
 //! them), next to a [`checkpoint`], on the lake's store, which the [`catalog`]
 //! opens for SQL and [`serve`] opens to clients (Postgres protocol, the
