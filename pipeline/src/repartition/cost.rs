@@ -56,7 +56,7 @@ async fn measure(users: u32, hours: u32) {
         let times = spec.time.evaluate(&rows).unwrap().into_array(rows.num_rows()).unwrap();
         let times = times.as_primitive::<TimestampMicrosecondType>().clone();
         let mut windows = Windows::new(spec.clone());
-        let mut sender = Upstream::new(upstream as u32, PARTITIONS, spec.keys.len(), spec.slide, i64::MIN);
+        let mut sender = Upstream::new(upstream as u32, PARTITIONS, &spec, &query.fingerprint, i64::MIN);
         let (mut latest, mut watermark, mut from, mut epoch) = (i64::MIN, i64::MIN, 0, 0);
         let mut epoch_ends = i64::MIN;
         for row in 0..=rows.num_rows() {
@@ -80,7 +80,7 @@ async fn measure(users: u32, hours: u32) {
                     state_rows += states.as_ref().map_or(0, |s| s.num_rows());
                     state_messages += usize::from(states.is_some());
                     if let (0, Some(states)) = (schema_bytes, states) {
-                        let empty = Partial { upstream: 0, epoch: 0, writer: String::new(), watermark: 0, states: Some(states.slice(0, 0)) };
+                        let empty = Partial { states: Some(states.slice(0, 0)), ..partial.clone() };
                         schema_bytes = empty.encode().unwrap().1.map_or(0, |v| v.len());
                     }
                     let (headers, value) = partial.encode().unwrap();

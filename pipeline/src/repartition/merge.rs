@@ -24,6 +24,8 @@ use crate::window::Windows;
 /// The windows of one repartition partition, and what every upstream sent it.
 pub struct Merger {
     windows: Windows,
+    /// The plan's fingerprint: partials of another are refused.
+    plan: String,
     upstreams: Vec<FromUpstream>,
     /// The offset after the last message received.
     next_offset: i64,
@@ -56,15 +58,17 @@ pub struct MergeProgress {
 }
 
 impl Merger {
-    /// A merger of `upstreams` upstreams' partials, from the partition's start.
-    pub fn new(spec: WindowSpec, upstreams: u32) -> Self {
+    /// A merger of `upstreams` upstreams' partials of the plan with fingerprint
+    /// `plan` and window `spec`, from the partition's start.
+    pub fn new(spec: WindowSpec, plan: &str, upstreams: u32) -> Self {
         let fresh = || FromUpstream { mark: UpstreamMark { folded: 0, watermark: i64::MIN }, waiting: VecDeque::new() };
-        Merger { windows: Windows::new(spec), upstreams: (0..upstreams).map(|_| fresh()).collect(), next_offset: 0 }
+        let upstreams = (0..upstreams).map(|_| fresh()).collect();
+        Merger { windows: Windows::new(spec), plan: plan.to_string(), upstreams, next_offset: 0 }
     }
 
     /// A merger from its checkpoint: `progress` and the windows' state rows.
-    pub fn resume(spec: WindowSpec, progress: &MergeProgress, windows: Option<&RecordBatch>) -> Result<Self> {
-        let mut merger = Merger::new(spec, progress.upstreams.len() as u32);
+    pub fn resume(spec: WindowSpec, plan: &str, progress: &MergeProgress, windows: Option<&RecordBatch>) -> Result<Self> {
+        let mut merger = Merger::new(spec, plan, progress.upstreams.len() as u32);
         for (upstream, mark) in merger.upstreams.iter_mut().zip(&progress.upstreams) {
             upstream.mark = *mark;
         }
@@ -78,6 +82,13 @@ impl Merger {
 
     /// Takes the message read at `offset`.
     pub fn receive(&mut self, offset: i64, partial: Partial) -> Result<()> {
+        if partial.plan != self.plan {
+            return Err(Error::Input(format!(
+                "offset {offset}: a partial of upstream {}'s epoch {} was computed by another plan ({}, this one is {}): \
+                 every instance must run the same SQL",
+                partial.upstream, partial.epoch, partial.plan, self.plan
+            )));
+        }
         let count = self.upstreams.len();
         let upstream = self.upstreams.get_mut(partial.upstream as usize).ok_or_else(|| {
             Error::Input(format!(
@@ -180,6 +191,8 @@ mod tests {
     /// How far an upstream's watermark trails the latest time it read. Its
     /// requests come at most 10 s out of order, so none is late.
     const DELAY: i64 = 20 * SECOND;
+    /// The plan's fingerprint, as the upstreams and the mergers know it.
+    const PLAN: &str = "plan-1";
 
     /// One upstream: its requests, and where its last committed epoch left it.
     struct Shard {
@@ -240,8 +253,8 @@ mod tests {
         fn restart(&mut self, spec: &WindowSpec) {
             self.pending.clear();
             (self.merger, self.read) = match &self.checkpoint {
-                Some((windows, progress)) => (Merger::resume(spec.clone(), progress, windows.as_ref()).unwrap(), progress.resume_from as usize),
-                None => (Merger::new(spec.clone(), UPSTREAMS as u32), 0),
+                Some((windows, progress)) => (Merger::resume(spec.clone(), PLAN, progress, windows.as_ref()).unwrap(), progress.resume_from as usize),
+                None => (Merger::new(spec.clone(), PLAN, UPSTREAMS as u32), 0),
             };
         }
     }
@@ -273,7 +286,7 @@ mod tests {
             windows.update(&batch).unwrap();
         }
         let watermark = if until == upstream.requests.len() { i64::MAX } else { latest - DELAY };
-        let mut sender = Upstream::new(index as u32, PARTITIONS as u32, 1, spec.slide, upstream.sent);
+        let mut sender = Upstream::new(index as u32, PARTITIONS as u32, spec, PLAN, upstream.sent);
         let writer = format!("u{index}-run{}", upstream.run);
         let partials = sender.partials(&mut windows, watermark, upstream.manifest.epoch + 1, &writer).unwrap();
         // A zombie's partials are held back; a produce tried again sends them twice.
@@ -336,6 +349,30 @@ mod tests {
             .collect()
     }
 
+    /// States of another plan may have the same types and mean something else
+    /// (here a `min` for a `max`): the merger refuses them, naming both plans.
+    #[tokio::test]
+    async fn a_partial_of_another_plan_is_refused_not_folded() {
+        let select = |aggregate: &str| {
+            format!("SELECT tumble(interval '1 minute') AS window, service, {aggregate}(duration_ms) AS d FROM gateway.requests GROUP BY window, service")
+        };
+        let ((max, max_spec), (min, min_spec)) = (windowed(&select("max")).await, windowed(&select("min")).await);
+        assert_ne!(max.fingerprint, min.fingerprint);
+        let mut rng = SmallRng::seed_from_u64(3);
+        let requests: Vec<Request> = (0..50).map(|i| request(&mut rng, i, T0 + i as i64 * SECOND)).collect();
+        let mut windows = Windows::new(min_spec);
+        for batch in aggregate_input(&min, &requests).await {
+            windows.update(&batch).unwrap();
+        }
+        let mut upstream = Upstream::new(0, 1, &max_spec, &min.fingerprint, i64::MIN);
+        let (_, partial) = upstream.partials(&mut windows, i64::MAX, 1, "run").unwrap().pop().unwrap();
+        assert!(partial.states.is_some());
+        let mut merger = Merger::new(max_spec, &max.fingerprint, 1);
+        let refused = merger.receive(7, partial).unwrap_err().to_string();
+        assert!(refused.contains("offset 7") && refused.contains(&min.fingerprint) && refused.contains(&max.fingerprint), "{refused}");
+        assert_eq!(merger.waiting().count(), 0, "nothing of it waits to be folded");
+    }
+
     /// Issue 20, item 3, short of Kafka: three upstreams read their own requests,
     /// in epochs of random size; some epochs die after sending their partials
     /// (another run then reads them again, in other batches), some are sent by a
@@ -372,7 +409,7 @@ mod tests {
                 .collect();
             let mut logs: Vec<Vec<(i64, Partial)>> = vec![Vec::new(); PARTITIONS];
             let mut held: Vec<(usize, Partial)> = Vec::new();
-            let new_merging = || Merging { merger: Merger::new(spec.clone(), UPSTREAMS as u32), read: 0, checkpoint: None, committed: Vec::new(), pending: Vec::new() };
+            let new_merging = || Merging { merger: Merger::new(spec.clone(), PLAN, UPSTREAMS as u32), read: 0, checkpoint: None, committed: Vec::new(), pending: Vec::new() };
             let mut mergers: Vec<Merging> = (0..PARTITIONS).map(|_| new_merging()).collect();
             let (mut deaths, mut zombies_sent) = (0, 0);
 

@@ -16,6 +16,7 @@ const UPSTREAM: &str = "sluice-upstream";
 const EPOCH: &str = "sluice-epoch";
 const WRITER: &str = "sluice-writer";
 const WATERMARK: &str = "sluice-watermark";
+const PLAN: &str = "sluice-plan";
 
 /// A message's headers as sent: name and text.
 pub type Headers = Vec<(&'static str, String)>;
@@ -27,6 +28,9 @@ pub struct Partial {
     pub upstream: u32,
     /// The upstream's epoch it belongs to.
     pub epoch: i64,
+    /// The fingerprint of the plan that computed the states: states of another
+    /// plan may have the same types and mean something else (a `max` for a `min`).
+    pub plan: String,
     /// The upstream run that sent it ([`CheckpointStore::writer`](crate::checkpoint::CheckpointStore::writer)).
     pub writer: String,
     /// The upstream's watermark after the epoch: it has sent every pane ending by it.
@@ -43,6 +47,7 @@ impl Partial {
             (EPOCH, self.epoch.to_string()),
             (WRITER, self.writer.clone()),
             (WATERMARK, self.watermark.to_string()),
+            (PLAN, self.plan.clone()),
         ];
         let value = match &self.states {
             Some(states) => {
@@ -94,7 +99,14 @@ impl Partial {
                 Some(arrow::compute::concat_batches(&schema, &batches)?)
             }
         };
-        Ok(Partial { upstream, epoch: number(EPOCH)?, writer: header(WRITER)?.to_string(), watermark: number(WATERMARK)?, states })
+        Ok(Partial {
+            upstream,
+            epoch: number(EPOCH)?,
+            plan: header(PLAN)?.to_string(),
+            writer: header(WRITER)?.to_string(),
+            watermark: number(WATERMARK)?,
+            states,
+        })
     }
 }
 
@@ -175,11 +187,11 @@ mod tests {
 
     #[test]
     fn a_partial_reads_back_as_it_was_written() {
-        let sent = Partial { upstream: 2, epoch: 41, writer: "123-456".into(), watermark: -5, states: Some(states(&[Some("auth"), None])) };
+        let sent = Partial { upstream: 2, epoch: 41, plan: "f00d".into(), writer: "123-456".into(), watermark: -5, states: Some(states(&[Some("auth"), None])) };
         let (headers, value) = sent.encode().unwrap();
         let headers: Vec<(&str, Option<&[u8]>)> = headers.iter().map(|(k, v)| (*k, Some(v.as_bytes()))).collect();
         let got = Partial::decode(&headers, value.as_deref(), "t/0@9").unwrap();
-        assert_eq!((got.upstream, got.epoch, got.writer.as_str(), got.watermark), (2, 41, "123-456", -5));
+        assert_eq!((got.upstream, got.epoch, got.plan.as_str(), got.writer.as_str(), got.watermark), (2, 41, "f00d", "123-456", -5));
         assert_eq!(got.states, sent.states);
 
         let marker = Partial { states: None, ..sent };
@@ -191,7 +203,7 @@ mod tests {
 
     #[test]
     fn a_message_that_is_not_a_partial_is_refused_with_where_and_why() {
-        let good = Partial { upstream: 0, epoch: 1, writer: "w".into(), watermark: 0, states: Some(states(&[Some("a")])) };
+        let good = Partial { upstream: 0, epoch: 1, plan: "p".into(), writer: "w".into(), watermark: 0, states: Some(states(&[Some("a")])) };
         let (headers, value) = good.encode().unwrap();
         let value = value.unwrap();
         let all: Vec<(&str, Option<&[u8]>)> = headers.iter().map(|(k, v)| (*k, Some(v.as_bytes()))).collect();
@@ -199,9 +211,9 @@ mod tests {
         type Case<'a> = (Vec<(&'a str, Option<&'a [u8]>)>, Option<&'a [u8]>, &'a str);
         let cases: Vec<Case> = vec![
             (all[1..].to_vec(), Some(&value), "no `sluice-upstream` header"),
-            (vec![all[0], ("sluice-epoch", Some(b"x1")), all[2], all[3]], Some(&value), "header `sluice-epoch` is `x1`, not a number"),
-            (vec![("sluice-upstream", Some(b"-1")), all[1], all[2], all[3]], Some(&value), "upstream -1 is out of range"),
-            (vec![all[0], all[1], ("sluice-writer", Some(&[0xff, 0xfe])), all[3]], Some(&value), "header `sluice-writer` is not UTF-8"),
+            (vec![all[0], ("sluice-epoch", Some(b"x1")), all[2], all[3], all[4]], Some(&value), "header `sluice-epoch` is `x1`, not a number"),
+            (vec![("sluice-upstream", Some(b"-1")), all[1], all[2], all[3], all[4]], Some(&value), "upstream -1 is out of range"),
+            (vec![all[0], all[1], ("sluice-writer", Some(&[0xff, 0xfe])), all[3], all[4]], Some(&value), "header `sluice-writer` is not UTF-8"),
             (all.clone(), Some(b"{\"json\": true}"), "not an Arrow IPC stream"),
             (all.clone(), Some(&value[..value.len() / 2]), "cut short or damaged"),
         ];

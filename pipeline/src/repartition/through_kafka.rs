@@ -72,7 +72,8 @@ async fn partials_cross_a_real_broker_and_merge_into_one_process_rows() {
             }
             let watermark = if to == requests.len() { i64::MAX } else { requests[to - 1].0 - 10_000_000 };
             let (epoch, writer) = (manifest.epoch + 1, format!("u{u}-{run}"));
-            for (p, partial) in Upstream::new(u as u32, PARTITIONS as u32, 1, MINUTE, sent).partials(&mut windows, watermark, epoch, &writer).unwrap() {
+            let mut upstream = Upstream::new(u as u32, PARTITIONS as u32, &spec, &query.fingerprint, sent);
+            for (p, partial) in upstream.partials(&mut windows, watermark, epoch, &writer).unwrap() {
                 let (headers, value) = partial.encode().unwrap();
                 let headers = headers.iter().fold(OwnedHeaders::new(), |h, (key, value)| h.insert(Header { key, value: Some(value.as_bytes()) }));
                 let mut record = BaseRecord::<(), [u8]>::to(&topic).partition(p as i32).headers(headers);
@@ -97,7 +98,7 @@ async fn partials_cross_a_real_broker_and_merge_into_one_process_rows() {
         assignment.add_partition_offset(&topic, p, Offset::Beginning).unwrap();
         consumer.assign(&assignment).unwrap();
         let (_, end) = consumer.fetch_watermarks(&topic, p, Duration::from_secs(10)).unwrap();
-        let mut merger = Merger::new(spec.clone(), 3);
+        let mut merger = Merger::new(spec.clone(), &query.fingerprint, 3);
         let mut next = 0;
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         while next < end {

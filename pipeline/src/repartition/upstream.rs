@@ -9,6 +9,7 @@
 
 use super::{split_by_key, Partial};
 use crate::error::Result;
+use crate::plan::WindowSpec;
 use crate::window::Windows;
 
 /// One upstream of a repartitioned query.
@@ -19,16 +20,19 @@ pub struct Upstream {
     /// GROUP BY keys besides the window, and the pane length (µs).
     keys: usize,
     slide: i64,
+    /// The plan's fingerprint, in every partial.
+    plan: String,
     /// The watermark last sent to every partition.
     sent: i64,
 }
 
 impl Upstream {
-    /// Upstream `index` of a query with `keys` GROUP BY keys and panes `slide` µs
-    /// long, sending to `partitions` partitions; `sent` is the watermark it last
+    /// Upstream `index` of the query with window `spec` and plan fingerprint
+    /// `plan`, sending to `partitions` partitions; `sent` is the watermark it last
     /// sent (its checkpoint's, or `i64::MIN`).
-    pub fn new(index: u32, partitions: u32, keys: usize, slide: i64, sent: i64) -> Self {
-        Upstream { index, partitions: partitions.max(1), keys, slide: slide.max(1), sent }
+    pub fn new(index: u32, partitions: u32, spec: &WindowSpec, plan: &str, sent: i64) -> Self {
+        let (keys, slide) = (spec.keys.len(), spec.slide.max(1));
+        Upstream { index, partitions: partitions.max(1), keys, slide, plan: plan.to_string(), sent }
     }
 
     /// The partials of the epoch `epoch` of run `writer`, by partition: the states
@@ -50,7 +54,8 @@ impl Upstream {
             .enumerate()
             .filter(|(_, states)| marker || states.is_some())
             .map(|(partition, states)| {
-                (partition as u32, Partial { upstream: self.index, epoch, writer: writer.to_string(), watermark, states })
+                let (upstream, plan, writer) = (self.index, self.plan.clone(), writer.to_string());
+                (partition as u32, Partial { upstream, epoch, plan, writer, watermark, states })
             })
             .collect())
     }
