@@ -12,7 +12,8 @@
 
 use std::collections::VecDeque;
 
-use arrow::array::RecordBatch;
+use arrow::array::{AsArray, RecordBatch};
+use arrow::datatypes::Int64Type;
 use serde::{Deserialize, Serialize};
 
 use super::Partial;
@@ -24,6 +25,8 @@ use crate::window::Windows;
 /// The windows of one repartition partition, and what every upstream sent it.
 pub struct Merger {
     windows: Windows,
+    /// Pane length (µs): a pane ends a slide after its start.
+    slide: i64,
     /// The plan's fingerprint: partials of another are refused.
     plan: String,
     upstreams: Vec<FromUpstream>,
@@ -63,7 +66,7 @@ impl Merger {
     pub fn new(spec: WindowSpec, plan: &str, upstreams: u32) -> Self {
         let fresh = || FromUpstream { mark: UpstreamMark { folded: 0, watermark: i64::MIN }, waiting: VecDeque::new() };
         let upstreams = (0..upstreams).map(|_| fresh()).collect();
-        Merger { windows: Windows::new(spec), plan: plan.to_string(), upstreams, next_offset: 0 }
+        Merger { slide: spec.slide, windows: Windows::new(spec), plan: plan.to_string(), upstreams, next_offset: 0 }
     }
 
     /// A merger from its checkpoint: `progress` and the windows' state rows.
@@ -112,12 +115,15 @@ impl Merger {
     /// who committed their epochs, up to the first epoch it has not committed yet.
     /// Returns how many were folded.
     pub fn decide(&mut self, upstream: u32, manifest: &Checkpoint) -> Result<usize> {
-        let count = self.upstreams.len();
-        let from = self.upstreams.get_mut(upstream as usize).ok_or_else(|| Error::Internal(format!("upstream {upstream} of {count}")))?;
+        let index = upstream as usize;
+        if index >= self.upstreams.len() {
+            return Err(Error::Internal(format!("upstream {upstream} of {}", self.upstreams.len())));
+        }
         let mut folded = 0;
-        while let Some((_, partial)) = from.waiting.front() {
-            if partial.epoch <= from.mark.folded {
-                from.waiting.pop_front();
+        while let Some((_, partial)) = self.upstreams[index].waiting.front() {
+            let mark = self.upstreams[index].mark;
+            if partial.epoch <= mark.folded {
+                self.upstreams[index].waiting.pop_front();
                 continue;
             }
             if partial.epoch > manifest.epoch {
@@ -131,18 +137,34 @@ impl Merger {
                 ))
             })?;
             let ours = committer == partial.writer;
-            let Some((_, partial)) = from.waiting.pop_front() else { break };
+            let Some((_, partial)) = self.upstreams[index].waiting.pop_front() else { break };
             if !ours {
                 tracing::debug!(upstream, epoch = partial.epoch, writer = partial.writer, committer, "dropped a partial of a run that did not commit its epoch");
                 continue;
             }
             if let Some(states) = &partial.states {
+                self.refuse_passed_panes(&partial, states)?;
                 self.windows.restore(states)?;
             }
-            from.mark = UpstreamMark { folded: partial.epoch, watermark: from.mark.watermark.max(partial.watermark) };
+            self.upstreams[index].mark = UpstreamMark { folded: partial.epoch, watermark: mark.watermark.max(partial.watermark) };
             folded += 1;
         }
         Ok(folded)
+    }
+
+    /// A pane every upstream had passed would bring back a window emitted without
+    /// it: an upstream that broke its marker's promise is refused, not folded.
+    fn refuse_passed_panes(&self, partial: &Partial, states: &RecordBatch) -> Result<()> {
+        let passed = self.watermark();
+        let starts = states.column(0).as_primitive_opt::<Int64Type>().ok_or_else(|| Error::Internal("a partial's window_start is not Int64".into()))?;
+        match arrow::compute::min(starts).filter(|start| start.saturating_add(self.slide) <= passed) {
+            Some(first) => Err(Error::Internal(format!(
+                "upstream {}'s epoch {} sent a pane starting at {first}, which every upstream had passed \
+                 (watermark {passed}): its windows were emitted without it",
+                partial.upstream, partial.epoch
+            ))),
+            None => Ok(()),
+        }
     }
 
     /// The watermark of the merged windows: the least of the upstreams'.
@@ -371,6 +393,38 @@ mod tests {
         let refused = merger.receive(7, partial).unwrap_err().to_string();
         assert!(refused.contains("offset 7") && refused.contains(&min.fingerprint) && refused.contains(&max.fingerprint), "{refused}");
         assert_eq!(merger.waiting().count(), 0, "nothing of it waits to be folded");
+    }
+
+    /// An upstream that sends a pane after its marker passed the pane's end would
+    /// have the merger emit the pane's windows twice: refused, named.
+    #[tokio::test]
+    async fn a_pane_after_its_marker_is_refused() {
+        let (query, spec) = windowed("SELECT tumble(interval '1 minute') AS window, count(*) AS n FROM gateway.requests GROUP BY window").await;
+        let mut rng = SmallRng::seed_from_u64(4);
+        let requests: Vec<Request> = (0..20).map(|i| request(&mut rng, i, T0 + i as i64 * SECOND)).collect();
+        let partial = |epoch: i64, watermark: i64| {
+            let (spec, query, requests) = (spec.clone(), &query, &requests);
+            async move {
+                let mut windows = Windows::new(spec.clone());
+                for batch in aggregate_input(query, requests).await {
+                    windows.update(&batch).unwrap();
+                }
+                let mut upstream = Upstream::new(0, 1, &spec, PLAN, i64::MIN);
+                upstream.partials(&mut windows, watermark, epoch, "run").unwrap().pop().unwrap().1
+            }
+        };
+        let mut committers = Vec::new();
+        Committer::record(&mut committers, 1, "run");
+        let manifest = Checkpoint { epoch: 2, committers, ..Default::default() };
+        let mut merger = Merger::new(spec.clone(), PLAN, 1);
+        merger.receive(0, partial(1, T0 + 5 * MINUTE).await).unwrap();
+        merger.decide(0, &manifest).unwrap();
+        assert_eq!(merger.close().unwrap().map(|rows| rows.num_rows()), Some(1));
+        // The same minute again, in the next epoch.
+        merger.receive(1, partial(2, T0 + 6 * MINUTE).await).unwrap();
+        let refused = merger.decide(0, &manifest).unwrap_err().to_string();
+        assert!(refused.contains("epoch 2") && refused.contains(&format!("starting at {T0}")), "{refused}");
+        assert_eq!(merger.close().unwrap(), None, "nothing emitted twice");
     }
 
     /// Issue 20, item 3, short of Kafka: three upstreams read their own requests,

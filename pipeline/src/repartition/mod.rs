@@ -8,9 +8,8 @@
 //! epoch, a [`Partial`] to each partition of the query's repartition topic,
 //! holding the states whose GROUP BY key hashes there ([`split_by_key`]) and the
 //! upstream's watermark, the marker that says every pane ending by it has been
-//! sent. The owner of a
-//! repartition partition folds what every upstream sent ([`Merger`]) and emits a
-//! window once every upstream's marker has passed its end.
+//! sent. The owner of a repartition partition folds what every upstream sent
+//! ([`Merger`]) and emits a window once every upstream's marker has passed its end.
 //!
 //! Exactly once: a message is folded only if the upstream run that sent it is the
 //! one that committed its epoch, as the upstream's manifest says
