@@ -787,6 +787,20 @@ mod tests {
         }
     }
 
+    /// A corrected window is not final at its end: its panes are not sent on
+    /// (`take_passed_panes`), and the refusal says why.
+    #[tokio::test]
+    async fn windows_with_corrections_refuse_to_give_their_panes_away() {
+        let query = planned("tumble(interval '1 minute')").await;
+        let Shape::Windowed { window, .. } = &query.shape else { panic!("not windowed") };
+        let mut windows = Windows::new(WindowSpec { corrections: Some(3 * MINUTE), ..window.clone() });
+        let mut rng = SmallRng::seed_from_u64(6);
+        feed(&query, &mut windows, &requests(&mut rng, 0, 100, 0, MINUTE), &mut rng).await;
+        let refused = windows.take_passed_panes(i64::MAX).unwrap_err().to_string();
+        assert!(refused.contains("corrections cannot be repartitioned"), "{refused}");
+        assert_eq!(windows.open_windows(), 1, "the window is kept");
+    }
+
     /// With corrections, late rows fold into emitted windows, which are emitted again
     /// whole; a window is dropped once its corrections are over.
     #[tokio::test]
