@@ -226,8 +226,8 @@ impl CheckpointStore {
         let path = Path::from(format!("{}/{name}", epoch_dir(epoch)));
         let found = self.store.get(&path).await.map_err(|e| self.store_error("reading window state", e))?;
         let bytes = found.bytes().await.map_err(|e| self.store_error("reading window state", e))?;
-        let reader = arrow::ipc::reader::FileReader::try_new(std::io::Cursor::new(bytes), None)?;
-        Ok(reader.collect::<std::result::Result<_, _>>()?)
+        // A damaged file is refused naming it, never a panic or an abort (crate::ipc).
+        crate::ipc::read_file(&bytes).map_err(|e| self.error(&format!("window state {path}"), e))
     }
 
     /// Creates the manifest: from here on the epoch counts as done. Fails as
@@ -291,6 +291,23 @@ mod tests {
         let state = RecordBatch::new_empty(Arc::new(arrow::datatypes::Schema::empty()));
         let table = TablePath::new("a/b/c").unwrap();
         assert_ne!(first.put_state(7, &table, &state).await.unwrap(), second.put_state(7, &table, &state).await.unwrap());
+    }
+
+    /// A state file damaged in the store is refused naming it, not a panic.
+    #[tokio::test]
+    async fn a_damaged_state_file_is_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let lake = Lake::connect(dir.path().to_str().unwrap(), true, Default::default()).await.unwrap();
+        let store = CheckpointStore::open(&lake, "p").unwrap();
+        let schema = Arc::new(arrow::datatypes::Schema::new(vec![arrow::datatypes::Field::new("n", arrow::datatypes::DataType::Int64, false)]));
+        let rows = RecordBatch::try_new(schema, vec![Arc::new(arrow::array::Int64Array::from(vec![1, 2, 3]))]).unwrap();
+        let name = store.put_state(3, &TablePath::new("a/b/c").unwrap(), &rows).await.unwrap();
+        assert_eq!(store.state(3, &name).await.unwrap(), vec![rows]);
+        let file = dir.path().join("_sluice/p").join(epoch_dir(3)).join(&name);
+        let bytes = std::fs::read(&file).unwrap();
+        std::fs::write(&file, &bytes[..bytes.len() / 2]).unwrap();
+        let refused = store.state(3, &name).await.unwrap_err().to_string();
+        assert!(refused.contains(&format!("window state {}/{name}", epoch_dir(3))), "{refused}");
     }
 
     #[test]

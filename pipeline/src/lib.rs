@@ -27,6 +27,7 @@ pub mod fixtures;
 pub mod mirror;
 pub mod generate;
 pub mod group;
+pub mod ipc;
 pub mod keyed;
 pub mod plan;
 pub mod repartition;
