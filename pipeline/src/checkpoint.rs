@@ -124,7 +124,6 @@ impl Checkpoint {
         self.committers.iter().rev().find(|c| c.from_epoch <= epoch).map(|c| c.writer.as_str())
     }
 
-
     pub fn positions(&self) -> BTreeMap<PartitionId, i64> {
         self.positions
             .iter()
