@@ -414,18 +414,26 @@ pub(crate) mod testing {
 
     /// One batch of `lines` (the line `null` is a tombstone) from partition 2, offsets from 10.
     pub fn raw(topic: &str, lines: &[&str]) -> RawBatch {
+        let payloads: Vec<Option<&[u8]>> = lines.iter().map(|line| (*line != "null").then_some(line.as_bytes())).collect();
+        raw_payloads(topic, &payloads)
+    }
+
+    /// One batch of messages as a broker holds them (`None`: a tombstone), as [`raw`].
+    pub fn raw_payloads(topic: &str, payloads: &[Option<&[u8]>]) -> RawBatch {
         let mut data = Vec::new();
         let mut messages = Vec::new();
-        for (i, line) in lines.iter().enumerate() {
+        for (i, bytes) in payloads.iter().enumerate() {
             let start = data.len();
-            data.extend_from_slice(line.as_bytes());
-            let payload = (*line != "null").then_some(start..data.len());
+            let payload = bytes.map(|bytes| {
+                data.extend_from_slice(bytes);
+                start..data.len()
+            });
             messages.push(RawMessage { offset: 10 + i as i64, payload, timestamp: None });
         }
         RawBatch {
             partition: PartitionId { topic: topic.into(), partition: 2 },
             ingested_at: 1_000,
-            next_offset: 10 + lines.len() as i64,
+            next_offset: 10 + payloads.len() as i64,
             data,
             messages,
             end_of_partition: false,

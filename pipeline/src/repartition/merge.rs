@@ -192,10 +192,6 @@ impl Merger {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
-    use arrow::array::{AsArray, StructArray};
-    use arrow::datatypes::{Float64Type, Int64Type, TimestampMicrosecondType};
     use rand::rngs::SmallRng;
     use rand::{Rng, SeedableRng};
 
@@ -203,7 +199,7 @@ mod tests {
     use crate::checkpoint::Committer;
     use crate::plan::StreamingQuery;
     use crate::repartition::Upstream;
-    use crate::window::testing::{aggregate_input, request, windowed, Request};
+    use crate::window::testing::{aggregate_input, assert_stats, emitted_stats, expected_stats, request, stats_sql, windowed, Request};
 
     const SECOND: i64 = 1_000_000;
     const MINUTE: i64 = 60 * SECOND;
@@ -341,36 +337,6 @@ mod tests {
         (upstream.read, upstream.windows, upstream.latest, upstream.sent) = (read, windows, latest, sent);
     }
 
-    /// Per window and service: count, distinct durations, the 95th percentile,
-    /// sum and max, as computed here from the requests themselves.
-    type Expected = BTreeMap<(i64, String), (i64, i64, f64, f64, f64)>;
-
-    fn expected(requests: &[Request], width: i64, slide: i64) -> Expected {
-        let mut durations: BTreeMap<(i64, String), Vec<f64>> = BTreeMap::new();
-        for (ts, service, duration, _) in requests {
-            let first = ts - ts.rem_euclid(slide) - (width - slide);
-            for start in (first..=*ts).step_by(slide as usize) {
-                durations.entry((start, service.clone())).or_default().push(*duration);
-            }
-        }
-        durations
-            .into_iter()
-            .map(|(key, mut d)| {
-                d.sort_by(f64::total_cmp);
-                let mut distinct = d.clone();
-                distinct.dedup();
-                // Linear interpolation between the closest ranks, as Postgres's
-                // percentile_cont, with the weight cut to 6 decimals as DataFusion 55 does
-                // (`INTERPOLATION_PRECISION`, percentile_cont.rs).
-                let rank = 0.95 * (d.len() - 1) as f64;
-                let (low, high) = (d[rank.floor() as usize], d[rank.ceil() as usize]);
-                let weight = ((rank - rank.floor()) * 1e6).floor() / 1e6;
-                let p95 = low + (high - low) * weight;
-                (key, (d.len() as i64, distinct.len() as i64, p95, d.iter().sum(), d[d.len() - 1]))
-            })
-            .collect()
-    }
-
     /// States of another plan may have the same types and mean something else
     /// (here a `min` for a `max`): the merger refuses them, naming both plans.
     #[tokio::test]
@@ -441,12 +407,7 @@ mod tests {
             (2, "hop(interval '1 minute', interval '3 minutes')", 3 * MINUTE, MINUTE),
             (3, "tumble(interval '1 minute')", MINUTE, MINUTE),
         ] {
-            let sql = format!(
-                "SELECT {window} AS window, service, count(*) AS n, count(DISTINCT duration_ms) AS distinct_durations, \
-                 percentile_cont(0.95) WITHIN GROUP (ORDER BY duration_ms) AS p95, sum(duration_ms) AS total, \
-                 max(duration_ms) AS worst FROM gateway.requests GROUP BY window, service"
-            );
-            let (query, spec) = windowed(&sql).await;
+            let (query, spec) = windowed(&stats_sql(window)).await;
             let mut rng = SmallRng::seed_from_u64(seed);
             let mut upstreams: Vec<Shard> = (0..UPSTREAMS)
                 .map(|u| {
@@ -513,29 +474,8 @@ mod tests {
             assert!(deaths > 3 && zombies_sent > 3, "{window}: the run must exercise deaths ({deaths}) and zombies ({zombies_sent})");
 
             let all: Vec<Request> = upstreams.iter().flat_map(|u| u.requests.clone()).collect();
-            let expected = expected(&all, width, slide);
-            let mut got: Expected = BTreeMap::new();
-            for batch in mergers.iter().flat_map(|m| &m.committed) {
-                let w: &StructArray = batch.column(0).as_struct();
-                let starts = w.column(0).as_primitive::<TimestampMicrosecondType>();
-                for r in 0..batch.num_rows() {
-                    let key = (starts.value(r), batch.column(1).as_string::<i32>().value(r).to_string());
-                    let row = (
-                        batch.column(2).as_primitive::<Int64Type>().value(r),
-                        batch.column(3).as_primitive::<Int64Type>().value(r),
-                        batch.column(4).as_primitive::<Float64Type>().value(r),
-                        batch.column(5).as_primitive::<Float64Type>().value(r),
-                        batch.column(6).as_primitive::<Float64Type>().value(r),
-                    );
-                    assert!(got.insert(key.clone(), row).is_none(), "{window}: {key:?} emitted twice");
-                }
-            }
-            assert_eq!(got.len(), expected.len(), "{window}: windows");
-            for (key, want) in &expected {
-                let have = got.get(key).unwrap_or_else(|| panic!("{window}: {key:?} never emitted"));
-                assert_eq!((have.0, have.1, have.3, have.4), (want.0, want.1, want.3, want.4), "{window} {key:?}: count, distinct, sum, max");
-                assert!((have.2 - want.2).abs() < 1e-9, "{window} {key:?}: p95 {} vs {}", have.2, want.2);
-            }
+            let committed = emitted_stats(mergers.iter().flat_map(|m| &m.committed));
+            assert_stats(&committed, &expected_stats(&all, width, slide), window);
         }
     }
 }

@@ -21,12 +21,10 @@
 //!
 //! [`Windows::take_passed_panes`]: crate::window::Windows::take_passed_panes
 
-#[cfg(test)]
-mod cost;
 mod merge;
 mod partial;
 #[cfg(test)]
-mod through_kafka;
+mod tests;
 mod upstream;
 
 pub use merge::{MergeProgress, Merger, UpstreamMark};

@@ -8,9 +8,10 @@ use arrow::array::{Array, AsArray, BooleanArray};
 use arrow::compute::{concat_batches, filter_record_batch};
 use arrow::datatypes::TimestampMicrosecondType;
 
-use super::{Partial, Upstream};
+use crate::repartition::{Partial, Upstream};
 use crate::generate::{generate, GenerateOptions};
-use crate::window::testing::{aggregate_input_of, registry, windowed};
+use crate::decode::testing::registry;
+use crate::window::testing::{aggregate_input_of, windowed};
 use crate::window::Windows;
 
 /// Partitions of the repartition topic (the group's shards).
@@ -50,7 +51,7 @@ async fn measure(users: u32, hours: u32) {
     let mut schema_bytes = 0;
     for (upstream, payloads) in payloads.iter().enumerate() {
         input_bytes += payloads.iter().map(Vec::len).sum::<usize>();
-        let lines: Vec<&[u8]> = payloads.iter().map(Vec::as_slice).collect();
+        let lines: Vec<Option<&[u8]>> = payloads.iter().map(|p| Some(p.as_slice())).collect();
         let (batches, _) = aggregate_input_of(&query, &lines).await;
         let rows = concat_batches(&batches[0].schema(), &batches).unwrap();
         let times = spec.time.evaluate(&rows).unwrap().into_array(rows.num_rows()).unwrap();
