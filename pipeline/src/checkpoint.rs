@@ -26,7 +26,7 @@ use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
 
 use crate::catalog::storage::create_or_get;
-use crate::catalog::{Lake, TablePath};
+use crate::catalog::Lake;
 use crate::error::{Error, Result};
 use crate::sink::Staged;
 use crate::source::PartitionId;
@@ -53,6 +53,10 @@ pub struct Checkpoint {
     /// that committed an epoch sent for it ([`committer_of`](Self::committer_of)).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub committers: Vec<Committer>,
+    /// Per repartitioned table this pipeline merges, per repartition partition:
+    /// how far the merge got and its open windows' file.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub merges: BTreeMap<String, Vec<MergeCheckpoint>>,
 }
 
 /// How many runs a manifest remembers the epochs of.
@@ -112,6 +116,34 @@ pub struct BackfillProgress {
     /// the backfill began: there its watermarks take up the live ones.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub began: Option<(Vec<Position>, Vec<PartitionMark>)>,
+}
+
+/// One repartition partition's merge ([`crate::repartition::Merger`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MergeCheckpoint {
+    #[serde(flatten)]
+    pub progress: MergeProgress,
+    /// The open windows' state in the epoch's directory, if any are open.
+    pub windows: Option<String>,
+}
+
+/// How far a merger got, besides its windows' state rows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MergeProgress {
+    /// Where to read the repartition partition again from: the first message not
+    /// decided yet. Messages after it that were folded are dropped when read again.
+    pub resume_from: i64,
+    /// Per upstream.
+    pub upstreams: Vec<UpstreamMark>,
+}
+
+/// How far an upstream's messages were folded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpstreamMark {
+    /// The last epoch folded (0: none).
+    pub folded: i64,
+    /// Its watermark: every pane ending by it has been folded.
+    pub watermark: i64,
 }
 
 impl Checkpoint {
@@ -206,10 +238,10 @@ impl CheckpointStore {
         Ok(None)
     }
 
-    /// Writes a query's window state or a mirror's changes for `epoch`; returns the
-    /// name to record.
-    pub async fn put_state(&self, epoch: i64, table: &TablePath, state: &RecordBatch) -> Result<String> {
-        let name = format!("{}.{}.arrow", table.sql_name(), self.writer);
+    /// Writes a query's window state, a merger's or a mirror's changes for `epoch`,
+    /// as `<stem>.<writer>.arrow` (the stem names the table); returns the name to record.
+    pub async fn put_state(&self, epoch: i64, stem: &str, state: &RecordBatch) -> Result<String> {
+        let name = format!("{stem}.{}.arrow", self.writer);
         let mut bytes = Vec::new();
         let mut writer = arrow::ipc::writer::FileWriter::try_new(&mut bytes, &state.schema())?;
         writer.write(state)?;
@@ -272,6 +304,7 @@ impl CheckpointStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::catalog::TablePath;
 
     #[tokio::test]
     async fn an_epoch_is_committed_once_and_a_second_writer_is_fenced() {
@@ -289,7 +322,7 @@ mod tests {
         // Their state files do not overwrite each other's.
         let state = RecordBatch::new_empty(Arc::new(arrow::datatypes::Schema::empty()));
         let table = TablePath::new("a/b/c").unwrap();
-        assert_ne!(first.put_state(7, &table, &state).await.unwrap(), second.put_state(7, &table, &state).await.unwrap());
+        assert_ne!(first.put_state(7, &table.sql_name(), &state).await.unwrap(), second.put_state(7, &table.sql_name(), &state).await.unwrap());
     }
 
     /// A state file damaged in the store is refused naming it, not a panic.
@@ -300,7 +333,7 @@ mod tests {
         let store = CheckpointStore::open(&lake, "p").unwrap();
         let schema = Arc::new(arrow::datatypes::Schema::new(vec![arrow::datatypes::Field::new("n", arrow::datatypes::DataType::Int64, false)]));
         let rows = RecordBatch::try_new(schema, vec![Arc::new(arrow::array::Int64Array::from(vec![1, 2, 3]))]).unwrap();
-        let name = store.put_state(3, &TablePath::new("a/b/c").unwrap(), &rows).await.unwrap();
+        let name = store.put_state(3, "a.b.c", &rows).await.unwrap();
         assert_eq!(store.state(3, &name).await.unwrap(), vec![rows]);
         let file = dir.path().join("_sluice/p").join(epoch_dir(3)).join(&name);
         let bytes = std::fs::read(&file).unwrap();

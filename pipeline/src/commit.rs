@@ -26,7 +26,7 @@ use futures::{StreamExt, TryStreamExt};
 
 use crate::catalog::storage::{is_transient, redact};
 use crate::catalog::TablePath;
-use crate::checkpoint::{BackfillProgress, Checkpoint, CheckpointStore, Committer, Position, QueryCheckpoint};
+use crate::checkpoint::{BackfillProgress, Checkpoint, CheckpointStore, Committer, MergeCheckpoint, MergeProgress, Position, QueryCheckpoint};
 use crate::error::{Error, Result};
 use crate::sink::{Maintained, MaintenancePolicy, Staged, TableSink};
 use crate::time::PartitionMark;
@@ -49,6 +49,15 @@ pub struct EpochState {
     pub queries: Vec<QueryState>,
     /// Per mirror table: its retained changes.
     pub mirrors: Vec<(TablePath, RecordBatch)>,
+    /// Per repartitioned table this pipeline merges: each partition's merge, in order.
+    pub merges: Vec<(TablePath, Vec<MergeState>)>,
+}
+
+/// One repartition partition's merge in an epoch: its open windows' state and progress.
+#[derive(Debug)]
+pub struct MergeState {
+    pub windows: Option<RecordBatch>,
+    pub progress: MergeProgress,
 }
 
 /// A query's table in an epoch: its plan's fingerprint, watermark, open windows'
@@ -107,29 +116,37 @@ async fn stage(sinks: &mut BTreeMap<TablePath, TableSink>, staged: &mut BTreeMap
     outcome
 }
 
-/// The state files of an epoch's checkpoint, by the order of its queries and mirrors.
+/// The state files of an epoch's checkpoint, by the order of its queries,
+/// mirrors and merges.
 struct StateFiles {
     /// Per query, its open windows' file, if it keeps windows.
     windows: Vec<Option<String>>,
     mirrors: Vec<String>,
+    /// Per merged table, per partition, its open windows' file.
+    merges: Vec<Vec<Option<String>>>,
 }
 
 /// Writes an epoch's window and mirror state, the files side by side: one after
 /// another, an object store's round trips added up (40 windowed tables, 40 PUTs).
 async fn put_states(checkpoints: &CheckpointStore, epoch: i64, state: &EpochState) -> Result<StateFiles> {
-    let put = |table, rows| checkpoints.put_state(epoch, table, rows);
-    let windows = futures::stream::iter(&state.queries)
-        .map(|q| async move {
-            match &q.windows {
-                Some(rows) => put(&q.table, rows).await.map(Some),
-                None => Ok(None),
-            }
-        })
+    let put = |stem: String, rows| async move {
+        match rows {
+            Some(rows) => checkpoints.put_state(epoch, &stem, rows).await.map(Some),
+            None => Ok(None),
+        }
+    };
+    let windows = futures::stream::iter(&state.queries).map(|q| put(q.table.sql_name(), q.windows.as_ref())).buffered(PARALLEL_STATE_WRITES).try_collect::<Vec<_>>();
+    let mirrors = futures::stream::iter(&state.mirrors).map(|(table, rows)| put(table.sql_name(), Some(rows))).buffered(PARALLEL_STATE_WRITES).try_collect::<Vec<_>>();
+    let merges = futures::stream::iter(state.merges.iter().flat_map(|(table, merges)| merges.iter().enumerate().map(move |(p, m)| (table, p, m))))
+        .map(|(table, partition, merge)| put(format!("{}.merge-{partition}", table.sql_name()), merge.windows.as_ref()))
         .buffered(PARALLEL_STATE_WRITES)
         .try_collect::<Vec<_>>();
-    let mirrors = futures::stream::iter(&state.mirrors).map(|(table, rows)| put(table, rows)).buffered(PARALLEL_STATE_WRITES).try_collect::<Vec<_>>();
-    let (windows, mirrors) = futures::try_join!(windows, mirrors)?;
-    Ok(StateFiles { windows, mirrors })
+    let (windows, mirrors, merges) = futures::try_join!(windows, mirrors, merges)?;
+    let mirrors = mirrors.into_iter().flatten().collect();
+    // Back into one list per table.
+    let mut files = merges.into_iter();
+    let merges = state.merges.iter().map(|(_, merges)| files.by_ref().take(merges.len()).collect()).collect();
+    Ok(StateFiles { windows, mirrors, merges })
 }
 
 /// The lake's writer: every table's sink, the checkpoints, and the epoch count.
@@ -254,6 +271,12 @@ impl LakeWriter {
         Ok(())
     }
 
+    /// The epoch the next [`commit`](Self::commit) commits: what a repartitioned
+    /// query's partials sent before it are sent for.
+    pub fn next_epoch(&self) -> i64 {
+        self.epoch + 1
+    }
+
     /// Commits every table with buffered rows, and `state`, as the next epoch.
     pub async fn commit(&mut self, state: EpochState) -> Result<Committed> {
         let epoch = self.epoch + 1;
@@ -345,13 +368,22 @@ impl LakeWriter {
 
     /// Creates the epoch's manifest, naming its state `files` and the `staged` files.
     async fn save_checkpoint(&self, epoch: i64, state: &EpochState, files: StateFiles, staged: &BTreeMap<String, Staged>) -> Result<Checkpoint> {
-        let StateFiles { windows, mirrors: mirror_files } = files;
+        let StateFiles { windows, mirrors: mirror_files, merges: merge_files } = files;
         let mut queries = BTreeMap::new();
         for (q, windows) in state.queries.iter().zip(windows) {
             let (fingerprint, parts, backfill) = (Some(q.fingerprint.clone()), q.parts.clone(), q.backfill.clone());
             queries.insert(q.table.as_str().to_string(), QueryCheckpoint { watermark: q.watermark, windows, fingerprint, parts, backfill });
         }
         let mirrors = state.mirrors.iter().zip(mirror_files).map(|((table, _), file)| (table.as_str().to_string(), file)).collect();
+        let merges = state
+            .merges
+            .iter()
+            .zip(merge_files)
+            .map(|((table, merges), files)| {
+                let merges = merges.iter().zip(files).map(|(m, windows)| MergeCheckpoint { progress: m.progress.clone(), windows }).collect();
+                (table.as_str().to_string(), merges)
+            })
+            .collect();
         let mut committers = self.committers.clone();
         Committer::record(&mut committers, epoch, self.checkpoints.writer());
         let checkpoint = Checkpoint {
@@ -362,6 +394,7 @@ impl LakeWriter {
             mirrors,
             staged: staged.clone(),
             committers,
+            merges,
         };
         self.checkpoints.save(&checkpoint).await?;
         Ok(checkpoint)

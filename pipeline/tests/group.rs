@@ -15,8 +15,11 @@
 //!
 //! With 6 partitions, which events are late depends on the order the partitions
 //! are read, in any two runs. A table is compared row for row when its late
-//! events agree with the reference's (most do), and otherwise counted: events in
-//! windows plus late ones. The test fails if too few were compared row for row.
+//! events agree with the reference's (most do), and otherwise in the windows no
+//! late event fell in, and counted: events in windows plus late ones. The test
+//! fails if too few were compared row for row. The two tables the SQL files
+//! repartition (`-- sluice: repartition`) are folded by every shard and merged by
+//! their own through the repartition topic, while their shards die and move.
 
 mod stores;
 mod support;
@@ -67,6 +70,10 @@ impl Bed {
             mock.create_topic(&topic, 6, 1).unwrap();
         }
         mock.create_topic(&format!("sluice.group.{group}"), shards, 1).unwrap();
+        // The mock does not create topics on request: the repartitioned tables' too.
+        for table in REPARTITIONED {
+            mock.create_topic(&format!("sluice.repartition.{group}.{}", table.replace('/', ".")), shards, 1).unwrap();
+        }
         let brokers = mock.bootstrap_servers();
         Bed { dir, schemas, _mock: mock, brokers }
     }
@@ -250,7 +257,8 @@ fn check_txn_versions(lake: &Path) -> usize {
 /// Rows with every fractional number to 10 significant digits, sorted again.
 fn rounded(rows: &[String]) -> Vec<String> {
     let cell = |c: &str| match c.split_once('=') {
-        Some((k, v)) if v.contains('.') && !v.contains(':') => match v.parse::<f64>() {
+        // `3e-6` is a sum that came out exact, `3.000000000001e-6` one that did not.
+        Some((k, v)) if (v.contains('.') || v.contains('e')) && !v.contains(':') => match v.parse::<f64>() {
             Ok(x) => format!("{k}={x:.9e}"),
             Err(_) => c.to_string(),
         },
@@ -375,13 +383,37 @@ async fn instances_join_die_stall_and_leave_and_the_lake_equals_one_process() {
     late_rows.sort();
     late_rows.dedup();
     assert_eq!(late_rows.len(), all, "late_events holds a message twice for one table");
-    let (mut exact, mut counted) = (0, Vec::new());
+    let (mut exact, mut counted, mut windows_compared) = (0, Vec::new(), 0);
     for (table, want) in &expected {
         let got = &actual[table];
         if table.ends_with("pipeline_throughput") || table == LATE_EVENTS {
             continue;
         }
         if late(&actual, table) != late(&expected, table) {
+            // The windows no late event fell in, in either run, hold the same rows
+            // (windows of one length: a late event may have joined two sessions).
+            let length = |r: &String| micros(column(r, "window_end")) - micros(column(r, "window_start"));
+            let fixed = want.first().is_some_and(|r| r.contains("window_start=")) && want.iter().map(length).collect::<BTreeSet<_>>().len() == 1;
+            let late_at: Vec<i64> = [&actual, &expected]
+                .iter()
+                .flat_map(|tables| tables[LATE_EVENTS].iter().filter(|r| column(r, "table") == table).map(|r| micros(column(r, "ts"))))
+                .collect();
+            let untouched = |rows: &[String]| -> Vec<String> {
+                let touched = |r: &String| {
+                    let (start, end) = (micros(column(r, "window_start")), micros(column(r, "window_end")));
+                    late_at.iter().any(|t| start <= *t && *t < end)
+                };
+                rows.iter().filter(|r| !touched(r)).cloned().collect()
+            };
+            if fixed {
+                let (got_untouched, want_untouched) = (rounded(&untouched(got)), rounded(&untouched(want)));
+                assert_eq!(got_untouched, want_untouched, "{table}: the windows without late events");
+                windows_compared += want_untouched.len();
+                if REPARTITIONED.contains(&table.as_str()) {
+                    eprintln!("{table}: {} of {} rows in windows without late events, equal", want_untouched.len(), want.len());
+                    assert!(want_untouched.len() * 2 > want.len(), "{table}: {} of {} rows compared", want_untouched.len(), want.len());
+                }
+            }
             // Read order moved events between windows and late_events: each is still counted once.
             let events = |tables: &BTreeMap<String, Vec<String>>| -> Option<u64> {
                 let sum: Option<u64> = tables[table].iter().map(|r| column(r, "events").parse::<u64>().ok()).sum();
@@ -402,11 +434,24 @@ async fn instances_join_die_stall_and_leave_and_the_lake_equals_one_process() {
         }
         exact += 1;
     }
-    eprintln!("{exact} tables equal row for row; late events differ with read order for {counted:?}");
+    eprintln!("{exact} tables equal row for row; late events differ with read order for {counted:?}, whose {windows_compared} rows of windows without late events are equal");
+    for table in REPARTITIONED {
+        let rows = actual[table].len();
+        assert!(rows > 100, "{table}: {rows} rows merged from every shard's panes");
+    }
     assert!(exact >= expected.len() * 3 / 4, "too few tables compared row for row: {exact} of {}", expected.len());
 }
 
 const LATE_EVENTS: &str = "monitoring/integration_health/late_events";
+
+/// The tables whose SQL says `-- sluice: repartition`: every shard folds panes,
+/// and the table's shard merges them through the repartition topic.
+const REPARTITIONED: [&str; 2] = ["monitoring/api_performance/request_response_times", "monitoring/api_performance/latency_5m_sliding"];
+
+/// A timestamp as `stores::table_rows` writes it, µs.
+fn micros(text: &str) -> i64 {
+    chrono::DateTime::parse_from_rfc3339(text).unwrap_or_else(|e| panic!("`{text}`: {e}")).timestamp_micros()
+}
 
 /// The shard of a table among `count`, computed here as the README defines it
 /// (FNV-1a of the table's path), not by the code under test.

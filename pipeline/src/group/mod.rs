@@ -6,7 +6,9 @@
 //! so each table is computed by one instance, from all of its input: windows whose
 //! keys span partitions, percentiles, sessions and joins give the rows one process
 //! gives, with no repartitioning. The price is that two shards reading one topic
-//! both decode it.
+//! both decode it. A table whose file says `-- sluice: repartition` is the
+//! exception: every shard folds its share of the partitions, and the table's
+//! shard merges them (`runtime::exchange`, [`crate::repartition`]).
 
 pub mod membership;
 pub mod shard;

@@ -1,7 +1,7 @@
 //! Per-file options, written as SQL comments so the file stays plain SQL that any
 //! SQL tool can read: `-- sluice: <directive>`.
 //!
-//! Two directives exist:
+//! Three directives exist:
 //!
 //! - `-- sluice: late events update windows for <duration>` (e.g. `2 days`): a late
 //!   event whose window closed less than `<duration>` ago is folded into the window,
@@ -11,14 +11,33 @@
 //!   without a window keeps one row per key, updated by each of the key's events in
 //!   event-time order; an event for which the SQL `<condition>` holds removes the
 //!   key's row, and a later event starts it afresh ([`crate::keyed`]).
+//! - `-- sluice: repartition`: in a group (`run --group`), every shard folds its
+//!   share of the input partitions into panes, and the table's shard merges them
+//!   through a repartition topic ([`crate::repartition`]); one process ignores it.
+//!   Tumbling and hopping windows over topics only.
 
 /// The directives of one SQL file.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct Directives {
     /// How long after a window closed late events still correct it, µs.
     pub corrections: Option<i64>,
     /// The query keeps the current state per key.
     pub current_state: Option<CurrentState>,
+    /// In a group, the windows are folded by every shard and merged by the table's.
+    pub repartition: bool,
+}
+
+/// The plan's fingerprint holds this text: `repartition` shows only when set, so
+/// files without it keep the fingerprints (and tables) they had.
+impl std::fmt::Debug for Directives {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut s = f.debug_struct("Directives");
+        s.field("corrections", &self.corrections).field("current_state", &self.current_state);
+        if self.repartition {
+            s.field("repartition", &true);
+        }
+        s.finish()
+    }
 }
 
 /// `-- sluice: current state[, removed when <condition>]`.
@@ -32,6 +51,7 @@ const PREFIX: &str = "sluice:";
 const CORRECTIONS: &str = "late events update windows for ";
 const CURRENT_STATE: &str = "current state";
 const REMOVED_WHEN: &str = ", removed when";
+const REPARTITION: &str = "repartition";
 
 /// Reads the `-- sluice:` lines of a SQL file; an unknown or malformed one is an
 /// error naming its line.
@@ -53,11 +73,13 @@ pub fn parse(sql: &str) -> Result<Directives, String> {
                 None => return Err(format!("line {line}: after `current state` comes nothing or `, removed when <condition>`, not `{}`", rest.trim())),
             };
             directives.current_state = Some(CurrentState { removed_when });
+        } else if directive == REPARTITION {
+            directives.repartition = true;
         } else {
             return Err(format!(
                 "line {line}: unknown directive `-- sluice: {directive}`; the known ones are \
-                 `-- sluice: {CORRECTIONS}<duration>` (e.g. `2 days`) and \
-                 `-- sluice: {CURRENT_STATE}[, removed when <condition>]`"
+                 `-- sluice: {CORRECTIONS}<duration>` (e.g. `2 days`), \
+                 `-- sluice: {CURRENT_STATE}[, removed when <condition>]` and `-- sluice: {REPARTITION}`"
             ));
         }
     }
@@ -100,6 +122,16 @@ mod tests {
         );
         assert!(parse("-- sluice: current state, removed when ").unwrap_err().contains("needs a condition"));
         assert!(parse("-- sluice: current state forever").unwrap_err().contains("not `forever`"));
+    }
+
+    #[test]
+    fn repartition_is_read_and_shows_in_the_fingerprint_text_only_when_set() {
+        assert!(parse("-- sluice: repartition\nSELECT 1").unwrap().repartition);
+        assert!(parse("-- sluice: repartition by key").unwrap_err().contains("unknown directive"));
+        // The text every fingerprint so far was computed from.
+        assert_eq!(format!("{:?}", Directives::default()), "Directives { corrections: None, current_state: None }");
+        let set = Directives { repartition: true, ..Directives::default() };
+        assert_eq!(format!("{set:?}"), "Directives { corrections: None, current_state: None, repartition: true }");
     }
 
     #[test]

@@ -109,6 +109,9 @@ pub struct StreamingQuery {
     /// Fingerprints of the plan's parts (sources, filters, grouping, aggregates,
     /// joins, columns, directives), which say what a change changed.
     pub parts: BTreeMap<String, String>,
+    /// `-- sluice: repartition`: in a group, every shard folds panes and the
+    /// table's shard merges them ([`crate::repartition`]).
+    pub repartition: bool,
 }
 
 pub enum Shape {
@@ -321,6 +324,9 @@ pub async fn plan(file: &SqlFile, inputs: &[InputTable], udfs: &Udfs) -> Result<
     if directives.corrections.is_some() && !matches!(shape, Shape::Windowed { .. }) {
         return Err(sql_err("late events update windows, and this query has none: drop the `-- sluice:` line".into()));
     }
+    if directives.repartition {
+        refuse_repartition(&shape, &mirrors).map_err(sql_err)?;
+    }
     let output_schema = match &shape {
         Shape::Stateless { plan } | Shape::OverMirrors { plan } => plan.schema(),
         Shape::Windowed { output, .. } | Shape::Current { output, .. } => output.schema(),
@@ -338,7 +344,27 @@ pub async fn plan(file: &SqlFile, inputs: &[InputTable], udfs: &Udfs) -> Result<
         task_ctx,
         fingerprint,
         parts,
+        repartition: directives.repartition,
     })
+}
+
+/// What `-- sluice: repartition` cannot merge from partial states: panes merge,
+/// sessions span partitions by gap, corrections reopen emitted windows, and a
+/// mirror is joined as of each window's end by the one process that emits it.
+fn refuse_repartition(shape: &Shape, mirrors: &[MirrorInput]) -> std::result::Result<(), String> {
+    let Shape::Windowed { window, .. } = shape else {
+        return Err("`-- sluice: repartition` merges windows: this query has no GROUP BY tumble(...) or hop(...)".into());
+    };
+    let refused = if window.session_gap.is_some() {
+        "session windows"
+    } else if window.corrections.is_some() {
+        "late events that update windows"
+    } else if !mirrors.is_empty() {
+        "joins with mirrors"
+    } else {
+        return Ok(());
+    };
+    Err(format!("`-- sluice: repartition` merges tumble() and hop() windows over topics, not {refused}: drop the directive (the table is then computed whole by its shard)"))
 }
 
 /// One partition, no repartitioning: a batch goes through a plan as one stream.
@@ -436,6 +462,26 @@ mod tests {
         assert_ne!(fingerprint(base.replace("count(*)", "sum(duration_ms)")).await, same, "an aggregate");
         assert_ne!(fingerprint(base.replace("1 minute", "2 minutes")).await, same, "the window");
         assert_ne!(fingerprint(format!("-- sluice: late events update windows for 1 hour\n{base}")).await, same, "a directive");
+    }
+
+    #[tokio::test]
+    async fn repartition_is_refused_for_what_partial_states_cannot_merge() {
+        let base = "SELECT tumble(interval '1 minute') AS window, service, count(*) AS n FROM gateway.requests GROUP BY window, service";
+        let planned = plan_sql(&format!("-- sluice: repartition\n{base}")).await.unwrap();
+        assert!(planned.repartition);
+        assert_ne!(planned.fingerprint, plan_sql(base).await.unwrap().fingerprint, "switching rebuilds the table");
+        let hop = base.replace("tumble(interval '1 minute')", "hop(interval '1 minute', interval '5 minutes')");
+        assert!(plan_sql(&format!("-- sluice: repartition\n{hop}")).await.unwrap().repartition);
+        let refused = |sql: String, why: &'static str| async move {
+            let err = plan_sql(&format!("-- sluice: repartition\n{sql}")).await.err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(err.contains("`-- sluice: repartition`") && err.contains(why) && err.contains("sql/a/b/c.sql"), "{why}: {err}");
+        };
+        refused(base.replace("tumble(interval '1 minute')", "session(interval '5 minutes')"), "session windows").await;
+        refused(format!("-- sluice: late events update windows for 1 hour\n{base}"), "late events that update windows").await;
+        refused("SELECT service, status FROM gateway.requests".into(), "no GROUP BY tumble").await;
+        let joined = "SELECT b.window, b.user_id, u.org_id, b.best FROM (SELECT tumble(interval '1 day') AS window, user_id, max(score) AS best \
+                      FROM assessment.completions GROUP BY window, user_id) b JOIN services.directory.users u ON u.user_id = b.user_id";
+        refused(joined.into(), "joins with mirrors").await;
     }
 
     #[tokio::test]

@@ -14,10 +14,9 @@ use std::collections::VecDeque;
 
 use arrow::array::{AsArray, RecordBatch};
 use arrow::datatypes::Int64Type;
-use serde::{Deserialize, Serialize};
 
 use super::Partial;
-use crate::checkpoint::{Checkpoint, MAX_COMMITTERS};
+use crate::checkpoint::{Checkpoint, MergeProgress, UpstreamMark, MAX_COMMITTERS};
 use crate::error::{Error, Result};
 use crate::plan::WindowSpec;
 use crate::window::Windows;
@@ -39,25 +38,6 @@ struct FromUpstream {
     mark: UpstreamMark,
     /// Received and not decided yet, with their offsets, in the order they came.
     waiting: VecDeque<(i64, Partial)>,
-}
-
-/// How far an upstream's messages were folded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct UpstreamMark {
-    /// The last epoch folded (0: none).
-    pub folded: i64,
-    /// Its watermark: every pane ending by it has been folded.
-    pub watermark: i64,
-}
-
-/// What a merger's checkpoint holds besides its windows' state rows.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MergeProgress {
-    /// Where to read the repartition partition again from: the first message not
-    /// decided yet. Messages after it that were folded are dropped when read again.
-    pub resume_from: i64,
-    /// Per upstream.
-    pub upstreams: Vec<UpstreamMark>,
 }
 
 impl Merger {

@@ -10,6 +10,8 @@
 //! upstream's watermark, the marker that says every pane ending by it has been
 //! sent. The owner of a repartition partition folds what every upstream sent
 //! ([`Merger`]) and emits a window once every upstream's marker has passed its end.
+//! In a group, each shard is an upstream and the table's shard owns every
+//! partition of its [`topic_name`] (`runtime::exchange`).
 //!
 //! Exactly once: a message is folded only if the upstream run that sent it is the
 //! one that committed its epoch, as the upstream's manifest says
@@ -25,8 +27,10 @@ mod merge;
 mod partial;
 #[cfg(test)]
 mod tests;
+mod topic;
 mod upstream;
 
-pub use merge::{MergeProgress, Merger, UpstreamMark};
+pub use merge::Merger;
 pub use partial::{split_by_key, Partial};
+pub use topic::{create_topics, topic_name, Brokers, Receiver, Sender};
 pub use upstream::Upstream;

@@ -40,7 +40,7 @@ impl Upstream {
     /// watermark, to the partitions that need them.
     pub fn partials(&mut self, windows: &mut Windows, watermark: i64, epoch: i64, writer: &str) -> Result<Vec<(u32, Partial)>> {
         let passed = windows.take_passed_panes(watermark)?;
-        let marker = watermark.div_euclid(self.slide) > self.sent.div_euclid(self.slide);
+        let marker = self.due(watermark);
         if passed.is_none() && !marker {
             return Ok(Vec::new());
         }
@@ -58,6 +58,12 @@ impl Upstream {
                 (partition as u32, Partial { upstream, epoch, plan, writer, watermark, states })
             })
             .collect())
+    }
+
+    /// Whether `watermark` passed a pane end since the last partials: then there is
+    /// something to send (a pane can only pass once its end does).
+    pub fn due(&self, watermark: i64) -> bool {
+        watermark.div_euclid(self.slide) > self.sent.div_euclid(self.slide)
     }
 
     /// The watermark last sent, for the upstream's checkpoint.

@@ -19,6 +19,7 @@ use crate::catalog::Lake;
 use crate::error::{Error, Result};
 use crate::group::{Change, Membership, Shard};
 use crate::plan::{load_sql_dir, plan, SqlFile};
+use crate::repartition::Brokers;
 use crate::schema::SchemaRegistry;
 use crate::source::{KafkaSource, ReadAhead};
 use crate::udf::Udfs;
@@ -171,17 +172,29 @@ pub async fn run(instance: Instance, mut membership: Membership) -> Result<RunSt
     }
 }
 
-/// Creates `late_events`, which every shard appends to, if the lake lacks it:
-/// shards starting together would otherwise race to create it, and the loser's
-/// create, retried as the next version, is a metadata change that fails the
-/// winner's first commit (its shard then starts again). Instances starting at the
-/// same moment can still race; that retry remains.
+/// Creates `late_events`, which every shard appends to, and the repartitioned
+/// tables, which every shard opens, if the lake lacks them: shards starting
+/// together would otherwise race to create them, and the loser's create, retried
+/// as the next version, is a metadata change that fails the winner's first commit
+/// (its shard then starts again). Instances starting at the same moment can still
+/// race; that retry remains.
 async fn create_shared_tables(instance: &Instance) -> Result<()> {
     use crate::sink::{late_event_schema, TableLayout, TableSink, LATE_EVENTS};
     let late_events = crate::catalog::TablePath::new(LATE_EVENTS).map_err(Error::Internal)?;
     let pipeline = crate::catalog::writers::shard_pipeline(&instance.group, 0);
     TableSink::open(&instance.lake, late_events, TableLayout::fixed(late_event_schema()), &pipeline).await?;
+    let inputs = input_tables(&instance.registry);
+    for file in instance.sql().iter().filter(|f| repartitioned(f)) {
+        let query = plan(file, &inputs, &instance.udfs).await?;
+        super::open_sink(&instance.lake, &query, &pipeline, false).await?;
+    }
     Ok(())
+}
+
+/// Whether `file` says `-- sluice: repartition` (a malformed directive is refused
+/// when the file is planned).
+fn repartitioned(file: &SqlFile) -> bool {
+    crate::plan::directives::parse(&file.sql).is_ok_and(|d| d.repartition)
 }
 
 /// Tells the shards to stop (each commits first) and waits for them.
@@ -245,7 +258,8 @@ async fn run_shard(instance: &Instance, mut shard: Shard, told: watch::Receiver<
     loop {
         // Before the files are taken: a reload from here on is not missed.
         let mut reloads = instance.reloads.subscribe();
-        let sql: Vec<SqlFile> = instance.sql().into_iter().filter(|f| shard.writes(&f.table)).collect();
+        // Its own tables, and every repartitioned one: each shard folds its share.
+        let sql: Vec<SqlFile> = instance.sql().into_iter().filter(|f| shard.writes(&f.table) || repartitioned(f)).collect();
         if sql.is_empty() && !shard.writes_lake_tables() {
             tracing::info!(shard = shard.index, "no table falls in this shard");
             // Held, with nothing to do, until the group moves it or a reload gives
@@ -262,6 +276,7 @@ async fn run_shard(instance: &Instance, mut shard: Shard, told: watch::Receiver<
         let options = RunOptions {
             pipeline: shard.pipeline(),
             shard: Some(shard.clone()),
+            brokers: Some(Brokers { servers: instance.brokers.clone(), settings: instance.kafka_settings.clone() }),
             stop: Some(told.clone()),
             live: Some(instance.live(reloads.clone())),
             ..instance.options.clone()

@@ -4,6 +4,7 @@
 mod ahead;
 mod backfill;
 mod cores;
+mod exchange;
 pub mod group;
 mod metrics;
 mod observe;
@@ -79,6 +80,8 @@ pub struct RunOptions {
     pub live: Option<LiveDefinitions>,
     /// Run as this shard of a consumer group's tables (`pipeline` is then the shard's).
     pub shard: Option<Shard>,
+    /// A group's brokers: its repartitioned tables' partials go through them.
+    pub brokers: Option<crate::repartition::Brokers>,
     /// Besides SIGINT and SIGTERM, stops the run when it turns true (a shard the
     /// group took away).
     pub stop: Option<tokio::sync::watch::Receiver<bool>>,
@@ -101,6 +104,7 @@ impl Default for RunOptions {
             live: None,
             outage_limit: Duration::from_secs(600),
             shard: None,
+            brokers: None,
             stop: None,
             reading: None,
         }
@@ -182,6 +186,8 @@ pub struct Pipeline {
     metrics_partition: PartitionId,
     /// This run's hold on the lake: no other pipeline writes it meanwhile.
     lease: Lease,
+    /// A group's repartitioned tables: the panes this shard sends, and the windows it merges.
+    exchange: Option<exchange::Exchange>,
 }
 
 /// Opens (or creates) the table `query` writes: replaced whole at each commit for
@@ -353,7 +359,13 @@ impl Pipeline {
                 }
                 _ => false,
             };
-            sinks.insert(query.table.clone(), open_sink(lake, &query, &options.pipeline, rebuilt).await?);
+            let sink = open_sink(lake, &query, &options.pipeline, rebuilt).await?;
+            // The other shards of a repartitioned table only send it panes.
+            let sink = match &options.shard {
+                Some(shard) if !shard.writes(&query.table) => sink.maintained_elsewhere(),
+                _ => sink,
+            };
+            sinks.insert(query.table.clone(), sink);
             queries.push(RunningQuery::new(query)?);
         }
         let dead_letters = TablePath::new(DEAD_LETTERS).map_err(Error::Internal)?;
@@ -417,7 +429,11 @@ impl Pipeline {
             row_watermarks: Vec::new(),
             metrics_partition: PartitionId { topic: Arc::from(METRICS_TOPIC), partition: 0 },
             lease,
+            exchange: None,
         };
+        if let (Some(shard), Some(brokers)) = (&pipeline.options.shard, &pipeline.options.brokers) {
+            pipeline.exchange = exchange::Exchange::open(lake, brokers, shard, &mut pipeline.queries, latest.as_ref(), pipeline.lake.checkpoints()).await?;
+        }
         match latest {
             Some(mut checkpoint) => {
                 // By table, not index: rebuilds and backfills move queries about.
@@ -492,6 +508,10 @@ impl Pipeline {
     /// the next message instead).
     async fn backfill_if_new(&mut self, i: usize, lake: &Lake) -> Result<()> {
         let table = self.queries[i].query.table.clone();
+        if self.repartitioned(&self.queries[i]) {
+            tracing::warn!(table = %table.sql_name(), "a repartitioned table new to a running group is not backfilled: its windows start with each shard's next message");
+            return Ok(());
+        }
         if self.lake.sink(&table)?.committed_epoch().await?.is_some() {
             tracing::info!(table = %table.sql_name(), "the table has rows from before: it goes on from the next message, not backfilled");
             return Ok(());
@@ -506,6 +526,15 @@ impl Pipeline {
         let Some(i) = self.queries.iter().position(|q| q.query.table == *table) else { return Ok(()) };
         let query = &self.queries[i].query;
         let (table, path, now) = (query.table.clone(), query.path.clone(), query.fingerprint.clone());
+        if self.repartitioned(&self.queries[i]) {
+            return Err(Error::Sql {
+                path,
+                message: format!(
+                    "{why} (plan {was} → {now}), and a repartitioned table is not rebuilt in a group: restore the old file, \
+                     or drop `-- sluice: repartition` to rebuild it whole in its shard"
+                ),
+            });
+        }
         if let Shape::OverMirrors { .. } = query.shape {
             // Computed from the mirrors' current rows, which replace the table's at once.
             let topics: Vec<Arc<str>> = query.mirrors.iter().map(|m| m.topic.clone()).collect();
@@ -532,6 +561,11 @@ impl Pipeline {
         // At once, before anything is read: the swap is the next commit.
         self.start_backfill(i, lake).await?;
         self.join_backfills(true).await
+    }
+
+    /// Whether `q` runs as a repartitioned table's upstream here (a group's shard).
+    fn repartitioned(&self, q: &RunningQuery) -> bool {
+        q.query.repartition && self.options.shard.is_some()
     }
 
     /// Carries on from a checkpoint: finishes the commits its epoch did not get to,
@@ -667,6 +701,14 @@ impl Pipeline {
         }
         self.commit().await?;
         if ended {
+            // The table's shard emits a repartitioned table's last windows once
+            // every shard sent its last panes (or a stop leaves them to the next start).
+            while self.exchange.as_ref().is_some_and(|e| !e.merged_to_the_end()) {
+                tokio::select! {
+                    () = tokio::time::sleep(self.options.commit_interval) => self.commit().await?,
+                    () = &mut stop => break,
+                }
+            }
             // A stop (a signal, a shard moved away) leaves it to the next start.
             let maintained = self.lake.finish_maintenance().await?;
             self.report_maintained(&maintained);
@@ -804,7 +846,7 @@ impl Pipeline {
         if batch.num_rows() == 0 {
             return Ok(0);
         }
-        let queries: Vec<&mut RunningQuery> = self.queries.iter_mut().filter(|q| q.reads(&id.topic)).collect();
+        let queries: Vec<&mut RunningQuery> = self.queries.iter_mut().filter(|q| q.reads(&id.topic) && q.takes(id.partition)).collect();
         let tables: Vec<&TablePath> = queries.iter().map(|q| q.table()).collect();
         let sinks = self.lake.sinks_of(&tables)?;
         let (watermarks, judge_late) = (&self.watermarks, late.is_some());
@@ -864,13 +906,18 @@ impl Pipeline {
         let (open, bytes) = self.queries.iter().map(RunningQuery::state_size).fold((0, 0), |(o, b), (qo, qb)| (o + qo, b + qb));
         self.stats.peak_open_windows = self.stats.peak_open_windows.max(open);
         self.stats.peak_state_bytes = self.stats.peak_state_bytes.max(bytes);
-        if !self.dirty && !self.lake.has_pending() {
+        self.merge_partials().await?;
+        let due = self.exchange.as_ref().is_some_and(|e| e.due(&self.queries));
+        if !self.dirty && !self.lake.has_pending() && !due {
             return self.join_backfills(false).await;
         }
         let started = Instant::now();
         self.replace_changed_mirrors().await?;
         for q in self.queries.iter_mut().chain(self.backfills.iter_mut().map(|b| &mut b.query)) {
             q.rewrite_current(self.lake.sink(&q.query.table)?).await?;
+        }
+        if let Some(exchange) = self.exchange.as_mut() {
+            exchange.send(&mut self.queries, self.lake.next_epoch(), self.lake.checkpoints().writer())?;
         }
         let state = self.epoch_state()?;
         let prepare_ms = started.elapsed().as_millis() as u64;
@@ -894,6 +941,17 @@ impl Pipeline {
         tracing::info!(epoch = committed.epoch, rows = committed.rows, tables = committed.tables, ms, prepare_ms, write_ms = committed.write_ms, state_ms = committed.state_ms, delta_ms = committed.delta_ms, prune_ms = committed.prune_ms, maintain_ms = committed.maintain_ms, "committed");
         self.committed = self.positions.clone();
         self.join_backfills(false).await
+    }
+
+    /// The windows of the repartitioned tables this shard merges that every shard's
+    /// panes have passed, into their tables.
+    async fn merge_partials(&mut self) -> Result<()> {
+        let Some(exchange) = self.exchange.as_mut() else { return Ok(()) };
+        for (table, rows) in exchange.merge().await? {
+            let q = self.queries.iter().find(|q| q.query.table == table).ok_or_else(|| Error::Internal(format!("no running query writes {table}")))?;
+            q.emit(rows, &self.mirrors, self.lake.sink(&table)?).await?;
+        }
+        Ok(())
     }
 
     /// Rewrites the mirrors that changed since the last epoch, and the tables
@@ -939,7 +997,11 @@ impl Pipeline {
             .iter()
             .map(|(id, &next_offset)| Position { topic: id.topic.to_string(), partition: id.partition, next_offset })
             .collect();
-        Ok(EpochState { positions, watermarks: self.watermarks.marks(), queries, mirrors })
+        let merges = match self.exchange.as_mut() {
+            Some(exchange) => exchange.snapshot()?,
+            None => Vec::new(),
+        };
+        Ok(EpochState { positions, watermarks: self.watermarks.marks(), queries, mirrors, merges })
     }
 
     fn sink(&mut self, table: &TablePath) -> Result<&mut TableSink> {

@@ -38,6 +38,10 @@ pub struct RunningQuery {
     /// Per topic it reads, the columns of the topic's batches its plan reads (all
     /// when absent): leaving late rows out copies only those.
     columns_read: Vec<(Arc<str>, Vec<bool>)>,
+    /// A repartitioned query's upstream in a group: shard `index` of `count` takes
+    /// the partitions `p % count == index`, and sends its panes on instead of
+    /// emitting windows.
+    share: Option<(u32, u32)>,
 }
 
 /// Where a batch's late rows are recorded: the rows for `late_events`, and per
@@ -74,7 +78,26 @@ impl RunningQuery {
                 .collect(),
             _ => Vec::new(),
         };
-        Ok(RunningQuery { query, clock, windows, current, filters_input, columns_read })
+        Ok(RunningQuery { query, clock, windows, current, filters_input, columns_read, share: None })
+    }
+
+    /// Makes it upstream `index` of `count` of its repartitioned table: it takes its
+    /// share of the partitions and keeps its panes for [`panes`](Self::panes).
+    pub fn share(&mut self, index: u32, count: u32) {
+        self.share = Some((index, count.max(1)));
+    }
+
+    /// Whether it takes partition `partition` of the topics it reads.
+    pub fn takes(&self, partition: i32) -> bool {
+        self.share.is_none_or(|(index, count)| partition.rem_euclid(count as i32) as u32 == index)
+    }
+
+    /// A windowed query's panes, as an upstream sends them.
+    pub fn panes(&mut self) -> Result<&mut crate::window::Windows> {
+        match self.windows.as_mut() {
+            Some(WindowOperator::Panes(windows)) => Ok(windows),
+            _ => Err(Error::Internal(format!("{}: repartitioned, but not a tumble() or hop() window", self.query.table))),
+        }
     }
 
     /// The columns of `topic` (by position) its plan reads; `None`: any of them
@@ -250,13 +273,24 @@ impl RunningQuery {
     pub async fn close(&mut self, watermarks: &Watermarks, mirrors: &BTreeMap<Arc<str>, Mirror>, sink: &mut TableSink) -> Result<Option<i64>> {
         let Some(windows) = self.windows.as_mut() else { return Ok(None) };
         let watermark = self.clock.advance(watermarks);
+        if self.share.is_some() {
+            // Its panes go to the table's shard, which emits the windows.
+            return Ok(Some(watermark));
+        }
         let Some(rows) = windows.close_until(watermark)? else { return Ok(Some(watermark)) };
-        let Shape::Windowed { output, output_slot, per_window, window, .. } = &self.query.shape else { return Ok(Some(watermark)) };
+        sink.replace_windows(&windows.take_corrected())?;
+        self.emit(rows, mirrors, sink).await?;
+        Ok(Some(watermark))
+    }
+
+    /// Closed windows' aggregate rows through the plan above the aggregate, into
+    /// `sink`, joined with the mirrors as of each window's end.
+    pub async fn emit(&self, rows: RecordBatch, mirrors: &BTreeMap<Arc<str>, Mirror>, sink: &mut TableSink) -> Result<()> {
+        let Shape::Windowed { output, output_slot, per_window, window, .. } = &self.query.shape else { return Ok(()) };
         let groups = match per_window {
             true => split_by_window_end(&rows, window.window_index)?,
             false => vec![(i64::MAX, rows)],
         };
-        sink.replace_windows(&windows.take_corrected())?;
         for (end, rows) in groups {
             for joined in &self.query.mirrors {
                 joined.slot.fill(vec![mirror_of(mirrors, &joined.topic)?.as_of(end)?]);
@@ -268,7 +302,7 @@ impl RunningQuery {
                 sink.push(b)?;
             }
         }
-        Ok(Some(watermark))
+        Ok(())
     }
 
     /// A current-state query whose keys changed rewrites its table: every live

@@ -101,8 +101,18 @@ impl Pipeline {
     pub(super) async fn reload(&mut self, live: &LiveDefinitions) -> Result<Reloaded> {
         let udfs = live.udfs_again()?;
         let mut planned = live.plan_all(&udfs).await?;
-        // A group's shard takes up its own tables only.
-        planned.retain(|table, _| self.options.shard.as_ref().is_none_or(|shard| shard.writes(table)));
+        // A group's shard takes up its own tables only, and keeps the repartitioned
+        // ones it runs; a new repartitioned table starts at the group's next start,
+        // in every shard at once.
+        let group = self.options.shard.clone();
+        planned.retain(|table, query| match &group {
+            None => true,
+            Some(_) if query.repartition && !self.queries.iter().any(|q| q.query.table == *table) => {
+                tracing::warn!(table = %table.sql_name(), "a new repartitioned table is taken up when the group's instances start again, not by SIGHUP");
+                false
+            }
+            Some(shard) => query.repartition || shard.writes(table),
+        });
         // The UDFs a query calls whose code changed since the running plans were made.
         let rebuilt = |query: &StreamingQuery| -> Vec<String> { query.udfs.iter().filter(|u| live.udfs.library_of(u) != udfs.library_of(u)).cloned().collect() };
         let backfilling: Vec<&RunningQuery> = self.backfills.iter().map(|b| &b.query).collect();

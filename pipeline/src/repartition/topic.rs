@@ -1,0 +1,220 @@
+//! A repartitioned table's topic on the broker, `sluice.repartition.<group>.<table>`,
+//! one partition per shard: every shard's [`Sender`] sends it its partials at the
+//! end of each epoch, and the table's shard reads every partition with a
+//! [`Receiver`] from where its checkpoint's merges left off.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{DeliveryResult, Header, Headers, OwnedHeaders};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{ClientConfig, ClientContext, Message, Offset, TopicPartitionList};
+
+use super::Partial;
+use crate::catalog::TablePath;
+use crate::error::{Error, Result};
+
+/// How long listing or creating topics may take.
+const ADMIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long an epoch's partials may take to be acknowledged before its commit fails.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The topic of `table`'s partials in `group`.
+pub fn topic_name(group: &str, table: &TablePath) -> String {
+    format!("sluice.repartition.{group}.{}", table.sql_name())
+}
+
+/// The brokers and the `-X` settings a group's instance was started with.
+#[derive(Clone)]
+pub struct Brokers {
+    pub servers: String,
+    pub settings: Vec<(String, String)>,
+}
+
+/// Settings may hold credentials: only their names are shown.
+impl std::fmt::Debug for Brokers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self.settings.iter().map(|(key, _)| key.as_str()).collect();
+        f.debug_struct("Brokers").field("servers", &self.servers).field("settings", &names).finish()
+    }
+}
+
+impl Brokers {
+    fn config(&self) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", &self.servers);
+        for (key, value) in &self.settings {
+            config.set(key, value);
+        }
+        config
+    }
+
+    fn error(&self, what: &str, e: impl std::fmt::Display) -> Error {
+        Error::Input(format!("kafka {}: {what}: {e}", self.servers))
+    }
+}
+
+/// Creates those of `topics` that do not exist, with `partitions` partitions each.
+pub async fn create_topics(brokers: &Brokers, topics: &[String], partitions: u32) -> Result<()> {
+    let admin: AdminClient<DefaultClientContext> = brokers.config().create().map_err(|e| brokers.error("a client", e))?;
+    // Every topic: asking for these by name would let a broker auto-create them
+    // with its default partition count.
+    let metadata = admin.inner().fetch_metadata(None, ADMIN_TIMEOUT).map_err(|e| brokers.error("listing topics", e))?;
+    let exists = |topic: &String| metadata.topics().iter().any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty());
+    let new: Vec<NewTopic> = topics.iter().filter(|t| !exists(t)).map(|t| NewTopic::new(t, partitions as i32, TopicReplication::Fixed(-1))).collect();
+    if new.is_empty() {
+        return Ok(());
+    }
+    let options = AdminOptions::new().request_timeout(Some(ADMIN_TIMEOUT)).operation_timeout(Some(ADMIN_TIMEOUT));
+    let created = admin.create_topics(&new, &options).await.map_err(|e| brokers.error("creating the repartition topics", e))?;
+    for result in created {
+        match result {
+            Ok(topic) => tracing::info!(topic, partitions, "created a repartition topic"),
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => return Err(brokers.error(&format!("creating {topic}"), code)),
+        }
+    }
+    Ok(())
+}
+
+/// Remembers the first message the broker did not take: a flush only waits.
+#[derive(Default)]
+struct Deliveries {
+    failed: Mutex<Option<String>>,
+}
+
+impl ClientContext for Deliveries {}
+
+impl ProducerContext for Deliveries {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Err((e, message)) = result {
+            let mut failed = self.failed.lock().unwrap_or_else(|p| p.into_inner());
+            failed.get_or_insert_with(|| format!("{}/{}: {e}", message.topic(), message.partition()));
+        }
+    }
+}
+
+/// Sends a shard's partials.
+pub struct Sender {
+    producer: BaseProducer<Deliveries>,
+    brokers: Brokers,
+}
+
+impl Sender {
+    pub fn open(brokers: &Brokers) -> Result<Self> {
+        let mut config = brokers.config();
+        // Every replica, before the manifest says the epoch is done.
+        config.set("acks", "all").set("linger.ms", "0");
+        for (key, value) in &brokers.settings {
+            config.set(key, value);
+        }
+        let producer = config.create_with_context(Deliveries::default()).map_err(|e| brokers.error("a producer", e))?;
+        Ok(Sender { producer, brokers: brokers.clone() })
+    }
+
+    /// Queues `partial` for partition `partition` of `topic`.
+    pub fn send(&self, topic: &str, partition: u32, partial: &Partial) -> Result<()> {
+        let (headers, value) = partial.encode()?;
+        let headers = headers.iter().fold(OwnedHeaders::new(), |h, (key, value)| h.insert(Header { key, value: Some(value.as_bytes()) }));
+        let mut record = BaseRecord::<(), [u8]>::to(topic).partition(partition as i32).headers(headers);
+        if let Some(value) = &value {
+            record = record.payload(value);
+        }
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => return Ok(()),
+                // librdkafka's queue is full: let it deliver, and try again.
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), again)) => {
+                    record = again;
+                    self.producer.poll(Duration::from_millis(100));
+                }
+                Err((e, _)) => return Err(self.brokers.error(&format!("sending a partial to {topic}/{partition}"), e)),
+            }
+        }
+    }
+
+    /// Waits until the broker has every partial sent; fails if one was refused.
+    pub fn flush(&self) -> Result<()> {
+        self.producer.flush(FLUSH_TIMEOUT).map_err(|e| self.brokers.error("waiting for the partials' acknowledgements", e))?;
+        let failed = self.producer.context().failed.lock().unwrap_or_else(|p| p.into_inner()).take();
+        match failed {
+            Some(failed) => Err(self.brokers.error("a partial was not taken", failed)),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Reads every partition of one repartition topic.
+pub struct Receiver {
+    consumer: BaseConsumer,
+    topic: String,
+    brokers: Brokers,
+}
+
+impl Receiver {
+    /// Reads `topic`'s partition `p` from `from[p]`.
+    pub fn open(brokers: &Brokers, group: &str, topic: &str, from: &[i64]) -> Result<Self> {
+        let mut config = brokers.config();
+        config
+            // Assigned, never subscribed: the id is librdkafka's requirement only.
+            .set("group.id", format!("{group}.repartition"))
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            // Partials deleted before they were merged are an error, not a gap.
+            .set("auto.offset.reset", "error")
+            .set("fetch.wait.max.ms", "50");
+        for (key, value) in &brokers.settings {
+            config.set(key, value);
+        }
+        let consumer: BaseConsumer = config.create().map_err(|e| brokers.error("a consumer", e))?;
+        let mut assignment = TopicPartitionList::new();
+        for (partition, offset) in from.iter().enumerate() {
+            assignment.add_partition_offset(topic, partition as i32, Offset::Offset(*offset)).map_err(|e| brokers.error(topic, e))?;
+        }
+        consumer.assign(&assignment).map_err(|e| brokers.error(&format!("reading {topic}"), e))?;
+        Ok(Receiver { consumer, topic: topic.to_string(), brokers: brokers.clone() })
+    }
+
+    /// The partials that have arrived, with their partitions and offsets.
+    pub fn take_arrived(&self) -> Result<Vec<(u32, i64, Partial)>> {
+        let mut arrived = Vec::new();
+        while let Some(message) = self.consumer.poll(Duration::ZERO) {
+            let message = message.map_err(|e| self.brokers.error(&format!("reading {}", self.topic), e))?;
+            let at = format!("{}/{}@{}", self.topic, message.partition(), message.offset());
+            let headers: Vec<(&str, Option<&[u8]>)> = message.headers().map(|h| h.iter().map(|h| (h.key, h.value)).collect()).unwrap_or_default();
+            let partial = Partial::decode(&headers, message.payload(), &at)?;
+            let partition = u32::try_from(message.partition()).map_err(|_| Error::Input(format!("{at}: a negative partition")))?;
+            arrived.push((partition, message.offset(), partial));
+        }
+        Ok(arrived)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_show_by_name_never_by_value() {
+        let brokers = Brokers { servers: "k:9092".into(), settings: vec![("sasl.password".into(), "hunter2".into())] };
+        let shown = format!("{brokers:?} {:?}", crate::runtime::RunOptions { brokers: Some(brokers.clone()), ..Default::default() });
+        assert!(shown.contains("sasl.password") && shown.contains("k:9092"), "{shown}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        let refused = brokers.error("a consumer", "no").to_string();
+        assert!(!refused.contains("hunter2"), "{refused}");
+    }
+
+    #[test]
+    fn a_tables_topic_names_its_group_and_table() {
+        let table = TablePath::new("monitoring/api_performance/request_response_times").unwrap();
+        assert_eq!(topic_name("lake-writers", &table), "sluice.repartition.lake-writers.monitoring.api_performance.request_response_times");
+    }
+}
