@@ -72,4 +72,8 @@ for n in 1 2 3; do
   wait
   read -r s rate <<<"$(elapsed "${logs[@]}")"
   printf '%-22s %9s %9s %12s\n' "group, $n instance(s)" "$messages" "$s" "$rate"
+  # The repartitioned tables (`-- sluice: repartition`) read gateway.requests.
+  bytes=$(cat "${logs[@]}" | sed -n 's/.*repartition topics: sent by this shard partials=[0-9]* bytes=\([0-9]*\).*/\1/p' | awk '{ s += $1 } END { print s + 0 }')
+  events=$(cat "$work"/in/gateway.requests/*.jsonl | wc -l)
+  echo "  repartition topics: ${bytes:-0} bytes for $events gateway.requests events: $(( ${bytes:-0} / events )) bytes per event"
 done

@@ -106,6 +106,8 @@ impl ProducerContext for Deliveries {
 pub struct Sender {
     producer: BaseProducer<Deliveries>,
     brokers: Brokers,
+    /// Messages and bytes (values and headers) sent so far: the topic's cost.
+    pub sent: (u64, u64),
 }
 
 impl Sender {
@@ -117,12 +119,14 @@ impl Sender {
             config.set(key, value);
         }
         let producer = config.create_with_context(Deliveries::default()).map_err(|e| brokers.error("a producer", e))?;
-        Ok(Sender { producer, brokers: brokers.clone() })
+        Ok(Sender { producer, brokers: brokers.clone(), sent: (0, 0) })
     }
 
     /// Queues `partial` for partition `partition` of `topic`.
-    pub fn send(&self, topic: &str, partition: u32, partial: &Partial) -> Result<()> {
+    pub fn send(&mut self, topic: &str, partition: u32, partial: &Partial) -> Result<()> {
         let (headers, value) = partial.encode()?;
+        let header_bytes: usize = headers.iter().map(|(key, value)| key.len() + value.len()).sum();
+        self.sent = (self.sent.0 + 1, self.sent.1 + (header_bytes + value.as_ref().map_or(0, Vec::len)) as u64);
         let headers = headers.iter().fold(OwnedHeaders::new(), |h, (key, value)| h.insert(Header { key, value: Some(value.as_bytes()) }));
         let mut record = BaseRecord::<(), [u8]>::to(topic).partition(partition as i32).headers(headers);
         if let Some(value) = &value {

@@ -163,6 +163,11 @@ impl Exchange {
         Ok(closed)
     }
 
+    /// Partials and their bytes sent so far.
+    pub fn sent(&self) -> (u64, u64) {
+        self.sender.sent
+    }
+
     /// Whether every window of every table this shard merges was emitted: each
     /// upstream sent its last partials (a bounded run's end).
     pub fn merged_to_the_end(&self) -> bool {

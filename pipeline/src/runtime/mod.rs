@@ -714,6 +714,10 @@ impl Pipeline {
             self.report_maintained(&maintained);
         }
         self.lease.release().await;
+        if let Some(exchange) = &self.exchange {
+            let (partials, bytes) = exchange.sent();
+            tracing::info!(partials, bytes, "repartition topics: sent by this shard");
+        }
         self.stats.elapsed = self.started.elapsed();
         self.stats.rows = self.lake.sinks().iter().map(|(p, s)| (p.clone(), s.rows_written())).collect();
         self.stats.freshness = self.options.observed.freshness();
