@@ -59,6 +59,15 @@ run() { # LAKE LOG [ARGS...]
     --stop-when-idle 5s -X partition.assignment.strategy=roundrobin "$@" 2>"$log"
 }
 
+# Events of request_response_times (repartitioned in a group) in its windows plus
+# those late for it: one process's and each group's must be equal.
+counted() { # LAKE
+  local q="SELECT (SELECT sum(requests) FROM monitoring.api_performance.request_response_times)
+    + (SELECT count(*) FROM monitoring.integration_health.late_events
+       WHERE \"table\" = 'monitoring/api_performance/request_response_times') AS events"
+  "$sluice" query --lake "$1" "$q" 2>/dev/null | grep -o '[0-9][0-9]*' | tail -n 1
+}
+
 printf '%-22s %9s %9s %12s\n' run messages seconds messages/s
 run "$work/lake-alone" "$work/alone.log"
 read -r s rate <<<"$(elapsed "$work/alone.log")"
@@ -76,4 +85,5 @@ for n in 1 2 3; do
   bytes=$(cat "${logs[@]}" | sed -n 's/.*repartition topics: sent by this shard partials=[0-9]* bytes=\([0-9]*\).*/\1/p' | awk '{ s += $1 } END { print s + 0 }')
   events=$(cat "$work"/in/gateway.requests/*.jsonl | wc -l)
   echo "  repartition topics: ${bytes:-0} bytes for $events gateway.requests events: $(( ${bytes:-0} / events )) bytes per event"
+  echo "  request_response_times: $(counted "$work/lake-$n") events in windows or late; one process: $(counted "$work/lake-alone")"
 done

@@ -144,6 +144,17 @@ pub struct UpstreamMark {
     pub folded: i64,
     /// Its watermark: every pane ending by it has been folded.
     pub watermark: i64,
+    /// While epoch `folded` is folded part by part: the next part, and how many
+    /// there are (`None`: every part).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parts: Option<(u32, u32)>,
+}
+
+impl UpstreamMark {
+    /// Whether part `part` of `epoch` was folded already (a copy, sent again).
+    pub fn has(&self, epoch: i64, part: u32) -> bool {
+        epoch < self.folded || (epoch == self.folded && self.parts.is_none_or(|(next, _)| part < next))
+    }
 }
 
 impl Checkpoint {

@@ -6,9 +6,10 @@
 //! epoch the upstream's latest manifest has not committed yet holds back the ones
 //! behind it (as a `read_committed` consumer stops at an open transaction); one
 //! sent by the run that committed its epoch is folded; one sent by another run
-//! (an attempt that died, a zombie) is dropped, as is one for an epoch already
+//! (an attempt that died, a zombie) is dropped, as is a part of an epoch already
 //! folded (a copy sent again). The run that commits an epoch has sent its
-//! messages before its manifest, so they come before any of a later epoch's.
+//! messages, part after part, before its manifest, so they come in order and
+//! before any of a later epoch's.
 
 use std::collections::VecDeque;
 
@@ -44,7 +45,7 @@ impl Merger {
     /// A merger of `upstreams` upstreams' partials of the plan with fingerprint
     /// `plan` and window `spec`, from the partition's start.
     pub fn new(spec: WindowSpec, plan: &str, upstreams: u32) -> Self {
-        let fresh = || FromUpstream { mark: UpstreamMark { folded: 0, watermark: i64::MIN }, waiting: VecDeque::new() };
+        let fresh = || FromUpstream { mark: UpstreamMark { folded: 0, watermark: i64::MIN, parts: None }, waiting: VecDeque::new() };
         let upstreams = (0..upstreams).map(|_| fresh()).collect();
         Merger { slide: spec.slide, windows: Windows::new(spec), plan: plan.to_string(), upstreams, next_offset: 0 }
     }
@@ -80,7 +81,7 @@ impl Merger {
             ))
         })?;
         self.next_offset = self.next_offset.max(offset.saturating_add(1));
-        if partial.epoch > upstream.mark.folded {
+        if !upstream.mark.has(partial.epoch, partial.part) {
             upstream.waiting.push_back((offset, partial));
         }
         Ok(())
@@ -102,7 +103,7 @@ impl Merger {
         let mut folded = 0;
         while let Some((_, partial)) = self.upstreams[index].waiting.front() {
             let mark = self.upstreams[index].mark;
-            if partial.epoch <= mark.folded {
+            if mark.has(partial.epoch, partial.part) {
                 self.upstreams[index].waiting.pop_front();
                 continue;
             }
@@ -122,11 +123,28 @@ impl Merger {
                 tracing::debug!(upstream, epoch = partial.epoch, writer = partial.writer, committer, "dropped a partial of a run that did not commit its epoch");
                 continue;
             }
+            // The run that committed the epoch sent its parts in order, one after another.
+            let due = match mark.parts {
+                Some((next, parts)) if partial.epoch == mark.folded => (next, parts),
+                _ => (0, partial.parts),
+            };
+            if (partial.part, partial.parts) != due {
+                return Err(Error::Internal(format!(
+                    "upstream {upstream}'s epoch {}: part {} of {} came where part {} of {} was due",
+                    partial.epoch, partial.part, partial.parts, due.0, due.1
+                )));
+            }
             if let Some(states) = &partial.states {
                 self.refuse_passed_panes(&partial, states)?;
                 self.windows.restore(states)?;
             }
-            self.upstreams[index].mark = UpstreamMark { folded: partial.epoch, watermark: mark.watermark.max(partial.watermark) };
+            // The watermark's promise holds once every part is in.
+            let last = partial.part + 1 >= partial.parts;
+            self.upstreams[index].mark = UpstreamMark {
+                folded: partial.epoch,
+                watermark: if last { mark.watermark.max(partial.watermark) } else { mark.watermark },
+                parts: (!last).then_some((partial.part + 1, partial.parts)),
+            };
             folded += 1;
         }
         Ok(folded)
@@ -284,7 +302,9 @@ mod tests {
             windows.update(&batch).unwrap();
         }
         let watermark = if until == upstream.requests.len() { i64::MAX } else { latest - DELAY };
-        let mut sender = Upstream::new(index as u32, PARTITIONS as u32, spec, PLAN, upstream.sent);
+        // Half the epochs send their states in parts of a few rows.
+        let part_bytes = if rng.random_bool(0.5) { 2_000 } else { crate::repartition::PART_BYTES };
+        let mut sender = Upstream::new(index as u32, PARTITIONS as u32, spec, PLAN, upstream.sent).with_part_bytes(part_bytes);
         let writer = format!("u{index}-run{}", upstream.run);
         let partials = sender.partials(&mut windows, watermark, upstream.manifest.epoch + 1, &writer).unwrap();
         // A zombie's partials are held back; a produce tried again sends them twice.
@@ -452,6 +472,8 @@ mod tests {
                 assert_eq!(m.merger.open_windows(), 0, "partition {p}");
             }
             assert!(deaths > 3 && zombies_sent > 3, "{window}: the run must exercise deaths ({deaths}) and zombies ({zombies_sent})");
+            let parts = logs.iter().flatten().filter(|(_, partial)| partial.parts > 2).count();
+            assert!(parts > 20, "{window}: the run must send epochs in parts ({parts} partials of 3 or more parts)");
 
             let all: Vec<Request> = upstreams.iter().flat_map(|u| u.requests.clone()).collect();
             let committed = emitted_stats(mergers.iter().flat_map(|m| &m.committed));

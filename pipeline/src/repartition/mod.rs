@@ -33,4 +33,4 @@ mod upstream;
 pub use merge::Merger;
 pub use partial::{split_by_key, Partial};
 pub use topic::{create_topics, topic_name, Brokers, Receiver, Sender};
-pub use upstream::Upstream;
+pub use upstream::{Upstream, PART_BYTES};

@@ -4,7 +4,8 @@
 //! final are folded together or not at all.
 //!
 //! On the wire: the states as an Arrow IPC stream in the value (none if no pane
-//! passed), the rest in headers, as text that `kcat` shows as it is.
+//! passed), the rest in headers, as text that `kcat` shows as it is. Large states
+//! go in several messages, the parts of one partial (`sluice-part: i/n`).
 
 use arrow::array::{Array, RecordBatch, UInt32Array};
 use arrow::compute::take_record_batch;
@@ -17,6 +18,7 @@ const EPOCH: &str = "sluice-epoch";
 const WRITER: &str = "sluice-writer";
 const WATERMARK: &str = "sluice-watermark";
 const PLAN: &str = "sluice-plan";
+const PART: &str = "sluice-part";
 
 /// A message's headers as sent: name and text.
 pub type Headers = Vec<(&'static str, String)>;
@@ -37,6 +39,11 @@ pub struct Partial {
     pub watermark: i64,
     /// State rows (`window_start`, the keys, each aggregate's state), if any pane passed.
     pub states: Option<RecordBatch>,
+    /// Which part of the epoch's states for the partition this is, of how many:
+    /// a broker takes messages of a bounded size, and a catch-up epoch's states
+    /// can be larger. The watermark counts once the last part is folded.
+    pub part: u32,
+    pub parts: u32,
 }
 
 impl Partial {
@@ -49,6 +56,10 @@ impl Partial {
             (WATERMARK, self.watermark.to_string()),
             (PLAN, self.plan.clone()),
         ];
+        let mut headers = headers;
+        if self.parts > 1 {
+            headers.push((PART, format!("{}/{}", self.part, self.parts)));
+        }
         let value = match &self.states {
             Some(states) => {
                 let mut bytes = Vec::new();
@@ -83,7 +94,21 @@ impl Partial {
             None | Some([]) => None,
             Some(bytes) => Some(crate::ipc::read_stream(bytes).map_err(|e| Error::Input(format!("{at}: the states are not a whole Arrow IPC stream: {e}")))?),
         };
+        // `i/n`; a message without it is the whole.
+        let (part, parts) = match headers.iter().find(|(key, _)| *key == PART) {
+            None => (0, 1),
+            Some(_) => {
+                let text = header(PART)?;
+                let parsed = text.split_once('/').and_then(|(i, n)| Some((i.parse::<u32>().ok()?, n.parse::<u32>().ok()?)));
+                match parsed {
+                    Some((part, parts)) if part < parts => (part, parts),
+                    _ => return Err(Error::Input(format!("{at}: header `{PART}` is `{text}`, not `<part>/<parts>` with part < parts"))),
+                }
+            }
+        };
         Ok(Partial {
+            part,
+            parts,
             upstream,
             epoch: number(EPOCH)?,
             plan: header(PLAN)?.to_string(),
@@ -171,7 +196,7 @@ mod tests {
 
     #[test]
     fn a_partial_reads_back_as_it_was_written() {
-        let sent = Partial { upstream: 2, epoch: 41, plan: "f00d".into(), writer: "123-456".into(), watermark: -5, states: Some(states(&[Some("auth"), None])) };
+        let sent = Partial { upstream: 2, epoch: 41, plan: "f00d".into(), writer: "123-456".into(), watermark: -5, states: Some(states(&[Some("auth"), None])), part: 0, parts: 1 };
         let (headers, value) = sent.encode().unwrap();
         let headers: Vec<(&str, Option<&[u8]>)> = headers.iter().map(|(k, v)| (*k, Some(v.as_bytes()))).collect();
         let got = Partial::decode(&headers, value.as_deref(), "t/0@9").unwrap();
@@ -183,11 +208,17 @@ mod tests {
         assert!(value.is_none(), "a marker alone has no value");
         let headers: Vec<(&str, Option<&[u8]>)> = headers.iter().map(|(k, v)| (*k, Some(v.as_bytes()))).collect();
         assert!(Partial::decode(&headers, None, "t/0@9").unwrap().states.is_none());
+
+        let part = Partial { part: 2, parts: 3, ..got };
+        let (headers, value) = part.encode().unwrap();
+        let headers: Vec<(&str, Option<&[u8]>)> = headers.iter().map(|(k, v)| (*k, Some(v.as_bytes()))).collect();
+        let got = Partial::decode(&headers, value.as_deref(), "t/0@9").unwrap();
+        assert_eq!((got.part, got.parts, got.states), (2, 3, part.states));
     }
 
     #[test]
     fn a_message_that_is_not_a_partial_is_refused_with_where_and_why() {
-        let good = Partial { upstream: 0, epoch: 1, plan: "p".into(), writer: "w".into(), watermark: 0, states: Some(states(&[Some("a")])) };
+        let good = Partial { upstream: 0, epoch: 1, plan: "p".into(), writer: "w".into(), watermark: 0, states: Some(states(&[Some("a")])), part: 0, parts: 1 };
         let (headers, value) = good.encode().unwrap();
         let value = value.unwrap();
         let all: Vec<(&str, Option<&[u8]>)> = headers.iter().map(|(k, v)| (*k, Some(v.as_bytes()))).collect();
@@ -199,6 +230,8 @@ mod tests {
             (vec![("sluice-upstream", Some(b"-1")), all[1], all[2], all[3], all[4]], Some(&value), "upstream -1 is out of range"),
             (vec![all[0], all[1], ("sluice-writer", Some(&[0xff, 0xfe])), all[3], all[4]], Some(&value), "header `sluice-writer` is not UTF-8"),
             (all.clone(), Some(b"{\"json\": true}"), "not a whole Arrow IPC stream"),
+            ([&all[..], &[("sluice-part", Some(b"3/3"))]].concat(), Some(&value), "header `sluice-part` is `3/3`"),
+            ([&all[..], &[("sluice-part", Some(b"1"))]].concat(), Some(&value), "header `sluice-part` is `1`"),
             (all.clone(), Some(&value[..value.len() / 2]), "not a whole Arrow IPC stream"),
             (all.clone(), Some(&value[8..]), "not a whole Arrow IPC stream"),
         ];

@@ -22,6 +22,9 @@ use crate::error::{Error, Result};
 /// How long listing or creating topics may take.
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The largest partial sent, and the topics' `max.message.bytes`.
+const MAX_MESSAGE_BYTES: usize = 16 << 20;
+
 /// How long an epoch's partials may take to be acknowledged before its commit fails.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -67,7 +70,12 @@ pub async fn create_topics(brokers: &Brokers, topics: &[String], partitions: u32
     // with its default partition count.
     let metadata = admin.inner().fetch_metadata(None, ADMIN_TIMEOUT).map_err(|e| brokers.error("listing topics", e))?;
     let exists = |topic: &String| metadata.topics().iter().any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty());
-    let new: Vec<NewTopic> = topics.iter().filter(|t| !exists(t)).map(|t| NewTopic::new(t, partitions as i32, TopicReplication::Fixed(-1))).collect();
+    let max_bytes = MAX_MESSAGE_BYTES.to_string();
+    let new: Vec<NewTopic> = topics
+        .iter()
+        .filter(|t| !exists(t))
+        .map(|t| NewTopic::new(t, partitions as i32, TopicReplication::Fixed(-1)).set("max.message.bytes", &max_bytes))
+        .collect();
     if new.is_empty() {
         return Ok(());
     }
@@ -113,8 +121,9 @@ pub struct Sender {
 impl Sender {
     pub fn open(brokers: &Brokers) -> Result<Self> {
         let mut config = brokers.config();
-        // Every replica, before the manifest says the epoch is done.
-        config.set("acks", "all").set("linger.ms", "0");
+        // Every replica, before the manifest says the epoch is done. A part holds
+        // about `PART_BYTES` of states, but one key's percentile values can be more.
+        config.set("acks", "all").set("linger.ms", "0").set("message.max.bytes", MAX_MESSAGE_BYTES.to_string());
         for (key, value) in &brokers.settings {
             config.set(key, value);
         }
@@ -191,7 +200,17 @@ impl Receiver {
     pub fn take_arrived(&self) -> Result<Vec<(u32, i64, Partial)>> {
         let mut arrived = Vec::new();
         while let Some(message) = self.consumer.poll(Duration::ZERO) {
-            let message = message.map_err(|e| self.brokers.error(&format!("reading {}", self.topic), e))?;
+            let message = match message {
+                Ok(message) => message,
+                // Partials gone before they were merged, or a client that cannot go on.
+                Err(e @ KafkaError::MessageConsumption(RDKafkaErrorCode::AutoOffsetReset)) => return Err(self.brokers.error(&format!("reading {}", self.topic), e)),
+                Err(e) if self.consumer.client().fatal_error().is_some() => return Err(self.brokers.error(&format!("reading {}", self.topic), e)),
+                // A broker away for a moment: librdkafka reconnects, and the next commit reads on.
+                Err(e) => {
+                    tracing::warn!(topic = self.topic, "reading partials: {e}");
+                    break;
+                }
+            };
             let at = format!("{}/{}@{}", self.topic, message.partition(), message.offset());
             let headers: Vec<(&str, Option<&[u8]>)> = message.headers().map(|h| h.iter().map(|h| (h.key, h.value)).collect()).unwrap_or_default();
             let partial = Partial::decode(&headers, message.payload(), &at)?;

@@ -204,7 +204,7 @@ async fn resume_mergers(
     checkpoint: Option<&Checkpoint>,
     checkpoints: &CheckpointStore,
 ) -> Result<Vec<(Merger, MergeProgress)>> {
-    let fresh = MergeProgress { resume_from: 0, upstreams: vec![UpstreamMark { folded: 0, watermark: i64::MIN }; partitions as usize] };
+    let fresh = MergeProgress { resume_from: 0, upstreams: vec![UpstreamMark { folded: 0, watermark: i64::MIN, parts: None }; partitions as usize] };
     let Some((epoch, saved)) = checkpoint.and_then(|c| Some((c.epoch, c.merges.get(table.as_str())?))) else {
         return Ok((0..partitions).map(|_| (Merger::new(spec.clone(), plan, partitions), fresh.clone())).collect());
     };

@@ -703,6 +703,9 @@ impl Pipeline {
         if ended {
             // The table's shard emits a repartitioned table's last windows once
             // every shard sent its last panes (or a stop leaves them to the next start).
+            if self.exchange.as_ref().is_some_and(|e| !e.merged_to_the_end()) {
+                tracing::info!("input read to its end: waiting for every shard's last panes of the repartitioned tables");
+            }
             while self.exchange.as_ref().is_some_and(|e| !e.merged_to_the_end()) {
                 tokio::select! {
                     () = tokio::time::sleep(self.options.commit_interval) => self.commit().await?,
