@@ -16,7 +16,7 @@ use super::query::RunningQuery;
 use super::METRICS_TOPIC;
 use crate::catalog::writers::shard_pipeline;
 use crate::catalog::{Lake, TablePath};
-use crate::checkpoint::{Checkpoint, CheckpointStore, MergeProgress, UpstreamMark};
+use crate::checkpoint::{Checkpoint, CheckpointStore};
 use crate::commit::MergeState;
 use crate::error::{Error, Result};
 use crate::group::Shard;
@@ -57,49 +57,40 @@ impl Exchange {
         checkpoint: Option<&Checkpoint>,
         checkpoints: &CheckpointStore,
     ) -> Result<Option<Exchange>> {
+        if let Some(q) = queries.iter().find(|q| q.query.repartition && q.reads(METRICS_TOPIC)) {
+            return Err(Error::Sql {
+                path: q.query.path.clone(),
+                message: format!("`-- sluice: repartition` merges topics every shard reads alike, and {METRICS_TOPIC} is each process's own: drop the directive"),
+            });
+        }
+        let topics: Vec<String> = queries.iter().filter(|q| q.query.repartition).map(|q| topic_name(&shard.group, &q.query.table)).collect();
+        if topics.is_empty() {
+            return Ok(None);
+        }
+        create_topics(brokers, &topics, shard.count).await?;
         let mut tables = Vec::new();
         for q in queries.iter_mut().filter(|q| q.query.repartition) {
             let (table, fingerprint) = (q.query.table.clone(), q.query.fingerprint.clone());
-            if q.reads(METRICS_TOPIC) {
-                return Err(Error::Sql {
-                    path: q.query.path.clone(),
-                    message: format!("`-- sluice: repartition` merges topics every shard reads alike, and {METRICS_TOPIC} is each process's own: drop the directive"),
-                });
-            }
-            let Shape::Windowed { window, .. } = &q.query.shape else {
+            let Shape::Windowed { window: spec, .. } = &q.query.shape else {
                 return Err(Error::Internal(format!("{table}: repartitioned without a window")));
             };
-            let spec = window.clone();
+            let spec = spec.clone();
             q.share(shard.index, shard.count);
             let saved = checkpoint.and_then(|c| c.queries.get(table.as_str()));
             let upstream = Upstream::new(shard.index, shard.count, &spec, &fingerprint, saved.map_or(i64::MIN, |s| s.watermark));
             let topic = topic_name(&shard.group, &table);
             let merging = match shard.writes(&table) {
                 true => {
-                    let mergers = resume_mergers(&table, &spec, &fingerprint, shard.count, checkpoint, checkpoints).await?;
-                    let from: Vec<i64> = mergers.iter().map(|(_, progress)| progress.resume_from).collect();
+                    let (mergers, from): (Vec<Merger>, Vec<i64>) = resume_mergers(&table, &spec, &fingerprint, shard.count, checkpoint, checkpoints).await?.into_iter().unzip();
                     let upstreams = (0..shard.count).map(|u| CheckpointStore::open(lake, &shard_pipeline(&shard.group, u))).collect::<Result<_>>()?;
-                    Some((mergers.into_iter().map(|(merger, _)| merger).collect(), from, upstreams))
+                    Some(Merging { mergers, receiver: Receiver::open(brokers, &shard.group, &topic, &from)?, upstreams })
                 }
                 false => None,
             };
-            tables.push((table, topic, upstream, merging));
-        }
-        if tables.is_empty() {
-            return Ok(None);
-        }
-        let topics: Vec<String> = tables.iter().map(|(_, topic, _, _)| topic.clone()).collect();
-        create_topics(brokers, &topics, shard.count).await?;
-        let mut opened = Vec::new();
-        for (table, topic, upstream, merging) in tables {
-            let merging = match merging {
-                Some((mergers, from, upstreams)) => Some(Merging { mergers, receiver: Receiver::open(brokers, &shard.group, &topic, &from)?, upstreams }),
-                None => None,
-            };
             tracing::info!(table = %table.sql_name(), topic, merges = merging.is_some(), "repartitioned: this shard sends its panes");
-            opened.push(Repartitioned { table, topic, upstream, merging });
+            tables.push(Repartitioned { table, topic, upstream, merging });
         }
-        Ok(Some(Exchange { sender: Sender::open(brokers)?, tables: opened }))
+        Ok(Some(Exchange { sender: Sender::open(brokers)?, tables }))
     }
 
     /// Whether an upstream's watermark passed a pane end since it last sent: the
@@ -195,7 +186,7 @@ fn query_of<'a>(queries: &'a mut [RunningQuery], table: &TablePath) -> Result<&'
 }
 
 /// `table`'s mergers, one per partition, from the checkpoint's merges (fresh ones
-/// without), each with where it reads on from.
+/// without), each with the offset it reads on from.
 async fn resume_mergers(
     table: &TablePath,
     spec: &crate::plan::WindowSpec,
@@ -203,10 +194,9 @@ async fn resume_mergers(
     partitions: u32,
     checkpoint: Option<&Checkpoint>,
     checkpoints: &CheckpointStore,
-) -> Result<Vec<(Merger, MergeProgress)>> {
-    let fresh = MergeProgress { resume_from: 0, upstreams: vec![UpstreamMark { folded: 0, watermark: i64::MIN, parts: None }; partitions as usize] };
+) -> Result<Vec<(Merger, i64)>> {
     let Some((epoch, saved)) = checkpoint.and_then(|c| Some((c.epoch, c.merges.get(table.as_str())?))) else {
-        return Ok((0..partitions).map(|_| (Merger::new(spec.clone(), plan, partitions), fresh.clone())).collect());
+        return Ok((0..partitions).map(|_| (Merger::new(spec.clone(), plan, partitions), 0)).collect());
     };
     if saved.len() != partitions as usize || saved.iter().any(|m| m.progress.upstreams.len() != partitions as usize) {
         return Err(Error::Checkpoint(format!(
@@ -229,7 +219,7 @@ async fn resume_mergers(
         };
         let merger = Merger::resume(spec.clone(), plan, &merge.progress, rows.as_ref())
             .map_err(|e| Error::Checkpoint(format!("merged windows of {table} in epoch {epoch}: {e}")))?;
-        mergers.push((merger, merge.progress.clone()));
+        mergers.push((merger, merge.progress.resume_from));
     }
     Ok(mergers)
 }
