@@ -14,10 +14,8 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
+use rdkafka::admin::{NewTopic, TopicReplication};
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
-use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::{ClientConfig, ClientContext, TopicPartitionList};
 use tokio::sync::mpsc;
 
@@ -69,24 +67,9 @@ impl Membership {
         for (key, value) in settings {
             config.set(key, value);
         }
-        let admin: AdminClient<DefaultClientContext> = config.create().map_err(|e| kafka(&e))?;
-        // Every topic: asking for this one by name lets a broker auto-create it
-        // with its default partition count.
-        let metadata = admin.inner().fetch_metadata(None, METADATA_TIMEOUT).map_err(|e| kafka(&e))?;
-        let exists = metadata.topics().iter().any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty());
-        let created = match exists {
-            true => Vec::new(),
-            false => admin
-                .create_topics(&[NewTopic::new(&topic, shards as i32, TopicReplication::Fixed(-1))], &AdminOptions::new())
-                .await
-                .map_err(|e| kafka(&e))?,
-        };
-        for result in created {
-            match result {
-                Ok(_) => tracing::info!(topic, shards, "created the group's control topic"),
-                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-                Err((_, code)) => return Err(kafka(&format!("creating the control topic {topic}: {code}"))),
-            }
+        let control = NewTopic::new(&topic, shards as i32, TopicReplication::Fixed(-1));
+        if !crate::source::create_missing_topics(&config, vec![control]).await.map_err(|e| kafka(&e))?.is_empty() {
+            tracing::info!(topic, shards, "created the group's control topic");
         }
 
         let (sender, changes) = mpsc::unbounded_channel();

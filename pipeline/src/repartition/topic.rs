@@ -6,8 +6,7 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
+use rdkafka::admin::{NewTopic, TopicReplication};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{DeliveryResult, Header, Headers, OwnedHeaders};
@@ -18,9 +17,7 @@ use rdkafka::{ClientConfig, ClientContext, Message, Offset, TopicPartitionList};
 use super::Partial;
 use crate::catalog::TablePath;
 use crate::error::{Error, Result};
-
-/// How long listing or creating topics may take.
-const ADMIN_TIMEOUT: Duration = Duration::from_secs(30);
+use crate::source::{create_missing_topics, send_when_queued};
 
 /// The largest partial sent, and the topics' `max.message.bytes`.
 const MAX_MESSAGE_BYTES: usize = 16 << 20;
@@ -49,9 +46,13 @@ impl std::fmt::Debug for Brokers {
 }
 
 impl Brokers {
-    fn config(&self) -> ClientConfig {
+    /// A client's configuration: `defaults`, then the `-X` settings, which win.
+    fn config(&self, defaults: &[(&str, &str)]) -> ClientConfig {
         let mut config = ClientConfig::new();
         config.set("bootstrap.servers", &self.servers);
+        for (key, value) in defaults {
+            config.set(*key, *value);
+        }
         for (key, value) in &self.settings {
             config.set(key, value);
         }
@@ -65,28 +66,10 @@ impl Brokers {
 
 /// Creates those of `topics` that do not exist, with `partitions` partitions each.
 pub async fn create_topics(brokers: &Brokers, topics: &[String], partitions: u32) -> Result<()> {
-    let admin: AdminClient<DefaultClientContext> = brokers.config().create().map_err(|e| brokers.error("a client", e))?;
-    // Every topic: asking for these by name would let a broker auto-create them
-    // with its default partition count.
-    let metadata = admin.inner().fetch_metadata(None, ADMIN_TIMEOUT).map_err(|e| brokers.error("listing topics", e))?;
-    let exists = |topic: &String| metadata.topics().iter().any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty());
     let max_bytes = MAX_MESSAGE_BYTES.to_string();
-    let new: Vec<NewTopic> = topics
-        .iter()
-        .filter(|t| !exists(t))
-        .map(|t| NewTopic::new(t, partitions as i32, TopicReplication::Fixed(-1)).set("max.message.bytes", &max_bytes))
-        .collect();
-    if new.is_empty() {
-        return Ok(());
-    }
-    let options = AdminOptions::new().request_timeout(Some(ADMIN_TIMEOUT)).operation_timeout(Some(ADMIN_TIMEOUT));
-    let created = admin.create_topics(&new, &options).await.map_err(|e| brokers.error("creating the repartition topics", e))?;
-    for result in created {
-        match result {
-            Ok(topic) => tracing::info!(topic, partitions, "created a repartition topic"),
-            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((topic, code)) => return Err(brokers.error(&format!("creating {topic}"), code)),
-        }
+    let new = topics.iter().map(|t| NewTopic::new(t, partitions as i32, TopicReplication::Fixed(-1)).set("max.message.bytes", &max_bytes)).collect();
+    for topic in create_missing_topics(&brokers.config(&[]), new).await.map_err(|e| brokers.error("the repartition topics", e))? {
+        tracing::info!(topic, partitions, "created a repartition topic");
     }
     Ok(())
 }
@@ -120,13 +103,10 @@ pub struct Sender {
 
 impl Sender {
     pub fn open(brokers: &Brokers) -> Result<Self> {
-        let mut config = brokers.config();
         // Every replica, before the manifest says the epoch is done. A part holds
         // about `PART_BYTES` of states, but one key's percentile values can be more.
-        config.set("acks", "all").set("linger.ms", "0").set("message.max.bytes", MAX_MESSAGE_BYTES.to_string());
-        for (key, value) in &brokers.settings {
-            config.set(key, value);
-        }
+        let max_bytes = MAX_MESSAGE_BYTES.to_string();
+        let config = brokers.config(&[("acks", "all"), ("linger.ms", "0"), ("message.max.bytes", &max_bytes)]);
         let producer = config.create_with_context(Deliveries::default()).map_err(|e| brokers.error("a producer", e))?;
         Ok(Sender { producer, brokers: brokers.clone(), sent: (0, 0) })
     }
@@ -141,17 +121,7 @@ impl Sender {
         if let Some(value) = &value {
             record = record.payload(value);
         }
-        loop {
-            match self.producer.send(record) {
-                Ok(()) => return Ok(()),
-                // librdkafka's queue is full: let it deliver, and try again.
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), again)) => {
-                    record = again;
-                    self.producer.poll(Duration::from_millis(100));
-                }
-                Err((e, _)) => return Err(self.brokers.error(&format!("sending a partial to {topic}/{partition}"), e)),
-            }
-        }
+        send_when_queued(&self.producer, record).map_err(|e| self.brokers.error(&format!("sending a partial to {topic}/{partition}"), e))
     }
 
     /// Waits until the broker has every partial sent; fails if one was refused.
@@ -175,18 +145,16 @@ pub struct Receiver {
 impl Receiver {
     /// Reads `topic`'s partition `p` from `from[p]`.
     pub fn open(brokers: &Brokers, group: &str, topic: &str, from: &[i64]) -> Result<Self> {
-        let mut config = brokers.config();
-        config
+        let group_id = format!("{group}.repartition");
+        let config = brokers.config(&[
             // Assigned, never subscribed: the id is librdkafka's requirement only.
-            .set("group.id", format!("{group}.repartition"))
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
+            ("group.id", &group_id),
+            ("enable.auto.commit", "false"),
+            ("enable.auto.offset.store", "false"),
             // Partials deleted before they were merged are an error, not a gap.
-            .set("auto.offset.reset", "error")
-            .set("fetch.wait.max.ms", "50");
-        for (key, value) in &brokers.settings {
-            config.set(key, value);
-        }
+            ("auto.offset.reset", "error"),
+            ("fetch.wait.max.ms", "50"),
+        ]);
         let consumer: BaseConsumer = config.create().map_err(|e| brokers.error("a consumer", e))?;
         let mut assignment = TopicPartitionList::new();
         for (partition, offset) in from.iter().enumerate() {

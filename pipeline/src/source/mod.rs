@@ -1,6 +1,7 @@
 //! Sources: where raw messages come from. A source hands out [`RawBatch`]es, each
 //! from one topic-partition, in the order the pipeline must process them.
 
+mod broker;
 mod files;
 mod kafka;
 mod produce;
@@ -10,6 +11,7 @@ use std::collections::BTreeMap;
 use std::ops::Range;
 use std::sync::Arc;
 
+pub use broker::{create_missing_topics, send_when_queued};
 pub use files::FileSource;
 pub use kafka::{BrokerStats, KafkaSource};
 pub use produce::{create_topics, produce_generated, Spool};

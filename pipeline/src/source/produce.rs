@@ -6,12 +6,12 @@ use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::admin::{NewTopic, TopicReplication};
+use rdkafka::error::KafkaError;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::ClientConfig;
 
+use super::{create_missing_topics, send_when_queued};
 use crate::error::{Error, Result};
 use crate::generate::{generate, GenerateOptions, GenerateSummary, Message};
 use crate::schema::SchemaRegistry;
@@ -19,25 +19,10 @@ use crate::schema::SchemaRegistry;
 /// Creates every topic of the registry with its partition count, unless it exists
 /// (then nothing is asked of the admin API, which some brokers lack).
 pub async fn create_topics(brokers: &str, registry: &SchemaRegistry) -> Result<()> {
-    let kafka = |e| kafka_error(brokers, e);
-    let admin: AdminClient<DefaultClientContext> =
-        ClientConfig::new().set("bootstrap.servers", brokers).create().map_err(kafka)?;
-    let metadata = admin.inner().fetch_metadata(None, Duration::from_secs(10)).map_err(kafka)?;
-    let exists = |topic: &str| metadata.topics().iter().any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty());
-    let topics: Vec<NewTopic> = registry
-        .topics()
-        .filter(|t| !exists(&t.topic))
-        .map(|t| NewTopic::new(&t.topic, t.partitions as i32, TopicReplication::Fixed(1)))
-        .collect();
-    if topics.is_empty() {
-        return Ok(());
-    }
-    for result in admin.create_topics(&topics, &AdminOptions::new()).await.map_err(kafka)? {
-        match result {
-            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((topic, code)) => return Err(Error::Input(format!("kafka {brokers}: creating `{topic}`: {code}"))),
-        }
-    }
+    let topics = registry.topics().map(|t| NewTopic::new(&t.topic, t.partitions as i32, TopicReplication::Fixed(1))).collect();
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", brokers);
+    create_missing_topics(&config, topics).await.map_err(|e| Error::Input(format!("kafka {brokers}: {e}")))?;
     Ok(())
 }
 
@@ -179,16 +164,7 @@ impl Sender {
         if let Some(payload) = m.payload {
             record = record.payload(payload);
         }
-        loop {
-            match self.producer.send(record) {
-                Ok(()) => return Ok(()),
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                    record = back;
-                    self.producer.poll(Duration::from_millis(50));
-                }
-                Err((e, _)) => return Err(kafka_error(&self.brokers, e)),
-            }
-        }
+        send_when_queued(&self.producer, record).map_err(|e| kafka_error(&self.brokers, e))
     }
 
     fn flush(self) -> Result<()> {
